@@ -1,0 +1,163 @@
+//! Configuration of a replica: who the members are, timing, and the limits on batching.
+
+use crate::ballot::NodeId;
+
+/// The largest cluster the core supports. Majority quorums of up to seven members.
+pub const MEMBERS_MAX: usize = 7;
+
+/// How a [`Replica`](crate::Replica) behaves. All durations are in the host's time unit,
+/// milliseconds by convention (`now_ms` in every call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This replica's id; must be one of `members`.
+    pub id: NodeId,
+    /// Every member of the cluster, this one included. Quorums are majorities of this list.
+    pub members: Vec<NodeId>,
+    /// How often a leader sends heartbeats (which also carry the commit index and read-index
+    /// rounds) and retransmits unacknowledged Accepts.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears nothing from a leader for a random time in
+    /// `election_timeout_min_ms..=election_timeout_max_ms` starts an election.
+    pub election_timeout_min_ms: u64,
+    /// Upper end of the election timeout range (before backoff).
+    pub election_timeout_max_ms: u64,
+    /// A batch (the value of one slot) closes when its commands reach this many bytes.
+    pub batch_bytes_max: usize,
+    /// A batch closes when it holds this many commands.
+    pub batch_commands_max: usize,
+    /// How many slots a leader may have proposed but not yet chosen at once (pipelining).
+    pub inflight_slots_max: usize,
+    /// How many proposals may wait for a slot before `propose` refuses more.
+    pub queued_commands_max: usize,
+    /// How many chosen entries one catch-up reply carries.
+    pub catchup_entries_max: usize,
+    /// A leader asks its host to ship a snapshot to the same peer at most this often.
+    pub snapshot_resend_interval_ms: u64,
+}
+
+impl Config {
+    /// A configuration with defaults suited to a LAN or loopback cluster, times in milliseconds.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            members,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            batch_bytes_max: 256 * 1024,
+            batch_commands_max: 4096,
+            inflight_slots_max: 64,
+            queued_commands_max: 100_000,
+            catchup_entries_max: 256,
+            snapshot_resend_interval_ms: 2_000,
+        }
+    }
+
+    /// Checks that the configuration is usable, naming the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.members.is_empty() || self.members.len() > MEMBERS_MAX {
+            return Err(ConfigError::MemberCount(self.members.len()));
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::DuplicateMember(w[0]));
+        }
+        if !self.members.contains(&self.id) {
+            return Err(ConfigError::NotAMember(self.id));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(ConfigError::Timing("heartbeat_interval_ms must be above 0"));
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::Timing(
+                "election_timeout_min_ms must be above heartbeat_interval_ms",
+            ));
+        }
+        if self.election_timeout_max_ms < self.election_timeout_min_ms {
+            return Err(ConfigError::Timing(
+                "election_timeout_max_ms must be at least election_timeout_min_ms",
+            ));
+        }
+        if self.batch_bytes_max == 0
+            || self.batch_commands_max == 0
+            || self.inflight_slots_max == 0
+            || self.catchup_entries_max == 0
+        {
+            return Err(ConfigError::Limit(
+                "batch, in-flight and catch-up limits must be above 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many members make a majority.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}
+
+/// Why a [`Config`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The member list is empty or longer than [`MEMBERS_MAX`].
+    MemberCount(usize),
+    /// A node id appears twice in the member list.
+    DuplicateMember(NodeId),
+    /// `id` is not in `members`.
+    NotAMember(NodeId),
+    /// Timeouts that cannot work together.
+    Timing(&'static str),
+    /// A zero limit.
+    Limit(&'static str),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::MemberCount(n) => {
+                write!(f, "a cluster needs 1 to {MEMBERS_MAX} members, got {n}")
+            }
+            ConfigError::DuplicateMember(id) => write!(f, "node id {id} is listed twice"),
+            ConfigError::NotAMember(id) => write!(f, "node id {id} is not in the member list"),
+            ConfigError::Timing(why) | ConfigError::Limit(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(Config::new(1, vec![1, 2, 3]).validate().is_ok());
+        assert_eq!(
+            Config::new(1, vec![]).validate(),
+            Err(ConfigError::MemberCount(0))
+        );
+        assert_eq!(
+            Config::new(1, (1..=8).collect()).validate(),
+            Err(ConfigError::MemberCount(8))
+        );
+        assert_eq!(
+            Config::new(1, vec![1, 2, 2]).validate(),
+            Err(ConfigError::DuplicateMember(2))
+        );
+        assert_eq!(
+            Config::new(4, vec![1, 2, 3]).validate(),
+            Err(ConfigError::NotAMember(4))
+        );
+        let mut c = Config::new(1, vec![1]);
+        c.election_timeout_min_ms = c.heartbeat_interval_ms;
+        assert!(matches!(c.validate(), Err(ConfigError::Timing(_))));
+    }
+
+    #[test]
+    fn quorum_is_a_majority() {
+        let q = |n: u64| Config::new(1, (1..=n).collect()).quorum();
+        assert_eq!((q(1), q(2), q(3), q(4), q(5), q(7)), (1, 2, 2, 3, 3, 4));
+    }
+}
