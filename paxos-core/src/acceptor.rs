@@ -188,19 +188,37 @@ mod tests {
         let mut a = Acceptor::new();
         let mut p = Vec::new();
         let b1 = Ballot::new(1, 1);
-        assert_eq!(a.accept(b1, &[(0, cmd("x")), (2, cmd("y"))], &mut p), Ok(vec![0, 2]));
+        assert_eq!(
+            a.accept(b1, &[(0, cmd("x")), (2, cmd("y"))], &mut p),
+            Ok(vec![0, 2])
+        );
         assert_eq!(
             p,
             vec![
                 PersistEntry::Promised(b1),
-                PersistEntry::Accepted { slot: 0, ballot: b1, value: cmd("x") },
-                PersistEntry::Accepted { slot: 2, ballot: b1, value: cmd("y") },
+                PersistEntry::Accepted {
+                    slot: 0,
+                    ballot: b1,
+                    value: cmd("x")
+                },
+                PersistEntry::Accepted {
+                    slot: 2,
+                    ballot: b1,
+                    value: cmd("y")
+                },
             ]
         );
         p.clear();
         let b2 = Ballot::new(2, 2);
         let got = a.prepare(b2, 1, &mut p).unwrap_or_default();
-        assert_eq!(got, vec![Entry { slot: 2, ballot: b1, value: cmd("y") }]);
+        assert_eq!(
+            got,
+            vec![Entry {
+                slot: 2,
+                ballot: b1,
+                value: cmd("y")
+            }]
+        );
         assert_eq!(p, vec![PersistEntry::Promised(b2)]);
     }
 
@@ -210,7 +228,10 @@ mod tests {
         let mut p = Vec::new();
         assert!(a.prepare(Ballot::new(5, 2), 0, &mut p).is_ok());
         p.clear();
-        assert_eq!(a.prepare(Ballot::new(4, 3), 0, &mut p), Err(Ballot::new(5, 2)));
+        assert_eq!(
+            a.prepare(Ballot::new(4, 3), 0, &mut p),
+            Err(Ballot::new(5, 2))
+        );
         assert_eq!(
             a.accept(Ballot::new(5, 1), &[(0, cmd("x"))], &mut p),
             Err(Ballot::new(5, 2))
@@ -244,7 +265,11 @@ mod tests {
         assert_eq!(a.get(1), Some(&(b3, cmd("new"))));
         assert_eq!(
             p,
-            vec![PersistEntry::Accepted { slot: 0, ballot: b2, value: cmd("chosen") }]
+            vec![PersistEntry::Accepted {
+                slot: 0,
+                ballot: b2,
+                value: cmd("chosen")
+            }]
         );
     }
 
@@ -253,7 +278,9 @@ mod tests {
         let mut a = Acceptor::new();
         let mut p = Vec::new();
         let b = Ballot::new(1, 1);
-        assert!(a.accept(b, &[(0, cmd("a")), (1, cmd("b")), (2, cmd("c"))], &mut p).is_ok());
+        assert!(a
+            .accept(b, &[(0, cmd("a")), (1, cmd("b")), (2, cmd("c"))], &mut p)
+            .is_ok());
         a.compact(2);
         assert_eq!(a.log_start(), 2);
         assert_eq!(a.get(1), None);

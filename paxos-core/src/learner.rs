@@ -165,7 +165,9 @@ mod tests {
         let mut l = Learner::new();
         let mut p = Vec::new();
         let (old, new) = (Ballot::new(1, 1), Ballot::new(2, 2));
-        assert!(a.accept(old, &[(0, cmd("a")), (1, cmd("b"))], &mut p).is_ok());
+        assert!(a
+            .accept(old, &[(0, cmd("a")), (1, cmd("b"))], &mut p)
+            .is_ok());
         assert!(a.accept(new, &[(0, cmd("a"))], &mut p).is_ok());
         // Slot 1 was accepted under an older ballot: its value may not be the chosen one.
         assert!(l.on_commit_hint(&a, new, 2));

@@ -176,10 +176,22 @@ mod tests {
     fn recovery_takes_highest_ballot_and_fills_gaps_with_noops() {
         let (b1, b2) = (Ballot::new(1, 1), Ballot::new(2, 2));
         let a = vec![
-            Entry { slot: 3, ballot: b1, value: cmd("old") },
-            Entry { slot: 6, ballot: b1, value: cmd("six") },
+            Entry {
+                slot: 3,
+                ballot: b1,
+                value: cmd("old"),
+            },
+            Entry {
+                slot: 6,
+                ballot: b1,
+                value: cmd("six"),
+            },
         ];
-        let b = vec![Entry { slot: 3, ballot: b2, value: cmd("newer") }];
+        let b = vec![Entry {
+            slot: 3,
+            ballot: b2,
+            value: cmd("newer"),
+        }];
         let (plan, next) = recovery_plan(3, [a.as_slice(), b.as_slice()]);
         assert_eq!(
             plan,
@@ -207,7 +219,11 @@ mod tests {
             q.commands.push_back(Bytes::from_static(s.as_bytes()));
         }
         let big = q.next_batch(3, 10);
-        assert_eq!(big.map(|v| v.commands().len()), Some(1), "oversized command alone");
+        assert_eq!(
+            big.map(|v| v.commands().len()),
+            Some(1),
+            "oversized command alone"
+        );
         let two = q.next_batch(4, 10);
         assert_eq!(two.map(|v| v.commands().len()), Some(2));
         assert_eq!(q.next_batch(100, 10).map(|v| v.payload_bytes()), Some(1));

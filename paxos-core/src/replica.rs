@@ -359,7 +359,9 @@ impl Replica {
     pub fn handle_durable(&mut self, now_ms: u64, id: u64) {
         self.tick(now_ms);
         debug_assert!(id < self.persist_next_id, "durable id was never handed out");
-        self.persist_durable_id = self.persist_durable_id.max(id.min(self.persist_next_id - 1));
+        self.persist_durable_id = self
+            .persist_durable_id
+            .max(id.min(self.persist_next_id - 1));
         while let Some((gate, _, _)) = self.held.front() {
             if *gate > self.persist_durable_id {
                 break;
@@ -375,7 +377,9 @@ impl Replica {
     pub fn poll_timeout(&self) -> u64 {
         let role_deadline = match self.proposer {
             ProposerState::Leader(_) => self.heartbeat_deadline_ms,
-            ProposerState::Candidate(_) => self.heartbeat_deadline_ms.min(self.election_deadline_ms),
+            ProposerState::Candidate(_) => {
+                self.heartbeat_deadline_ms.min(self.election_deadline_ms)
+            }
             ProposerState::Follower => self.election_deadline_ms,
         };
         match self.learner.catchup_deadline() {
@@ -515,7 +519,8 @@ impl Replica {
         }
         if commit > self.commit_persisted {
             self.commit_persisted = commit;
-            self.persist_pending.push(PersistEntry::Committed { upto: commit });
+            self.persist_pending
+                .push(PersistEntry::Committed { upto: commit });
         }
         if !self.persist_pending.is_empty() {
             let entries = std::mem::take(&mut self.persist_pending);
@@ -943,7 +948,13 @@ impl Replica {
         }
     }
 
-    fn on_accept(&mut self, from: NodeId, ballot: Ballot, entries: Vec<(Slot, Value)>, commit: Slot) {
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        entries: Vec<(Slot, Value)>,
+        commit: Slot,
+    ) {
         self.observe(ballot);
         match self
             .acceptor

@@ -33,7 +33,10 @@ fn leader() -> Replica {
     let t = r.poll_timeout();
     r.handle_timeout(t);
     let out = drain(&mut r);
-    assert!(matches!(out.last(), Some(Output::Persist { id: 1, .. })), "{out:?}");
+    assert!(
+        matches!(out.last(), Some(Output::Persist { id: 1, .. })),
+        "{out:?}"
+    );
     r.handle_durable(t, 1);
     r.handle_message(
         t,
@@ -161,7 +164,10 @@ fn accepted_is_withheld_until_durable() {
 fn election_sends_prepares_and_persists_its_own_promise() {
     let mut r = replica(1);
     let t = r.poll_timeout();
-    assert!((300..=600).contains(&t), "election timeout {t} outside the configured range");
+    assert!(
+        (300..=600).contains(&t),
+        "election timeout {t} outside the configured range"
+    );
     r.handle_timeout(t - 1);
     assert_eq!(drain(&mut r), vec![], "no election before the timeout");
     r.handle_timeout(t);
@@ -312,7 +318,11 @@ fn leader_counts_its_own_vote_only_once_durable() {
             slots: vec![0],
         },
     );
-    assert_eq!(drain(&mut r), vec![], "one durable vote of three is not a majority");
+    assert_eq!(
+        drain(&mut r),
+        vec![],
+        "one durable vote of three is not a majority"
+    );
     r.handle_durable(t, 2);
     let out = drain(&mut r);
     assert_eq!(

@@ -22,7 +22,9 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use crate::replica::PlantedBug;
-use crate::{Config, Message, NodeId, Output, PersistEntry, RecoveredState, Replica, Rng, Slot, Value};
+use crate::{
+    Config, Message, NodeId, Output, PersistEntry, RecoveredState, Replica, Rng, Slot, Value,
+};
 
 /// Fault rates of a run.
 #[derive(Clone, Debug)]
@@ -108,10 +110,24 @@ pub(crate) struct Stats {
 }
 
 enum Event {
-    Deliver { from: NodeId, to: NodeId, message: Message },
-    Snapshot { to: NodeId, slot: Slot, values: Vec<Value> },
-    Durable { node: NodeId, id: u64, incarnation: u64 },
-    Restart { node: NodeId },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Snapshot {
+        to: NodeId,
+        slot: Slot,
+        values: Vec<Value>,
+    },
+    Durable {
+        node: NodeId,
+        id: u64,
+        incarnation: u64,
+    },
+    Restart {
+        node: NodeId,
+    },
     Heal,
 }
 
@@ -272,7 +288,11 @@ impl Sim {
         let mut next_fault = 100;
         // Phase 1: faults on.
         while self.now_ms < fault_end {
-            let t = self.next_time().min(next_propose).min(next_read).min(next_fault);
+            let t = self
+                .next_time()
+                .min(next_propose)
+                .min(next_read)
+                .min(next_fault);
             self.now_ms = t.max(self.now_ms);
             if self.now_ms >= fault_end {
                 break;
@@ -336,7 +356,10 @@ impl Sim {
     }
 
     fn chosen_finals(&self, finals: &[Bytes]) -> Vec<Slot> {
-        finals.iter().filter_map(|c| self.command_slot.get(c).copied()).collect()
+        finals
+            .iter()
+            .filter_map(|c| self.command_slot.get(c).copied())
+            .collect()
     }
 
     fn converged(&self, chosen_slots: &[Slot]) -> bool {
@@ -369,7 +392,10 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             let now = self.now_ms;
-            let due = self.nodes[i].replica.as_ref().is_some_and(|r| r.poll_timeout() <= now);
+            let due = self.nodes[i]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.poll_timeout() <= now);
             if due {
                 if let Some(r) = self.nodes[i].replica.as_mut() {
                     r.handle_timeout(now);
@@ -407,7 +433,11 @@ impl Sim {
                 if self.nodes[i].incarnation != incarnation || self.nodes[i].replica.is_none() {
                     return Ok(());
                 }
-                let done: Vec<u64> = self.nodes[i].in_flight_writes.range(..=id).map(|(k, _)| *k).collect();
+                let done: Vec<u64> = self.nodes[i]
+                    .in_flight_writes
+                    .range(..=id)
+                    .map(|(k, _)| *k)
+                    .collect();
                 for k in done {
                     if let Some(entries) = self.nodes[i].in_flight_writes.remove(&k) {
                         for e in &entries {
@@ -566,7 +596,11 @@ impl Sim {
             self.stats.messages_lost += 1;
             return;
         }
-        let copies = if self.faults_on && self.rng.chance(f.duplicate) { 2 } else { 1 };
+        let copies = if self.faults_on && self.rng.chance(f.duplicate) {
+            2
+        } else {
+            1
+        };
         let max_delay = if self.faults_on { f.delay_max_ms } else { 3 };
         for _ in 0..copies {
             let delay = if self.faults_on && self.rng.chance(f.long_delay) {
@@ -596,7 +630,9 @@ impl Sim {
             match out {
                 Output::Send { to, message } => self.send(id, to, message),
                 Output::Persist { id: batch, entries } => {
-                    let delay = self.rng.range_inclusive(0, self.opts.faults.disk_delay_max_ms);
+                    let delay = self
+                        .rng
+                        .range_inclusive(0, self.opts.faults.disk_delay_max_ms);
                     let n = &mut self.nodes[i];
                     let done = (self.now_ms + delay).max(n.last_write_done_ms);
                     n.last_write_done_ms = done;
@@ -660,7 +696,9 @@ impl Sim {
                 }
                 for cmd in value.commands() {
                     if !self.proposed.contains_key(cmd) {
-                        return Err(format!("validity: slot {slot} holds {cmd:?}, never proposed"));
+                        return Err(format!(
+                            "validity: slot {slot} holds {cmd:?}, never proposed"
+                        ));
                     }
                     if let Some(other) = self.command_slot.insert(cmd.clone(), slot) {
                         if other != slot {
@@ -682,7 +720,9 @@ impl Sim {
         let id = self.nodes[i].id;
         let expected = self.nodes[i].applied.len() as u64;
         if slot != expected {
-            return Err(format!("order: node {id} delivered slot {slot}, expected {expected}"));
+            return Err(format!(
+                "order: node {id} delivered slot {slot}, expected {expected}"
+            ));
         }
         self.check_delivery_value(slot, &value)?;
         // A command counts as acknowledged once its proposer applies it (that is when a
@@ -759,7 +799,11 @@ impl Sim {
     }
 
     fn live_nodes(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|n| n.replica.is_some()).map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.replica.is_some())
+            .map(|n| n.id)
+            .collect()
     }
 
     /// A client sends a new command to a random live replica, following one redirect.
@@ -818,7 +862,11 @@ impl Sim {
 /// Seeds to run: `SIM_SEED` replays one; otherwise `SIM_SEEDS` (default `default_count`)
 /// seeds starting at `SIM_SEED_BASE` (default 0).
 pub(crate) fn seeds(default_count: u64) -> Vec<u64> {
-    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
     if let Some(seed) = var("SIM_SEED") {
         return vec![seed];
     }
@@ -828,7 +876,11 @@ pub(crate) fn seeds(default_count: u64) -> Vec<u64> {
 }
 
 /// Runs many seeds, summarising them; returns the failures.
-pub(crate) fn run_many(nodes: usize, seeds: &[u64], bug: Option<PlantedBug>) -> (Stats, Vec<String>) {
+pub(crate) fn run_many(
+    nodes: usize,
+    seeds: &[u64],
+    bug: Option<PlantedBug>,
+) -> (Stats, Vec<String>) {
     let trace = std::env::var("SIM_TRACE").is_ok();
     let mut total = Stats::default();
     let mut failures = Vec::new();

@@ -1,1 +1,12 @@
-//! placeholder
+//! Cluster-level test support for the replicated key-value store.
+//!
+//! - [`history`]: a thread-safe recorder of client operations (invoke, then ok / fail /
+//!   unknown), with timestamps suitable for checking real-time order.
+//! - [`linearizability`]: a per-key linearizability checker for the register model of the
+//!   store (read, write, compare-and-swap, delete), reporting violations with a shrunk failing
+//!   sub-history, and treating an exhausted search budget as a failure.
+
+#![warn(missing_docs)]
+
+pub mod history;
+pub mod linearizability;

@@ -1,0 +1,237 @@
+//! The client protocol: requests, replies, errors and size limits.
+//!
+//! A client sends [`ClientRequest`]s and receives [`ClientResponse`]s, one frame each,
+//! encoded with [`crate::encode`]. A connection may carry many requests at once: responses
+//! may come back in any order and are matched by [`ClientRequest::id`].
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::FRAME_BYTES_MAX_DEFAULT;
+use crate::status::NodeStatus;
+
+/// Longest key, in bytes (4 KiB). Keys are at least one byte long.
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+
+/// Longest value, in bytes (1 MiB).
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+// The largest request (a compare-and-swap with a maximal key and two maximal values) and the
+// largest response fit in a default frame with room for the envelope.
+const _: () = assert!(KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX + 1024 <= FRAME_BYTES_MAX_DEFAULT);
+
+/// One request from a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// Chosen by the client, unique among the requests of one connection; the response
+    /// carries it back.
+    pub id: u64,
+    /// For exactly-once writes: a write retried (on this or another connection) carries the
+    /// same session, and the cluster applies it at most once. `None` for reads and for
+    /// writes that may be applied twice.
+    pub session: Option<Session>,
+    /// What to do.
+    pub op: Op,
+}
+
+/// Identifies a write for deduplication: the `seq`-th write of client `client_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Session {
+    /// A client's id, unique in the cluster (chosen at random by the client).
+    pub client_id: u64,
+    /// The write's sequence number within the client, increasing by one per new write.
+    pub seq: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// The read reflects every write completed before it started (confirmed by the leader).
+    Linearizable,
+    /// The read is served from the receiving replica's state, which may lag.
+    Stale,
+}
+
+/// An operation on the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Reads a key. Answered with [`Reply::Value`].
+    Get {
+        /// The key.
+        key: Bytes,
+        /// How fresh the read must be.
+        consistency: ReadConsistency,
+    },
+    /// Sets a key to a value. Answered with [`Reply::Written`].
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Removes a key. Answered with [`Reply::Deleted`].
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Sets a key to `new` if its value is `expected`. Answered with [`Reply::Swapped`] or
+    /// [`Reply::Mismatch`].
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must have; `None`: the key must be absent.
+        expected: Option<Bytes>,
+        /// The value to set.
+        new: Bytes,
+    },
+    /// Asks the receiving node how it is. Answered with [`Reply::Status`].
+    Status,
+}
+
+impl Op {
+    /// The key this operation is about, if any.
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Get { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. } => Some(key),
+            Op::Status => None,
+        }
+    }
+
+    /// Whether this operation changes the store (and so goes through the replicated log).
+    pub fn is_write(&self) -> bool {
+        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+    }
+}
+
+/// The answer to one [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientResponse {
+    /// The [`ClientRequest::id`] of the request answered.
+    pub id: u64,
+    /// The outcome.
+    pub result: Result<Reply, ErrorReply>,
+}
+
+/// A successful outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The answer to [`Op::Get`].
+    Value {
+        /// The key's value, or `None` if the key is absent.
+        value: Option<Bytes>,
+        /// True if the read was served from this replica's local state without
+        /// confirming it is current ([`ReadConsistency::Stale`]).
+        stale: bool,
+    },
+    /// The answer to [`Op::Put`]: the value is written.
+    Written,
+    /// The answer to [`Op::Delete`]: the key is absent now.
+    Deleted {
+        /// Whether the key existed before.
+        existed: bool,
+    },
+    /// The answer to [`Op::Cas`] when the key had the expected value: `new` is written.
+    Swapped,
+    /// The answer to [`Op::Cas`] when the key did not have the expected value: nothing
+    /// changed.
+    Mismatch {
+        /// The key's value when the operation was applied (`None`: absent).
+        current: Option<Bytes>,
+    },
+    /// The answer to [`Op::Status`].
+    Status(Box<NodeStatus>),
+}
+
+/// A failed outcome. The text of each is meant to be printed by a command-line client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorReply {
+    /// This node is not the leader; retry at the leader if one is known. The operation was
+    /// not applied.
+    #[error("not the leader{}", leader_hint(*.leader, .leader_addr.as_deref()))]
+    NotLeader {
+        /// The leader's node id, if known.
+        leader: Option<u64>,
+        /// The leader's client address, if known.
+        leader_addr: Option<String>,
+    },
+    /// The cluster cannot serve the request now (no quorum reachable, election in
+    /// progress). The operation was not applied.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// Something is larger than its limit (a key, a value, a frame).
+    #[error("{what} too large: {size} bytes, the maximum is {max} bytes")]
+    TooLarge {
+        /// What is too large: "key", "value", "frame", ...
+        what: String,
+        /// Its size, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        max: u64,
+    },
+    /// Too many requests in flight; retry later. The operation was not applied.
+    #[error("busy: too many requests in flight, retry later")]
+    Busy,
+    /// The request is not valid (for example, an empty key).
+    #[error("invalid request: {reason}")]
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+    /// The node is shutting down. The operation was not applied.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The operation did not complete in time, and it may or may not have been applied.
+    #[error("timed out: the outcome is unknown (the operation may or may not have been applied)")]
+    Timeout,
+}
+
+fn leader_hint(leader: Option<u64>, leader_addr: Option<&str>) -> String {
+    match (leader, leader_addr) {
+        (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
+        (Some(id), None) => format!("; the leader is node {id}"),
+        (None, Some(addr)) => format!("; the leader is at {addr}"),
+        (None, None) => "; the leader is unknown".to_owned(),
+    }
+}
+
+/// Checks an operation against the size limits: a pure function.
+///
+/// Keys must be 1 to [`KEY_BYTES_MAX`] bytes long, values at most [`VALUE_BYTES_MAX`]
+/// bytes (both the new and the expected value of a compare-and-swap).
+pub fn validate(op: &Op) -> Result<(), ErrorReply> {
+    if let Some(key) = op.key() {
+        if key.is_empty() {
+            return Err(ErrorReply::Invalid {
+                reason: "the key is empty".to_owned(),
+            });
+        }
+        check_size("key", key, KEY_BYTES_MAX)?;
+    }
+    match op {
+        Op::Put { value, .. } => check_size("value", value, VALUE_BYTES_MAX),
+        Op::Cas { expected, new, .. } => {
+            if let Some(expected) = expected {
+                check_size("expected value", expected, VALUE_BYTES_MAX)?;
+            }
+            check_size("value", new, VALUE_BYTES_MAX)
+        }
+        Op::Get { .. } | Op::Delete { .. } | Op::Status => Ok(()),
+    }
+}
+
+fn check_size(what: &str, bytes: &Bytes, max: usize) -> Result<(), ErrorReply> {
+    if bytes.len() <= max {
+        return Ok(());
+    }
+    Err(ErrorReply::TooLarge {
+        what: what.to_owned(),
+        size: bytes.len() as u64,
+        max: max as u64,
+    })
+}

@@ -1,0 +1,406 @@
+//! The handshake records, byte by byte.
+//!
+//! Both the [`Hello`] and the [`HelloReply`] are *records*: an 8-byte header that every
+//! protocol version keeps, then a body. All integers are big-endian.
+//!
+//! ```text
+//! header (all versions)
+//!   0   4  magic        "KVSW" (MAGIC)
+//!   4   2  version      u16: the sender's protocol version
+//!   6   2  body_len     u16: number of body bytes that follow
+//! hello body, version 1
+//!   8   1  role         0 = client, 1 = replica
+//!   9   8  node_id      u64: the replica's id; 0 for a client
+//!  17   1  cluster_len  u8: 1..=64
+//!  18   n  cluster_id   UTF-8
+//! reply body (its layout is frozen: any version can read any peer's reply)
+//!   8   1  outcome      0 = accepted, 1 = refused
+//!   accepted:  node_id u64, version u16
+//!   refused:   code u8, message text, then the fields of the code:
+//!     1 bad magic            got: u8 length (<= 4), bytes
+//!     2 unsupported version  got u16, min u16, max u16
+//!     3 cluster mismatch     expected text, got text
+//!     4 unknown node         node_id u64
+//!     5 unexpected role      role u8, node_id u64 (as in the hello)
+//!     6 malformed            reason text
+//! text = u16 length, then UTF-8 (at most 512 bytes; longer text is cut when encoding)
+//! ```
+//!
+//! A reader checks the magic first, then the version, and only then parses the body, so
+//! a future version may change the hello body and still be refused with the supported
+//! range. The `message` of a refusal is its human text, so a peer that does not know a
+//! newer refusal code can still print why it was refused ([`HandshakeRefusal::Other`]).
+//! Decoding is a pure function that never panics.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{
+    Accepted, HandshakeRefusal, Hello, HelloReply, PeerRole, CLUSTER_ID_BYTES_MAX, MAGIC,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+};
+use crate::WireError;
+
+/// Length of the record header (magic, version, body length), in bytes.
+pub const RECORD_HEADER_BYTES: usize = 8;
+
+/// Longest text field in a reply, in bytes; longer text is cut at a character boundary.
+pub const REPLY_TEXT_BYTES_MAX: usize = 512;
+
+const ROLE_CLIENT: u8 = 0;
+const ROLE_REPLICA: u8 = 1;
+const OUTCOME_ACCEPTED: u8 = 0;
+const OUTCOME_REFUSED: u8 = 1;
+const CODE_BAD_MAGIC: u8 = 1;
+const CODE_UNSUPPORTED_VERSION: u8 = 2;
+const CODE_CLUSTER_MISMATCH: u8 = 3;
+const CODE_UNKNOWN_NODE: u8 = 4;
+const CODE_UNEXPECTED_ROLE: u8 = 5;
+const CODE_MALFORMED: u8 = 6;
+
+impl Hello {
+    /// Encodes this hello as a record (header and body).
+    ///
+    /// The magic and version are written as they are, so a test can send a bad one; the
+    /// cluster id must be 1 to [`CLUSTER_ID_BYTES_MAX`] bytes long.
+    pub fn encode(&self) -> Result<Bytes, WireError> {
+        let id = self.cluster_id.as_bytes();
+        if id.is_empty() || id.len() > CLUSTER_ID_BYTES_MAX {
+            return Err(WireError::InvalidHello {
+                reason: format!(
+                    "cluster id is {} bytes long; it must be 1 to {CLUSTER_ID_BYTES_MAX} bytes",
+                    id.len()
+                ),
+            });
+        }
+        let mut body = BytesMut::with_capacity(1 + 8 + 1 + id.len());
+        put_role(&mut body, self.role);
+        body.put_u8(id.len() as u8);
+        body.put_slice(id);
+        Ok(record(self.magic, self.version, &body))
+    }
+
+    /// Decodes a hello record: a pure function that never panics.
+    ///
+    /// The error is the refusal to send back: bad magic, an unsupported version (decided
+    /// before the body is parsed), or a malformed body.
+    pub fn decode(record: &[u8]) -> Result<Hello, HandshakeRefusal> {
+        let (version, body) = split_record(record)?;
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) {
+            return Err(HandshakeRefusal::UnsupportedVersion {
+                got: version,
+                min: PROTOCOL_VERSION_MIN,
+                max: PROTOCOL_VERSION,
+            });
+        }
+        let mut r = Reader(body);
+        let role = r.role()?;
+        let id_len = usize::from(r.u8()?);
+        if id_len == 0 || id_len > CLUSTER_ID_BYTES_MAX {
+            return Err(malformed(format!(
+                "cluster id length {id_len} is outside 1..={CLUSTER_ID_BYTES_MAX}"
+            )));
+        }
+        let cluster_id = std::str::from_utf8(r.take(id_len)?)
+            .map_err(|_| malformed("cluster id is not UTF-8"))?
+            .to_owned();
+        r.finish()?;
+        Ok(Hello {
+            magic: MAGIC,
+            version,
+            cluster_id,
+            role,
+        })
+    }
+}
+
+impl HelloReply {
+    /// Encodes this reply as a record (header and body). Text longer than
+    /// [`REPLY_TEXT_BYTES_MAX`] is cut.
+    pub fn encode(&self) -> Bytes {
+        let mut body = BytesMut::new();
+        match self {
+            HelloReply::Accepted(accepted) => {
+                body.put_u8(OUTCOME_ACCEPTED);
+                body.put_u64(accepted.node_id);
+                body.put_u16(accepted.version);
+            }
+            HelloReply::Refused(refusal) => {
+                body.put_u8(OUTCOME_REFUSED);
+                put_refusal(&mut body, refusal);
+            }
+        }
+        record(MAGIC, PROTOCOL_VERSION, &body)
+    }
+
+    /// Decodes a reply record: a pure function that never panics.
+    ///
+    /// The reply's layout does not depend on the version in its header, so a reply from a
+    /// peer of any version is read; an unknown refusal code becomes
+    /// [`HandshakeRefusal::Other`].
+    pub fn decode(record: &[u8]) -> Result<HelloReply, HandshakeRefusal> {
+        let (_version, body) = split_record(record)?;
+        let mut r = Reader(body);
+        match r.u8()? {
+            OUTCOME_ACCEPTED => {
+                let node_id = r.u64()?;
+                let version = r.u16()?;
+                r.finish()?;
+                Ok(HelloReply::Accepted(Accepted { node_id, version }))
+            }
+            OUTCOME_REFUSED => Ok(HelloReply::Refused(refusal(&mut r)?)),
+            other => Err(malformed(format!("unknown reply outcome {other}"))),
+        }
+    }
+}
+
+/// Header fields of a record, as far as `prefix` holds them: what a reader needs to know
+/// how many more bytes belong to the record.
+///
+/// Returns `Ok(None)` if more header bytes are needed, `Ok(Some(body_len))` once the
+/// header is complete, and an error as soon as the magic is wrong.
+pub fn body_len(prefix: &[u8]) -> Result<Option<usize>, HandshakeRefusal> {
+    let magic_part = &prefix[..prefix.len().min(MAGIC.len())];
+    if magic_part != &MAGIC[..magic_part.len()] {
+        return Err(HandshakeRefusal::BadMagic {
+            got: magic_part.to_vec(),
+        });
+    }
+    match prefix.get(6..RECORD_HEADER_BYTES) {
+        Some(len) => Ok(Some(usize::from(u16::from_be_bytes([len[0], len[1]])))),
+        None => Ok(None),
+    }
+}
+
+fn record(magic: [u8; 4], version: u16, body: &[u8]) -> Bytes {
+    debug_assert!(body.len() <= usize::from(u16::MAX));
+    let mut out = BytesMut::with_capacity(RECORD_HEADER_BYTES + body.len());
+    out.put_slice(&magic);
+    out.put_u16(version);
+    out.put_u16(body.len() as u16);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Checks the magic and the body length; returns the version and the body.
+fn split_record(record: &[u8]) -> Result<(u16, &[u8]), HandshakeRefusal> {
+    let Some(len) = body_len(record)? else {
+        return Err(malformed(format!(
+            "truncated: {} bytes, shorter than the {RECORD_HEADER_BYTES}-byte header",
+            record.len()
+        )));
+    };
+    let version = u16::from_be_bytes([record[4], record[5]]);
+    let body = &record[RECORD_HEADER_BYTES..];
+    if body.len() != len {
+        return Err(malformed(format!(
+            "the header announces {len} body bytes but {} follow",
+            body.len()
+        )));
+    }
+    Ok((version, body))
+}
+
+fn put_role(out: &mut BytesMut, role: PeerRole) {
+    match role {
+        PeerRole::Client => {
+            out.put_u8(ROLE_CLIENT);
+            out.put_u64(0);
+        }
+        PeerRole::Replica(id) => {
+            out.put_u8(ROLE_REPLICA);
+            out.put_u64(id);
+        }
+    }
+}
+
+fn put_text(out: &mut BytesMut, text: &str) {
+    let mut end = text.len().min(REPLY_TEXT_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u16(end as u16);
+    out.put_slice(&text.as_bytes()[..end]);
+}
+
+fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
+    let code = match refusal {
+        HandshakeRefusal::BadMagic { .. } => CODE_BAD_MAGIC,
+        HandshakeRefusal::UnsupportedVersion { .. } => CODE_UNSUPPORTED_VERSION,
+        HandshakeRefusal::ClusterMismatch { .. } => CODE_CLUSTER_MISMATCH,
+        HandshakeRefusal::UnknownNode { .. } => CODE_UNKNOWN_NODE,
+        HandshakeRefusal::UnexpectedRole { .. } => CODE_UNEXPECTED_ROLE,
+        HandshakeRefusal::Malformed { .. } => CODE_MALFORMED,
+        HandshakeRefusal::Other { code, .. } => *code,
+    };
+    out.put_u8(code);
+    match refusal {
+        // An unknown refusal is passed on with its peer's text, not ours.
+        HandshakeRefusal::Other { message, .. } => put_text(out, message),
+        known => put_text(out, &known.to_string()),
+    }
+    match refusal {
+        HandshakeRefusal::BadMagic { got } => {
+            let got = &got[..got.len().min(MAGIC.len())];
+            out.put_u8(got.len() as u8);
+            out.put_slice(got);
+        }
+        HandshakeRefusal::UnsupportedVersion { got, min, max } => {
+            out.put_u16(*got);
+            out.put_u16(*min);
+            out.put_u16(*max);
+        }
+        HandshakeRefusal::ClusterMismatch { expected, got } => {
+            put_text(out, expected);
+            put_text(out, got);
+        }
+        HandshakeRefusal::UnknownNode { node_id } => out.put_u64(*node_id),
+        HandshakeRefusal::UnexpectedRole { got } => put_role(out, *got),
+        HandshakeRefusal::Malformed { reason } => put_text(out, reason),
+        HandshakeRefusal::Other { .. } => {}
+    }
+}
+
+fn refusal(r: &mut Reader<'_>) -> Result<HandshakeRefusal, HandshakeRefusal> {
+    let code = r.u8()?;
+    let message = r.text()?;
+    let refusal = match code {
+        CODE_BAD_MAGIC => {
+            let len = usize::from(r.u8()?);
+            if len > MAGIC.len() {
+                return Err(malformed(format!("bad-magic refusal carries {len} bytes")));
+            }
+            HandshakeRefusal::BadMagic {
+                got: r.take(len)?.to_vec(),
+            }
+        }
+        CODE_UNSUPPORTED_VERSION => HandshakeRefusal::UnsupportedVersion {
+            got: r.u16()?,
+            min: r.u16()?,
+            max: r.u16()?,
+        },
+        CODE_CLUSTER_MISMATCH => HandshakeRefusal::ClusterMismatch {
+            expected: r.text()?,
+            got: r.text()?,
+        },
+        CODE_UNKNOWN_NODE => HandshakeRefusal::UnknownNode { node_id: r.u64()? },
+        CODE_UNEXPECTED_ROLE => HandshakeRefusal::UnexpectedRole { got: r.role()? },
+        CODE_MALFORMED => HandshakeRefusal::Malformed { reason: r.text()? },
+        // A newer peer's refusal: its fields are unknown here, its text says it all.
+        code => return Ok(HandshakeRefusal::Other { code, message }),
+    };
+    r.finish()?;
+    Ok(refusal)
+}
+
+fn malformed(reason: impl Into<String>) -> HandshakeRefusal {
+    HandshakeRefusal::Malformed {
+        reason: reason.into(),
+    }
+}
+
+/// A cursor over a record body whose reads fail, rather than panic, past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HandshakeRefusal> {
+        if self.0.len() < n {
+            return Err(malformed(format!(
+                "truncated: needed {n} more bytes, {} left",
+                self.0.len()
+            )));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], HandshakeRefusal> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, HandshakeRefusal> {
+        Ok(u8::from_be_bytes(self.array()?))
+    }
+
+    fn u16(&mut self) -> Result<u16, HandshakeRefusal> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, HandshakeRefusal> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A text field; invalid UTF-8 is replaced rather than refused, since text is only
+    /// ever printed.
+    fn text(&mut self) -> Result<String, HandshakeRefusal> {
+        let len = usize::from(self.u16()?);
+        Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
+    }
+
+    fn role(&mut self) -> Result<PeerRole, HandshakeRefusal> {
+        let tag = self.u8()?;
+        let node_id = self.u64()?;
+        match tag {
+            ROLE_CLIENT if node_id == 0 => Ok(PeerRole::Client),
+            ROLE_CLIENT => Err(malformed(format!("client carries node id {node_id}"))),
+            ROLE_REPLICA => Ok(PeerRole::Replica(node_id)),
+            other => Err(malformed(format!("unknown role {other}"))),
+        }
+    }
+
+    fn finish(&self) -> Result<(), HandshakeRefusal> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!("{} trailing bytes", self.0.len())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_bytes_are_pinned() {
+        let hello = Hello::new("ab", PeerRole::Replica(0x0102));
+        let bytes = hello.encode().unwrap();
+        let expected: &[u8] = &[
+            b'K', b'V', b'S', b'W', // magic
+            0, 1, // version
+            0, 12, // body length
+            1,  // replica
+            0, 0, 0, 0, 0, 0, 1, 2, // node id
+            2, b'a', b'b', // cluster id
+        ];
+        assert_eq!(&bytes[..], expected);
+        assert_eq!(Hello::decode(&bytes), Ok(hello));
+    }
+
+    #[test]
+    fn body_len_needs_only_the_header() {
+        assert_eq!(body_len(b""), Ok(None));
+        assert_eq!(body_len(b"KVS"), Ok(None));
+        assert_eq!(body_len(b"KVSW\x00\x01\x00\x0c"), Ok(Some(12)));
+        assert_eq!(
+            body_len(b"KVX"),
+            Err(HandshakeRefusal::BadMagic {
+                got: b"KVX".to_vec()
+            })
+        );
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_char_boundary() {
+        let reason = "é".repeat(REPLY_TEXT_BYTES_MAX);
+        let reply = HelloReply::Refused(HandshakeRefusal::Malformed { reason });
+        let Ok(HelloReply::Refused(HandshakeRefusal::Malformed { reason })) =
+            HelloReply::decode(&reply.encode())
+        else {
+            panic!("reply does not decode");
+        };
+        assert_eq!(reason.len(), REPLY_TEXT_BYTES_MAX);
+    }
+}

@@ -1,0 +1,298 @@
+//! The handshake that opens every connection.
+//!
+//! The connecting side sends a [`Hello`]; the accepting side checks it with [`check_hello`]
+//! and answers with a [`HelloReply`]: accepted, or refused with a [`HandshakeRefusal`] that
+//! both sides can print. Only then do frames (see [`crate::codec`]) flow.
+//!
+//! Both records have a fixed layout defined byte by byte in [`layout`], not the message
+//! encoding, and they are sent before framing starts, so a peer of any protocol version,
+//! or a program that is not a kvs node at all, is recognised and refused with a reason.
+//! [`client_handshake`] and [`server_handshake`] run the exchange over a framed stream.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+pub mod layout;
+
+mod exchange;
+
+pub use exchange::{client_handshake, server_handshake};
+
+/// The first four bytes of every connection, in both directions.
+pub const MAGIC: [u8; 4] = *b"KVSW";
+
+/// The protocol version this build speaks, and the highest it accepts.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The lowest protocol version this build accepts.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+
+/// Longest cluster id, in bytes of UTF-8. Cluster ids are at least one byte long.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+
+/// A reasonable default for the `timeout` of [`client_handshake`] and [`server_handshake`].
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Who is connecting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// A client of the key-value store.
+    Client,
+    /// A replica of the cluster, with its node id.
+    Replica(u64),
+}
+
+impl std::fmt::Display for PeerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerRole::Client => f.write_str("client"),
+            PeerRole::Replica(id) => write!(f, "replica {id}"),
+        }
+    }
+}
+
+/// The first record a connecting side sends. See [`layout`] for its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Must be [`MAGIC`]; anything else is not a kvs peer.
+    pub magic: [u8; 4],
+    /// The protocol version the connecting side speaks, normally [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The cluster the connecting side believes it talks to, 1 to [`CLUSTER_ID_BYTES_MAX`]
+    /// bytes of UTF-8.
+    pub cluster_id: String,
+    /// Who is connecting.
+    pub role: PeerRole,
+}
+
+impl Hello {
+    /// A hello with [`MAGIC`] and [`PROTOCOL_VERSION`].
+    pub fn new(cluster_id: impl Into<String>, role: PeerRole) -> Self {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            role,
+        }
+    }
+}
+
+/// What the accepting side learned about itself and the connection when it accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The accepting node's id.
+    pub node_id: u64,
+    /// The protocol version both sides speak from now on.
+    pub version: u16,
+}
+
+/// The accepting side's answer to a [`Hello`]. See [`layout`] for its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HelloReply {
+    /// The connection is open; frames follow.
+    Accepted(Accepted),
+    /// The connection is refused, for this reason; the accepting side closes it.
+    Refused(HandshakeRefusal),
+}
+
+/// Why a handshake was refused. The text is phrased so that either side can print it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeRefusal {
+    /// The first bytes are not [`MAGIC`]: the other side does not speak this protocol.
+    #[error("not a kvs peer (bad magic \"{}\")", .got.escape_ascii())]
+    BadMagic {
+        /// The first bytes received (up to 4).
+        got: Vec<u8>,
+    },
+    /// The protocol version is outside the range the accepting side supports.
+    #[error(
+        "unsupported protocol version {got}: the accepting node supports versions {min} to {max}"
+    )]
+    UnsupportedVersion {
+        /// The version the connecting side asked for.
+        got: u16,
+        /// The lowest version the accepting side supports.
+        min: u16,
+        /// The highest version the accepting side supports.
+        max: u16,
+    },
+    /// The two sides belong to different clusters.
+    #[error("cluster id mismatch: the accepting node is in cluster \"{expected}\", the connecting side says \"{got}\"")]
+    ClusterMismatch {
+        /// The accepting side's cluster id.
+        expected: String,
+        /// The connecting side's cluster id.
+        got: String,
+    },
+    /// A replica connected with a node id that is not a member of the cluster.
+    #[error("unknown node id {node_id}: not a member of the accepting node's cluster")]
+    UnknownNode {
+        /// The node id the replica gave.
+        node_id: u64,
+    },
+    /// The connecting side's role is not served on this port (a client on the peer port,
+    /// or a replica on the client port).
+    #[error("a {got} is not accepted on this port (client port and peer port mixed up?)")]
+    UnexpectedRole {
+        /// The role the connecting side gave.
+        got: PeerRole,
+    },
+    /// The record starts well but is not a valid hello or reply.
+    #[error("malformed handshake: {reason}")]
+    Malformed {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A refusal this build does not know, from a newer peer; its text is the peer's own.
+    #[error("{message} (refusal code {code})")]
+    Other {
+        /// The refusal's code on the wire.
+        code: u8,
+        /// The peer's description of the refusal.
+        message: String,
+    },
+}
+
+/// What an accepting side requires of a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeExpectation {
+    /// The cluster this node belongs to.
+    pub cluster_id: String,
+    /// Whether clients may connect here.
+    pub accept_clients: bool,
+    /// The node ids of replicas that may connect here, or `None` if no replica may.
+    pub replicas: Option<BTreeSet<u64>>,
+}
+
+impl HandshakeExpectation {
+    /// The expectation of a client port: clients of `cluster_id` only.
+    pub fn clients(cluster_id: impl Into<String>) -> Self {
+        HandshakeExpectation {
+            cluster_id: cluster_id.into(),
+            accept_clients: true,
+            replicas: None,
+        }
+    }
+
+    /// The expectation of a peer port: replicas of `cluster_id` with one of the given ids.
+    pub fn replicas(cluster_id: impl Into<String>, ids: impl IntoIterator<Item = u64>) -> Self {
+        HandshakeExpectation {
+            cluster_id: cluster_id.into(),
+            accept_clients: false,
+            replicas: Some(ids.into_iter().collect()),
+        }
+    }
+}
+
+/// Decides whether to accept a [`Hello`]: a pure function.
+///
+/// Checks, in order: the magic, the version (within
+/// [`PROTOCOL_VERSION_MIN`]`..=`[`PROTOCOL_VERSION`]), the cluster id, then the role.
+pub fn check_hello(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
+    if hello.magic != MAGIC {
+        return Err(HandshakeRefusal::BadMagic {
+            got: hello.magic.to_vec(),
+        });
+    }
+    if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&hello.version) {
+        return Err(HandshakeRefusal::UnsupportedVersion {
+            got: hello.version,
+            min: PROTOCOL_VERSION_MIN,
+            max: PROTOCOL_VERSION,
+        });
+    }
+    if hello.cluster_id != expected.cluster_id {
+        return Err(HandshakeRefusal::ClusterMismatch {
+            expected: expected.cluster_id.clone(),
+            got: hello.cluster_id.clone(),
+        });
+    }
+    match (hello.role, &expected.replicas) {
+        (PeerRole::Client, _) if expected.accept_clients => Ok(()),
+        (PeerRole::Replica(node_id), Some(ids)) if !ids.contains(&node_id) => {
+            Err(HandshakeRefusal::UnknownNode { node_id })
+        }
+        (PeerRole::Replica(_), Some(_)) => Ok(()),
+        (got, _) => Err(HandshakeRefusal::UnexpectedRole { got }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers() -> HandshakeExpectation {
+        HandshakeExpectation::replicas("prod", [1, 2, 3])
+    }
+
+    #[test]
+    fn accepts_members_and_clients_where_expected() {
+        assert_eq!(
+            check_hello(&Hello::new("prod", PeerRole::Replica(2)), &peers()),
+            Ok(())
+        );
+        let clients = HandshakeExpectation::clients("prod");
+        assert_eq!(
+            check_hello(&Hello::new("prod", PeerRole::Client), &clients),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refusals_come_in_order() {
+        let mut hello = Hello::new("test", PeerRole::Replica(9));
+        hello.magic = *b"HTTP";
+        hello.version = 7;
+        let check = |h: &Hello| check_hello(h, &peers()).unwrap_err();
+        assert!(matches!(check(&hello), HandshakeRefusal::BadMagic { .. }));
+        hello.magic = MAGIC;
+        assert!(matches!(
+            check(&hello),
+            HandshakeRefusal::UnsupportedVersion { got: 7, .. }
+        ));
+        hello.version = PROTOCOL_VERSION;
+        assert!(matches!(
+            check(&hello),
+            HandshakeRefusal::ClusterMismatch { .. }
+        ));
+        hello.cluster_id = "prod".into();
+        assert_eq!(check(&hello), HandshakeRefusal::UnknownNode { node_id: 9 });
+        hello.role = PeerRole::Client;
+        assert_eq!(
+            check(&hello),
+            HandshakeRefusal::UnexpectedRole {
+                got: PeerRole::Client
+            }
+        );
+        let replica = Hello::new("prod", PeerRole::Replica(1));
+        assert_eq!(
+            check_hello(&replica, &HandshakeExpectation::clients("prod")),
+            Err(HandshakeRefusal::UnexpectedRole {
+                got: PeerRole::Replica(1)
+            })
+        );
+    }
+
+    #[test]
+    fn refusals_read_well() {
+        let bad = HandshakeRefusal::BadMagic {
+            got: b"GET ".to_vec(),
+        };
+        assert_eq!(bad.to_string(), "not a kvs peer (bad magic \"GET \")");
+        let version = HandshakeRefusal::UnsupportedVersion {
+            got: 2,
+            min: 1,
+            max: 1,
+        };
+        assert_eq!(
+            version.to_string(),
+            "unsupported protocol version 2: the accepting node supports versions 1 to 1"
+        );
+        let role = HandshakeRefusal::UnexpectedRole {
+            got: PeerRole::Replica(4),
+        };
+        assert!(role
+            .to_string()
+            .starts_with("a replica 4 is not accepted on this port"));
+    }
+}
