@@ -101,6 +101,7 @@
 pub mod client;
 pub mod codec;
 pub mod handshake;
+pub mod peer;
 pub mod status;
 
 mod error;
@@ -119,4 +120,5 @@ pub use handshake::{
     HandshakeRefusal, Hello, HelloReply, PeerRole, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT,
     MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
+pub use peer::{PeerMessage, SNAPSHOT_CHUNK_BYTES};
 pub use status::{BallotInfo, NodeRole, NodeStatus, PeerReachability};
