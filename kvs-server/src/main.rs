@@ -1,1 +1,57 @@
-fn main() {}
+//! `kvs-server`: run one replica, or a whole local cluster with `kvs-server dev`.
+
+use clap::Parser;
+use kvs_server::config::{Cli, Command};
+use tokio::sync::watch;
+
+fn init_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Dev(args)) => {
+                init_logs(&args.log_level);
+                kvs_server::dev::run(args).await
+            }
+            None => {
+                let merged = cli.replica.merged()?;
+                init_logs(merged.log_level.as_deref().unwrap_or("info"));
+                let cfg = cli.replica.resolve()?;
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let node = tokio::spawn(kvs_server::node::run(cfg, stop_rx));
+                tokio::select! {
+                    r = node => return r.map_err(|e| format!("replica task failed: {e}"))?,
+                    _ = kvs_server::wait_for_signal() => {}
+                }
+                let _ = stop_tx.send(true);
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

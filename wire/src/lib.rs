@@ -100,6 +100,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod command;
 pub mod handshake;
 pub mod peer;
 pub mod status;
@@ -114,6 +115,7 @@ pub use codec::{
     decode, encode, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,
     FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_MIN,
 };
+pub use command::{Command, WriteOp};
 pub use error::WireError;
 pub use handshake::{
     check_hello, client_handshake, server_handshake, Accepted, HandshakeExpectation,

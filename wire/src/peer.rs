@@ -62,7 +62,9 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for len in 0..64u8 {
-            let junk: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(len)).collect();
+            let junk: Vec<u8> = (0..len)
+                .map(|i| i.wrapping_mul(37).wrapping_add(len))
+                .collect();
             let _ = crate::decode::<PeerMessage>(&junk);
         }
         assert!(crate::decode::<PeerMessage>(&[0xff; 9]).is_err());

@@ -1,0 +1,106 @@
+//! `kvs-server dev`: a whole cluster on loopback in one process, for trying the store out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clients::ClientLimits;
+use crate::config::{parse_range, DevArgs, SNAPSHOT_EVERY_DEFAULT};
+use crate::node::{self, NodeConfig};
+
+/// The node configurations of a dev cluster.
+pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
+    if !(1..=paxos_core::MEMBERS_MAX as u64).contains(&args.nodes) {
+        return Err(format!(
+            "--nodes must be between 1 and {}, got {}",
+            paxos_core::MEMBERS_MAX,
+            args.nodes
+        ));
+    }
+    if !(0.0..=1.0).contains(&args.acceptor_fail_prob) {
+        return Err(format!(
+            "--acceptor-fail-prob must be between 0 and 1, got {}",
+            args.acceptor_fail_prob
+        ));
+    }
+    let down = parse_range(&args.acceptor_down_ms, "--acceptor-down-ms")?;
+    let port = |base: u16, i: u64| -> Result<u16, String> {
+        base.checked_add((i - 1) as u16)
+            .ok_or_else(|| format!("port {base} + {} is out of range", i - 1))
+    };
+    let mut peers = BTreeMap::new();
+    let mut clients = BTreeMap::new();
+    for i in 1..=args.nodes {
+        peers.insert(i, format!("127.0.0.1:{}", port(args.peer_port, i)?));
+        clients.insert(i, format!("127.0.0.1:{}", port(args.client_port, i)?));
+    }
+    Ok((1..=args.nodes)
+        .map(|i| NodeConfig {
+            id: i,
+            peers: peers.clone(),
+            peer_listen: None,
+            client_addr: clients[&i].clone(),
+            client_addrs: clients.clone(),
+            data_dir: args.data_dir.join(format!("node-{i}")),
+            cluster_id: "kvs".into(),
+            snapshot_every: SNAPSHOT_EVERY_DEFAULT,
+            acceptor_fail_prob: args.acceptor_fail_prob,
+            acceptor_down_ms: down,
+            heartbeat_interval_ms: 50,
+            election_timeout_ms: (300, 600),
+            request_timeout: Duration::from_secs(10),
+            limits: ClientLimits::default(),
+            wal_segment_bytes_max: 64 * 1024 * 1024,
+        })
+        .collect())
+}
+
+/// Runs the dev cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> Result<(), String> {
+    let configs = configs(&args)?;
+    let endpoints: Vec<String> = configs.iter().map(|c| c.client_addr.clone()).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for cfg in configs {
+        let rx = stop_rx.clone();
+        let id = cfg.id;
+        tasks.push(tokio::spawn(async move { (id, node::run(cfg, rx).await) }));
+    }
+    let list = endpoints.join(",");
+    println!(
+        "kvs dev cluster: {} replicas, data in {}",
+        args.nodes,
+        args.data_dir.display()
+    );
+    for (i, e) in endpoints.iter().enumerate() {
+        println!("  replica {}: clients at {e}", i + 1);
+    }
+    println!();
+    println!("Try it (kvs-client uses these endpoints by default):");
+    println!("  kvs-client put greeting hello");
+    println!("  kvs-client get greeting");
+    println!("  kvs-client status");
+    println!("  KVS_ENDPOINTS={list} kvs-client get greeting --stale");
+    println!();
+    println!(
+        "Ctrl-C stops the cluster; its data stays in {} for the next start.",
+        args.data_dir.display()
+    );
+    crate::wait_for_signal().await;
+    println!("stopping...");
+    let _ = stop_tx.send(true);
+    let mut failed = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok((_, Ok(()))) => {}
+            Ok((id, Err(e))) => failed.push(format!("replica {id}: {e}")),
+            Err(e) => failed.push(format!("a replica task failed: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}

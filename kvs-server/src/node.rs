@@ -1,0 +1,904 @@
+//! The event loop: the one task that owns the `paxos_core::Replica` and the state machine.
+//!
+//! Network tasks and the storage thread talk to it over one channel. It never blocks on IO
+//! except for writing a snapshot (see the note on `take_snapshot`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use paxos_core::{NodeId, Output, ProposeError, RecoveredState, Replica, Role, Value};
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use wire::{
+    BallotInfo, ClientRequest, Command, ErrorReply, NodeRole, NodeStatus, Op, PeerMessage,
+    PeerReachability, ReadConsistency, Reply, Session, WriteOp,
+};
+
+use crate::clients::{self, ClientLimits, Responder};
+use crate::peers;
+use crate::snapshot;
+use crate::state_machine::StateMachine;
+use crate::storage::{self, Storage, StorageCmd, StorageEvent};
+use crate::wal::WalOptions;
+
+/// Everything a replica needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This replica's id.
+    pub id: NodeId,
+    /// For every member (this one included): the address to dial to send it messages. This
+    /// replica listens for peers on its own entry (or on `peer_listen` if set).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Where to listen for peers, if not this replica's entry in `peers`.
+    pub peer_listen: Option<String>,
+    /// Where to listen for clients.
+    pub client_addr: String,
+    /// Client addresses of the members, for telling clients where the leader is.
+    pub client_addrs: BTreeMap<NodeId, String>,
+    /// Where the log and snapshots live.
+    pub data_dir: PathBuf,
+    /// Peers and clients must present the same cluster id.
+    pub cluster_id: String,
+    /// Take a snapshot (and compact the log) every this many applied slots.
+    pub snapshot_every: u64,
+    /// Random acceptor failures: chance per peer message handled.
+    pub acceptor_fail_prob: f64,
+    /// How long a failed acceptor stays down, in ms (a random time in this range).
+    pub acceptor_down_ms: (u64, u64),
+    /// Consensus tuning (ids and members are filled in from the fields above).
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range, ms.
+    pub election_timeout_ms: (u64, u64),
+    /// How long the server keeps an unanswered write or read before answering `Timeout`.
+    pub request_timeout: Duration,
+    /// Client limits.
+    pub limits: ClientLimits,
+    /// WAL segment size.
+    pub wal_segment_bytes_max: u64,
+}
+
+impl NodeConfig {
+    fn paxos_config(&self) -> paxos_core::Config {
+        let mut c = paxos_core::Config::new(self.id, self.peers.keys().copied().collect());
+        c.heartbeat_interval_ms = self.heartbeat_interval_ms;
+        c.election_timeout_min_ms = self.election_timeout_ms.0;
+        c.election_timeout_max_ms = self.election_timeout_ms.1;
+        // One slot's batch must fit in a frame with room to spare.
+        c.batch_bytes_max = (self.limits.frame_bytes_max / 4).max(64 * 1024);
+        c
+    }
+}
+
+/// Inputs of the event loop.
+pub enum Event {
+    /// A message from a peer.
+    Peer {
+        /// Who sent it.
+        from: NodeId,
+        /// The message.
+        msg: PeerMessage,
+    },
+    /// A client request, with the way to answer it.
+    Client {
+        /// The request.
+        req: ClientRequest,
+        /// Where the answer goes.
+        responder: Responder,
+    },
+    /// The storage thread reports.
+    Storage(StorageEvent),
+}
+
+struct PendingWrite {
+    responders: Vec<Responder>,
+    since: Instant,
+}
+
+struct PendingRead {
+    key: Bytes,
+    responder: Responder,
+    since: Instant,
+}
+
+struct Assembly {
+    slot: u64,
+    total: u64,
+    buf: Vec<u8>,
+}
+
+/// Counters of the random acceptor failure mode.
+#[derive(Default, Debug, Clone)]
+struct FailureStats {
+    failures: u64,
+    recoveries: u64,
+}
+
+struct Node {
+    cfg: NodeConfig,
+    replica: Replica,
+    sm: StateMachine,
+    storage: Storage,
+    incarnation: u64,
+    start: Instant,
+    peers_out: BTreeMap<NodeId, mpsc::Sender<PeerMessage>>,
+    reachable: BTreeMap<NodeId, Arc<AtomicBool>>,
+    pending_writes: HashMap<(u64, u64), PendingWrite>,
+    pending_reads: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+    /// The latest durable snapshot, for shipping to lagging peers.
+    snapshot_bytes: Option<Arc<Vec<u8>>>,
+    last_snapshot_slot: u64,
+    incoming: BTreeMap<NodeId, Assembly>,
+    down_until: Option<Instant>,
+    failure_stats: FailureStats,
+    rng: rand::rngs::StdRng,
+    fatal: Option<String>,
+    /// The role and ballot last logged, to log changes.
+    last_role: (Role, paxos_core::Ballot),
+}
+
+/// Runs a replica until `shutdown` turns true or a fatal error (such as a failed fsync).
+pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    let _lock = DirLock::acquire(&cfg.data_dir)?;
+    let paxos_config = cfg.paxos_config();
+    paxos_config
+        .validate()
+        .map_err(|e| format!("invalid cluster configuration: {e}"))?;
+
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(16 * 1024);
+
+    // Recovery: snapshot first, then the log on top of it.
+    let snap = snapshot::read_file(&cfg.data_dir).map_err(|e| format!("{e}; refusing to start"))?;
+    let storage_tx = events_tx.clone();
+    let wal_dir = cfg.data_dir.join("wal");
+    let wal_options = WalOptions {
+        segment_bytes_max: cfg.wal_segment_bytes_max,
+        ..WalOptions::default()
+    };
+    let (mut state, storage) = storage::open(&wal_dir, wal_options, move |e| {
+        let _ = storage_tx.blocking_send(Event::Storage(e));
+    })?;
+    let (snapshot_bytes, sm) = match snap {
+        Some((bytes, sm)) => (Some(Arc::new(bytes)), sm),
+        None => (None, StateMachine::new()),
+    };
+    state.snapshot_slot = sm.applied();
+    tracing::info!(
+        id = cfg.id,
+        snapshot_slot = state.snapshot_slot,
+        commit = state.commit,
+        promised = %state.promised,
+        records = state.accepted.len(),
+        "recovered durable state"
+    );
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let replica = Replica::recover(paxos_config, rng.random(), 0, &state)
+        .map_err(|e| format!("invalid cluster configuration: {e}"))?;
+
+    // Network.
+    let peer_listen = cfg
+        .peer_listen
+        .clone()
+        .or_else(|| cfg.peers.get(&cfg.id).cloned())
+        .ok_or_else(|| format!("--peers has no entry for this node ({})", cfg.id))?;
+    let peer_listener = TcpListener::bind(&peer_listen)
+        .await
+        .map_err(|e| format!("cannot listen for peers on {peer_listen}: {e}"))?;
+    let client_listener = TcpListener::bind(&cfg.client_addr)
+        .await
+        .map_err(|e| format!("cannot listen for clients on {}: {e}", cfg.client_addr))?;
+    let client_local: SocketAddr = client_listener
+        .local_addr()
+        .map_err(|e| format!("client listener: {e}"))?;
+    tracing::info!(id = cfg.id, peers = %peer_listen, clients = %client_local, "listening");
+
+    let mut peers_out = BTreeMap::new();
+    let mut reachable = BTreeMap::new();
+    for (&peer, addr) in &cfg.peers {
+        if peer == cfg.id {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(peers::PEER_QUEUE_MAX);
+        let flag = Arc::new(AtomicBool::new(false));
+        tokio::spawn(peers::outbound(
+            cfg.id,
+            peer,
+            addr.clone(),
+            cfg.cluster_id.clone(),
+            rx,
+            flag.clone(),
+            shutdown.clone(),
+        ));
+        peers_out.insert(peer, tx);
+        reachable.insert(peer, flag);
+    }
+    tokio::spawn(peers::listen(
+        peer_listener,
+        cfg.id,
+        cfg.cluster_id.clone(),
+        cfg.peers.keys().copied().collect(),
+        events_tx.clone(),
+        cfg.limits.frame_bytes_max,
+        shutdown.clone(),
+    ));
+    tokio::spawn(clients::listen(
+        client_listener,
+        cfg.id,
+        cfg.cluster_id.clone(),
+        events_tx.clone(),
+        cfg.limits.clone(),
+        shutdown.clone(),
+    ));
+    drop(events_tx);
+
+    let mut node = Node {
+        last_snapshot_slot: sm.applied(),
+        cfg,
+        replica,
+        sm,
+        storage,
+        incarnation: 0,
+        start: Instant::now(),
+        peers_out,
+        reachable,
+        pending_writes: HashMap::new(),
+        pending_reads: HashMap::new(),
+        next_read_id: 0,
+        snapshot_bytes,
+        incoming: BTreeMap::new(),
+        down_until: None,
+        failure_stats: FailureStats::default(),
+        rng,
+        fatal: None,
+        last_role: (Role::Follower, paxos_core::Ballot::ZERO),
+    };
+    node.drain();
+
+    let mut sweep = tokio::time::interval(Duration::from_millis(500));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutting_down: Option<Instant> = None;
+    loop {
+        if let Some(reason) = node.fatal.take() {
+            node.fail_all_pending();
+            return Err(reason);
+        }
+        let deadline = node.deadline();
+        tokio::select! {
+            ev = events_rx.recv() => {
+                let Some(ev) = ev else { break };
+                node.handle(ev);
+                // Take whatever else is already queued before draining, so proposals share
+                // slots and persist records share one fsync.
+                for _ in 0..1024 {
+                    match events_rx.try_recv() {
+                        Ok(ev) => node.handle(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => node.on_timer().await,
+            _ = sweep.tick() => {
+                node.expire_pending();
+                if let Some(t) = shutting_down {
+                    let idle = node.pending_writes.is_empty() && node.pending_reads.is_empty();
+                    if idle || t.elapsed() > Duration::from_secs(3) {
+                        break;
+                    }
+                }
+            }
+            _ = shutdown.changed(), if shutting_down.is_none() => {
+                tracing::info!(id = node.cfg.id, "shutting down: finishing in-flight requests");
+                shutting_down = Some(Instant::now());
+            }
+        }
+        node.drain();
+    }
+    node.fail_all_pending();
+    node.storage.close();
+    tracing::info!(id = node.cfg.id, "stopped");
+    Ok(())
+}
+
+impl Node {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn deadline(&self) -> Instant {
+        if let Some(t) = self.down_until {
+            return t;
+        }
+        self.start + Duration::from_millis(self.replica.poll_timeout())
+    }
+
+    fn is_down(&self) -> bool {
+        self.down_until.is_some()
+    }
+
+    async fn on_timer(&mut self) {
+        if let Some(t) = self.down_until {
+            if Instant::now() >= t {
+                self.recover_acceptor().await;
+            }
+            return;
+        }
+        let now = self.now_ms();
+        self.replica.handle_timeout(now);
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Peer { from, msg } => {
+                if self.is_down() {
+                    return; // a failed acceptor hears nothing
+                }
+                if self.cfg.acceptor_fail_prob > 0.0
+                    && self
+                        .rng
+                        .random_bool(self.cfg.acceptor_fail_prob.clamp(0.0, 1.0))
+                {
+                    self.fail_acceptor();
+                    return;
+                }
+                match msg {
+                    PeerMessage::Paxos(m) => {
+                        let now = self.now_ms();
+                        self.replica.handle_message(now, from, m);
+                    }
+                    PeerMessage::SnapshotChunk {
+                        slot,
+                        total_bytes,
+                        offset,
+                        data,
+                    } => self.on_snapshot_chunk(from, slot, total_bytes, offset, data),
+                }
+            }
+            Event::Client { req, responder } => self.on_client(req, responder),
+            Event::Storage(StorageEvent::Durable { incarnation, id }) => {
+                if incarnation == self.incarnation && !self.is_down() {
+                    let now = self.now_ms();
+                    self.replica.handle_durable(now, id);
+                }
+            }
+            Event::Storage(StorageEvent::Fatal(reason)) => {
+                tracing::error!(id = self.cfg.id, %reason, "stopping: the log can no longer be trusted");
+                self.fatal = Some(reason);
+            }
+        }
+    }
+
+    /// Carries out every output of the replica.
+    fn drain(&mut self) {
+        if self.is_down() {
+            return;
+        }
+        while let Some(out) = self.replica.poll_output() {
+            match out {
+                Output::Send { to, message } => {
+                    if let Some(tx) = self.peers_out.get(&to) {
+                        let _ = tx.try_send(PeerMessage::Paxos(message));
+                    }
+                }
+                Output::Persist { id, entries } => {
+                    let cmd = StorageCmd::Append {
+                        incarnation: self.incarnation,
+                        id,
+                        entries,
+                    };
+                    if let Err(e) = self.storage.send(cmd) {
+                        self.fatal = Some(e);
+                        return;
+                    }
+                }
+                Output::Committed { slot, value } => self.apply(slot, value),
+                Output::ReadReady { id } => {
+                    if let Some(r) = self.pending_reads.remove(&id) {
+                        let value = self.sm.get(&r.key).cloned();
+                        r.responder.respond(Ok(Reply::Value {
+                            value,
+                            stale: false,
+                        }));
+                    }
+                }
+                Output::ReadAborted { id, leader_hint } => {
+                    if let Some(r) = self.pending_reads.remove(&id) {
+                        r.responder.respond(Err(self.not_leader(leader_hint)));
+                    }
+                }
+                Output::ProposalsDropped {
+                    commands,
+                    leader_hint,
+                } => {
+                    for raw in commands {
+                        let Ok(c) = Command::decode(&raw) else {
+                            continue;
+                        };
+                        let key = (c.session.client_id, c.session.seq);
+                        if let Some(p) = self.pending_writes.remove(&key) {
+                            for r in p.responders {
+                                r.respond(Err(self.not_leader(leader_hint)));
+                            }
+                        }
+                    }
+                }
+                Output::SendSnapshot { to } => self.ship_snapshot(to),
+            }
+        }
+        let role = (self.replica.role(), self.replica.ballot());
+        if role.0 != self.last_role.0 {
+            tracing::info!(
+                id = self.cfg.id,
+                role = %role.0,
+                ballot = %role.1,
+                leader = ?self.replica.leader_hint(),
+                commit = self.replica.commit_index(),
+                "role changed"
+            );
+        }
+        self.last_role = role;
+    }
+
+    fn apply(&mut self, slot: u64, value: Value) {
+        if let Value::Commands(cmds) = value {
+            for raw in cmds {
+                match Command::decode(&raw) {
+                    Ok(c) => {
+                        let applied = self.sm.apply(slot, c);
+                        let key = (applied.session.client_id, applied.session.seq);
+                        if let Some(p) = self.pending_writes.remove(&key) {
+                            for r in p.responders {
+                                r.respond(Ok(applied.reply.clone()));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Every replica skips the same bytes, so they stay in agreement.
+                        tracing::error!(slot, error = %e, "skipping an undecodable command");
+                    }
+                }
+            }
+        }
+        self.sm.finish_slot(slot);
+        if self.sm.applied() >= self.last_snapshot_slot + self.cfg.snapshot_every {
+            self.take_snapshot();
+        }
+    }
+
+    /// Writes a snapshot of the state machine, then lets the core and the log forget what
+    /// it covers. This writes and fsyncs on the event loop; with a large store that is a
+    /// pause, which a background writer over a frozen copy would avoid.
+    fn take_snapshot(&mut self) {
+        let slot = self.sm.applied();
+        let bytes = match snapshot::encode(&self.sm) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a snapshot");
+                return;
+            }
+        };
+        if let Err(e) = snapshot::write_file(&self.cfg.data_dir, &bytes) {
+            // A snapshot is an optimisation: the log still holds everything.
+            tracing::error!(error = %e, "cannot write a snapshot; keeping the full log");
+            return;
+        }
+        tracing::info!(
+            slot,
+            bytes = bytes.len(),
+            keys = self.sm.len(),
+            "snapshot taken"
+        );
+        self.snapshot_bytes = Some(Arc::new(bytes));
+        self.last_snapshot_slot = slot;
+        self.replica.compact(slot);
+        if let Err(e) = self.storage.send(StorageCmd::Compact { slot }) {
+            self.fatal = Some(e);
+        }
+    }
+
+    fn ship_snapshot(&mut self, to: NodeId) {
+        let (Some(bytes), Some(tx)) = (
+            self.snapshot_bytes.clone(),
+            self.peers_out.get(&to).cloned(),
+        ) else {
+            return;
+        };
+        let slot = self.last_snapshot_slot;
+        tracing::info!(
+            peer = to,
+            slot,
+            bytes = bytes.len(),
+            "shipping a snapshot to a lagging peer"
+        );
+        tokio::spawn(async move {
+            let total = bytes.len() as u64;
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + wire::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+                let chunk = PeerMessage::SnapshotChunk {
+                    slot,
+                    total_bytes: total,
+                    offset: offset as u64,
+                    data: Bytes::copy_from_slice(&bytes[offset..end]),
+                };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                offset = end;
+                if offset >= bytes.len() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn on_snapshot_chunk(&mut self, from: NodeId, slot: u64, total: u64, offset: u64, data: Bytes) {
+        if slot <= self.sm.applied() {
+            return;
+        }
+        // Refuse absurd sizes before allocating: a snapshot is at most a few GiB.
+        const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+        if total > SNAPSHOT_BYTES_MAX {
+            tracing::warn!(peer = from, total, "ignoring a snapshot of absurd size");
+            return;
+        }
+        if offset == 0 {
+            self.incoming.insert(
+                from,
+                Assembly {
+                    slot,
+                    total,
+                    buf: Vec::with_capacity(total.min(256 * 1024 * 1024) as usize),
+                },
+            );
+        }
+        let Some(a) = self.incoming.get_mut(&from) else {
+            return;
+        };
+        if a.slot != slot || a.total != total || a.buf.len() as u64 != offset {
+            self.incoming.remove(&from); // out of order: wait for the next attempt
+            return;
+        }
+        a.buf.extend_from_slice(&data);
+        if (a.buf.len() as u64) < a.total {
+            return;
+        }
+        let Some(a) = self.incoming.remove(&from) else {
+            return;
+        };
+        let origin = PathBuf::from(format!("snapshot from replica {from}"));
+        let sm = match snapshot::decode(&a.buf, &origin) {
+            Ok(sm) => sm,
+            Err(e) => {
+                tracing::warn!(peer = from, error = %e, "discarding a received snapshot");
+                return;
+            }
+        };
+        if sm.applied() != slot {
+            tracing::warn!(
+                peer = from,
+                slot,
+                "discarding a snapshot whose slot does not match"
+            );
+            return;
+        }
+        if let Err(e) = snapshot::write_file(&self.cfg.data_dir, &a.buf) {
+            tracing::error!(error = %e, "cannot store a received snapshot");
+            return;
+        }
+        tracing::info!(
+            peer = from,
+            slot,
+            keys = sm.len(),
+            "installed a snapshot from a peer"
+        );
+        self.sm = sm;
+        self.snapshot_bytes = Some(Arc::new(a.buf));
+        self.last_snapshot_slot = slot;
+        let now = self.now_ms();
+        self.replica.install_snapshot(now, slot);
+        if let Err(e) = self.storage.send(StorageCmd::Compact { slot }) {
+            self.fatal = Some(e);
+        }
+    }
+
+    fn not_leader(&self, hint: Option<NodeId>) -> ErrorReply {
+        let hint = hint.filter(|&h| h != self.cfg.id);
+        match hint {
+            Some(l) => ErrorReply::NotLeader {
+                leader: Some(l),
+                leader_addr: self.cfg.client_addrs.get(&l).cloned(),
+            },
+            None => ErrorReply::Unavailable {
+                reason: "no leader elected yet".into(),
+            },
+        }
+    }
+
+    fn propose_error(&self, e: ProposeError) -> ErrorReply {
+        match e {
+            ProposeError::NotLeader { leader_hint } => self.not_leader(leader_hint),
+            ProposeError::Busy => ErrorReply::Busy,
+        }
+    }
+
+    fn on_client(&mut self, req: ClientRequest, responder: Responder) {
+        let op = req.op;
+        if let Err(e) = wire::validate(&op) {
+            responder.respond(Err(e));
+            return;
+        }
+        if self.is_down() && !matches!(op, Op::Status) {
+            responder.respond(Err(ErrorReply::Unavailable {
+                reason: "this replica is recovering from an injected acceptor failure".into(),
+            }));
+            return;
+        }
+        let write = match op {
+            Op::Status => {
+                let status = self.status();
+                responder.respond(Ok(Reply::Status(Box::new(status))));
+                return;
+            }
+            Op::Get {
+                key,
+                consistency: ReadConsistency::Stale,
+            } => {
+                let value = self.sm.get(&key).cloned();
+                responder.respond(Ok(Reply::Value { value, stale: true }));
+                return;
+            }
+            Op::Get {
+                key,
+                consistency: ReadConsistency::Linearizable,
+            } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                let now = self.now_ms();
+                match self.replica.read(now, id) {
+                    Ok(()) => {
+                        self.pending_reads.insert(
+                            id,
+                            PendingRead {
+                                key,
+                                responder,
+                                since: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(e) => responder.respond(Err(self.propose_error(e))),
+                }
+                return;
+            }
+            Op::Put { key, value } => WriteOp::Put { key, value },
+            Op::Delete { key } => WriteOp::Delete { key },
+            Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
+        };
+        // A write without a session gets a fresh one: it is then simply not deduplicated.
+        let session = req.session.unwrap_or_else(|| Session {
+            client_id: self.rng.random(),
+            seq: 0,
+        });
+        if let Some(reply) = self.sm.result_of(&session) {
+            responder.respond(Ok(reply.clone()));
+            return;
+        }
+        let key = (session.client_id, session.seq);
+        if let Some(p) = self.pending_writes.get_mut(&key) {
+            p.responders.push(responder); // a retry of a write still in flight here
+            return;
+        }
+        let raw = match (Command { session, op: write }).encode() {
+            Ok(r) => r,
+            Err(e) => {
+                responder.respond(Err(ErrorReply::Invalid {
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        };
+        let now = self.now_ms();
+        match self.replica.propose(now, raw) {
+            Ok(()) => {
+                self.pending_writes.insert(
+                    key,
+                    PendingWrite {
+                        responders: vec![responder],
+                        since: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => responder.respond(Err(self.propose_error(e))),
+        }
+    }
+
+    /// Answers requests that waited too long. A write's outcome is then unknown.
+    fn expire_pending(&mut self) {
+        let limit = self.cfg.request_timeout;
+        let expired: Vec<(u64, u64)> = self
+            .pending_writes
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() > limit)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            if let Some(p) = self.pending_writes.remove(&k) {
+                for r in p.responders {
+                    r.respond(Err(ErrorReply::Timeout));
+                }
+            }
+        }
+        let expired: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() > limit)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            if let Some(p) = self.pending_reads.remove(&k) {
+                p.responder.respond(Err(ErrorReply::Timeout));
+            }
+        }
+    }
+
+    /// Answers everything still waiting: writes with `Timeout` (they may still be chosen),
+    /// reads with `Unavailable` (a read that is not served has no effect).
+    fn fail_all_pending(&mut self) {
+        for (_, p) in self.pending_writes.drain() {
+            for r in p.responders {
+                r.respond(Err(ErrorReply::Timeout));
+            }
+        }
+        for (_, p) in self.pending_reads.drain() {
+            p.responder.respond(Err(ErrorReply::Unavailable {
+                reason: "the replica stopped before confirming the read".into(),
+            }));
+        }
+    }
+
+    /// The built-in fault mode: the acceptor loses everything it holds in memory and stays
+    /// down for a while.
+    fn fail_acceptor(&mut self) {
+        let (lo, hi) = self.cfg.acceptor_down_ms;
+        let down_ms = if hi > lo {
+            self.rng.random_range(lo..=hi)
+        } else {
+            lo
+        };
+        self.failure_stats.failures += 1;
+        self.incarnation += 1;
+        self.down_until = Some(Instant::now() + Duration::from_millis(down_ms));
+        self.incoming.clear();
+        self.fail_all_pending();
+        tracing::warn!(
+            id = self.cfg.id,
+            down_ms,
+            failures = self.failure_stats.failures,
+            "injected acceptor failure: in-memory state dropped"
+        );
+    }
+
+    /// Rebuilds the replica from disk: the durable log and the latest snapshot.
+    async fn recover_acceptor(&mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.storage.send(StorageCmd::DurableState { reply: tx }) {
+            self.fatal = Some(e);
+            return;
+        }
+        let mut state: RecoveredState = match rx.await {
+            Ok(s) => s,
+            Err(_) => {
+                self.fatal = Some("the log writer stopped during recovery".into());
+                return;
+            }
+        };
+        let sm = match snapshot::read_file(&self.cfg.data_dir) {
+            Ok(Some((bytes, sm))) => {
+                self.snapshot_bytes = Some(Arc::new(bytes));
+                sm
+            }
+            Ok(None) => StateMachine::new(),
+            Err(e) => {
+                self.fatal = Some(format!("cannot reload the snapshot: {e}"));
+                return;
+            }
+        };
+        state.snapshot_slot = sm.applied();
+        self.last_snapshot_slot = sm.applied();
+        self.sm = sm;
+        let seed = self.rng.random();
+        let now = self.now_ms();
+        match Replica::recover(self.cfg.paxos_config(), seed, now, &state) {
+            Ok(r) => self.replica = r,
+            Err(e) => {
+                self.fatal = Some(format!("cannot rebuild the replica: {e}"));
+                return;
+            }
+        }
+        self.down_until = None;
+        self.failure_stats.recoveries += 1;
+        tracing::warn!(
+            id = self.cfg.id,
+            snapshot_slot = state.snapshot_slot,
+            commit = state.commit,
+            recoveries = self.failure_stats.recoveries,
+            "acceptor recovered from disk; catching up from peers"
+        );
+    }
+
+    fn status(&self) -> NodeStatus {
+        let role = if self.is_down() {
+            NodeRole::Down
+        } else {
+            match self.replica.role() {
+                Role::Leader => NodeRole::Leader,
+                Role::Candidate => NodeRole::Candidate,
+                Role::Follower => NodeRole::Follower,
+            }
+        };
+        let ballot = self.replica.ballot();
+        NodeStatus {
+            id: self.cfg.id,
+            client_addr: self.cfg.client_addr.clone(),
+            role,
+            ballot: BallotInfo {
+                round: ballot.round,
+                node: ballot.node,
+            },
+            commit_index: self.replica.commit_index(),
+            applied_index: self.sm.applied(),
+            leader: if self.is_down() {
+                None
+            } else {
+                self.replica.leader_hint()
+            },
+            peers: self
+                .reachable
+                .iter()
+                .map(|(&id, f)| PeerReachability {
+                    id,
+                    reachable: f.load(Ordering::Relaxed),
+                })
+                .collect(),
+            acceptor_failures: self.failure_stats.failures,
+            acceptor_recoveries: self.failure_stats.recoveries,
+            acceptor_down: self.is_down(),
+            uptime_ms: self.start.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// An exclusive lock on a data directory, so two servers never share one.
+struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    fn acquire(dir: &std::path::Path) -> Result<Self, String> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // SAFETY: flock on a valid descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(format!(
+                "data dir {} is in use by another kvs-server (could not lock {})",
+                dir.display(),
+                path.display()
+            ));
+        }
+        Ok(DirLock { _file: file })
+    }
+}
