@@ -157,14 +157,16 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
 
     // Recovery: snapshot first, then the log on top of it.
     let snap = snapshot::read_file(&cfg.data_dir).map_err(|e| format!("{e}; refusing to start"))?;
-    let storage_tx = events_tx.clone();
+    // Storage reports on a channel of its own, unbounded (at most one report per fsync), so
+    // the storage thread never waits on the event loop while the loop waits on it.
+    let (storage_tx, mut storage_rx) = mpsc::unbounded_channel::<StorageEvent>();
     let wal_dir = cfg.data_dir.join("wal");
     let wal_options = WalOptions {
         segment_bytes_max: cfg.wal_segment_bytes_max,
         ..WalOptions::default()
     };
     let (mut state, storage) = storage::open(&wal_dir, wal_options, move |e| {
-        let _ = storage_tx.blocking_send(Event::Storage(e));
+        let _ = storage_tx.send(e);
     })?;
     let (snapshot_bytes, sm) = match snap {
         Some((bytes, sm)) => (Some(Arc::new(bytes)), sm),
@@ -283,6 +285,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                         Err(_) => break,
                     }
                 }
+            }
+            ev = storage_rx.recv() => {
+                let Some(ev) = ev else { break };
+                node.handle(Event::Storage(ev));
             }
             _ = tokio::time::sleep_until(deadline.into()) => node.on_timer().await,
             _ = sweep.tick() => {
