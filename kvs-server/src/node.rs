@@ -69,8 +69,10 @@ impl NodeConfig {
         c.heartbeat_interval_ms = self.heartbeat_interval_ms;
         c.election_timeout_min_ms = self.election_timeout_ms.0;
         c.election_timeout_max_ms = self.election_timeout_ms.1;
-        // One slot's batch must fit in a frame with room to spare.
-        c.batch_bytes_max = (self.limits.frame_bytes_max / 4).max(64 * 1024);
+        // A slot's batch, a catch-up reply and a Promise (bounded by the in-flight bytes)
+        // must each fit in a peer frame (the frame ceiling) with room to spare.
+        c.batch_bytes_max = 256 * 1024;
+        c.inflight_bytes_max = 4 * 1024 * 1024;
         c
     }
 }
@@ -228,7 +230,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         cfg.cluster_id.clone(),
         cfg.peers.keys().copied().collect(),
         events_tx.clone(),
-        cfg.limits.frame_bytes_max,
+        wire::FRAME_BYTES_MAX_CEILING,
         shutdown.clone(),
     ));
     tokio::spawn(clients::listen(

@@ -116,7 +116,11 @@ async fn connect(
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, wire::frame_codec());
+    let mut framed = Framed::new(
+        stream,
+        wire::frame_codec_with_max(wire::FRAME_BYTES_MAX_CEILING)
+            .unwrap_or_else(|_| wire::frame_codec()),
+    );
     let hello = Hello::new(cluster_id, PeerRole::Replica(my_id));
     wire::client_handshake(&mut framed, &hello, HANDSHAKE_TIMEOUT)
         .await

@@ -27,9 +27,13 @@ pub struct Config {
     pub batch_commands_max: usize,
     /// How many slots a leader may have proposed but not yet chosen at once (pipelining).
     pub inflight_slots_max: usize,
+    /// How many payload bytes those in-flight slots may hold together (at least one slot is
+    /// always allowed). This also bounds what an acceptor reports in a Promise.
+    pub inflight_bytes_max: usize,
     /// How many proposals may wait for a slot before `propose` refuses more.
     pub queued_commands_max: usize,
-    /// How many chosen entries one catch-up reply carries.
+    /// How many chosen entries one catch-up reply carries at most; a reply also stops once
+    /// it holds `batch_bytes_max` payload bytes (it always carries at least one entry).
     pub catchup_entries_max: usize,
     /// A leader asks its host to ship a snapshot to the same peer at most this often.
     pub snapshot_resend_interval_ms: u64,
@@ -47,6 +51,7 @@ impl Config {
             batch_bytes_max: 256 * 1024,
             batch_commands_max: 4096,
             inflight_slots_max: 64,
+            inflight_bytes_max: 4 * 1024 * 1024,
             queued_commands_max: 100_000,
             catchup_entries_max: 256,
             snapshot_resend_interval_ms: 2_000,
@@ -82,6 +87,7 @@ impl Config {
         if self.batch_bytes_max == 0
             || self.batch_commands_max == 0
             || self.inflight_slots_max == 0
+            || self.inflight_bytes_max == 0
             || self.catchup_entries_max == 0
         {
             return Err(ConfigError::Limit(

@@ -122,6 +122,8 @@ pub(crate) struct Leadership {
     /// The first slot after those re-proposed in recovery; a read must wait for it.
     pub recovery_end: Slot,
     pub inflight: BTreeMap<Slot, InFlight>,
+    /// Payload bytes of the slots in `inflight`.
+    pub inflight_bytes: usize,
     pub reads: ReadIndex,
     /// When each peer last answered this leader.
     pub last_ack_ms: BTreeMap<NodeId, u64>,

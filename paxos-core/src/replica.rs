@@ -506,7 +506,11 @@ impl Replica {
         self.pump();
         let commit = self.learner.commit();
         if let ProposerState::Leader(l) = &mut self.proposer {
-            l.inflight = l.inflight.split_off(&commit);
+            // Slots learned chosen some other way (catch-up) are no longer in flight.
+            let still = l.inflight.split_off(&commit);
+            let done = std::mem::replace(&mut l.inflight, still);
+            let done_bytes: usize = done.values().map(|f| f.value.payload_bytes()).sum();
+            l.inflight_bytes = l.inflight_bytes.saturating_sub(done_bytes);
             if l.commit_sent < commit {
                 l.commit_sent = commit;
                 let hb = Message::Heartbeat {
@@ -686,6 +690,7 @@ impl Replica {
             ballot,
             next_slot,
             recovery_end: next_slot,
+            inflight_bytes: inflight.values().map(|f| f.value.payload_bytes()).sum(),
             inflight,
             reads: ReadIndex::default(),
             last_ack_ms,
@@ -736,13 +741,16 @@ impl Replica {
             return;
         };
         let mut entries = Vec::new();
-        while l.inflight.len() < self.config.inflight_slots_max {
+        while l.inflight.len() < self.config.inflight_slots_max
+            && (l.inflight.is_empty() || l.inflight_bytes < self.config.inflight_bytes_max)
+        {
             let Some(value) = self
                 .queue
                 .next_batch(self.config.batch_bytes_max, self.config.batch_commands_max)
             else {
                 break;
             };
+            l.inflight_bytes += value.payload_bytes();
             let slot = l.next_slot;
             l.next_slot += 1;
             l.inflight.insert(
@@ -1011,6 +1019,7 @@ impl Replica {
             f.acks.insert(from);
             if f.acks.len() >= self.quorum {
                 if let Some(f) = l.inflight.remove(&slot) {
+                    l.inflight_bytes = l.inflight_bytes.saturating_sub(f.value.payload_bytes());
                     self.learner.learn(
                         &mut self.acceptor,
                         slot,
@@ -1117,15 +1126,22 @@ impl Replica {
         }
         let commit = self.learner.commit();
         let end = commit.min(from_slot.saturating_add(self.config.catchup_entries_max as u64));
-        let entries = (from_slot..end)
-            .map_while(|slot| {
-                self.acceptor.get(slot).map(|(ballot, value)| Entry {
-                    slot,
-                    ballot: *ballot,
-                    value: value.clone(),
-                })
-            })
-            .collect();
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for slot in from_slot..end {
+            let Some((ballot, value)) = self.acceptor.get(slot) else {
+                break;
+            };
+            if !entries.is_empty() && bytes + value.payload_bytes() > self.config.batch_bytes_max {
+                break; // keep every reply within about one batch
+            }
+            bytes += value.payload_bytes();
+            entries.push(Entry {
+                slot,
+                ballot: *ballot,
+                value: value.clone(),
+            });
+        }
         self.send(from, Message::CatchUp { entries, commit });
     }
 

@@ -247,6 +247,7 @@ impl Sim {
         c.election_timeout_max_ms = 200;
         c.batch_bytes_max = 64;
         c.inflight_slots_max = 8;
+        c.inflight_bytes_max = 256;
         c.catchup_entries_max = 16;
         c.snapshot_resend_interval_ms = 200;
         c
