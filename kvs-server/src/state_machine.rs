@@ -11,7 +11,7 @@ use wire::{Command, Reply, Session, WriteOp};
 
 /// How many results a session keeps: a client may have up to this many writes in flight
 /// and still retry any of them safely.
-pub const SESSION_RESULTS_MAX: usize = 1024;
+pub const SESSION_RESULTS_MAX: usize = wire::SESSION_WINDOW as usize;
 
 /// How many client sessions are kept; the least recently active one is forgotten first.
 pub const SESSIONS_MAX: usize = 100_000;

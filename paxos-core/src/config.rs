@@ -28,7 +28,8 @@ pub struct Config {
     /// How many slots a leader may have proposed but not yet chosen at once (pipelining).
     pub inflight_slots_max: usize,
     /// How many payload bytes those in-flight slots may hold together (at least one slot is
-    /// always allowed). This also bounds what an acceptor reports in a Promise.
+    /// always allowed). Since acceptors mostly hold uncommitted values from a leader's
+    /// in-flight window, this also keeps a typical Promise small; it is not a hard bound.
     pub inflight_bytes_max: usize,
     /// How many proposals may wait for a slot before `propose` refuses more.
     pub queued_commands_max: usize,

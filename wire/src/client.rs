@@ -13,6 +13,11 @@ use crate::status::NodeStatus;
 /// Longest key, in bytes (4 KiB). Keys are at least one byte long.
 pub const KEY_BYTES_MAX: usize = 4 * 1024;
 
+/// How many recent write results a replica remembers per client session. A client must
+/// not have more than this many writes in flight (sequence numbers spanning more than this
+/// window), or a retry of the oldest could find its result forgotten and be applied again.
+pub const SESSION_WINDOW: u64 = 1024;
+
 /// Longest value, in bytes (1 MiB).
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 

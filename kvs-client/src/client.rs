@@ -1,0 +1,536 @@
+//! The client: operations, leader finding and retries.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use wire::{ErrorReply, Hello, NodeStatus, Op, PeerRole, ReadConsistency, Reply, Session};
+
+use crate::backoff::Backoff;
+use crate::connection::{Answer, CallError, ConnectError, Connection};
+use crate::session::Sessions;
+use crate::{endpoint, format_duration, ClientOptions, Error};
+
+/// Endpoints the connection pool remembers at most; addresses learned from redirects
+/// beyond this are forgotten first.
+const POOL_ENDPOINTS_MAX: usize = 64;
+
+/// The outcome of [`Client::compare_and_swap`] when the cluster applied it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The key had the expected value; it now has the new one.
+    Swapped,
+    /// The key did not have the expected value; nothing changed.
+    Mismatch {
+        /// The key's value when the operation was applied (`None`: absent).
+        current: Option<Bytes>,
+    },
+}
+
+/// A client of the replicated key-value store.
+///
+/// Cheap to clone (clones share connections, the leader hint and the write session), and
+/// every method takes `&self`, so one client can serve many tasks at once. There is one
+/// connection per node, opened on first use and reopened after it breaks; requests from
+/// all tasks are multiplexed over it.
+///
+/// Writes and linearizable reads go to the leader, which the client finds and remembers:
+/// it follows `NotLeader` redirects (to any address, even one not in the endpoint list),
+/// tries the next endpoint when no leader is named or a node is unreachable, and backs off
+/// (20 ms doubling to 500 ms, with jitter) after a full round of failures. All of it is
+/// bounded by [`ClientOptions::request_timeout`].
+///
+/// Every write carries a [`Session`]: the client's random id and a sequence number that is
+/// new for each write and reused by each of its retries, so that the cluster applies a
+/// write at most once however often it is retried.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    hello: Hello,
+    sessions: Arc<Sessions>,
+    /// The endpoint that last served a leader-only request, or that a node named as leader.
+    leader: Mutex<Option<String>>,
+    pool: Mutex<HashMap<String, Arc<ConnectionSlot>>>,
+    /// Spreads stale reads over the endpoints.
+    next_replica: AtomicUsize,
+}
+
+/// The connection to one endpoint, if open; locked while one is being opened, so that
+/// tasks asking at once share a single attempt.
+type ConnectionSlot = tokio::sync::Mutex<Option<Arc<Connection>>>;
+
+/// Which nodes may serve a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Only the leader: writes and linearizable reads.
+    Leader,
+    /// Any node: stale reads.
+    AnyReplica,
+}
+
+/// How one attempt at one node failed, before any answer.
+enum AttemptError {
+    /// Nothing was sent: the node is unreachable or the connection is unusable.
+    NotSent(String),
+    /// The request was sent, then the connection broke.
+    Lost(String),
+    /// Retrying cannot help.
+    Fatal(Error),
+}
+
+impl Client {
+    /// Creates a client of the cluster reachable at `endpoints` (`host:port` client
+    /// addresses of some or all of its nodes).
+    ///
+    /// Checks the endpoints (at least one, each `host:port`) and the options, and connects
+    /// nothing yet: connections are opened on first use, so a node that is down does not
+    /// fail this call. Duplicate endpoints are ignored.
+    pub fn connect(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let mut list: Vec<String> = Vec::new();
+        for endpoint in endpoints {
+            let endpoint = endpoint.into();
+            endpoint::validate(&endpoint)?;
+            if !list.contains(&endpoint) {
+                list.push(endpoint);
+            }
+        }
+        if list.is_empty() {
+            return Err(Error::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoints given".to_owned(),
+            });
+        }
+        options.validate()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                hello: Hello::new(options.cluster_id.clone(), PeerRole::Client),
+                endpoints: list,
+                options,
+                sessions: Arc::new(Sessions::new(rand::random())),
+                leader: Mutex::new(None),
+                pool: Mutex::new(HashMap::new()),
+                next_replica: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The endpoints given to [`Client::connect`], without duplicates.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The options given to [`Client::connect`].
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// The random id this client's writes carry in their [`Session`].
+    pub fn client_id(&self) -> u64 {
+        self.inner.sessions.client_id()
+    }
+
+    /// The endpoint believed to be the leader: the last one that served a write or a
+    /// linearizable read, or that a node named as the leader. `None` before the first such
+    /// request and after the believed leader failed.
+    pub fn leader(&self) -> Option<String> {
+        self.leader_hint().clone()
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), Error> {
+        let op = Op::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self.execute(op, Route::Leader).await? {
+            (_, Reply::Written) => Ok(()),
+            (endpoint, other) => Err(unexpected_to_write(endpoint, "Written", &other)),
+        }
+    }
+
+    /// Reads `key` linearizably (through the leader): the value reflects every write that
+    /// completed before this call. `None` if the key is absent.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
+        let op = Op::Get {
+            key: key.into(),
+            consistency: ReadConsistency::Linearizable,
+        };
+        match self.execute(op, Route::Leader).await? {
+            (
+                _,
+                Reply::Value {
+                    value,
+                    stale: false,
+                },
+            ) => Ok(value),
+            (endpoint, other) => Err(unexpected(endpoint, "a linearizable Value", &other)),
+        }
+    }
+
+    /// Reads `key` from any node's local state, which may lag behind the leader. Cheaper
+    /// than [`Client::get`] and served even without a leader. `None` if the key is absent
+    /// (there).
+    pub async fn get_stale(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
+        let op = Op::Get {
+            key: key.into(),
+            consistency: ReadConsistency::Stale,
+        };
+        match self.execute(op, Route::AnyReplica).await? {
+            (_, Reply::Value { value, .. }) => Ok(value),
+            (endpoint, other) => Err(unexpected(endpoint, "Value", &other)),
+        }
+    }
+
+    /// Removes `key`. Returns whether it existed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
+        let op = Op::Delete { key: key.into() };
+        match self.execute(op, Route::Leader).await? {
+            (_, Reply::Deleted { existed }) => Ok(existed),
+            (endpoint, other) => Err(unexpected_to_write(endpoint, "Deleted", &other)),
+        }
+    }
+
+    /// Sets `key` to `new` if its value is `expected` (`None`: if the key is absent),
+    /// atomically.
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<CasOutcome, Error> {
+        let op = Op::Cas {
+            key: key.into(),
+            expected,
+            new: new.into(),
+        };
+        match self.execute(op, Route::Leader).await? {
+            (_, Reply::Swapped) => Ok(CasOutcome::Swapped),
+            (_, Reply::Mismatch { current }) => Ok(CasOutcome::Mismatch { current }),
+            (endpoint, other) => Err(unexpected_to_write(endpoint, "Swapped or Mismatch", &other)),
+        }
+    }
+
+    /// Asks every endpoint, concurrently, how it is. Returns one entry per endpoint, in the
+    /// order of [`Client::endpoints`]; an unreachable node's entry is an error. Takes at
+    /// most [`ClientOptions::request_timeout`].
+    pub async fn status(&self) -> Vec<(String, Result<NodeStatus, Error>)> {
+        let asks = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|endpoint| async move { (endpoint.clone(), self.status_of(endpoint).await) });
+        futures::future::join_all(asks).await
+    }
+
+    /// Asks the node at `endpoint` (which need not be one of [`Client::endpoints`]) how it
+    /// is. A node that cannot be reached is reported at once, without retrying.
+    pub async fn status_of(&self, endpoint: &str) -> Result<NodeStatus, Error> {
+        endpoint::validate(endpoint)?;
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let after = self.inner.options.request_timeout;
+        // Two tries: the first may find a pooled connection the node has closed since.
+        for first in [true, false] {
+            let mut sent = false;
+            let attempt = self.attempt(endpoint, Op::Status, None, &mut sent);
+            let answer = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(answer) => answer,
+                Err(_elapsed) => {
+                    return Err(Error::Timeout {
+                        after,
+                        waiting_for: format!("an answer from {endpoint}"),
+                    })
+                }
+            };
+            let reason = match answer {
+                Ok(Ok(Reply::Status(status))) => return Ok(*status),
+                Ok(Ok(other)) => {
+                    return Err(unexpected(endpoint.to_owned(), "Status", &other));
+                }
+                Ok(Err(e @ (ErrorReply::TooLarge { .. } | ErrorReply::Invalid { .. }))) => {
+                    return Err(Error::Rejected(e));
+                }
+                Ok(Err(e)) => format!("{endpoint}: {e}"),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::NotSent(reason) | AttemptError::Lost(reason)) => {
+                    format!("{endpoint}: {reason}")
+                }
+            };
+            if !first {
+                return Err(Error::Unavailable { reason });
+            }
+        }
+        unreachable!("the second try always returns")
+    }
+
+    /// Runs one operation to completion: validates it, then tries nodes until one answers
+    /// definitely or the time budget runs out. Returns the answering endpoint and reply.
+    async fn execute(&self, op: Op, route: Route) -> Result<(String, Reply), Error> {
+        wire::validate(&op).map_err(Error::Rejected)?;
+        let options = &self.inner.options;
+        let after = options.request_timeout;
+        let deadline = Instant::now() + after;
+        let is_write = op.is_write();
+        let session_guard = if is_write {
+            let begin = self.inner.sessions.begin();
+            Some(
+                tokio::time::timeout_at(deadline, begin)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        after,
+                        waiting_for: "a write slot (too many writes in progress)".to_owned(),
+                    })?,
+            )
+        } else {
+            None
+        };
+        let session = session_guard.as_ref().map(|guard| guard.session());
+
+        let mut target = self.first_target(route);
+        let mut tried: HashSet<String> = HashSet::new();
+        let mut backoff = Backoff::new();
+        // Once a write may have been applied, no later failure can make it definite.
+        let mut maybe_applied = false;
+        let mut last = "no attempt finished".to_owned();
+        loop {
+            if tried.contains(&target) {
+                // A full round without success (or a redirect loop): wait a little first.
+                let delay = backoff.next_delay();
+                if Instant::now() + delay >= deadline {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(self.give_up(route, maybe_applied, &last));
+                }
+                tokio::time::sleep(delay).await;
+                tried.clear();
+            }
+            tried.insert(target.clone());
+            let mut sent = false;
+            let attempt = self.attempt(&target, op.clone(), session, &mut sent);
+            let Ok(answer) = tokio::time::timeout_at(deadline, attempt).await else {
+                return Err(if is_write && (sent || maybe_applied) {
+                    Error::OutcomeUnknown {
+                        reason: format!(
+                            "no answer from {target} within {}",
+                            format_duration(after)
+                        ),
+                    }
+                } else if sent {
+                    Error::Timeout {
+                        after,
+                        waiting_for: format!("an answer from {target}"),
+                    }
+                } else {
+                    self.give_up(route, false, &format!("{target}: connection timed out"))
+                });
+            };
+            match answer {
+                Ok(Ok(reply)) => {
+                    if route == Route::Leader {
+                        *self.leader_hint() = Some(target.clone());
+                    }
+                    return Ok((target, reply));
+                }
+                Ok(Err(refusal)) => {
+                    tracing::debug!(endpoint = %target, %refusal, "request refused");
+                    last = format!("{target}: {refusal}");
+                    match refusal {
+                        ErrorReply::NotLeader {
+                            leader_addr: Some(leader),
+                            ..
+                        } if endpoint::validate(&leader).is_ok() => {
+                            *self.leader_hint() = Some(leader.clone());
+                            target = leader;
+                        }
+                        ErrorReply::NotLeader { .. }
+                        | ErrorReply::Unavailable { .. }
+                        | ErrorReply::ShuttingDown => {
+                            self.forget_leader(&target);
+                            target = self.next_endpoint(&target);
+                        }
+                        ErrorReply::Busy => {}
+                        ErrorReply::Timeout => maybe_applied |= is_write,
+                        ErrorReply::TooLarge { .. } | ErrorReply::Invalid { .. } => {
+                            return Err(unknown_if(maybe_applied, Error::Rejected(refusal)));
+                        }
+                    }
+                }
+                Err(AttemptError::NotSent(reason)) => {
+                    tracing::debug!(endpoint = %target, %reason, "not sent");
+                    last = format!("{target}: {reason}");
+                    self.forget_leader(&target);
+                    target = self.next_endpoint(&target);
+                }
+                Err(AttemptError::Lost(reason)) => {
+                    tracing::debug!(endpoint = %target, %reason, "connection lost");
+                    maybe_applied |= is_write;
+                    last = format!("{target}: {reason}");
+                    self.forget_leader(&target);
+                    target = self.next_endpoint(&target);
+                }
+                Err(AttemptError::Fatal(error)) => return Err(unknown_if(maybe_applied, error)),
+            }
+        }
+    }
+
+    /// One request to one node, over its pooled connection (opened if needed).
+    async fn attempt(
+        &self,
+        endpoint: &str,
+        op: Op,
+        session: Option<Session>,
+        sent: &mut bool,
+    ) -> Result<Answer, AttemptError> {
+        let connection = self.connection(endpoint).await?;
+        connection
+            .call(session, op, sent)
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(reason) => AttemptError::NotSent(reason),
+                CallError::Lost(reason) => AttemptError::Lost(reason),
+                CallError::Rejected(refusal) => AttemptError::Fatal(Error::Rejected(refusal)),
+            })
+    }
+
+    /// The open connection to `endpoint`, opening one if there is none. Tasks asking for
+    /// the same endpoint at once wait for a single connection attempt.
+    async fn connection(&self, endpoint: &str) -> Result<Arc<Connection>, AttemptError> {
+        let slot = {
+            let mut pool = lock(&self.inner.pool);
+            if !pool.contains_key(endpoint) && pool.len() >= POOL_ENDPOINTS_MAX {
+                let configured = &self.inner.endpoints;
+                pool.retain(|known, _| configured.contains(known));
+            }
+            Arc::clone(pool.entry(endpoint.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(connection));
+        }
+        *slot = None;
+        let options = &self.inner.options;
+        let connection = Connection::open(
+            endpoint,
+            &self.inner.hello,
+            options.connect_timeout,
+            options.frame_bytes_max,
+        )
+        .await
+        .map_err(|e| match e {
+            ConnectError::Unreachable(reason) => AttemptError::NotSent(reason),
+            ConnectError::Refused(source) => AttemptError::Fatal(Error::Handshake {
+                endpoint: endpoint.to_owned(),
+                source,
+            }),
+        })?;
+        *slot = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    fn first_target(&self, route: Route) -> String {
+        let endpoints = &self.inner.endpoints;
+        match route {
+            Route::Leader => self
+                .leader_hint()
+                .clone()
+                .unwrap_or_else(|| endpoints[0].clone()),
+            Route::AnyReplica => {
+                let next = self.inner.next_replica.fetch_add(1, Ordering::Relaxed);
+                endpoints[next % endpoints.len()].clone()
+            }
+        }
+    }
+
+    /// The endpoint after `current` in the list (the first if `current` is not in it).
+    fn next_endpoint(&self, current: &str) -> String {
+        let endpoints = &self.inner.endpoints;
+        let next = endpoints
+            .iter()
+            .position(|e| e == current)
+            .map_or(0, |i| (i + 1) % endpoints.len());
+        endpoints[next].clone()
+    }
+
+    fn forget_leader(&self, endpoint: &str) {
+        let mut leader = self.leader_hint();
+        if leader.as_deref() == Some(endpoint) {
+            *leader = None;
+        }
+    }
+
+    fn leader_hint(&self) -> MutexGuard<'_, Option<String>> {
+        lock(&self.inner.leader)
+    }
+
+    /// The error for an operation whose time ran out between attempts.
+    fn give_up(&self, route: Route, maybe_applied: bool, last: &str) -> Error {
+        let after = format_duration(self.inner.options.request_timeout);
+        if maybe_applied {
+            return Error::OutcomeUnknown {
+                reason: format!("no definite answer within {after} (last: {last})"),
+            };
+        }
+        let who = match route {
+            Route::Leader => "leader",
+            Route::AnyReplica => "replica",
+        };
+        Error::Unavailable {
+            reason: format!(
+                "no {who} reachable at {} after {after} (last: {last})",
+                self.inner.endpoints.join(",")
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.endpoints)
+            .field("client_id", &self.client_id())
+            .field("leader", &self.leader())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `error`, unless a write may already have been applied: then the outcome is unknown.
+fn unknown_if(maybe_applied: bool, error: Error) -> Error {
+    if maybe_applied {
+        Error::OutcomeUnknown {
+            reason: format!("an earlier attempt got no answer, then: {error}"),
+        }
+    } else {
+        error
+    }
+}
+
+fn unexpected(endpoint: String, wanted: &str, got: &Reply) -> Error {
+    Error::Protocol {
+        endpoint,
+        reason: format!("expected {wanted}, got {got:?}"),
+    }
+}
+
+/// A write answered with a reply of the wrong kind may or may not have been applied.
+fn unexpected_to_write(endpoint: String, wanted: &str, got: &Reply) -> Error {
+    Error::OutcomeUnknown {
+        reason: unexpected(endpoint, wanted, got).to_string(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a single assignment or lookup: a panic cannot leave
+    // the data half-changed.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

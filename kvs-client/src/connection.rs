@@ -1,0 +1,316 @@
+//! One multiplexed connection to one node.
+//!
+//! After the handshake, a writer task sends the frames it is fed through a channel and a
+//! reader task matches each response to the waiting request by id. Many requests may be in
+//! flight at once and their answers may come back in any order. When the connection breaks
+//! (either task fails, or the node closes it) every request still waiting on it fails at
+//! once with the reason, so that its caller can retry elsewhere or report the outcome.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use wire::{ClientRequest, ClientResponse, ErrorReply, Hello, Op, Reply, Session, WireError};
+
+/// Frames queued for the writer task at most; senders wait when it is full.
+const FRAMES_QUEUED_MAX: usize = 1024;
+
+/// Frames the writer sends before it flushes, at most.
+const FRAMES_PER_FLUSH_MAX: usize = 64;
+
+/// Requests awaiting an answer on one connection, at most.
+const PENDING_MAX: usize = 65_536;
+
+/// What a node answered to one request.
+pub(crate) type Answer = Result<Reply, ErrorReply>;
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The node could not be reached or the handshake broke off: worth retrying later.
+    Unreachable(String),
+    /// The node refused the handshake or is not a kvs node: a configuration error.
+    Refused(WireError),
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The request was not sent: the connection is closed or too busy.
+    NotSent(String),
+    /// The request was handed to the connection, then the connection broke.
+    Lost(String),
+    /// The request cannot be sent at all (it does not fit in a frame).
+    Rejected(ErrorReply),
+}
+
+/// A connection to one node, shared by every task of a client.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    frames: mpsc::Sender<Bytes>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    frame_bytes_max: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Cancelled when the connection closes, which stops both tasks.
+    closed: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Result<Answer, String>>>,
+    /// Why the connection closed, once it has.
+    closed: Option<String>,
+}
+
+impl Connection {
+    /// Connects to `endpoint` and runs the handshake, all within `connect_timeout`.
+    pub(crate) async fn open(
+        endpoint: &str,
+        hello: &Hello,
+        connect_timeout: Duration,
+        frame_bytes_max: usize,
+    ) -> Result<Arc<Connection>, ConnectError> {
+        let deadline = Instant::now() + connect_timeout;
+        let timed_out = || {
+            ConnectError::Unreachable(format!(
+                "connect timed out after {}",
+                crate::format_duration(connect_timeout)
+            ))
+        };
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        // Requests are small and latency matters more than packet count.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        let codec = wire::frame_codec_with_max(frame_bytes_max).map_err(ConnectError::Refused)?;
+        let mut framed = Framed::new(stream, codec.clone());
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out());
+        }
+        match wire::client_handshake(&mut framed, hello, remaining).await {
+            Ok(_accepted) => {}
+            Err(e @ (WireError::PeerRefused(_) | WireError::BadReply(_))) => {
+                return Err(ConnectError::Refused(e))
+            }
+            Err(e) => return Err(ConnectError::Unreachable(format!("handshake: {e}"))),
+        }
+        let parts = framed.into_parts();
+        // The handshake reads exactly its record, so no frame byte can be buffered yet.
+        debug_assert!(parts.read_buf.is_empty() && parts.write_buf.is_empty());
+        let (read_half, write_half) = parts.io.into_split();
+
+        let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(write_frames(
+            FramedWrite::new(write_half, codec.clone()),
+            queue,
+            Arc::clone(&shared),
+        ));
+        tokio::spawn(read_responses(
+            FramedRead::new(read_half, codec),
+            Arc::clone(&shared),
+        ));
+        Ok(Arc::new(Connection {
+            frames,
+            shared,
+            next_id: AtomicU64::new(1),
+            frame_bytes_max,
+        }))
+    }
+
+    /// True once the connection has broken; a new one must be opened.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Sends one request and waits for its answer. Sets `*sent` once the request is handed
+    /// to the writer: from then on it may reach the node even if no answer comes back.
+    ///
+    /// Cancel-safe: dropping the future forgets the request (a late answer is discarded).
+    pub(crate) async fn call(
+        &self,
+        session: Option<Session>,
+        op: Op,
+        sent: &mut bool,
+    ) -> Result<Answer, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode(&ClientRequest { id, session, op }).map_err(|e| {
+            CallError::Rejected(ErrorReply::Invalid {
+                reason: format!("cannot encode the request: {e}"),
+            })
+        })?;
+        if frame.len() > self.frame_bytes_max {
+            return Err(CallError::Rejected(ErrorReply::TooLarge {
+                what: "request frame".to_owned(),
+                size: frame.len() as u64,
+                max: self.frame_bytes_max as u64,
+            }));
+        }
+        let (answer_tx, answer_rx) = oneshot::channel();
+        {
+            let mut pending = self.shared.lock();
+            if let Some(reason) = &pending.closed {
+                return Err(CallError::NotSent(reason.clone()));
+            }
+            if pending.waiting.len() >= PENDING_MAX {
+                return Err(CallError::NotSent(format!(
+                    "{PENDING_MAX} requests already in flight on this connection"
+                )));
+            }
+            let previous = pending.waiting.insert(id, answer_tx);
+            assert!(previous.is_none(), "request ids are unique per connection");
+        }
+        let _forget = ForgetOnDrop {
+            shared: &self.shared,
+            id,
+        };
+        if self.frames.send(frame).await.is_err() {
+            return Err(CallError::NotSent(self.shared.close_reason()));
+        }
+        *sent = true;
+        match answer_rx.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(reason)) => Err(CallError::Lost(reason)),
+            Err(_dropped) => Err(CallError::Lost(self.shared.close_reason())),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Nobody can send on it any more: stop both tasks and close the socket.
+        self.shared
+            .close("the connection was dropped by the client".to_owned());
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every change to `Pending` is a single step, so it is consistent after a panic.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes the connection (the first reason wins) and fails every waiting request.
+    fn close(&self, reason: String) {
+        let (reason, waiting) = {
+            let mut pending = self.lock();
+            let reason = pending.closed.get_or_insert(reason).clone();
+            (reason, std::mem::take(&mut pending.waiting))
+        };
+        // Closed before anyone hears of it, so that a caller told of the loss never picks
+        // this connection again.
+        self.closed.cancel();
+        for answer_tx in waiting.into_values() {
+            // The caller may have given up already; nothing to do then.
+            let _ = answer_tx.send(Err(reason.clone()));
+        }
+    }
+
+    fn close_reason(&self) -> String {
+        self.lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| "the connection closed".to_owned())
+    }
+
+    fn resolve(&self, response: ClientResponse) {
+        let answer_tx = self.lock().waiting.remove(&response.id);
+        // No waiter: the caller gave up on it (timeout), so the answer is dropped.
+        if let Some(answer_tx) = answer_tx {
+            let _ = answer_tx.send(Ok(response.result));
+        }
+    }
+}
+
+/// Removes a request from the pending map when its caller stops waiting.
+struct ForgetOnDrop<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().waiting.remove(&self.id);
+    }
+}
+
+async fn write_frames(
+    mut sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    mut queue: mpsc::Receiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let frame = tokio::select! {
+            () = shared.closed.cancelled() => return,
+            frame = queue.recv() => frame,
+        };
+        let Some(frame) = frame else {
+            shared.close("the connection was dropped by the client".to_owned());
+            return;
+        };
+        if let Err(e) = write_batch(&mut sink, &mut queue, frame).await {
+            shared.close(format!("sending failed: {e}"));
+            return;
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a limit), then flushes once.
+async fn write_batch(
+    sink: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    queue: &mut mpsc::Receiver<Bytes>,
+    first: Bytes,
+) -> std::io::Result<()> {
+    sink.feed(first).await?;
+    for _ in 1..FRAMES_PER_FLUSH_MAX {
+        match queue.try_recv() {
+            Ok(frame) => sink.feed(frame).await?,
+            Err(_) => break,
+        }
+    }
+    SinkExt::<Bytes>::flush(sink).await
+}
+
+async fn read_responses(
+    mut stream: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    shared: Arc<Shared>,
+) {
+    let reason = loop {
+        let frame = tokio::select! {
+            () = shared.closed.cancelled() => return,
+            frame = stream.next() => frame,
+        };
+        match frame {
+            None => break "the node closed the connection".to_owned(),
+            Some(Err(e)) => break format!("receiving failed: {e}"),
+            Some(Ok(payload)) => match wire::decode::<ClientResponse>(&payload) {
+                Ok(response) => shared.resolve(response),
+                Err(e) => break format!("the node sent an undecodable response: {e}"),
+            },
+        }
+    };
+    shared.close(reason);
+}

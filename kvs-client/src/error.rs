@@ -1,0 +1,99 @@
+//! The library's error type: every failure says whether the operation may have taken effect.
+
+use std::time::Duration;
+
+use wire::{ErrorReply, WireError};
+
+/// Why an operation failed.
+///
+/// The one distinction that matters most is between a **definite failure** (the operation
+/// did not take effect, and retrying it is a new attempt) and an **unknown outcome** (a write
+/// was sent and no answer came back: it may or may not have been applied). Only
+/// [`Error::OutcomeUnknown`] is the latter; every other variant is a definite failure. See
+/// [`Error::is_definite_failure`] and [`Error::outcome_unknown`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An endpoint is not of the form `host:port`, or the list of endpoints is empty.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given (empty if the list was empty).
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A [`ClientOptions`](crate::ClientOptions) field is out of range.
+    #[error("invalid client options: {reason}")]
+    InvalidOptions {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The request itself is not acceptable (too large, empty key, ...), as found by the
+    /// local checks before sending or as answered by a node. Retrying cannot help.
+    #[error("rejected: {0}")]
+    Rejected(ErrorReply),
+
+    /// No node could serve the operation before the deadline, and nothing was applied:
+    /// every attempt was refused (connection refused, not the leader, election in progress,
+    /// busy, shutting down).
+    #[error("{reason}")]
+    Unavailable {
+        /// What was tried and the last failure, for example `no leader reachable at
+        /// 127.0.0.1:6001,127.0.0.1:6002 after 5s (last: 127.0.0.1:6002: connection refused)`.
+        reason: String,
+    },
+
+    /// The deadline passed while waiting, and nothing was applied: a read that got no
+    /// answer (a read has no effect), or a write that was never sent.
+    #[error("timed out after {} waiting for {waiting_for}", crate::format_duration(*.after))]
+    Timeout {
+        /// The time budget that ran out (the whole operation's, retries included).
+        after: Duration,
+        /// What was awaited, for example `an answer from 127.0.0.1:6001`.
+        waiting_for: String,
+    },
+
+    /// A write was sent and then the connection broke or the deadline passed without an
+    /// answer: it may or may not have been applied. Retried attempts of one write carry the
+    /// same session, so the cluster applies it at most once.
+    #[error("outcome unknown: {reason}; the write may or may not have been applied")]
+    OutcomeUnknown {
+        /// What happened after the write was sent.
+        reason: String,
+    },
+
+    /// A node refused the connection's handshake (wrong cluster id, a peer port given as a
+    /// client endpoint, an incompatible version) or answered it with something that is not
+    /// a kvs handshake. A configuration error: it is not retried.
+    #[error("handshake with {endpoint} failed: {source}")]
+    Handshake {
+        /// The endpoint connected to.
+        endpoint: String,
+        /// The handshake's failure, with the node's reason for a refusal.
+        #[source]
+        source: WireError,
+    },
+
+    /// A node answered with a reply that does not fit the request (a bug on one side).
+    #[error("protocol error from {endpoint}: {reason}")]
+    Protocol {
+        /// The endpoint that answered.
+        endpoint: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// True if the operation certainly did not take effect: every error except
+    /// [`Error::OutcomeUnknown`].
+    pub fn is_definite_failure(&self) -> bool {
+        !self.outcome_unknown()
+    }
+
+    /// True if a write may or may not have been applied ([`Error::OutcomeUnknown`]).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+}

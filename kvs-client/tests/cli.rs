@@ -1,0 +1,396 @@
+//! The `kvs-client` binary against fake nodes: stdout, stderr and exit codes.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::{answer_with, dead_endpoint, node_status, store_script, Action, FakeServer, Script};
+use serde_json::{json, Value};
+use wire::{NodeRole, Op, Reply};
+
+/// Fake nodes served by a background runtime while the test thread runs the binary.
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Harness { runtime }
+    }
+
+    fn fake(&self, node_id: u64, script: Script) -> FakeServer {
+        self.runtime
+            .block_on(FakeServer::start_as("kvs", node_id, script))
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Run {
+    fn stdout(&self) -> &str {
+        std::str::from_utf8(&self.stdout).expect("UTF-8 stdout")
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout).expect("one JSON object on stdout")
+    }
+}
+
+fn kvs<S: AsRef<OsStr>>(endpoints: &str, args: &[S]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_kvs-client"))
+        .env_remove("KVS_ENDPOINTS")
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .output()
+        .expect("run kvs-client");
+    Run {
+        code: output.status.code().expect("exited"),
+        stdout: output.stdout,
+        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+#[test]
+fn put_is_quiet_and_get_prints_the_bare_value() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let put = kvs(&node.addr, &["put", "greeting", "hello world"]);
+    assert_eq!((put.code, put.stdout(), put.stderr.as_str()), (0, "", ""));
+    let get = kvs(&node.addr, &["get", "greeting"]);
+    assert_eq!(
+        (get.code, get.stdout(), get.stderr.as_str()),
+        (0, "hello world\n", "")
+    );
+    let stale = kvs(&node.addr, &["get", "--stale", "greeting"]);
+    assert_eq!((stale.code, stale.stdout()), (0, "hello world\n"));
+    let ops: Vec<Op> = node.requests().into_iter().map(|r| r.op).collect();
+    assert!(matches!(
+        ops[2],
+        Op::Get {
+            consistency: wire::ReadConsistency::Stale,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_missing_key_exits_1_with_empty_stdout() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let get = kvs(&node.addr, &["get", "nope"]);
+    assert_eq!(get.code, 1);
+    assert_eq!(get.stdout(), "");
+    assert_eq!(get.stderr, "key not found: \"nope\"\n");
+    let del = kvs(&node.addr, &["del", "nope"]);
+    assert_eq!((del.code, del.stdout()), (1, ""));
+    assert_eq!(del.stderr, "key not found: \"nope\"\n");
+}
+
+#[test]
+fn json_output_has_the_documented_shapes() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let put = kvs(&node.addr, &["-o", "json", "put", "k", "v"]);
+    assert_eq!((put.code, put.json()), (0, json!({ "ok": true })));
+    let get = kvs(&node.addr, &["get", "k", "--output", "json"]);
+    assert_eq!(
+        (get.code, get.json()),
+        (
+            0,
+            json!({ "key": "k", "found": true, "value": "v", "value_encoding": "utf8" })
+        )
+    );
+    let missing = kvs(&node.addr, &["-o", "json", "get", "nope"]);
+    assert_eq!(
+        (missing.code, missing.json()),
+        (
+            1,
+            json!({ "key": "nope", "found": false, "value": null, "value_encoding": null })
+        )
+    );
+    let del = kvs(&node.addr, &["-o", "json", "del", "k"]);
+    assert_eq!(
+        (del.code, del.json()),
+        (0, json!({ "key": "k", "existed": true }))
+    );
+    let del = kvs(&node.addr, &["-o", "json", "del", "k"]);
+    assert_eq!(
+        (del.code, del.json()),
+        (1, json!({ "key": "k", "existed": false }))
+    );
+}
+
+#[test]
+fn binary_values_are_raw_in_text_and_base64_in_json() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let raw: &[u8] = b"\xff\xfebin";
+    let args = [OsStr::new("put"), OsStr::new("b"), OsStr::from_bytes(raw)];
+    assert_eq!(kvs(&node.addr, &args).code, 0);
+    let get = kvs(&node.addr, &["get", "b"]);
+    assert_eq!(
+        (get.code, get.stdout.as_slice()),
+        (0, &b"\xff\xfebin\n"[..])
+    );
+    let get = kvs(&node.addr, &["-o", "json", "get", "b"]);
+    assert_eq!(
+        get.json(),
+        json!({ "key": "b", "found": true, "value": "//5iaW4=", "value_encoding": "base64" })
+    );
+}
+
+#[test]
+fn cas_swaps_or_exits_1_on_a_mismatch() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let absent = kvs(&node.addr, &["cas", "k", "--absent", "v1"]);
+    assert_eq!(
+        (absent.code, absent.stdout(), absent.stderr.as_str()),
+        (0, "", "")
+    );
+    let mismatch = kvs(&node.addr, &["cas", "k", "wrong", "v2"]);
+    assert_eq!((mismatch.code, mismatch.stdout()), (1, ""));
+    assert_eq!(mismatch.stderr, "mismatch: \"k\" is \"v1\"\n");
+    let swap = kvs(&node.addr, &["cas", "k", "v1", "v2"]);
+    assert_eq!(swap.code, 0);
+    assert_eq!(kvs(&node.addr, &["get", "k"]).stdout(), "v2\n");
+    let json_mismatch = kvs(&node.addr, &["-o", "json", "cas", "k", "--absent", "v3"]);
+    assert_eq!(
+        (json_mismatch.code, json_mismatch.json()),
+        (
+            1,
+            json!({ "key": "k", "swapped": false, "current": "v2", "current_encoding": "utf8" })
+        )
+    );
+    let json_swap = kvs(&node.addr, &["-o", "json", "cas", "k", "v2", "v3"]);
+    assert_eq!(
+        (json_swap.code, json_swap.json()),
+        (
+            0,
+            json!({ "key": "k", "swapped": true, "current": null, "current_encoding": null })
+        )
+    );
+    let requests = node.requests();
+    let expected: Vec<Option<&[u8]>> = requests
+        .iter()
+        .filter_map(|r| match &r.op {
+            Op::Cas { expected, .. } => Some(expected.as_deref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        expected,
+        [None, Some(&b"wrong"[..]), Some(b"v1"), None, Some(b"v2")]
+    );
+}
+
+fn status_script(id: u64, role: NodeRole) -> Script {
+    answer_with(move |request| match request.op {
+        Op::Status => Ok(Reply::Status(Box::new(node_status(
+            id,
+            &format!("node-{id}:6000"),
+            role,
+        )))),
+        _ => panic!("only status is asked"),
+    })
+}
+
+#[test]
+fn status_prints_a_table_and_the_leader() {
+    let harness = Harness::new();
+    let leader = harness.fake(1, status_script(1, NodeRole::Leader));
+    let follower = harness.fake(2, status_script(2, NodeRole::Follower));
+    let dead = dead_endpoint();
+    let endpoints = format!("{},{},{dead}", leader.addr, follower.addr);
+
+    let text = kvs(&endpoints, &["status"]);
+    assert_eq!(text.code, 0);
+    let lines: Vec<&str> = text.stdout().lines().collect();
+    let cells: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 5, "{}", text.stdout());
+    assert_eq!(
+        cells[0],
+        [
+            "ID",
+            "ADDR",
+            "ROLE",
+            "BALLOT",
+            "COMMIT",
+            "APPLIED",
+            "REACHABLE",
+            "ACC_FAILURES",
+            "ACC_RECOVERIES",
+            "ACC_DOWN",
+            "PEERS"
+        ]
+    );
+    assert_eq!(
+        cells[1],
+        [
+            "1",
+            "node-1:6000",
+            "leader",
+            "3.1",
+            "41",
+            "31",
+            "yes",
+            "1",
+            "2",
+            "no",
+            "2:up,3:down"
+        ]
+    );
+    assert_eq!(cells[2][..3], ["2", "node-2:6000", "follower"]);
+    assert_eq!(
+        cells[3],
+        [
+            "-",
+            dead.as_str(),
+            "-",
+            "-",
+            "-",
+            "-",
+            "no",
+            "-",
+            "-",
+            "-",
+            "-"
+        ]
+    );
+    assert_eq!(lines[4], "leader: node 1 at node-1:6000 (ballot 3.1)");
+    assert!(
+        text.stderr.starts_with(&format!("unreachable: {dead}: ")),
+        "{}",
+        text.stderr
+    );
+
+    let json = kvs(&endpoints, &["status", "-o", "json"]).json();
+    assert_eq!(json["leader"], json!(1));
+    let nodes = json["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    let first = &nodes[0];
+    for (field, value) in [
+        ("id", json!(1)),
+        ("addr", json!("node-1:6000")),
+        ("endpoint", json!(leader.addr)),
+        ("role", json!("leader")),
+        ("ballot", json!({ "round": 3, "node": 1 })),
+        ("commit_index", json!(41)),
+        ("applied_index", json!(31)),
+        ("reachable", json!(true)),
+        ("acceptor_failures", json!(1)),
+        ("acceptor_recoveries", json!(2)),
+        ("acceptor_down", json!(false)),
+    ] {
+        assert_eq!(first[field], value, "{field}");
+    }
+    assert_eq!(nodes[1]["role"], json!("follower"));
+    assert_eq!(nodes[2]["reachable"], json!(false));
+    assert_eq!(nodes[2]["id"], Value::Null);
+    assert_eq!(nodes[2]["addr"], json!(dead));
+    assert!(nodes[2]["error"].is_string());
+}
+
+#[test]
+fn status_with_no_node_reachable_exits_3_and_json_leader_is_null() {
+    let (a, b) = (dead_endpoint(), dead_endpoint());
+    let run = kvs(&format!("{a},{b}"), &["-o", "json", "status"]);
+    assert_eq!(run.code, 3);
+    let json = run.json();
+    assert_eq!(json["leader"], Value::Null);
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(2));
+    assert!(run
+        .stderr
+        .ends_with(&format!("error: no node reachable at {a},{b}\n")));
+}
+
+#[test]
+fn unreachable_endpoints_exit_3_with_one_error_line() {
+    let (a, b) = (dead_endpoint(), dead_endpoint());
+    let run = kvs(&format!("{a},{b}"), &["--timeout-ms", "300", "get", "k"]);
+    assert_eq!((run.code, run.stdout()), (3, ""));
+    let prefix = format!("error: no leader reachable at {a},{b} after 300ms (last: ");
+    assert!(run.stderr.starts_with(&prefix), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn a_write_without_an_answer_exits_4() {
+    let harness = Harness::new();
+    let node = harness.fake(1, Arc::new(|_, _| Action::Close));
+    let run = kvs(&node.addr, &["--timeout-ms", "300", "put", "k", "v"]);
+    assert_eq!((run.code, run.stdout()), (4, ""));
+    assert!(
+        run.stderr.starts_with("error: outcome unknown: "),
+        "{}",
+        run.stderr
+    );
+    assert!(run
+        .stderr
+        .ends_with("the write may or may not have been applied\n"));
+}
+
+#[test]
+fn a_wrong_cluster_id_exits_3_naming_the_mismatch() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let run = kvs(&node.addr, &["--cluster-id", "other", "get", "k"]);
+    assert_eq!(run.code, 3);
+    assert!(run.stderr.contains("cluster id mismatch"), "{}", run.stderr);
+}
+
+#[test]
+fn endpoints_come_from_the_environment() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    let output = Command::new(env!("CARGO_BIN_EXE_kvs-client"))
+        .env("KVS_ENDPOINTS", &node.addr)
+        .args(["put", "k", "v"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(node.requests().len(), 1);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let endpoint = dead_endpoint();
+    for args in [
+        &["frobnicate"][..],
+        &["get"],
+        &["--output", "yaml", "get", "k"],
+        &["--timeout-ms", "0", "get", "k"],
+        &["cas", "k"],
+        &["cas", "k", "new"],
+        &["cas", "k", "a", "b", "--absent"],
+        &["cas", "k", "a", "b", "c"],
+        &["get", ""],
+    ] {
+        let run = kvs(&endpoint, args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stdout(), "", "{args:?}");
+        assert!(!run.stderr.is_empty(), "{args:?}");
+    }
+    let run = kvs("nohost", &["get", "k"]);
+    assert_eq!(run.code, 2);
+    assert_eq!(
+        run.stderr,
+        "error: invalid endpoint \"nohost\": expected host:port\n"
+    );
+}

@@ -1,0 +1,425 @@
+//! The library against scripted fake nodes.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{answer_with, dead_endpoint, node_status, respond, store_script, Action, FakeServer};
+use kvs_client::{CasOutcome, Client, ClientOptions, Error};
+use wire::{ClientResponse, ErrorReply, NodeRole, Op, Reply, Session, WireError};
+
+fn client(endpoints: &[&str], timeout_ms: u64) -> Client {
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(timeout_ms),
+        ..ClientOptions::default()
+    };
+    Client::connect(endpoints.iter().copied(), options).expect("valid endpoints")
+}
+
+fn sessions(fake: &FakeServer) -> Vec<Option<Session>> {
+    fake.requests().iter().map(|r| r.session).collect()
+}
+
+#[tokio::test]
+async fn concurrent_requests_answered_out_of_order_reach_their_callers() {
+    const N: usize = 8;
+    // Hold every get until N have arrived, then answer them newest first, value = key.
+    let fake = FakeServer::start(Arc::new(|request, conn| {
+        conn.held.push(request.clone());
+        if conn.held.len() < N {
+            return Action::Nothing;
+        }
+        let responses = conn
+            .held
+            .drain(..)
+            .rev()
+            .map(|held| ClientResponse {
+                id: held.id,
+                result: Ok(Reply::Value {
+                    value: held.op.key().cloned(),
+                    stale: false,
+                }),
+            })
+            .collect();
+        Action::Respond(responses)
+    }))
+    .await;
+    let client = client(&[&fake.addr], 5000);
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { (i, client.get(format!("key-{i}")).await) })
+        })
+        .collect();
+    for task in tasks {
+        let (i, got) = task.await.expect("task");
+        assert_eq!(
+            got.expect("answered"),
+            Some(Bytes::from(format!("key-{i}")))
+        );
+    }
+    // All on one multiplexed connection, with distinct ids.
+    assert_eq!(fake.connections(), 1);
+    let mut ids: Vec<u64> = fake.requests().iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), N);
+}
+
+#[tokio::test]
+async fn not_leader_with_an_address_is_followed_even_outside_the_list() {
+    let leader = FakeServer::start_as("kvs", 3, store_script(3)).await;
+    let leader_addr = leader.addr.clone();
+    let follower = FakeServer::start_as(
+        "kvs",
+        1,
+        answer_with(move |_| {
+            Err(ErrorReply::NotLeader {
+                leader: Some(3),
+                leader_addr: Some(leader_addr.clone()),
+            })
+        }),
+    )
+    .await;
+    let client = client(&[&follower.addr], 5000);
+    assert_eq!(client.leader(), None);
+    client
+        .put("k", "v")
+        .await
+        .expect("put through the redirect");
+    assert_eq!(client.leader(), Some(leader.addr.clone()));
+    assert_eq!(follower.requests().len(), 1);
+    assert_eq!(leader.requests().len(), 1);
+    // The redirected write is the same write: same session.
+    assert_eq!(sessions(&follower), sessions(&leader));
+    assert!(sessions(&leader)[0].is_some());
+
+    // The next leader request goes straight to the remembered leader.
+    assert_eq!(client.get("k").await.expect("get"), Some(Bytes::from("v")));
+    assert_eq!(follower.requests().len(), 1);
+    assert_eq!(leader.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn not_leader_without_an_address_tries_the_next_endpoint() {
+    let follower = FakeServer::start(answer_with(|_| {
+        Err(ErrorReply::NotLeader {
+            leader: None,
+            leader_addr: None,
+        })
+    }))
+    .await;
+    let leader = FakeServer::start(store_script(2)).await;
+    let client = client(&[&follower.addr, &leader.addr], 5000);
+    assert!(!client.delete("k").await.expect("delete"));
+    assert_eq!(follower.requests().len(), 1);
+    assert_eq!(leader.requests().len(), 1);
+    assert_eq!(sessions(&follower), sessions(&leader));
+    assert_eq!(client.leader(), Some(leader.addr.clone()));
+
+    client.put("k", "v").await.expect("put");
+    assert_eq!(follower.requests().len(), 1, "the leader is remembered");
+    assert_eq!(leader.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_with_backoff_until_success() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fake = FakeServer::start(answer_with({
+        let calls = Arc::clone(&calls);
+        move |_| match calls.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Err(ErrorReply::Unavailable {
+                reason: "election in progress".to_owned(),
+            }),
+            _ => Ok(Reply::Written),
+        }
+    }))
+    .await;
+    let client = client(&[&fake.addr], 5000);
+    let started = Instant::now();
+    client.put("k", "v").await.expect("put after two refusals");
+    // Backoff: at least half of 20 ms, then half of 40 ms.
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    let sessions = sessions(&fake);
+    assert_eq!(sessions.len(), 3);
+    assert!(sessions.iter().all(|s| *s == sessions[0] && s.is_some()));
+}
+
+#[tokio::test]
+async fn a_write_whose_connection_drops_is_retried_with_the_same_session() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fake = FakeServer::start(Arc::new({
+        let calls = Arc::clone(&calls);
+        move |request, _| match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => Action::Close, // received, maybe applied, never answered
+            _ => respond(request, Ok(Reply::Written)),
+        }
+    }))
+    .await;
+    let client = client(&[&fake.addr], 5000);
+    client.put("k", "v").await.expect("the retry is answered");
+    assert_eq!(fake.connections(), 2);
+    let first = Session {
+        client_id: client.client_id(),
+        seq: 1,
+    };
+    assert_eq!(sessions(&fake), vec![Some(first), Some(first)]);
+
+    // A new write is a new session.
+    client.put("k", "w").await.expect("second put");
+    let second = Session { seq: 2, ..first };
+    assert_eq!(
+        sessions(&fake),
+        vec![Some(first), Some(first), Some(second)]
+    );
+}
+
+#[tokio::test]
+async fn a_write_whose_connection_always_drops_has_an_unknown_outcome() {
+    let fake = FakeServer::start(Arc::new(|_, _| Action::Close)).await;
+    let client = client(&[&fake.addr], 300);
+    let error = client.put("k", "v").await.expect_err("never answered");
+    assert!(
+        matches!(error, Error::OutcomeUnknown { .. }),
+        "got {error:?}"
+    );
+    assert!(error.outcome_unknown());
+    assert!(!error.is_definite_failure());
+    assert!(error
+        .to_string()
+        .contains("may or may not have been applied"));
+    // Every attempt carried the same session, so at most one of them can be applied.
+    let sessions = sessions(&fake);
+    assert!(sessions.len() >= 2, "retried: {sessions:?}");
+    let expected = Session {
+        client_id: client.client_id(),
+        seq: 1,
+    };
+    assert!(sessions.iter().all(|s| *s == Some(expected)));
+}
+
+#[tokio::test]
+async fn a_write_that_times_out_is_unknown_and_a_read_that_times_out_is_a_timeout() {
+    let fake = FakeServer::start(Arc::new(|_, _| Action::Nothing)).await;
+    let client = client(&[&fake.addr], 200);
+
+    let started = Instant::now();
+    let error = client.put("k", "v").await.expect_err("no answer");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    match &error {
+        Error::OutcomeUnknown { reason } => {
+            assert_eq!(
+                reason,
+                &format!("no answer from {} within 200ms", fake.addr)
+            );
+        }
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+
+    let error = client.get("k").await.expect_err("no answer");
+    match &error {
+        Error::Timeout { after, waiting_for } => {
+            assert_eq!(*after, Duration::from_millis(200));
+            assert_eq!(waiting_for, &format!("an answer from {}", fake.addr));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(error.is_definite_failure());
+    assert_eq!(fake.requests().len(), 2, "each sent once, not retried");
+}
+
+#[tokio::test]
+async fn a_server_timeout_followed_by_refusals_stays_unknown() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fake = FakeServer::start(answer_with({
+        let calls = Arc::clone(&calls);
+        move |_| match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => Err(ErrorReply::Timeout),
+            _ => Err(ErrorReply::Unavailable {
+                reason: "no quorum".to_owned(),
+            }),
+        }
+    }))
+    .await;
+    let client = client(&[&fake.addr], 200);
+    let error = client
+        .put("k", "v")
+        .await
+        .expect_err("never applied for sure");
+    assert!(error.outcome_unknown(), "got {error:?}");
+    assert!(fake.requests().len() >= 2);
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_reported_at_once() {
+    let fake = FakeServer::start_as("other", 1, store_script(1)).await;
+    let client = client(&[&fake.addr], 5000);
+    let started = Instant::now();
+    let error = client.put("k", "v").await.expect_err("wrong cluster");
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    match &error {
+        Error::Handshake {
+            endpoint,
+            source: WireError::PeerRefused(_),
+        } => assert_eq!(endpoint, &fake.addr),
+        other => panic!("expected a handshake refusal, got {other:?}"),
+    }
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "handshake with {} failed: the peer refused our handshake: cluster id mismatch: \
+             the accepting node is in cluster \"other\", the connecting side says \"kvs\"",
+            fake.addr
+        )
+    );
+    assert!(error.is_definite_failure());
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_requests_are_rejected_without_network_traffic() {
+    let fake = FakeServer::start(store_script(1)).await;
+    let client = client(&[&fake.addr], 5000);
+    let too_big = Bytes::from(vec![b'x'; wire::VALUE_BYTES_MAX + 1]);
+    match client.put("k", too_big).await {
+        Err(Error::Rejected(ErrorReply::TooLarge { what, size, max })) => {
+            assert_eq!(what, "value");
+            assert_eq!(size, wire::VALUE_BYTES_MAX as u64 + 1);
+            assert_eq!(max, wire::VALUE_BYTES_MAX as u64);
+        }
+        other => panic!("expected a local TooLarge, got {other:?}"),
+    }
+    assert!(matches!(
+        client.get("").await,
+        Err(Error::Rejected(ErrorReply::Invalid { .. }))
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fake.connections(), 0);
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_endpoints_make_a_definite_unavailable_error() {
+    let (a, b) = (dead_endpoint(), dead_endpoint());
+    let client = client(&[&a, &b], 300);
+    let error = client.put("k", "v").await.expect_err("nobody there");
+    let Error::Unavailable { reason } = &error else {
+        panic!("expected Unavailable, got {error:?}");
+    };
+    let prefix = format!("no leader reachable at {a},{b} after 300ms (last: ");
+    assert!(reason.starts_with(&prefix), "{reason}");
+    assert!(reason.contains("refused"), "{reason}");
+    assert!(error.is_definite_failure());
+    assert_eq!(error.to_string(), *reason);
+}
+
+#[test]
+fn connect_checks_endpoints_and_options() {
+    let none: [&str; 0] = [];
+    for endpoints in [&none[..], &["nohost"], &["h:0"], &["127.0.0.1:1", "x:"]] {
+        assert!(
+            matches!(
+                Client::connect(endpoints.iter().copied(), ClientOptions::default()),
+                Err(Error::InvalidEndpoint { .. })
+            ),
+            "{endpoints:?}"
+        );
+    }
+    let bad_cluster = ClientOptions {
+        cluster_id: String::new(),
+        ..ClientOptions::default()
+    };
+    assert!(matches!(
+        Client::connect(["127.0.0.1:1"], bad_cluster),
+        Err(Error::InvalidOptions { .. })
+    ));
+    // A node that is down does not fail construction; duplicates are dropped.
+    let client = Client::connect(
+        ["127.0.0.1:1", "127.0.0.1:1", "[::1]:2"],
+        ClientOptions::default(),
+    )
+    .expect("lazy");
+    assert_eq!(client.endpoints(), ["127.0.0.1:1", "[::1]:2"]);
+}
+
+#[tokio::test]
+async fn writes_carry_increasing_sequence_numbers_and_reads_none() {
+    let fake = FakeServer::start(store_script(1)).await;
+    let client = client(&[&fake.addr], 5000);
+    let cas = client
+        .compare_and_swap("k", None, "a")
+        .await
+        .expect("cas absent");
+    assert_eq!(cas, CasOutcome::Swapped);
+    let cas = client
+        .compare_and_swap("k", Some(Bytes::from("b")), "c")
+        .await
+        .expect("cas mismatch");
+    assert_eq!(
+        cas,
+        CasOutcome::Mismatch {
+            current: Some(Bytes::from("a"))
+        }
+    );
+    assert_eq!(client.get("k").await.expect("get"), Some(Bytes::from("a")));
+    assert!(client.delete("k").await.expect("delete"));
+    assert!(!client.delete("k").await.expect("delete again"));
+    let seqs: Vec<Option<u64>> = sessions(&fake).iter().map(|s| s.map(|s| s.seq)).collect();
+    assert_eq!(seqs, vec![Some(1), Some(2), None, Some(3), Some(4)]);
+    assert!(matches!(
+        fake.requests()[1].op,
+        Op::Cas {
+            expected: Some(_),
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn stale_reads_go_to_any_node_and_status_asks_every_endpoint() {
+    let follower = FakeServer::start_as(
+        "kvs",
+        2,
+        answer_with(|request| match request.op {
+            Op::Status => Ok(Reply::Status(Box::new(node_status(
+                2,
+                "follower",
+                NodeRole::Follower,
+            )))),
+            _ => Ok(Reply::Value {
+                value: Some(Bytes::from("old")),
+                stale: true,
+            }),
+        }),
+    )
+    .await;
+    let leader = FakeServer::start(store_script(1)).await;
+    let dead = dead_endpoint();
+    let client = client(&[&follower.addr, &leader.addr, &dead], 2000);
+
+    assert_eq!(
+        client.get_stale("k").await.expect("stale read"),
+        Some(Bytes::from("old"))
+    );
+    assert_eq!(follower.requests()[0].session, None);
+
+    let statuses = client.status().await;
+    let endpoints: Vec<&str> = statuses.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        endpoints,
+        [follower.addr.as_str(), leader.addr.as_str(), dead.as_str()]
+    );
+    assert_eq!(statuses[0].1.as_ref().map(|s| s.id).ok(), Some(2));
+    assert_eq!(
+        statuses[1].1.as_ref().map(|s| s.role).ok(),
+        Some(NodeRole::Leader)
+    );
+    match &statuses[2].1 {
+        Err(Error::Unavailable { reason }) => assert!(reason.starts_with(&dead), "{reason}"),
+        other => panic!("expected the dead node to be unavailable, got {other:?}"),
+    }
+}

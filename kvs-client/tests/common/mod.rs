@@ -1,0 +1,240 @@
+//! A fake kvs node for tests: a real TCP listener that runs wire's server handshake, then
+//! answers each request as the test's script says, and records everything it receives.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio_util::codec::Framed;
+use wire::{
+    BallotInfo, ClientRequest, ClientResponse, ErrorReply, HandshakeExpectation, NodeRole,
+    NodeStatus, Op, PeerReachability, Reply,
+};
+
+/// What the fake does with one request.
+pub enum Action {
+    /// Send these responses now (for this request or earlier held ones, in this order).
+    Respond(Vec<ClientResponse>),
+    /// Close the connection without answering.
+    Close,
+    /// Do nothing (the request stays unanswered, or was held for later).
+    Nothing,
+}
+
+/// The per-connection state a script may use, for example to hold requests and answer
+/// them later in another order.
+#[derive(Default)]
+pub struct ConnState {
+    pub held: Vec<ClientRequest>,
+}
+
+/// A test's script: called for every request, in arrival order.
+pub type Script = Arc<dyn Fn(&ClientRequest, &mut ConnState) -> Action + Send + Sync>;
+
+/// Builds a script from a function answering each request right away.
+pub fn answer_with(
+    f: impl Fn(&ClientRequest) -> Result<Reply, ErrorReply> + Send + Sync + 'static,
+) -> Script {
+    Arc::new(move |request, _| respond(request, f(request)))
+}
+
+/// One immediate answer to `request`.
+pub fn respond(request: &ClientRequest, result: Result<Reply, ErrorReply>) -> Action {
+    Action::Respond(vec![ClientResponse {
+        id: request.id,
+        result,
+    }])
+}
+
+struct Recorder {
+    requests: Mutex<Vec<ClientRequest>>,
+    connections: AtomicUsize,
+    changed: Notify,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// A fake node listening on 127.0.0.1; stops when dropped.
+pub struct FakeServer {
+    pub addr: String,
+    recorder: Arc<Recorder>,
+}
+
+impl FakeServer {
+    /// A node of cluster "kvs" with id 1.
+    pub async fn start(script: Script) -> FakeServer {
+        FakeServer::start_as("kvs", 1, script).await
+    }
+
+    /// A node of `cluster_id` with id `node_id`.
+    pub async fn start_as(cluster_id: &str, node_id: u64, script: Script) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let recorder = Arc::new(Recorder {
+            requests: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+            changed: Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let expected = HandshakeExpectation::clients(cluster_id);
+        let accept = tokio::spawn({
+            let recorder = Arc::clone(&recorder);
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    recorder.connections.fetch_add(1, Ordering::SeqCst);
+                    let task = tokio::spawn(serve(
+                        stream,
+                        expected.clone(),
+                        node_id,
+                        Arc::clone(&script),
+                        Arc::clone(&recorder),
+                    ));
+                    recorder.tasks.lock().unwrap().push(task.abort_handle());
+                }
+            }
+        });
+        recorder.tasks.lock().unwrap().push(accept.abort_handle());
+        FakeServer { addr, recorder }
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<ClientRequest> {
+        self.recorder.requests.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.recorder.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests have arrived (panics after 5 s).
+    pub async fn wait_for_requests(&self, n: usize) {
+        let wait = async {
+            loop {
+                let changed = self.recorder.changed.notified();
+                if self.requests().len() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap_or_else(|_| panic!("fewer than {n} requests arrived"));
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        for task in self.recorder.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    expected: HandshakeExpectation,
+    node_id: u64,
+    script: Script,
+    recorder: Arc<Recorder>,
+) {
+    let mut framed = Framed::new(stream, wire::frame_codec());
+    if wire::server_handshake(&mut framed, &expected, node_id, Duration::from_secs(5))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut state = ConnState::default();
+    while let Some(Ok(frame)) = framed.next().await {
+        let request: ClientRequest = wire::decode(&frame).expect("a valid request");
+        recorder.requests.lock().unwrap().push(request.clone());
+        let action = script(&request, &mut state);
+        recorder.changed.notify_waiters();
+        match action {
+            Action::Respond(responses) => {
+                for response in responses {
+                    let payload = wire::encode(&response).expect("encodable");
+                    if framed.send(payload).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Action::Close => return,
+            Action::Nothing => {}
+        }
+    }
+}
+
+/// An address nothing listens on (a port just released).
+pub fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr.to_string()
+}
+
+/// A node status as a fake answers it.
+pub fn node_status(id: u64, addr: &str, role: NodeRole) -> NodeStatus {
+    NodeStatus {
+        id,
+        client_addr: addr.to_owned(),
+        role,
+        ballot: BallotInfo { round: 3, node: 1 },
+        commit_index: 40 + id,
+        applied_index: 30 + id,
+        leader: Some(1),
+        peers: [1, 2, 3]
+            .into_iter()
+            .filter(|&p| p != id)
+            .map(|p| PeerReachability {
+                id: p,
+                reachable: p != 3,
+            })
+            .collect(),
+        acceptor_failures: id,
+        acceptor_recoveries: 2 * id,
+        acceptor_down: id == 3,
+        uptime_ms: 1000,
+    }
+}
+
+/// A script for a working leader: an in-memory store shared by all its connections.
+pub fn store_script(id: u64) -> Script {
+    let data: Arc<Mutex<BTreeMap<Bytes, Bytes>>> = Arc::default();
+    answer_with(move |request| {
+        let mut data = data.lock().unwrap();
+        Ok(match &request.op {
+            Op::Get { key, consistency } => Reply::Value {
+                value: data.get(key).cloned(),
+                stale: *consistency == wire::ReadConsistency::Stale,
+            },
+            Op::Put { key, value } => {
+                data.insert(key.clone(), value.clone());
+                Reply::Written
+            }
+            Op::Delete { key } => Reply::Deleted {
+                existed: data.remove(key).is_some(),
+            },
+            Op::Cas { key, expected, new } => {
+                let current = data.get(key).cloned();
+                if current == *expected {
+                    data.insert(key.clone(), new.clone());
+                    Reply::Swapped
+                } else {
+                    Reply::Mismatch { current }
+                }
+            }
+            Op::Status => Reply::Status(Box::new(node_status(id, "fake", NodeRole::Leader))),
+        })
+    })
+}
