@@ -203,7 +203,8 @@ async fn receive(
         let bytes = match frame {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
-                tracing::warn!(peer = from, %remote, error = %e, "closing a peer connection: bad frame");
+                // A reset or an abrupt close is what partitions and restarts look like.
+                tracing::info!(peer = from, %remote, error = %e, "peer connection ended");
                 return;
             }
             None => return,

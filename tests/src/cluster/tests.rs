@@ -42,6 +42,20 @@ fn process_state(pid: u32) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
+/// Waits until node `id`'s stand-in has run its script up to `exec sleep` (so it has logged its
+/// arguments and set its traps); signalling it earlier would race with the script.
+fn wait_stand_in_ready(cluster: &Cluster, id: u64) -> u32 {
+    let pid = cluster.pid(id).expect("stand-in running");
+    wait_until_blocking(
+        &format!("node {id}'s stand-in to exec sleep"),
+        PROMPTLY,
+        POLL,
+        || fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "sleep"),
+    )
+    .unwrap();
+    pid
+}
+
 fn wait_log_contains(cluster: &Cluster, id: u64, needle: &str) {
     let path = cluster.log_path(id);
     let found = wait_until_blocking(
@@ -143,7 +157,7 @@ fn without_proxies_clients_and_peers_use_real_addresses() {
 fn kill_restart_pause_resume_terminate() {
     let (_bin_dir, bin) = script(SLEEPER);
     let cluster = Cluster::start(options(&bin, 1, false)).unwrap();
-    let pid = cluster.pid(1).unwrap();
+    let pid = wait_stand_in_ready(&cluster, 1);
     assert!(cluster.is_running(1) && process_exists(pid));
 
     cluster.pause(1).unwrap();
@@ -168,7 +182,7 @@ fn kill_restart_pause_resume_terminate() {
     assert!(cluster.pause(1).is_err());
 
     cluster.restart(1).unwrap();
-    let pid2 = cluster.pid(1).unwrap();
+    let pid2 = wait_stand_in_ready(&cluster, 1);
     assert_ne!(pid, pid2);
     assert!(
         cluster.restart(1).is_err(),
@@ -193,7 +207,7 @@ fn kill_restart_pause_resume_terminate() {
 fn terminate_kills_a_node_that_ignores_sigterm() {
     let (_bin_dir, bin) = script("trap '' TERM\nexec sleep 30\n");
     let cluster = Cluster::start(options(&bin, 1, false)).unwrap();
-    let pid = cluster.pid(1).unwrap();
+    let pid = wait_stand_in_ready(&cluster, 1);
     let err = cluster
         .terminate_within(1, Duration::from_millis(100))
         .unwrap_err();
@@ -368,4 +382,51 @@ fn wait_listening_names_the_node_when_nothing_listens() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("node 1 to listen for clients"), "{err}");
+}
+
+#[test]
+fn cluster_and_proxy_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Cluster>();
+    assert_send_sync::<crate::proxy::Proxy>();
+}
+
+/// End-to-end check of the harness against the real server. Needs the binary, so it is
+/// Needs the kvs-server binary, which `scripts/test.sh` builds before the tests.
+#[test]
+fn real_servers_talk_through_their_proxies() {
+    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
+    let bound = Duration::from_secs(20);
+    for id in cluster.ids() {
+        if let Err(e) = cluster.wait_listening(id, bound) {
+            panic!("{e}\n{}", cluster.log_tail(id, 4096).unwrap_or_default());
+        }
+    }
+    // Every node dials every peer through its own proxy.
+    let links = shapes::all_links(&cluster.ids());
+    wait_until_blocking("traffic on every peer proxy", bound, POLL, || {
+        links.iter().all(|&(from, to)| {
+            let stats = cluster.peer_proxy(from, to).unwrap().stats();
+            stats.accepted > 0 && stats.forward_bytes > 0
+        })
+    })
+    .unwrap();
+
+    // Isolated, node 1's outgoing connections are reset and re-dialled in vain.
+    let before = cluster.peer_proxy(1, 2).unwrap().stats().refused;
+    cluster.isolate(1).unwrap();
+    wait_until_blocking("node 1 to redial into the cut", bound, POLL, || {
+        cluster.peer_proxy(1, 2).unwrap().stats().refused > before
+    })
+    .unwrap();
+    cluster.heal_all();
+
+    cluster.kill(2).unwrap();
+    cluster.restart(2).unwrap();
+    cluster.wait_listening(2, bound).unwrap();
+    let status = cluster.terminate(3).unwrap();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    for id in cluster.ids() {
+        assert!(fs::metadata(cluster.log_path(id)).unwrap().len() > 0);
+    }
 }

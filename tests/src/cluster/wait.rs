@@ -160,7 +160,7 @@ mod tests {
             "a hung check",
             Duration::from_millis(50),
             Duration::from_millis(10),
-            || futures::future::pending::<bool>(),
+            futures::future::pending::<bool>,
         )
         .await
         .unwrap_err();
