@@ -391,8 +391,8 @@ fn cluster_and_proxy_can_be_shared_across_threads() {
     assert_send_sync::<crate::proxy::Proxy>();
 }
 
-/// End-to-end check of the harness against the real server. Needs the binary, so it is
-/// Needs the kvs-server binary, which `scripts/test.sh` builds before the tests.
+/// End-to-end check of the harness against the real server. Needs the kvs-server binary,
+/// which `scripts/test.sh` builds before the tests.
 #[test]
 fn real_servers_talk_through_their_proxies() {
     let cluster = Cluster::start(ClusterOptions::default()).unwrap();
