@@ -114,6 +114,10 @@ pub struct ReplicaArgs {
     /// Log filter (e.g. info, debug, kvs_server=debug).
     #[arg(long, env = "KVS_LOG")]
     pub log_level: Option<String>,
+    /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without confirming
+    /// leadership. Exists so the test suite can show that its checker catches stale reads.
+    #[arg(long, hide = true)]
+    pub unsafe_local_reads: bool,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -167,6 +171,7 @@ impl ReplicaArgs {
             max_connections: self.max_connections.or(f.max_connections),
             max_frame_bytes: self.max_frame_bytes.or(f.max_frame_bytes),
             log_level: self.log_level.clone().or(f.log_level),
+            unsafe_local_reads: self.unsafe_local_reads,
         })
     }
 
@@ -239,6 +244,7 @@ impl ReplicaArgs {
             request_timeout: Duration::from_millis(a.request_timeout_ms.unwrap_or(10_000)),
             limits,
             wal_segment_bytes_max: 64 * 1024 * 1024,
+            unsafe_local_reads: a.unsafe_local_reads,
         })
     }
 }

@@ -52,6 +52,7 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
             request_timeout: Duration::from_secs(10),
             limits: ClientLimits::default(),
             wal_segment_bytes_max: 64 * 1024 * 1024,
+            unsafe_local_reads: false,
         })
         .collect())
 }

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub limits: ClientLimits,
     /// WAL segment size.
     pub wal_segment_bytes_max: u64,
+    /// Testing only, unsafe: serve linearizable reads locally (a planted bug for the checker).
+    pub unsafe_local_reads: bool,
 }
 
 impl NodeConfig {
@@ -661,6 +663,18 @@ impl Node {
             } => {
                 let value = self.sm.get(&key).cloned();
                 responder.respond(Ok(Reply::Value { value, stale: true }));
+                return;
+            }
+            Op::Get {
+                key,
+                consistency: ReadConsistency::Linearizable,
+            } if self.cfg.unsafe_local_reads => {
+                // The planted bug: claim linearizability without confirming leadership.
+                let value = self.sm.get(&key).cloned();
+                responder.respond(Ok(Reply::Value {
+                    value,
+                    stale: false,
+                }));
                 return;
             }
             Op::Get {
