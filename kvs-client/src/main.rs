@@ -32,6 +32,7 @@
 
 mod cli {
     pub mod base64;
+    pub mod bench;
     pub mod output;
 }
 
@@ -142,14 +143,23 @@ enum Command {
     },
     /// Show every node's status and the leader.
     Status,
+    /// Measure throughput and latency with closed-loop load (like etcd's benchmark).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The benchmark spreads its clients over every core; one request needs only one thread.
+    let runtime = if matches!(args.command, Command::Bench(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -230,6 +240,10 @@ async fn run(args: Args) -> u8 {
             }
         }
         Command::Status => status(&client, json).await,
+        Command::Bench(bench) => {
+            let options = client.options().clone();
+            cli::bench::run(&args.endpoints, options, bench, json).await
+        }
     }
 }
 

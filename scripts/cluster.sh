@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Starts N kvs-server replicas (default 3) as separate processes on loopback, with data in
+# DIR (default: a new temp dir), and prints their client endpoints. Stops them on exit.
+# Usage: scripts/cluster.sh [-n N] [-d DIR] [-b BIN_DIR] -- COMMAND...   runs COMMAND with
+# KVS_ENDPOINTS set, then stops the cluster. Used by scripts/bench.sh.
+set -euo pipefail
+n=3 dir="" bin="$(cd "$(dirname "$0")/.." && pwd)/target/release" base=${KVS_BASE_PORT:-46000}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) n=$2; shift 2 ;;
+    -d) dir=$2; shift 2 ;;
+    -b) bin=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "usage: $0 [-n N] [-d DIR] [-b BIN_DIR] -- COMMAND..." >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: $0 [-n N] [-d DIR] [-b BIN_DIR] -- COMMAND..." >&2; exit 2; }
+[ -x "$bin/kvs-server" ] || { echo "no $bin/kvs-server: run cargo build --release --bins" >&2; exit 2; }
+own_dir=0
+if [ -z "$dir" ]; then dir=$(mktemp -d /tmp/kvs-cluster.XXXXXX); own_dir=1; fi
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$own_dir" = 1 ]; then rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+peers="" clients=""
+for i in $(seq 1 "$n"); do
+  peers+="${peers:+,}$i=127.0.0.1:$((base + 100 + i))"
+  clients+="${clients:+,}$i=127.0.0.1:$((base + i))"
+done
+endpoints=""
+for i in $(seq 1 "$n"); do
+  "$bin/kvs-server" --id "$i" --peers "$peers" --client-addr "127.0.0.1:$((base + i))" \
+    --client-addrs "$clients" --data-dir "$dir/node-$i" --log-level warn >"$dir/node-$i.log" 2>&1 &
+  pids+=($!)
+  endpoints+="${endpoints:+,}127.0.0.1:$((base + i))"
+done
+export KVS_ENDPOINTS=$endpoints
+for _ in $(seq 100); do
+  if "$bin/kvs-client" -o json status 2>/dev/null | grep -q '"leader":[0-9]'; then break; fi
+  sleep 0.1
+done
+"$@"
