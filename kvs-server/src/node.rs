@@ -110,11 +110,17 @@ struct PendingRead {
     since: Instant,
 }
 
+/// A snapshot being received from a peer, written to a file as it arrives.
 struct Assembly {
     slot: u64,
     total: u64,
-    buf: Vec<u8>,
+    received: u64,
+    file: std::fs::File,
 }
+
+/// Also snapshot once this many command bytes were applied since the last snapshot, so the
+/// log kept in memory stays bounded however many commands a slot carries.
+const SNAPSHOT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Counters of the random acceptor failure mode.
 #[derive(Default, Debug, Clone)]
@@ -135,9 +141,9 @@ struct Node {
     pending_writes: HashMap<(u64, u64), PendingWrite>,
     pending_reads: HashMap<u64, PendingRead>,
     next_read_id: u64,
-    /// The latest durable snapshot, for shipping to lagging peers.
-    snapshot_bytes: Option<Arc<Vec<u8>>>,
     last_snapshot_slot: u64,
+    /// Command bytes applied since the last snapshot.
+    applied_bytes_since_snapshot: u64,
     incoming: BTreeMap<NodeId, Assembly>,
     down_until: Option<Instant>,
     failure_stats: FailureStats,
@@ -172,10 +178,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let (mut state, storage) = storage::open(&wal_dir, wal_options, move |e| {
         let _ = storage_tx.send(e);
     })?;
-    let (snapshot_bytes, sm) = match snap {
-        Some((bytes, sm)) => (Some(Arc::new(bytes)), sm),
-        None => (None, StateMachine::new()),
-    };
+    let sm = snap.unwrap_or_default();
     state.snapshot_slot = sm.applied();
     tracing::info!(
         id = cfg.id,
@@ -258,7 +261,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         pending_writes: HashMap::new(),
         pending_reads: HashMap::new(),
         next_read_id: 0,
-        snapshot_bytes,
+        applied_bytes_since_snapshot: 0,
         incoming: BTreeMap::new(),
         down_until: None,
         failure_stats: FailureStats::default(),
@@ -459,6 +462,7 @@ impl Node {
     fn apply(&mut self, slot: u64, value: Value) {
         if let Value::Commands(cmds) = value {
             for raw in cmds {
+                self.applied_bytes_since_snapshot += raw.len() as u64;
                 match Command::decode(&raw) {
                     Ok(c) => {
                         let applied = self.sm.apply(slot, c);
@@ -477,7 +481,9 @@ impl Node {
             }
         }
         self.sm.finish_slot(slot);
-        if self.sm.applied() >= self.last_snapshot_slot + self.cfg.snapshot_every {
+        if self.sm.applied() >= self.last_snapshot_slot + self.cfg.snapshot_every
+            || self.applied_bytes_since_snapshot >= SNAPSHOT_LOG_BYTES_MAX
+        {
             self.take_snapshot();
         }
     }
@@ -487,104 +493,94 @@ impl Node {
     /// pause, which a background writer over a frozen copy would avoid.
     fn take_snapshot(&mut self) {
         let slot = self.sm.applied();
-        let bytes = match snapshot::encode(&self.sm) {
-            Ok(b) => b,
+        let started = Instant::now();
+        let size = match snapshot::write_file(&self.cfg.data_dir, &self.sm) {
+            Ok(size) => size,
             Err(e) => {
-                tracing::error!(error = %e, "cannot encode a snapshot");
+                // A snapshot is an optimisation: the log still holds everything.
+                tracing::error!(error = %e, "cannot write a snapshot; keeping the full log");
                 return;
             }
         };
-        if let Err(e) = snapshot::write_file(&self.cfg.data_dir, &bytes) {
-            // A snapshot is an optimisation: the log still holds everything.
-            tracing::error!(error = %e, "cannot write a snapshot; keeping the full log");
-            return;
-        }
         tracing::info!(
             slot,
-            bytes = bytes.len(),
+            bytes = size,
             keys = self.sm.len(),
+            ms = started.elapsed().as_millis() as u64,
             "snapshot taken"
         );
-        self.snapshot_bytes = Some(Arc::new(bytes));
         self.last_snapshot_slot = slot;
+        self.applied_bytes_since_snapshot = 0;
         self.replica.compact(slot);
         if let Err(e) = self.storage.send(StorageCmd::Compact { slot }) {
             self.fatal = Some(e);
         }
     }
 
+    /// Streams the current snapshot file to a lagging peer, from a blocking thread.
     fn ship_snapshot(&mut self, to: NodeId) {
-        let (Some(bytes), Some(tx)) = (
-            self.snapshot_bytes.clone(),
-            self.peers_out.get(&to).cloned(),
-        ) else {
+        let Some(tx) = self.peers_out.get(&to).cloned() else {
             return;
         };
-        let slot = self.last_snapshot_slot;
+        let path = self.cfg.data_dir.join(snapshot::FILE_NAME);
         tracing::info!(
             peer = to,
-            slot,
-            bytes = bytes.len(),
+            slot = self.last_snapshot_slot,
             "shipping a snapshot to a lagging peer"
         );
-        tokio::spawn(async move {
-            let total = bytes.len() as u64;
-            let mut offset = 0usize;
-            loop {
-                let end = (offset + wire::SNAPSHOT_CHUNK_BYTES).min(bytes.len());
-                let chunk = PeerMessage::SnapshotChunk {
-                    slot,
-                    total_bytes: total,
-                    offset: offset as u64,
-                    data: Bytes::copy_from_slice(&bytes[offset..end]),
-                };
-                if tx.send(chunk).await.is_err() {
-                    return;
-                }
-                offset = end;
-                if offset >= bytes.len() {
-                    return;
-                }
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_snapshot(&path, &tx) {
+                tracing::warn!(peer = to, error = %e, "shipping a snapshot failed");
             }
         });
     }
 
     fn on_snapshot_chunk(&mut self, from: NodeId, slot: u64, total: u64, offset: u64, data: Bytes) {
+        use std::io::Write;
         if slot <= self.sm.applied() {
             return;
         }
-        // Refuse absurd sizes before allocating: a snapshot is at most a few GiB.
-        const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
-        if total > SNAPSHOT_BYTES_MAX {
-            tracing::warn!(peer = from, total, "ignoring a snapshot of absurd size");
-            return;
-        }
+        let incoming = self.cfg.data_dir.join(snapshot::INCOMING_NAME);
         if offset == 0 {
-            self.incoming.insert(
-                from,
-                Assembly {
-                    slot,
-                    total,
-                    buf: Vec::with_capacity(total.min(256 * 1024 * 1024) as usize),
-                },
-            );
+            match std::fs::File::create(&incoming) {
+                Ok(file) => {
+                    self.incoming.insert(
+                        from,
+                        Assembly {
+                            slot,
+                            total,
+                            received: 0,
+                            file,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %incoming.display(), "cannot receive a snapshot");
+                    return;
+                }
+            }
+            // Only one snapshot is assembled at a time.
+            self.incoming.retain(|&peer, _| peer == from);
         }
         let Some(a) = self.incoming.get_mut(&from) else {
             return;
         };
-        if a.slot != slot || a.total != total || a.buf.len() as u64 != offset {
+        if a.slot != slot || a.total != total || a.received != offset {
             self.incoming.remove(&from); // out of order: wait for the next attempt
             return;
         }
-        a.buf.extend_from_slice(&data);
-        if (a.buf.len() as u64) < a.total {
+        if let Err(e) = a.file.write_all(&data) {
+            tracing::warn!(error = %e, "cannot write a received snapshot");
+            self.incoming.remove(&from);
             return;
         }
-        let Some(a) = self.incoming.remove(&from) else {
+        a.received += data.len() as u64;
+        if a.received < a.total {
             return;
-        };
+        }
+        self.incoming.remove(&from);
         let origin = PathBuf::from(format!("snapshot from replica {from}"));
-        let sm = match snapshot::decode(&a.buf, &origin) {
+        let sm = match snapshot::install_incoming(&self.cfg.data_dir, &origin) {
             Ok(sm) => sm,
             Err(e) => {
                 tracing::warn!(peer = from, error = %e, "discarding a received snapshot");
@@ -595,14 +591,10 @@ impl Node {
             tracing::warn!(
                 peer = from,
                 slot,
-                "discarding a snapshot whose slot does not match"
+                "a received snapshot's slot does not match its header"
             );
-            return;
         }
-        if let Err(e) = snapshot::write_file(&self.cfg.data_dir, &a.buf) {
-            tracing::error!(error = %e, "cannot store a received snapshot");
-            return;
-        }
+        let slot = sm.applied();
         tracing::info!(
             peer = from,
             slot,
@@ -610,8 +602,8 @@ impl Node {
             "installed a snapshot from a peer"
         );
         self.sm = sm;
-        self.snapshot_bytes = Some(Arc::new(a.buf));
         self.last_snapshot_slot = slot;
+        self.applied_bytes_since_snapshot = 0;
         let now = self.now_ms();
         self.replica.install_snapshot(now, slot);
         if let Err(e) = self.storage.send(StorageCmd::Compact { slot }) {
@@ -822,10 +814,7 @@ impl Node {
             }
         };
         let sm = match snapshot::read_file(&self.cfg.data_dir) {
-            Ok(Some((bytes, sm))) => {
-                self.snapshot_bytes = Some(Arc::new(bytes));
-                sm
-            }
+            Ok(Some(sm)) => sm,
             Ok(None) => StateMachine::new(),
             Err(e) => {
                 self.fatal = Some(format!("cannot reload the snapshot: {e}"));
@@ -834,6 +823,7 @@ impl Node {
         };
         state.snapshot_slot = sm.applied();
         self.last_snapshot_slot = sm.applied();
+        self.applied_bytes_since_snapshot = 0;
         self.sm = sm;
         let seed = self.rng.random();
         let now = self.now_ms();
@@ -922,5 +912,59 @@ impl DirLock {
             ));
         }
         Ok(DirLock { _file: file })
+    }
+}
+
+/// Reads the snapshot file at `path` in chunks and queues them for a peer. The file is
+/// opened once, so a newer snapshot renamed over it meanwhile does not mix into this one.
+fn stream_snapshot(path: &std::path::Path, tx: &mpsc::Sender<PeerMessage>) -> Result<(), String> {
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let total = file
+        .metadata()
+        .map_err(|e| format!("stat {}: {e}", path.display()))?
+        .len();
+    // The slot is in the header, right after the 8-byte magic.
+    let mut header = [0u8; 16];
+    file.read_exact(&mut header)
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    let mut slot_bytes = [0u8; 8];
+    slot_bytes.copy_from_slice(&header[8..16]);
+    let slot = u64::from_le_bytes(slot_bytes);
+    let mut offset = 0u64;
+    let mut pending = header.to_vec();
+    loop {
+        let mut buf = std::mem::take(&mut pending);
+        let want = wire::SNAPSHOT_CHUNK_BYTES;
+        let start = buf.len();
+        buf.resize(want, 0);
+        let mut filled = start;
+        while filled < want {
+            let n = file
+                .read(&mut buf[filled..])
+                .map_err(|e| format!("read {}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let len = buf.len() as u64;
+        let chunk = PeerMessage::SnapshotChunk {
+            slot,
+            total_bytes: total,
+            offset,
+            data: Bytes::from(buf),
+        };
+        tx.blocking_send(chunk)
+            .map_err(|_| "the peer link closed".to_string())?;
+        offset += len;
+        if offset >= total {
+            return Ok(());
+        }
     }
 }
