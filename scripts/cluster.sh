@@ -4,7 +4,7 @@
 # Usage: scripts/cluster.sh [-n N] [-d DIR] [-b BIN_DIR] -- COMMAND...   runs COMMAND with
 # KVS_ENDPOINTS set, then stops the cluster. Used by scripts/bench.sh.
 set -euo pipefail
-n=3 dir="" bin="$(cd "$(dirname "$0")/.." && pwd)/target/release" base=${KVS_BASE_PORT:-46000}
+n=3 dir="" bin="$(cd "$(dirname "$0")/.." && pwd)/target/release" base=${KVS_BASE_PORT:-26000}
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) n=$2; shift 2 ;;
@@ -38,8 +38,16 @@ for i in $(seq 1 "$n"); do
   endpoints+="${endpoints:+,}127.0.0.1:$((base + i))"
 done
 export KVS_ENDPOINTS=$endpoints
+export KVS_PIDS="${pids[*]}"
 for _ in $(seq 100); do
-  if "$bin/kvs-client" -o json status 2>/dev/null | grep -q '"leader":[0-9]'; then break; fi
+  if "$bin/kvs-client" -o json status 2>/dev/null | grep -q "\"leader\":[0-9]" && ! "$bin/kvs-client" status 2>&1 | grep -q unreachable; then break; fi
   sleep 0.1
+done
+for i in $(seq 1 "$n"); do
+  if ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; then
+    echo "replica $i did not start:" >&2
+    tail -5 "$dir/node-$i.log" >&2
+    exit 1
+  fi
 done
 "$@"
