@@ -33,7 +33,7 @@ done
 endpoints=""
 for i in $(seq 1 "$n"); do
   "$bin/kvs-server" --id "$i" --peers "$peers" --client-addr "127.0.0.1:$((base + i))" \
-    --client-addrs "$clients" --data-dir "$dir/node-$i" --log-level warn >"$dir/node-$i.log" 2>&1 &
+    --client-addrs "$clients" --data-dir "$dir/node-$i" --log-level "${KVS_SERVER_LOG:-warn}" >"$dir/node-$i.log" 2>&1 &
   pids+=($!)
   endpoints+="${endpoints:+,}127.0.0.1:$((base + i))"
 done

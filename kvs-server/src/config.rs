@@ -201,10 +201,10 @@ impl ReplicaArgs {
             "--acceptor-down-ms",
         )?;
         let election = parse_range(
-            a.election_timeout_ms.as_deref().unwrap_or("300..600"),
+            a.election_timeout_ms.as_deref().unwrap_or("1000..2000"),
             "--election-timeout-ms",
         )?;
-        let heartbeat = a.heartbeat_ms.unwrap_or(50);
+        let heartbeat = a.heartbeat_ms.unwrap_or(100);
         if heartbeat == 0 || heartbeat >= election.0 {
             return Err(format!(
                 "--heartbeat-ms ({heartbeat}) must be above 0 and below the election timeout minimum ({})",
@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(c.id, 1);
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.cluster_id, "kvs");
-        assert_eq!(c.election_timeout_ms, (300, 600));
+        assert_eq!(c.election_timeout_ms, (1000, 2000));
         assert_eq!(c.snapshot_every, SNAPSHOT_EVERY_DEFAULT);
     }
 

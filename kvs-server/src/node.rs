@@ -99,6 +99,18 @@ pub enum Event {
     Storage(StorageEvent),
 }
 
+/// Reports from work the event loop handed off: the storage thread and snapshot writers.
+enum Internal {
+    Storage(StorageEvent),
+    SnapshotWritten {
+        slot: u64,
+        /// The size written, or why it failed and the changes it was to include.
+        result: Result<u64, (String, crate::state_machine::Delta)>,
+        started: Instant,
+        keys: usize,
+    },
+}
+
 struct PendingWrite {
     responders: Vec<Responder>,
     since: Instant,
@@ -120,7 +132,7 @@ struct Assembly {
 
 /// Also snapshot once this many command bytes were applied since the last snapshot, so the
 /// log kept in memory stays bounded however many commands a slot carries.
-const SNAPSHOT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
+const SNAPSHOT_LOG_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
 /// Counters of the random acceptor failure mode.
 #[derive(Default, Debug, Clone)]
@@ -144,6 +156,9 @@ struct Node {
     last_snapshot_slot: u64,
     /// Command bytes applied since the last snapshot.
     applied_bytes_since_snapshot: u64,
+    /// A snapshot is being written in the background.
+    snapshot_in_progress: bool,
+    internal_tx: mpsc::UnboundedSender<Internal>,
     incoming: BTreeMap<NodeId, Assembly>,
     down_until: Option<Instant>,
     failure_stats: FailureStats,
@@ -169,14 +184,15 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let snap = snapshot::read_file(&cfg.data_dir).map_err(|e| format!("{e}; refusing to start"))?;
     // Storage reports on a channel of its own, unbounded (at most one report per fsync), so
     // the storage thread never waits on the event loop while the loop waits on it.
-    let (storage_tx, mut storage_rx) = mpsc::unbounded_channel::<StorageEvent>();
+    let (internal_tx, mut internal_rx) = mpsc::unbounded_channel::<Internal>();
+    let storage_tx = internal_tx.clone();
     let wal_dir = cfg.data_dir.join("wal");
     let wal_options = WalOptions {
         segment_bytes_max: cfg.wal_segment_bytes_max,
         ..WalOptions::default()
     };
     let (mut state, storage) = storage::open(&wal_dir, wal_options, move |e| {
-        let _ = storage_tx.send(e);
+        let _ = storage_tx.send(Internal::Storage(e));
     })?;
     let sm = snap.unwrap_or_default();
     state.snapshot_slot = sm.applied();
@@ -262,6 +278,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         pending_reads: HashMap::new(),
         next_read_id: 0,
         applied_bytes_since_snapshot: 0,
+        snapshot_in_progress: false,
+        internal_tx,
         incoming: BTreeMap::new(),
         down_until: None,
         failure_stats: FailureStats::default(),
@@ -293,9 +311,14 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                     }
                 }
             }
-            ev = storage_rx.recv() => {
-                let Some(ev) = ev else { break };
-                node.handle(Event::Storage(ev));
+            ev = internal_rx.recv() => {
+                match ev {
+                    Some(Internal::Storage(ev)) => node.handle(Event::Storage(ev)),
+                    Some(Internal::SnapshotWritten { slot, result, started, keys }) => {
+                        node.snapshot_written(slot, result, started, keys);
+                    }
+                    None => break,
+                }
             }
             _ = tokio::time::sleep_until(deadline.into()) => node.on_timer().await,
             _ = sweep.tick() => {
@@ -339,7 +362,12 @@ impl Node {
     async fn on_timer(&mut self) {
         if let Some(t) = self.down_until {
             if Instant::now() >= t {
-                self.recover_acceptor().await;
+                if self.snapshot_in_progress {
+                    // Recover from the snapshot being written, once it is on disk.
+                    self.down_until = Some(Instant::now() + Duration::from_millis(20));
+                } else {
+                    self.recover_acceptor().await;
+                }
             }
             return;
         }
@@ -414,7 +442,7 @@ impl Node {
                 Output::Committed { slot, value } => self.apply(slot, value),
                 Output::ReadReady { id } => {
                     if let Some(r) = self.pending_reads.remove(&id) {
-                        let value = self.sm.get(&r.key).cloned();
+                        let value = self.sm.get_bytes(&r.key);
                         r.responder.respond(Ok(Reply::Value {
                             value,
                             stale: false,
@@ -481,8 +509,15 @@ impl Node {
             }
         }
         self.sm.finish_slot(slot);
-        if self.sm.applied() >= self.last_snapshot_slot + self.cfg.snapshot_every
-            || self.applied_bytes_since_snapshot >= SNAPSHOT_LOG_BYTES_MAX
+        // Replicas snapshot at different points (offset by id), so they never all pause
+        // to write one at the same moment.
+        let stagger = self.cfg.snapshot_every / 8 * (self.cfg.id % 8);
+        let first = self.last_snapshot_slot == 0;
+        let due_slot =
+            self.last_snapshot_slot + self.cfg.snapshot_every + if first { stagger } else { 0 };
+        let stagger_bytes = SNAPSHOT_LOG_BYTES_MAX / 8 * (self.cfg.id % 8);
+        if self.sm.applied() >= due_slot
+            || self.applied_bytes_since_snapshot >= SNAPSHOT_LOG_BYTES_MAX + stagger_bytes
         {
             self.take_snapshot();
         }
@@ -492,12 +527,50 @@ impl Node {
     /// it covers. This writes and fsyncs on the event loop; with a large store that is a
     /// pause, which a background writer over a frozen copy would avoid.
     fn take_snapshot(&mut self) {
+        if self.snapshot_in_progress {
+            return;
+        }
+        // The next snapshot is the previous file with the changes since merged in, written
+        // by a blocking thread; the loop only hands over the changes and the sessions.
+        let delta = self.sm.take_delta();
+        let sessions = self.sm.sessions().clone();
         let slot = self.sm.applied();
+        let keys = self.sm.len();
+        let dir = self.cfg.data_dir.clone();
+        let tx = self.internal_tx.clone();
+        self.snapshot_in_progress = true;
+        self.applied_bytes_since_snapshot = 0;
         let started = Instant::now();
-        let size = match snapshot::write_file(&self.cfg.data_dir, &self.sm) {
+        tokio::task::spawn_blocking(move || {
+            let result = match snapshot::write_merged(&dir, slot, &delta, &sessions) {
+                Ok(size) => Ok(size),
+                Err(e) => Err((e.to_string(), delta)),
+            };
+            let _ = tx.send(Internal::SnapshotWritten {
+                slot,
+                result,
+                started,
+                keys,
+            });
+        });
+    }
+
+    /// A background snapshot is durable (or failed): let the core and the log forget what
+    /// it covers.
+    fn snapshot_written(
+        &mut self,
+        slot: u64,
+        result: Result<u64, (String, crate::state_machine::Delta)>,
+        started: Instant,
+        keys: usize,
+    ) {
+        self.snapshot_in_progress = false;
+        let size = match result {
             Ok(size) => size,
-            Err(e) => {
-                // A snapshot is an optimisation: the log still holds everything.
+            Err((e, delta)) => {
+                // A snapshot is an optimisation: the log still holds everything. The changes
+                // go back into the delta so the next snapshot includes them.
+                self.sm.restore_delta(delta);
                 tracing::error!(error = %e, "cannot write a snapshot; keeping the full log");
                 return;
             }
@@ -505,12 +578,14 @@ impl Node {
         tracing::info!(
             slot,
             bytes = size,
-            keys = self.sm.len(),
+            keys,
             ms = started.elapsed().as_millis() as u64,
             "snapshot taken"
         );
+        if slot <= self.last_snapshot_slot {
+            return;
+        }
         self.last_snapshot_slot = slot;
-        self.applied_bytes_since_snapshot = 0;
         self.replica.compact(slot);
         if let Err(e) = self.storage.send(StorageCmd::Compact { slot }) {
             self.fatal = Some(e);
@@ -537,7 +612,9 @@ impl Node {
 
     fn on_snapshot_chunk(&mut self, from: NodeId, slot: u64, total: u64, offset: u64, data: Bytes) {
         use std::io::Write;
-        if slot <= self.sm.applied() {
+        // While a local snapshot is being written, a received one could be overwritten by
+        // that older one; the sender retries later.
+        if slot <= self.sm.applied() || self.snapshot_in_progress {
             return;
         }
         let incoming = self.cfg.data_dir.join(snapshot::INCOMING_NAME);
@@ -653,7 +730,7 @@ impl Node {
                 key,
                 consistency: ReadConsistency::Stale,
             } => {
-                let value = self.sm.get(&key).cloned();
+                let value = self.sm.get_bytes(&key);
                 responder.respond(Ok(Reply::Value { value, stale: true }));
                 return;
             }
@@ -662,7 +739,7 @@ impl Node {
                 consistency: ReadConsistency::Linearizable,
             } if self.cfg.unsafe_local_reads => {
                 // The planted bug: claim linearizability without confirming leadership.
-                let value = self.sm.get(&key).cloned();
+                let value = self.sm.get_bytes(&key);
                 responder.respond(Ok(Reply::Value {
                     value,
                     stale: false,

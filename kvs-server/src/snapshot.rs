@@ -3,10 +3,14 @@
 //!
 //! Format (little-endian), checked end to end by a trailing CRC32C:
 //! ```text
-//! magic "KVSSNAP1" | slot u64 | key count u64 | (key len u32, key, value len u32, value)*
-//! | session count u64 | (client u64, last slot u64, n u32, (seq u64, len u32, reply)*)*
+//! magic "KVSSNAP2" | slot u64 | (key len u32 > 0, key, value len u32, value)* in key order
+//! | 0u32 (end of keys) | session count u64
+//! | (client u64, last slot u64, n u32, (seq u64, len u32, reply)*)*
 //! | crc32c u32 over everything before it
 //! ```
+//! A new snapshot is the previous snapshot file merged with the keys changed since (the
+//! state machine's delta), streamed from one file to the next: taking a snapshot never
+//! copies the store in memory.
 //! A snapshot is written to a temporary file, fsynced, renamed over the previous one, and
 //! the directory is fsynced, so a crash leaves either the old or the new snapshot.
 
@@ -15,11 +19,9 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
+use crate::state_machine::{Blob, Delta, SessionResults, StateMachine};
 
-use crate::state_machine::{SessionResults, StateMachine};
-
-const MAGIC: &[u8; 8] = b"KVSSNAP1";
+const MAGIC: &[u8; 8] = b"KVSSNAP2";
 /// The snapshot's file name inside the data directory.
 pub const FILE_NAME: &str = "snapshot";
 const TEMP_NAME: &str = "snapshot.tmp";
@@ -68,40 +70,75 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-/// Writes `sm` as a snapshot to `out`; returns the bytes written.
-pub fn encode_to(sm: &StateMachine, out: impl Write) -> io::Result<u64> {
-    let mut w = CrcWriter { inner: out, crc: 0 };
-    let mut n = 0u64;
-    let mut put = |w: &mut CrcWriter<_>, b: &[u8]| -> io::Result<()> {
-        w.write_all(b)?;
-        n += b.len() as u64;
+/// Writes a snapshot as a stream: header, entries in key order, then sessions.
+pub struct SnapshotWriter<W: Write> {
+    w: CrcWriter<W>,
+    written: u64,
+    last_key: Option<Vec<u8>>,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Starts a snapshot of every slot below `slot`.
+    pub fn new(out: W, slot: u64) -> io::Result<Self> {
+        let mut s = SnapshotWriter {
+            w: CrcWriter { inner: out, crc: 0 },
+            written: 0,
+            last_key: None,
+        };
+        s.put(MAGIC)?;
+        s.put(&slot.to_le_bytes())?;
+        Ok(s)
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.w.write_all(b)?;
+        self.written += b.len() as u64;
         Ok(())
-    };
-    put(&mut w, MAGIC)?;
-    put(&mut w, &sm.applied().to_le_bytes())?;
-    put(&mut w, &(sm.len() as u64).to_le_bytes())?;
-    for (k, v) in sm.data() {
-        put(&mut w, &(k.len() as u32).to_le_bytes())?;
-        put(&mut w, k)?;
-        put(&mut w, &(v.len() as u32).to_le_bytes())?;
-        put(&mut w, v)?;
     }
-    put(&mut w, &(sm.sessions().len() as u64).to_le_bytes())?;
-    for (client, s) in sm.sessions() {
-        put(&mut w, &client.to_le_bytes())?;
-        put(&mut w, &s.last_slot.to_le_bytes())?;
-        put(&mut w, &(s.results.len() as u32).to_le_bytes())?;
-        for (seq, reply) in &s.results {
-            put(&mut w, &seq.to_le_bytes())?;
-            let r = wire::encode(reply).map_err(|e| io::Error::other(e.to_string()))?;
-            put(&mut w, &(r.len() as u32).to_le_bytes())?;
-            put(&mut w, &r)?;
+
+    /// Adds one key and its value; keys must come in strictly increasing order.
+    pub fn entry(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if key.is_empty() || self.last_key.as_deref().is_some_and(|l| l >= key) {
+            return Err(io::Error::other(
+                "snapshot keys must be non-empty and in order",
+            ));
         }
+        self.last_key = Some(key.to_vec());
+        self.put(&(key.len() as u32).to_le_bytes())?;
+        self.put(key)?;
+        self.put(&(value.len() as u32).to_le_bytes())?;
+        self.put(value)
     }
-    let crc = w.crc;
-    w.inner.write_all(&crc.to_le_bytes())?;
-    w.inner.flush()?;
-    Ok(n + 4)
+
+    /// Ends the keys, writes the sessions and the checksum; returns the bytes written.
+    pub fn finish(mut self, sessions: &BTreeMap<u64, SessionResults>) -> io::Result<(W, u64)> {
+        self.put(&0u32.to_le_bytes())?;
+        self.put(&(sessions.len() as u64).to_le_bytes())?;
+        for (client, s) in sessions {
+            self.put(&client.to_le_bytes())?;
+            self.put(&s.last_slot.to_le_bytes())?;
+            self.put(&(s.results.len() as u32).to_le_bytes())?;
+            for (seq, reply) in &s.results {
+                self.put(&seq.to_le_bytes())?;
+                let r = wire::encode(reply).map_err(|e| io::Error::other(e.to_string()))?;
+                self.put(&(r.len() as u32).to_le_bytes())?;
+                self.put(&r)?;
+            }
+        }
+        let crc = self.w.crc;
+        self.w.inner.write_all(&crc.to_le_bytes())?;
+        self.w.inner.flush()?;
+        Ok((self.w.inner, self.written + 4))
+    }
+}
+
+/// Writes all of `sm` as a snapshot to `out`; returns the bytes written.
+pub fn encode_to(sm: &StateMachine, out: impl Write) -> io::Result<u64> {
+    let mut w = SnapshotWriter::new(out, sm.applied())?;
+    for (k, v) in sm.data() {
+        w.entry(k, v)?;
+    }
+    Ok(w.finish(sm.sessions())?.1)
 }
 
 /// Serializes `sm` as a snapshot in memory (for tests and small stores).
@@ -111,63 +148,131 @@ pub fn encode(sm: &StateMachine) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Reads a snapshot from `input`, checking every length against what remains and the
-/// checksum at the end. `origin` names where the bytes came from in errors.
-pub fn decode_from(input: impl Read, origin: &Path) -> Result<StateMachine, SnapshotError> {
-    let corrupt = |reason: String| SnapshotError::Corrupt {
-        path: origin.to_path_buf(),
-        reason,
-    };
-    let mut r = CrcReader {
-        inner: input,
-        crc: 0,
-        pos: 0,
-    };
-    let magic = r.take(8, 8).map_err(&corrupt)?;
-    if magic != MAGIC {
-        return Err(corrupt("not a snapshot file (bad magic)".into()));
+/// Reads a snapshot as a stream: the slot, then the entries one by one, then the sessions,
+/// with the checksum verified at the end.
+pub struct SnapshotReader<R> {
+    r: CrcReader<R>,
+    origin: PathBuf,
+    /// The slot the snapshot covers (every slot below it is applied).
+    pub slot: u64,
+    keys_done: bool,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads the header.
+    pub fn new(input: R, origin: &Path) -> Result<Self, SnapshotError> {
+        let mut r = CrcReader {
+            inner: input,
+            crc: 0,
+            pos: 0,
+        };
+        let corrupt = |reason: String| SnapshotError::Corrupt {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let magic = r.take(8, 8).map_err(&corrupt)?;
+        if magic != MAGIC {
+            return Err(corrupt(
+                "not a snapshot file of this version (bad magic)".into(),
+            ));
+        }
+        let slot = r.u64().map_err(&corrupt)?;
+        Ok(SnapshotReader {
+            r,
+            origin: origin.to_path_buf(),
+            slot,
+            keys_done: false,
+        })
     }
-    let slot = r.u64().map_err(&corrupt)?;
-    let keys = r.u64().map_err(&corrupt)?;
+
+    fn corrupt(&self, reason: String) -> SnapshotError {
+        SnapshotError::Corrupt {
+            path: self.origin.clone(),
+            reason,
+        }
+    }
+
+    /// The next key and value, in key order; `None` after the last.
+    pub fn next_entry(&mut self) -> Result<Option<(Blob, Blob)>, SnapshotError> {
+        if self.keys_done {
+            return Ok(None);
+        }
+        let klen = self.r.u32().map_err(|e| self.corrupt(e))? as usize;
+        if klen == 0 {
+            self.keys_done = true;
+            return Ok(None);
+        }
+        let k = self
+            .r
+            .take(klen, wire::KEY_BYTES_MAX)
+            .map_err(|e| self.corrupt(e))?;
+        let vlen = self.r.u32().map_err(|e| self.corrupt(e))? as usize;
+        let v = self
+            .r
+            .take(vlen, wire::VALUE_BYTES_MAX)
+            .map_err(|e| self.corrupt(e))?;
+        Ok(Some((k.into_boxed_slice(), v.into_boxed_slice())))
+    }
+
+    /// The sessions and the checksum check; call after the last entry.
+    pub fn finish(mut self) -> Result<BTreeMap<u64, SessionResults>, SnapshotError> {
+        while self.next_entry()?.is_some() {}
+        let sessions_n = self.r.u64().map_err(|e| self.corrupt(e))?;
+        let mut sessions = BTreeMap::new();
+        for _ in 0..sessions_n {
+            let client = self.r.u64().map_err(|e| self.corrupt(e))?;
+            let last_slot = self.r.u64().map_err(|e| self.corrupt(e))?;
+            let n = self.r.u32().map_err(|e| self.corrupt(e))?;
+            if n as usize > crate::state_machine::SESSION_RESULTS_MAX {
+                return Err(self.corrupt(format!("a session claims {n} results")));
+            }
+            let mut results = BTreeMap::new();
+            for _ in 0..n {
+                let seq = self.r.u64().map_err(|e| self.corrupt(e))?;
+                let raw = self
+                    .r
+                    .take_len(REPLY_BYTES_MAX)
+                    .map_err(|e| self.corrupt(e))?;
+                let reply =
+                    wire::decode(&raw).map_err(|e| self.corrupt(format!("session reply: {e}")))?;
+                results.insert(seq, reply);
+            }
+            sessions.insert(client, SessionResults { last_slot, results });
+        }
+        let computed = self.r.crc;
+        let mut tail = [0u8; 4];
+        self.r
+            .inner
+            .read_exact(&mut tail)
+            .map_err(|e| self.corrupt(format!("missing checksum at offset {}: {e}", self.r.pos)))?;
+        let stored = u32::from_le_bytes(tail);
+        if stored != computed {
+            return Err(self.corrupt(format!(
+                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            )));
+        }
+        let mut extra = [0u8; 1];
+        if matches!(self.r.inner.read(&mut extra), Ok(n) if n > 0) {
+            return Err(self.corrupt("unexpected bytes after the checksum".into()));
+        }
+        Ok(sessions)
+    }
+}
+
+/// Reads a whole snapshot from `input`. `origin` names where the bytes came from in errors.
+pub fn decode_from(input: impl Read, origin: &Path) -> Result<StateMachine, SnapshotError> {
+    let mut reader = SnapshotReader::new(input, origin)?;
     let mut data = BTreeMap::new();
-    for _ in 0..keys {
-        let k = r.bytes(wire::KEY_BYTES_MAX).map_err(&corrupt)?;
-        let v = r.bytes(wire::VALUE_BYTES_MAX).map_err(&corrupt)?;
+    let mut last: Option<Blob> = None;
+    while let Some((k, v)) = reader.next_entry()? {
+        if last.as_ref().is_some_and(|l| *l >= k) {
+            return Err(reader.corrupt("keys out of order".into()));
+        }
+        last = Some(k.clone());
         data.insert(k, v);
     }
-    let sessions_n = r.u64().map_err(&corrupt)?;
-    let mut sessions = BTreeMap::new();
-    for _ in 0..sessions_n {
-        let client = r.u64().map_err(&corrupt)?;
-        let last_slot = r.u64().map_err(&corrupt)?;
-        let n = r.u32().map_err(&corrupt)?;
-        if n as usize > crate::state_machine::SESSION_RESULTS_MAX {
-            return Err(corrupt(format!("a session claims {n} results")));
-        }
-        let mut results = BTreeMap::new();
-        for _ in 0..n {
-            let seq = r.u64().map_err(&corrupt)?;
-            let raw = r.bytes(REPLY_BYTES_MAX).map_err(&corrupt)?;
-            let reply = wire::decode(&raw).map_err(|e| corrupt(format!("session reply: {e}")))?;
-            results.insert(seq, reply);
-        }
-        sessions.insert(client, SessionResults { last_slot, results });
-    }
-    let computed = r.crc;
-    let mut tail = [0u8; 4];
-    r.inner
-        .read_exact(&mut tail)
-        .map_err(|e| corrupt(format!("missing checksum at offset {}: {e}", r.pos)))?;
-    let stored = u32::from_le_bytes(tail);
-    if stored != computed {
-        return Err(corrupt(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        )));
-    }
-    let mut extra = [0u8; 1];
-    if matches!(r.inner.read(&mut extra), Ok(n) if n > 0) {
-        return Err(corrupt("unexpected bytes after the checksum".into()));
-    }
+    let slot = reader.slot;
+    let sessions = reader.finish()?;
     Ok(StateMachine::from_parts(slot, data, sessions))
 }
 
@@ -209,9 +314,9 @@ impl<R: Read> CrcReader<R> {
         a.copy_from_slice(&b);
         Ok(u64::from_le_bytes(a))
     }
-    fn bytes(&mut self, max: usize) -> Result<Bytes, String> {
+    fn take_len(&mut self, max: usize) -> Result<Vec<u8>, String> {
         let n = self.u32()? as usize;
-        Ok(Bytes::from(self.take(n, max)?))
+        self.take(n, max)
     }
 }
 
@@ -240,6 +345,78 @@ pub fn write_file(dir: &Path, sm: &StateMachine) -> Result<u64, SnapshotError> {
         .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
     file.sync_all().map_err(io_err("fsync", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)?;
+    Ok(size)
+}
+
+/// Durably writes the snapshot of `slot`: the current snapshot file in `dir` (if any)
+/// with `delta` merged in, and `sessions`. Streams from file to file, so memory use does not
+/// grow with the store. Returns the new snapshot's size.
+pub fn write_merged(
+    dir: &Path,
+    slot: u64,
+    delta: &Delta,
+    sessions: &BTreeMap<u64, SessionResults>,
+) -> Result<u64, SnapshotError> {
+    let base_path = dir.join(FILE_NAME);
+    let mut base = match File::open(&base_path) {
+        Ok(f) => Some(SnapshotReader::new(
+            BufReader::with_capacity(1 << 20, f),
+            &base_path,
+        )?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("open", &base_path)(e)),
+    };
+    let tmp = dir.join(TEMP_NAME);
+    let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut w = SnapshotWriter::new(BufWriter::with_capacity(1 << 20, file), slot)
+        .map_err(io_err("write", &tmp))?;
+    let mut next_base = match base.as_mut() {
+        Some(b) => b.next_entry()?,
+        None => None,
+    };
+    let mut changes = delta.iter().peekable();
+    loop {
+        let take_base = match (&next_base, changes.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((bk, _)), Some((dk, _))) => bk < *dk,
+        };
+        if take_base {
+            if let Some((k, v)) = next_base.take() {
+                w.entry(&k, &v).map_err(io_err("write", &tmp))?;
+            }
+            next_base = match base.as_mut() {
+                Some(b) => b.next_entry()?,
+                None => None,
+            };
+            continue;
+        }
+        let Some((dk, dv)) = changes.next() else {
+            break;
+        };
+        if next_base.as_ref().is_some_and(|(bk, _)| bk == dk) {
+            // Replaced or deleted since the previous snapshot.
+            next_base = match base.as_mut() {
+                Some(b) => b.next_entry()?,
+                None => None,
+            };
+        }
+        if let Some(v) = dv {
+            w.entry(dk, v).map_err(io_err("write", &tmp))?;
+        }
+    }
+    // The previous snapshot must check out in full before the new one replaces it.
+    if let Some(b) = base {
+        b.finish()?;
+    }
+    let (buf, size) = w.finish(sessions).map_err(io_err("write", &tmp))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
+    file.sync_all().map_err(io_err("fsync", &tmp))?;
+    fs::rename(&tmp, &base_path).map_err(io_err("rename", &base_path))?;
     sync_dir(dir)?;
     Ok(size)
 }
@@ -280,6 +457,7 @@ pub fn read_file(dir: &Path) -> Result<Option<StateMachine>, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use wire::{Command, Session, WriteOp};
 
     fn sample() -> StateMachine {
@@ -358,7 +536,7 @@ mod tests {
         bad[10] ^= 1;
         fs::write(dir.path().join(INCOMING_NAME), &bad).unwrap_or_else(|e| panic!("{e}"));
         assert!(install_incoming(dir.path(), Path::new("peer 2")).is_err());
-        assert_eq!(read_file(dir.path()).ok().flatten(), Some(sm.clone()));
+        assert_eq!(read_file(dir.path()).ok().flatten(), Some(sm));
         let good = encode(&StateMachine::new()).unwrap_or_default();
         fs::write(dir.path().join(INCOMING_NAME), &good).unwrap_or_else(|e| panic!("{e}"));
         assert!(install_incoming(dir.path(), Path::new("peer 2")).is_ok());
@@ -374,5 +552,99 @@ mod tests {
         fs::write(dir.path().join(TEMP_NAME), b"half written").unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(read_file(dir.path()), Ok(None)));
         assert!(!dir.path().join(TEMP_NAME).exists());
+    }
+
+    fn apply_all(sm: &mut StateMachine, from: u64, ops: &[(&str, Option<&str>)]) {
+        for (n, (k, v)) in ops.iter().enumerate() {
+            let slot = from + n as u64;
+            let op = match v {
+                Some(v) => WriteOp::Put {
+                    key: Bytes::from(k.to_string()),
+                    value: Bytes::from(v.to_string()),
+                },
+                None => WriteOp::Delete {
+                    key: Bytes::from(k.to_string()),
+                },
+            };
+            let c = Command {
+                session: Session {
+                    client_id: 9,
+                    seq: slot,
+                },
+                op,
+            };
+            sm.apply(slot, c);
+            sm.finish_slot(slot);
+        }
+    }
+
+    #[test]
+    fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut sm = StateMachine::new();
+        apply_all(
+            &mut sm,
+            0,
+            &[("b", Some("1")), ("d", Some("2")), ("f", Some("3"))],
+        );
+        // First snapshot: no file yet, so the delta is everything.
+        let d = sm.take_delta();
+        write_merged(dir.path(), sm.applied(), &d, sm.sessions()).unwrap_or_else(|e| panic!("{e}"));
+        // Changes: insert before, between and after; replace one; delete one; delete a key
+        // that never existed in the file.
+        apply_all(
+            &mut sm,
+            3,
+            &[
+                ("a", Some("0")),
+                ("c", Some("x")),
+                ("d", Some("22")),
+                ("f", None),
+                ("g", Some("9")),
+                ("zz", Some("z")),
+                ("zz", None),
+            ],
+        );
+        let d = sm.take_delta();
+        let size = write_merged(dir.path(), sm.applied(), &d, sm.sessions())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let on_disk = std::fs::read(dir.path().join(FILE_NAME)).unwrap_or_default();
+        assert_eq!(
+            on_disk,
+            encode(&sm).unwrap_or_default(),
+            "merge differs from a full snapshot"
+        );
+        assert_eq!(size, on_disk.len() as u64);
+        let back = read_file(dir.path()).ok().flatten();
+        assert_eq!(back.as_ref().map(|s| s.get(b"d")), Some(Some(&b"22"[..])));
+        assert_eq!(back.as_ref().map(|s| s.get(b"f")), Some(None));
+    }
+
+    #[test]
+    fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut sm = StateMachine::new();
+        apply_all(&mut sm, 0, &[("a", Some("1")), ("b", Some("2"))]);
+        let d = sm.take_delta();
+        write_merged(dir.path(), sm.applied(), &d, sm.sessions()).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        apply_all(&mut sm, 2, &[("c", Some("3"))]);
+        let d = sm.take_delta();
+        let err = write_merged(dir.path(), sm.applied(), &d, sm.sessions())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.is_some_and(|e| e.contains("corrupt snapshot")),
+            "a corrupt base must not be merged"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap_or_default(),
+            bytes,
+            "the old file is untouched"
+        );
     }
 }

@@ -14,7 +14,14 @@ use wire::{Command, Reply, Session, WriteOp};
 pub const SESSION_RESULTS_MAX: usize = wire::SESSION_WINDOW as usize;
 
 /// How many client sessions are kept; the least recently active one is forgotten first.
-pub const SESSIONS_MAX: usize = 100_000;
+pub const SESSIONS_MAX: usize = 10_000;
+
+/// A key or value as stored: one exact-size allocation behind a 16-byte handle (a `Bytes`
+/// handle is 32 bytes, and sharing one adds another allocation per key and per value).
+pub type Blob = Box<[u8]>;
+
+/// Keys changed since the last snapshot: the new value, or `None` for a deleted key.
+pub type Delta = BTreeMap<Blob, Option<Blob>>;
 
 /// Results of one client's recent writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,9 +33,14 @@ pub struct SessionResults {
 }
 
 /// The store's data and sessions.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct StateMachine {
-    data: BTreeMap<Bytes, Bytes>,
+    data: BTreeMap<Blob, Blob>,
+    /// Changes since the last snapshot: the next snapshot is the previous one with these
+    /// merged in, so taking one never copies the whole store.
+    delta: Delta,
+    /// Bytes held by `delta`'s values (bounded by the snapshot trigger).
+    delta_bytes: u64,
     sessions: BTreeMap<u64, SessionResults>,
     /// Clients by last activity, to find the idlest session quickly: (last_slot, client_id).
     activity: VecDeque<(u64, u64)>,
@@ -68,7 +80,7 @@ impl StateMachine {
     /// Rebuilds a store from snapshot contents.
     pub fn from_parts(
         applied: u64,
-        data: BTreeMap<Bytes, Bytes>,
+        data: BTreeMap<Blob, Blob>,
         sessions: BTreeMap<u64, SessionResults>,
     ) -> Self {
         let data_bytes = data.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
@@ -77,6 +89,8 @@ impl StateMachine {
         activity.sort_unstable();
         StateMachine {
             data,
+            delta: Delta::new(),
+            delta_bytes: 0,
             sessions,
             activity: activity.into(),
             applied,
@@ -105,13 +119,40 @@ impl StateMachine {
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.data.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.data.get(key).map(|v| &**v)
+    }
+
+    /// The value of `key`, copied out for a reply.
+    pub fn get_bytes(&self, key: &[u8]) -> Option<Bytes> {
+        self.get(key).map(Bytes::copy_from_slice)
     }
 
     /// The data, in key order.
-    pub fn data(&self) -> &BTreeMap<Bytes, Bytes> {
+    pub fn data(&self) -> &BTreeMap<Blob, Blob> {
         &self.data
+    }
+
+    /// Takes the changes made since the last snapshot (for writing the next one).
+    pub fn take_delta(&mut self) -> Delta {
+        self.delta_bytes = 0;
+        std::mem::take(&mut self.delta)
+    }
+
+    /// Puts back changes taken by [`StateMachine::take_delta`] whose snapshot failed; newer
+    /// changes to the same keys win.
+    pub fn restore_delta(&mut self, older: Delta) {
+        for (k, v) in older {
+            if !self.delta.contains_key(&k) {
+                self.delta_bytes += v.as_ref().map_or(0, |v| v.len() as u64) + k.len() as u64;
+                self.delta.insert(k, v);
+            }
+        }
+    }
+
+    /// Bytes of changes since the last snapshot.
+    pub fn delta_bytes(&self) -> u64 {
+        self.delta_bytes
     }
 
     /// The sessions, by client id.
@@ -169,13 +210,13 @@ impl StateMachine {
                 Reply::Deleted { existed }
             }
             WriteOp::Cas { key, expected, new } => {
-                let current = self.data.get(&key);
-                if current == expected.as_ref() {
+                let current = self.data.get(&key[..]).map(|v| &**v);
+                if current == expected.as_deref() {
                     self.insert(key, new);
                     Reply::Swapped
                 } else {
                     Reply::Mismatch {
-                        current: current.cloned(),
+                        current: current.map(Bytes::copy_from_slice),
                     }
                 }
             }
@@ -183,7 +224,10 @@ impl StateMachine {
     }
 
     fn insert(&mut self, key: Bytes, value: Bytes) {
+        let key: Blob = Vec::from(key).into_boxed_slice();
+        let value: Blob = Vec::from(value).into_boxed_slice();
         let added = (key.len() + value.len()) as u64;
+        self.note_change(&key, Some(&value));
         if let Some(old) = self.data.insert(key.clone(), value) {
             self.data_bytes -= (key.len() + old.len()) as u64;
         }
@@ -191,13 +235,23 @@ impl StateMachine {
     }
 
     fn remove(&mut self, key: &Bytes) -> bool {
-        match self.data.remove(key) {
+        match self.data.remove(&key[..]) {
             Some(old) => {
                 self.data_bytes -= (key.len() + old.len()) as u64;
+                self.note_change(key, None);
                 true
             }
             None => false,
         }
+    }
+
+    fn note_change(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let added = key.len() as u64 + value.map_or(0, |v| v.len() as u64);
+        let old = self.delta.insert(key.into(), value.map(Into::into));
+        if let Some(old) = old {
+            self.delta_bytes -= key.len() as u64 + old.map_or(0, |v| v.len() as u64);
+        }
+        self.delta_bytes += added;
     }
 
     fn remember(&mut self, slot: u64, session: Session, reply: Reply) {
@@ -268,7 +322,7 @@ mod tests {
             sm.apply(2, cmd(1, 3, cas(Some("a"), "b"))).reply,
             Reply::Swapped
         );
-        assert_eq!(sm.get(b"k"), Some(&Bytes::from_static(b"b")));
+        assert_eq!(sm.get(b"k"), Some(&b"b"[..]));
         assert_eq!(
             sm.apply(3, cmd(1, 4, cas(None, "c"))).reply,
             Reply::Mismatch {
@@ -300,7 +354,7 @@ mod tests {
         let retry = sm.apply(2, cmd(7, 1, put("k", "v1")));
         assert!(!retry.fresh);
         assert_eq!(retry.reply, Reply::Written);
-        assert_eq!(sm.get(b"k"), Some(&Bytes::from_static(b"v2")));
+        assert_eq!(sm.get(b"k"), Some(&b"v2"[..]));
     }
 
     #[test]
@@ -319,5 +373,63 @@ mod tests {
             seq: SESSION_RESULTS_MAX as u64 + 9,
         };
         assert_eq!(sm.result_of(&recent), Some(&Reply::Written));
+    }
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::*;
+    use wire::{Command, Session, WriteOp};
+
+    #[test]
+    fn the_delta_records_the_latest_change_per_key_and_can_be_restored() {
+        let mut sm = StateMachine::new();
+        let put = |k: &'static str, v: &'static str| Command {
+            session: Session {
+                client_id: 1,
+                seq: 0,
+            },
+            op: WriteOp::Put {
+                key: Bytes::from_static(k.as_bytes()),
+                value: Bytes::from_static(v.as_bytes()),
+            },
+        };
+        let mut seq = 0;
+        let mut apply = |sm: &mut StateMachine, mut c: Command| {
+            seq += 1;
+            c.session.seq = seq;
+            sm.apply(seq, c);
+        };
+        apply(&mut sm, put("a", "1"));
+        apply(&mut sm, put("a", "2"));
+        apply(&mut sm, put("b", "x"));
+        let del = Command {
+            session: Session {
+                client_id: 1,
+                seq: 0,
+            },
+            op: WriteOp::Delete {
+                key: Bytes::from_static(b"b"),
+            },
+        };
+        apply(&mut sm, del);
+        let d = sm.take_delta();
+        let want: Delta = [
+            (Blob::from(&b"a"[..]), Some(Blob::from(&b"2"[..]))),
+            (Blob::from(&b"b"[..]), None),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(d, want);
+        assert_eq!(sm.delta_bytes(), 0);
+        apply(&mut sm, put("a", "3"));
+        sm.restore_delta(d);
+        let d2 = sm.take_delta();
+        assert_eq!(
+            d2.get(&b"a"[..]),
+            Some(&Some(Blob::from(&b"3"[..]))),
+            "newer change wins"
+        );
+        assert_eq!(d2.get(&b"b"[..]), Some(&None), "older change restored");
     }
 }
