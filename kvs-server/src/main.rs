@@ -37,13 +37,17 @@ fn main() -> std::process::ExitCode {
                 init_logs(merged.log_level.as_deref().unwrap_or("info"));
                 let cfg = cli.replica.resolve()?;
                 let (stop_tx, stop_rx) = watch::channel(false);
-                let node = tokio::spawn(kvs_server::node::run(cfg, stop_rx));
+                let mut node = tokio::spawn(kvs_server::node::run(cfg, stop_rx));
                 tokio::select! {
-                    r = node => return r.map_err(|e| format!("replica task failed: {e}"))?,
+                    r = &mut node => return r.map_err(|e| format!("replica task failed: {e}"))?,
                     _ = kvs_server::wait_for_signal() => {}
                 }
+                // Graceful: in-flight requests get up to three seconds, then the log is synced.
                 let _ = stop_tx.send(true);
-                Ok(())
+                match tokio::time::timeout(std::time::Duration::from_secs(10), node).await {
+                    Ok(r) => r.map_err(|e| format!("replica task failed: {e}"))?,
+                    Err(_) => Err("the replica did not stop within 10 s".to_string()),
+                }
             }
         }
     });
