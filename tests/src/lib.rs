@@ -15,4 +15,7 @@
 pub mod cluster;
 pub mod history;
 pub mod linearizability;
+pub mod nemesis;
 pub mod proxy;
+pub mod scenario;
+pub mod workload;
