@@ -121,7 +121,7 @@ impl Acceptor {
                 // value here, so the vote is harmless and nothing needs storing.
                 continue;
             }
-            if self.log.get(slot) == Some(&(ballot, value.clone())) {
+            if matches!(self.log.get(slot), Some((b, v)) if *b == ballot && v == value) {
                 continue; // a retransmission of what is already recorded
             }
             self.log.insert(*slot, (ballot, value.clone()));
