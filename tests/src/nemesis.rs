@@ -1,0 +1,700 @@
+//! Fault-injection schedules ("nemesis") over a running [`Cluster`].
+//!
+//! A [`Nemesis`] runs as one async task beside the workload. Every round it waits a short
+//! quiet period, injects one [`Fault`], holds it for a random time, then heals it before the
+//! next round (every schedule here heals each fault before injecting the next). Every action
+//! is logged with a timestamp on the clock of the scenario's [`History`] into a [`FaultLog`],
+//! so faults and operations can be read side by side.
+//!
+//! Faults that need the leader find it through the status request of every node, sent to
+//! the nodes' real client addresses (not through the client proxies, which a fault may cut).
+//!
+//! Two faults also publish a *target* in [`NemesisShared`]: the node that was leader and is
+//! now cut off from its peers (but not from clients), or paused. Workloads may direct reads at
+//! it, which is how a deposed leader that still answers linearizable reads is caught. The
+//! [`Fault::IsolateLeaderFromPeers`] fault additionally probes the deposed leader itself:
+//! it writes a fresh value through the other nodes, then reads it back from the old leader
+//! directly, recording both in the history.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use kvs_client::{Client, ClientOptions, NodeRole, NodeStatus};
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::history::{format_ns, History, OpKind, ProcessId, Ret};
+
+/// Process ids used by the nemesis' own probe operations (far from the workload's).
+pub const PROBE_PROCESS_BASE: ProcessId = 900_000;
+
+/// The key the [`Fault::IsolateLeaderFromPeers`] probe writes and reads back.
+pub const PROBE_KEY: &str = "nemesis/probe";
+
+/// Rounds of a schedule at most, whatever the duration (bounds the nemesis loop).
+const ROUNDS_MAX: usize = 10_000;
+
+/// How long a fault looks for the leader before it picks a node at random.
+const LEADER_SEARCH: Duration = Duration::from_secs(3);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One fault a nemesis can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut every peer link and the client link of the leader.
+    IsolateLeader,
+    /// Cut every peer link of the leader, but let clients reach it; probe it for stale reads.
+    IsolateLeaderFromPeers,
+    /// Each node reaches only its two neighbours in a random ring (needs ≥ 5 nodes to matter).
+    Ring,
+    /// Two halves that only a random bridge node connects.
+    Bridge,
+    /// A random majority and minority, the leader in the minority half of the time.
+    MajorityMinority,
+    /// SIGSTOP the leader; SIGCONT it at heal time (it wakes believing it still leads).
+    PauseLeader,
+    /// SIGKILL a random minority of nodes (every node, one time in five); restart at heal.
+    KillRandom,
+    /// Cut a few random one-way links, or every outgoing or every incoming link of the leader.
+    OneWayCuts,
+    /// Cut the client link of a random minority of nodes (the leader's half of the time).
+    ClientCuts,
+}
+
+impl Fault {
+    /// Every fault that makes sense for a cluster of `nodes` nodes, for mixed schedules.
+    pub fn all_for(nodes: usize) -> Vec<Fault> {
+        let mut faults = vec![
+            Fault::IsolateLeader,
+            Fault::IsolateLeaderFromPeers,
+            Fault::Bridge,
+            Fault::MajorityMinority,
+            Fault::PauseLeader,
+            Fault::KillRandom,
+            Fault::OneWayCuts,
+            Fault::ClientCuts,
+        ];
+        if nodes >= 5 {
+            faults.push(Fault::Ring);
+        }
+        faults
+    }
+}
+
+/// Which faults a nemesis injects, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Schedule {
+    /// No faults from the nemesis (the servers may inject their own, e.g. acceptor failures).
+    None,
+    /// The same fault every round.
+    Repeat(Fault),
+    /// A fault chosen at random from the list every round.
+    Mixed(Vec<Fault>),
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::None => write!(f, "no nemesis faults"),
+            Schedule::Repeat(fault) => write!(f, "repeat {fault:?}"),
+            Schedule::Mixed(faults) => write!(f, "mixed {faults:?}"),
+        }
+    }
+}
+
+/// Timing of a nemesis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NemesisConfig {
+    /// Which faults.
+    pub schedule: Schedule,
+    /// How long each fault is held, min..max (uniform).
+    pub hold: (Duration, Duration),
+    /// Fault-free time before each fault, min..max (uniform).
+    pub quiet: (Duration, Duration),
+    /// Seed of the nemesis' random choices.
+    pub seed: u64,
+    /// Client options of the probe's clients.
+    pub client_options: ClientOptions,
+}
+
+/// One timestamped line of the fault log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultEvent {
+    /// Nanoseconds on the history's clock.
+    pub at_ns: u64,
+    /// Whether this line injected a fault (as opposed to healing or a remark).
+    pub injected: bool,
+    /// What happened.
+    pub text: String,
+}
+
+impl fmt::Display for FaultEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = if self.injected { "FAULT" } else { "     " };
+        write!(f, "[{:>14}] {tag} {}", format_ns(self.at_ns), self.text)
+    }
+}
+
+/// The timestamped list of everything a nemesis did. Cheap to clone (clones share the list).
+#[derive(Clone, Debug)]
+pub struct FaultLog {
+    history: History,
+    events: Arc<Mutex<Vec<FaultEvent>>>,
+}
+
+impl FaultLog {
+    /// A log whose timestamps use `history`'s clock.
+    pub fn new(history: &History) -> FaultLog {
+        FaultLog {
+            history: history.clone(),
+            events: Arc::default(),
+        }
+    }
+
+    fn push(&self, injected: bool, text: String) {
+        let event = FaultEvent {
+            at_ns: self.history.elapsed_ns(),
+            injected,
+            text,
+        };
+        eprintln!("nemesis {event}");
+        lock(&self.events).push(event);
+    }
+
+    /// Logs an injected fault.
+    pub fn fault(&self, text: impl Into<String>) {
+        self.push(true, text.into());
+    }
+
+    /// Logs a heal or another remark.
+    pub fn note(&self, text: impl Into<String>) {
+        self.push(false, text.into());
+    }
+
+    /// Every event so far, in order.
+    pub fn events(&self) -> Vec<FaultEvent> {
+        lock(&self.events).clone()
+    }
+
+    /// Number of faults injected so far.
+    pub fn faults_injected(&self) -> usize {
+        lock(&self.events).iter().filter(|e| e.injected).count()
+    }
+
+    /// The log as text, one event per line.
+    pub fn text(&self) -> String {
+        self.events()
+            .iter()
+            .map(|e| format!("{e}\n"))
+            .collect::<String>()
+    }
+}
+
+/// State the nemesis shares with the workload.
+#[derive(Debug, Default)]
+pub struct NemesisShared {
+    target: Mutex<Option<u64>>,
+    killed: Mutex<BTreeSet<u64>>,
+    probes: Mutex<ProbeStats>,
+}
+
+/// What the old-leader probes of [`Fault::IsolateLeaderFromPeers`] saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Probes that wrote a new value through the majority and then read the old leader.
+    pub rounds: u64,
+    /// The old leader answered with the new value (e.g. after redirecting the client).
+    pub fresh: u64,
+    /// The old leader answered a linearizable read with an older value: a violation.
+    pub stale: u64,
+    /// The old leader's read failed (timed out, unavailable): allowed.
+    pub failed: u64,
+    /// Probes skipped because no new leader emerged or the probe write did not succeed.
+    pub skipped: u64,
+}
+
+impl NemesisShared {
+    /// The deposed (isolated or paused) leader that reads may be directed at, if any.
+    pub fn target(&self) -> Option<u64> {
+        *lock(&self.target)
+    }
+
+    fn set_target(&self, target: Option<u64>) {
+        *lock(&self.target) = target;
+    }
+
+    /// Nodes the nemesis killed at some point (a node down for another reason crashed).
+    pub fn killed(&self) -> BTreeSet<u64> {
+        lock(&self.killed).clone()
+    }
+
+    /// What the old-leader probes saw.
+    pub fn probes(&self) -> ProbeStats {
+        lock(&self.probes).clone()
+    }
+}
+
+/// How a fault is undone.
+#[derive(Debug)]
+enum Heal {
+    /// Clear every network fault.
+    Network,
+    /// SIGCONT this node.
+    Resume(u64),
+    /// Start these nodes again.
+    Restart(Vec<u64>),
+}
+
+/// A fault injector over a shared cluster. See the [module docs](self).
+pub struct Nemesis {
+    cluster: Arc<Cluster>,
+    config: NemesisConfig,
+    log: FaultLog,
+    history: History,
+    shared: Arc<NemesisShared>,
+    rng: StdRng,
+    status_client: Client,
+    probe_round: u64,
+}
+
+impl fmt::Debug for Nemesis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Nemesis")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nemesis {
+    /// A nemesis over `cluster`, logging into `log` and recording its probes into `history`.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        config: NemesisConfig,
+        history: &History,
+        log: FaultLog,
+        shared: Arc<NemesisShared>,
+    ) -> anyhow::Result<Nemesis> {
+        let status_client = status_client(&cluster)?;
+        Ok(Nemesis {
+            rng: StdRng::seed_from_u64(config.seed),
+            cluster,
+            config,
+            log,
+            history: history.clone(),
+            shared,
+            status_client,
+            probe_round: 0,
+        })
+    }
+
+    /// Injects faults until `deadline`, healing each before the next and the last before
+    /// returning. An error means the harness could not inject or heal a fault.
+    pub async fn run(mut self, deadline: Instant) -> anyhow::Result<()> {
+        let faults: Vec<Fault> = match &self.config.schedule {
+            Schedule::None => {
+                self.log.note("no nemesis faults scheduled");
+                return Ok(());
+            }
+            Schedule::Repeat(fault) => vec![*fault],
+            Schedule::Mixed(faults) => faults.clone(),
+        };
+        anyhow::ensure!(!faults.is_empty(), "a mixed schedule needs faults");
+        for _round in 0..ROUNDS_MAX {
+            let quiet = self.pick(self.config.quiet);
+            // Not worth starting a fault that could not be held for its minimum time.
+            if Instant::now() + quiet + self.config.hold.0 >= deadline {
+                break;
+            }
+            tokio::time::sleep(quiet).await;
+            let fault = *faults.choose(&mut self.rng).expect("not empty");
+            self.shared.set_target(None);
+            let heal = self.inject(fault, deadline).await?;
+            let hold = self.pick(self.config.hold);
+            tokio::time::sleep_until((Instant::now() + hold).min(deadline)).await;
+            self.heal(heal)?;
+        }
+        self.shared.set_target(None);
+        Ok(())
+    }
+
+    fn pick(&mut self, (min, max): (Duration, Duration)) -> Duration {
+        if max <= min {
+            return min;
+        }
+        self.rng.random_range(min..=max)
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.cluster.ids()
+    }
+
+    fn minority_size(&self) -> usize {
+        (self.ids().len() - 1) / 2
+    }
+
+    /// The leader, found through status requests (bounded); a random node if none is found.
+    async fn leader_or_random(&mut self) -> u64 {
+        match find_leader(&self.cluster, &self.status_client, LEADER_SEARCH).await {
+            Some(id) => id,
+            None => {
+                let id = *self.ids().choose(&mut self.rng).expect("nodes");
+                self.log.note(format!(
+                    "no leader found within {LEADER_SEARCH:?}; using node {id}"
+                ));
+                id
+            }
+        }
+    }
+
+    async fn inject(&mut self, fault: Fault, deadline: Instant) -> anyhow::Result<Heal> {
+        let ids = self.ids();
+        match fault {
+            Fault::IsolateLeader => {
+                let leader = self.leader_or_random().await;
+                self.cluster.isolate(leader)?;
+                self.cluster.cut_client(leader)?;
+                self.shared.set_target(Some(leader));
+                self.log
+                    .fault(format!("isolate leader n{leader} (peers and clients cut)"));
+                Ok(Heal::Network)
+            }
+            Fault::IsolateLeaderFromPeers => {
+                let leader = self.leader_or_random().await;
+                self.cluster.isolate(leader)?;
+                self.shared.set_target(Some(leader));
+                self.log.fault(format!(
+                    "isolate leader n{leader} from its peers (clients still reach it)"
+                ));
+                self.probe_old_leader(leader, deadline).await;
+                Ok(Heal::Network)
+            }
+            Fault::Ring => {
+                let mut order = ids.clone();
+                order.shuffle(&mut self.rng);
+                self.cluster.ring(&order)?;
+                self.log.fault(format!("ring {order:?} (neighbours only)"));
+                Ok(Heal::Network)
+            }
+            Fault::Bridge => {
+                let mut order = ids.clone();
+                order.shuffle(&mut self.rng);
+                let bridge = order.remove(0);
+                let half = order.len() / 2;
+                let (left, right) = order.split_at(half);
+                self.cluster.bridge(left, bridge, right)?;
+                self.log
+                    .fault(format!("bridge {left:?} <-> n{bridge} <-> {right:?}"));
+                Ok(Heal::Network)
+            }
+            Fault::MajorityMinority => {
+                let leader_in_minority = self.rng.random_bool(0.5);
+                let leader = if leader_in_minority {
+                    Some(self.leader_or_random().await)
+                } else {
+                    None
+                };
+                let mut order = ids.clone();
+                order.shuffle(&mut self.rng);
+                if let Some(leader) = leader {
+                    order.retain(|&id| id != leader);
+                    order.insert(0, leader);
+                }
+                let (minority, majority) = order.split_at(self.minority_size());
+                self.cluster.partition(&[minority, majority])?;
+                let who = match leader {
+                    Some(l) => format!(" (leader n{l} in the minority)"),
+                    None => String::new(),
+                };
+                self.log.fault(format!(
+                    "partition minority {minority:?} | majority {majority:?}{who}"
+                ));
+                Ok(Heal::Network)
+            }
+            Fault::PauseLeader => {
+                let leader = self.leader_or_random().await;
+                self.cluster.pause(leader)?;
+                self.shared.set_target(Some(leader));
+                self.log.fault(format!("SIGSTOP leader n{leader}"));
+                Ok(Heal::Resume(leader))
+            }
+            Fault::KillRandom => {
+                let mut order = ids.clone();
+                order.shuffle(&mut self.rng);
+                let count = if self.rng.random_bool(0.2) {
+                    ids.len()
+                } else {
+                    self.rng.random_range(1..=self.minority_size().max(1))
+                };
+                let mut victims: Vec<u64> = order[..count].to_vec();
+                victims.sort_unstable();
+                for &id in &victims {
+                    self.cluster.kill(id)?;
+                    lock(&self.shared.killed).insert(id);
+                }
+                self.log.fault(format!("SIGKILL {victims:?}"));
+                Ok(Heal::Restart(victims))
+            }
+            Fault::OneWayCuts => {
+                let links = match self.rng.random_range(0..3) {
+                    0 => {
+                        let leader = self.leader_or_random().await;
+                        let links: BTreeSet<_> = ids
+                            .iter()
+                            .filter(|&&id| id != leader)
+                            .map(|&id| (leader, id))
+                            .collect();
+                        self.log
+                            .note(format!("cutting every link out of leader n{leader}"));
+                        links
+                    }
+                    1 => {
+                        let leader = self.leader_or_random().await;
+                        let links: BTreeSet<_> = ids
+                            .iter()
+                            .filter(|&&id| id != leader)
+                            .map(|&id| (id, leader))
+                            .collect();
+                        self.log
+                            .note(format!("cutting every link into leader n{leader}"));
+                        links
+                    }
+                    _ => {
+                        let all: Vec<_> = crate::cluster::shapes::all_links(&ids)
+                            .into_iter()
+                            .collect();
+                        let count = self.rng.random_range(1..=3.min(all.len()));
+                        all.choose_multiple(&mut self.rng, count).copied().collect()
+                    }
+                };
+                self.cluster.cut_links(&links)?;
+                self.log.fault(format!("one-way cuts {links:?}"));
+                Ok(Heal::Network)
+            }
+            Fault::ClientCuts => {
+                let count = self.rng.random_range(1..=self.minority_size().max(1));
+                let mut victims: Vec<u64> = if self.rng.random_bool(0.5) {
+                    vec![self.leader_or_random().await]
+                } else {
+                    Vec::new()
+                };
+                let mut order = ids.clone();
+                order.shuffle(&mut self.rng);
+                for id in order {
+                    if victims.len() >= count {
+                        break;
+                    }
+                    if !victims.contains(&id) {
+                        victims.push(id);
+                    }
+                }
+                victims.sort_unstable();
+                for &id in &victims {
+                    self.cluster.cut_client(id)?;
+                }
+                self.log.fault(format!("cut client links of {victims:?}"));
+                Ok(Heal::Network)
+            }
+        }
+    }
+
+    fn heal(&mut self, heal: Heal) -> anyhow::Result<()> {
+        match heal {
+            Heal::Network => {
+                self.cluster.heal_all();
+                self.log.note("heal: every link restored");
+            }
+            Heal::Resume(id) => {
+                self.cluster.resume(id)?;
+                self.log.note(format!("heal: SIGCONT n{id}"));
+            }
+            Heal::Restart(ids) => {
+                for &id in &ids {
+                    self.cluster
+                        .restart(id)
+                        .with_context(|| format!("restarting node {id}"))?;
+                }
+                self.log.note(format!("heal: restarted {ids:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// With `old` cut off from its peers: waits for another leader, writes a fresh value
+    /// through the other nodes, then reads it from `old` directly. Both are recorded in the
+    /// history; a read of an older value is counted as stale (the checker flags it too).
+    async fn probe_old_leader(&mut self, old: u64, deadline: Instant) {
+        self.probe_round += 1;
+        let round = self.probe_round;
+        let process = PROBE_PROCESS_BASE + 2 * round;
+        let others: Vec<u64> = self.ids().into_iter().filter(|&id| id != old).collect();
+        let skip = |this: &Nemesis, why: String| {
+            lock(&this.shared.probes).skipped += 1;
+            this.log.note(format!("probe {round}: skipped, {why}"));
+        };
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let new_leader = wait_leader_among(
+            &self.cluster,
+            &self.status_client,
+            &others,
+            budget.min(Duration::from_secs(5)),
+        )
+        .await;
+        let Some(new_leader) = new_leader else {
+            skip(self, "no new leader among the other nodes".into());
+            return;
+        };
+        let endpoints = |ids: &[u64]| -> Vec<String> {
+            ids.iter()
+                .filter_map(|&id| self.cluster.client_endpoint(id).ok())
+                .collect()
+        };
+        let (Ok(majority), Ok(direct)) = (
+            Client::connect(endpoints(&others), self.config.client_options.clone()),
+            Client::connect(endpoints(&[old]), self.config.client_options.clone()),
+        ) else {
+            skip(self, "cannot create clients".into());
+            return;
+        };
+        let value = format!("probe-{round}");
+        let op = self.history.invoke(
+            process,
+            PROBE_KEY,
+            OpKind::Write(value.clone().into_bytes()),
+        );
+        match majority.put(PROBE_KEY, value.clone()).await {
+            Ok(()) => op.ok(Ret::Done),
+            Err(e) => {
+                if e.outcome_unknown() {
+                    op.unknown();
+                } else {
+                    op.fail();
+                }
+                skip(self, format!("probe write through {others:?} failed: {e}"));
+                return;
+            }
+        }
+        let op = self.history.invoke(process + 1, PROBE_KEY, OpKind::Read);
+        let read = bounded(direct.get(PROBE_KEY)).await;
+        let mut stats = lock(&self.shared.probes);
+        stats.rounds += 1;
+        let text = match read {
+            Ok(got) => {
+                let fresh = got.as_deref() == Some(value.as_bytes());
+                op.ok(Ret::Value(got.as_ref().map(|b| b.to_vec())));
+                if fresh {
+                    stats.fresh += 1;
+                    format!("old leader n{old} returned the fresh value {value:?}")
+                } else {
+                    stats.stale += 1;
+                    format!(
+                        "STALE: old leader n{old} returned {got:?} as linearizable after \
+                         {value:?} was acknowledged by new leader n{new_leader}"
+                    )
+                }
+            }
+            Err(e) => {
+                op.fail();
+                stats.failed += 1;
+                format!("old leader n{old} refused the read: {e}")
+            }
+        };
+        drop(stats);
+        self.log.note(format!("probe {round}: {text}"));
+    }
+}
+
+/// Awaits a client call, bounded (the client bounds itself; this guards against a hang).
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, kvs_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("client call overran 10s".to_string()),
+    }
+}
+
+/// A client for status requests to the nodes' real client addresses (bypassing the proxies).
+pub fn status_client(cluster: &Cluster) -> anyhow::Result<Client> {
+    let endpoints: Vec<String> = cluster
+        .layout()
+        .client_listen
+        .values()
+        .map(|a| a.to_string())
+        .collect();
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(700),
+        connect_timeout: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect(endpoints, options)?)
+}
+
+/// The status of every node in `ids` that answers (concurrently, bounded by the client).
+pub async fn statuses(cluster: &Cluster, client: &Client, ids: &[u64]) -> Vec<NodeStatus> {
+    let asks = ids.iter().filter_map(|id| {
+        let addr = cluster.layout().client_listen.get(id)?.to_string();
+        Some(async move { client.status_of(&addr).await.ok() })
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The node among `ids` that claims leadership with the highest ballot, if any answers so.
+pub async fn leader_among(cluster: &Cluster, client: &Client, ids: &[u64]) -> Option<u64> {
+    statuses(cluster, client, ids)
+        .await
+        .into_iter()
+        .filter(|s| s.role == NodeRole::Leader)
+        .max_by_key(|s| (s.ballot.round, s.ballot.node))
+        .map(|s| s.id)
+}
+
+/// Waits (bounded) until some node among `ids` claims leadership; returns it.
+pub async fn wait_leader_among(
+    cluster: &Cluster,
+    client: &Client,
+    ids: &[u64],
+    timeout: Duration,
+) -> Option<u64> {
+    crate::cluster::wait_for("a leader", timeout, Duration::from_millis(50), || {
+        leader_among(cluster, client, ids)
+    })
+    .await
+    .ok()
+}
+
+/// The cluster's leader (bounded wait), if one emerges within `timeout`.
+pub async fn find_leader(cluster: &Cluster, client: &Client, timeout: Duration) -> Option<u64> {
+    wait_leader_among(cluster, client, &cluster.ids(), timeout).await
+}
+
+/// Writes a value of `key` through `client` until it succeeds, bounded by `timeout`; used to
+/// wait until the cluster serves writes. Not recorded in any history.
+pub async fn wait_writable(client: &Client, key: &str, timeout: Duration) -> anyhow::Result<()> {
+    let mut n = 0u64;
+    crate::cluster::wait_until(
+        &format!("a write of {key:?} to succeed"),
+        timeout,
+        Duration::from_millis(50),
+        || {
+            n += 1;
+            let value = Bytes::from(format!("ready-{n}"));
+            async move { client.put(key.to_owned(), value).await.is_ok() }
+        },
+    )
+    .await
+}
