@@ -4,7 +4,7 @@
 //! Every replica applies the same commands in the same slot order, so everything here must
 //! be deterministic: no clocks, no randomness, no hash-map iteration order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use wire::{Command, Reply, Session, WriteOp};
@@ -36,11 +36,9 @@ pub struct SessionResults {
 #[derive(Debug, Default)]
 pub struct StateMachine {
     data: BTreeMap<Blob, Blob>,
-    /// Changes since the last snapshot: the next snapshot is the previous one with these
-    /// merged in, so taking one never copies the whole store.
-    delta: Delta,
-    /// Bytes held by `delta`'s values (bounded by the snapshot trigger).
-    delta_bytes: u64,
+    /// Keys changed since the last snapshot: the next snapshot is the previous one with
+    /// these keys' current values merged in, so taking one never copies the whole store.
+    changed: BTreeSet<Blob>,
     sessions: BTreeMap<u64, SessionResults>,
     /// Clients by last activity, to find the idlest session quickly: (last_slot, client_id).
     activity: VecDeque<(u64, u64)>,
@@ -89,8 +87,7 @@ impl StateMachine {
         activity.sort_unstable();
         StateMachine {
             data,
-            delta: Delta::new(),
-            delta_bytes: 0,
+            changed: BTreeSet::new(),
             sessions,
             activity: activity.into(),
             applied,
@@ -133,26 +130,29 @@ impl StateMachine {
         &self.data
     }
 
-    /// Takes the changes made since the last snapshot (for writing the next one).
+    /// Takes the changes made since the last snapshot (for writing the next one): every
+    /// changed key with its current value, copied once however often it was written.
     pub fn take_delta(&mut self) -> Delta {
-        self.delta_bytes = 0;
-        std::mem::take(&mut self.delta)
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .map(|k| {
+                let v = self.data.get(&k).cloned();
+                (k, v)
+            })
+            .collect()
     }
 
-    /// Puts back changes taken by [`StateMachine::take_delta`] whose snapshot failed; newer
-    /// changes to the same keys win.
+    /// Marks again the keys of a delta whose snapshot failed, so the next one includes them.
     pub fn restore_delta(&mut self, older: Delta) {
-        for (k, v) in older {
-            if !self.delta.contains_key(&k) {
-                self.delta_bytes += v.as_ref().map_or(0, |v| v.len() as u64) + k.len() as u64;
-                self.delta.insert(k, v);
-            }
+        for (k, _) in older {
+            self.changed.insert(k);
         }
     }
 
-    /// Bytes of changes since the last snapshot.
-    pub fn delta_bytes(&self) -> u64 {
-        self.delta_bytes
+    /// How many keys changed since the last snapshot.
+    pub fn changed_keys(&self) -> usize {
+        self.changed.len()
     }
 
     /// The sessions, by client id.
@@ -224,34 +224,36 @@ impl StateMachine {
     }
 
     fn insert(&mut self, key: Bytes, value: Bytes) {
-        let key: Blob = Vec::from(key).into_boxed_slice();
+        self.note_change(&key);
         let value: Blob = Vec::from(value).into_boxed_slice();
-        let added = (key.len() + value.len()) as u64;
-        self.note_change(&key, Some(&value));
-        if let Some(old) = self.data.insert(key.clone(), value) {
-            self.data_bytes -= (key.len() + old.len()) as u64;
+        match self.data.get_mut(&key[..]) {
+            // An overwrite reuses the stored key: no allocation for it.
+            Some(v) => {
+                self.data_bytes = self.data_bytes - v.len() as u64 + value.len() as u64;
+                *v = value;
+            }
+            None => {
+                self.data_bytes += (key.len() + value.len()) as u64;
+                self.data.insert(Vec::from(key).into_boxed_slice(), value);
+            }
         }
-        self.data_bytes += added;
     }
 
     fn remove(&mut self, key: &Bytes) -> bool {
         match self.data.remove(&key[..]) {
             Some(old) => {
                 self.data_bytes -= (key.len() + old.len()) as u64;
-                self.note_change(key, None);
+                self.note_change(key);
                 true
             }
             None => false,
         }
     }
 
-    fn note_change(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let added = key.len() as u64 + value.map_or(0, |v| v.len() as u64);
-        let old = self.delta.insert(key.into(), value.map(Into::into));
-        if let Some(old) = old {
-            self.delta_bytes -= key.len() as u64 + old.map_or(0, |v| v.len() as u64);
+    fn note_change(&mut self, key: &[u8]) {
+        if !self.changed.contains(key) {
+            self.changed.insert(key.into());
         }
-        self.delta_bytes += added;
     }
 
     fn remember(&mut self, slot: u64, session: Session, reply: Reply) {
@@ -421,7 +423,7 @@ mod delta_tests {
         .into_iter()
         .collect();
         assert_eq!(d, want);
-        assert_eq!(sm.delta_bytes(), 0);
+        assert_eq!(sm.changed_keys(), 0);
         apply(&mut sm, put("a", "3"));
         sm.restore_delta(d);
         let d2 = sm.take_delta();
