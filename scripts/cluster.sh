@@ -32,7 +32,7 @@ for i in $(seq 1 "$n"); do
 done
 endpoints=""
 for i in $(seq 1 "$n"); do
-  "$bin/kvs-server" --id "$i" --peers "$peers" --client-addr "127.0.0.1:$((base + i))" \
+  ${KVS_SERVER_WORKERS:+env TOKIO_WORKER_THREADS=$KVS_SERVER_WORKERS} "$bin/kvs-server" --id "$i" --peers "$peers" --client-addr "127.0.0.1:$((base + i))" \
     --client-addrs "$clients" --data-dir "$dir/node-$i" --log-level "${KVS_SERVER_LOG:-warn}" >"$dir/node-$i.log" 2>&1 &
   pids+=($!)
   endpoints+="${endpoints:+,}127.0.0.1:$((base + i))"

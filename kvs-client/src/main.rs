@@ -48,6 +48,9 @@ use serde_json::{json, Map, Value};
 
 use cli::output;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Success.
 const EXIT_OK: u8 = 0;
 /// Key not found, or CAS mismatch.

@@ -4,6 +4,11 @@ use clap::Parser;
 use kvs_server::config::{Cli, Command};
 use tokio::sync::watch;
 
+// Many small, short-lived allocations (frames, commands, replies): mimalloc handles them
+// with less CPU than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logs(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
