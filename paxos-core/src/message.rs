@@ -61,6 +61,14 @@ pub enum Message {
         /// The newest read-confirmation round the leader has started.
         read_round: u64,
     },
+    /// Leader → all: the commit index advanced. Unlike a heartbeat it expects no reply, so
+    /// announcing commits under load costs one message per follower, not two.
+    Commit {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's commit index.
+        commit: Slot,
+    },
     /// Reply to a heartbeat: the sender has not promised any ballot above `ballot`.
     HeartbeatAck {
         /// The leader's ballot being acknowledged.
@@ -94,6 +102,7 @@ impl Message {
             Message::Accepted { .. } => "accepted",
             Message::Nack { .. } => "nack",
             Message::Heartbeat { .. } => "heartbeat",
+            Message::Commit { .. } => "commit",
             Message::HeartbeatAck { .. } => "heartbeat-ack",
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::CatchUp { .. } => "catch-up",

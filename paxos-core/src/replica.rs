@@ -513,12 +513,11 @@ impl Replica {
             l.inflight_bytes = l.inflight_bytes.saturating_sub(done_bytes);
             if l.commit_sent < commit {
                 l.commit_sent = commit;
-                let hb = Message::Heartbeat {
+                let announce = Message::Commit {
                     ballot: l.ballot,
                     commit,
-                    read_round: l.reads.round,
                 };
-                self.broadcast_peers(&hb);
+                self.broadcast_peers(&announce);
             }
         }
         if commit > self.commit_persisted {
@@ -859,6 +858,7 @@ impl Replica {
                 commit,
                 read_round,
             } => self.on_heartbeat(from, ballot, commit, read_round),
+            Message::Commit { ballot, commit } => self.on_commit(from, ballot, commit),
             Message::HeartbeatAck {
                 ballot,
                 read_round,
@@ -1087,6 +1087,22 @@ impl Replica {
                 commit,
             },
         );
+    }
+
+    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot) {
+        self.observe(ballot);
+        let promised = self.acceptor.promised();
+        if ballot < promised {
+            self.send(
+                from,
+                Message::Nack {
+                    refused: ballot,
+                    promised,
+                },
+            );
+            return;
+        }
+        self.follow(from, ballot, commit);
     }
 
     fn on_heartbeat_ack(&mut self, from: NodeId, ballot: Ballot, read_round: u64, _commit: Slot) {

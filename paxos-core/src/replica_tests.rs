@@ -330,18 +330,16 @@ fn leader_counts_its_own_vote_only_once_durable() {
         vec![
             send(
                 2,
-                Message::Heartbeat {
+                Message::Commit {
                     ballot: b(1, 1),
                     commit: 1,
-                    read_round: 0,
                 }
             ),
             send(
                 3,
-                Message::Heartbeat {
+                Message::Commit {
                     ballot: b(1, 1),
                     commit: 1,
-                    read_round: 0,
                 }
             ),
             Output::Persist {
@@ -413,6 +411,45 @@ fn read_is_released_only_after_a_quorum_confirms_a_fresh_round() {
         },
     );
     assert_eq!(drain(&mut r), vec![Output::ReadReady { id: 8 }]);
+}
+
+#[test]
+fn a_commit_announcement_advances_a_follower_without_a_reply() {
+    let mut r = replica(2);
+    r.handle_message(
+        1,
+        1,
+        Message::Accept {
+            ballot: b(1, 1),
+            entries: vec![(0, cmd("x"))],
+            commit: 0,
+        },
+    );
+    let _ = drain(&mut r);
+    r.handle_durable(2, 1);
+    let _ = drain(&mut r);
+    r.handle_message(
+        3,
+        1,
+        Message::Commit {
+            ballot: b(1, 1),
+            commit: 1,
+        },
+    );
+    assert_eq!(
+        drain(&mut r),
+        vec![
+            Output::Persist {
+                id: 2,
+                entries: vec![PersistEntry::Committed { upto: 1 }],
+            },
+            Output::Committed {
+                slot: 0,
+                value: cmd("x"),
+            },
+        ],
+        "no reply is sent for a commit announcement"
+    );
 }
 
 #[test]

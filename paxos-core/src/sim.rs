@@ -882,12 +882,23 @@ pub(crate) fn run_many(
     seeds: &[u64],
     bug: Option<PlantedBug>,
 ) -> (Stats, Vec<String>) {
+    run_many_with(nodes, seeds, bug, Faults::standard())
+}
+
+/// [`run_many`] with other fault rates.
+pub(crate) fn run_many_with(
+    nodes: usize,
+    seeds: &[u64],
+    bug: Option<PlantedBug>,
+    faults: Faults,
+) -> (Stats, Vec<String>) {
     let trace = std::env::var("SIM_TRACE").is_ok();
     let mut total = Stats::default();
     let mut failures = Vec::new();
     for &seed in seeds {
         let mut opts = SimOptions::new(nodes, seed);
         opts.bug = bug;
+        opts.faults = faults.clone();
         opts.trace = trace;
         match run(opts) {
             Ok(s) => {
