@@ -67,24 +67,16 @@ pub async fn listen(
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let expect = HandshakeExpectation::clients(cluster_id);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, remote) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a client connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, remote)) =
+            crate::listener::accept(&listener, &mut shutdown, "client").await
+        else {
+            return;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%remote, max = limits.connections_max, "refusing a client: too many connections");
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let events = events.clone();
         let expect = expect.clone();
         let limits = limits.clone();

@@ -140,19 +140,11 @@ pub async fn listen(
 ) {
     let expect = HandshakeExpectation::replicas(cluster_id, members);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
+        let Some((stream, remote)) =
+            crate::listener::accept(&listener, &mut shutdown, "peer").await
+        else {
+            return;
         };
-        let (stream, remote) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a peer connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
         let events = events.clone();
         let expect = expect.clone();
         let shutdown = shutdown.clone();

@@ -1065,16 +1065,7 @@ impl Replica {
     }
 
     fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, commit: Slot, read_round: u64) {
-        self.observe(ballot);
-        let promised = self.acceptor.promised();
-        if ballot < promised {
-            self.send(
-                from,
-                Message::Nack {
-                    refused: ballot,
-                    promised,
-                },
-            );
+        if self.refuse_stale(from, ballot) {
             return;
         }
         self.follow(from, ballot, commit);
@@ -1089,17 +1080,26 @@ impl Replica {
         );
     }
 
-    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot) {
+    /// A leader's message under a ballot below this acceptor's promise is answered with a
+    /// Nack (so that leader learns it was superseded) and otherwise ignored.
+    fn refuse_stale(&mut self, from: NodeId, ballot: Ballot) -> bool {
         self.observe(ballot);
         let promised = self.acceptor.promised();
-        if ballot < promised {
-            self.send(
-                from,
-                Message::Nack {
-                    refused: ballot,
-                    promised,
-                },
-            );
+        if ballot >= promised {
+            return false;
+        }
+        self.send(
+            from,
+            Message::Nack {
+                refused: ballot,
+                promised,
+            },
+        );
+        true
+    }
+
+    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot) {
+        if self.refuse_stale(from, ballot) {
             return;
         }
         self.follow(from, ballot, commit);
