@@ -340,13 +340,19 @@ pub fn write_file(dir: &Path, sm: &StateMachine) -> Result<u64, SnapshotError> {
     let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let size = encode_to(sm, &mut w).map_err(io_err("write", &tmp))?;
+    publish(dir, &tmp, &path, w)?;
+    Ok(size)
+}
+
+/// Makes a fully written temporary snapshot the current one: flush, fsync, rename over the
+/// previous file, fsync the directory. A crash at any point leaves the old or the new file.
+fn publish(dir: &Path, tmp: &Path, path: &Path, w: BufWriter<File>) -> Result<(), SnapshotError> {
     let file = w
         .into_inner()
-        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-    sync_dir(dir)?;
-    Ok(size)
+        .map_err(|e| io_err("write", tmp)(e.into_error()))?;
+    file.sync_all().map_err(io_err("fsync", tmp))?;
+    fs::rename(tmp, path).map_err(io_err("rename", path))?;
+    sync_dir(dir)
 }
 
 /// Durably writes the snapshot of `slot`: the current snapshot file in `dir` (if any)
@@ -412,12 +418,7 @@ pub fn write_merged(
         b.finish()?;
     }
     let (buf, size) = w.finish(sessions).map_err(io_err("write", &tmp))?;
-    let file = buf
-        .into_inner()
-        .map_err(|e| io_err("write", &tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, &base_path).map_err(io_err("rename", &base_path))?;
-    sync_dir(dir)?;
+    publish(dir, &tmp, &base_path, buf)?;
     Ok(size)
 }
 
