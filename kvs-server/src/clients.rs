@@ -1,13 +1,13 @@
 //! The client listener: handshake, then many requests per connection, answered in any
 //! order. Bounded: connections per server and requests in flight per connection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_util::codec::Framed;
 use wire::{ClientRequest, ClientResponse, ErrorReply, HandshakeExpectation};
 
@@ -36,34 +36,130 @@ impl Default for ClientLimits {
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A way to answer one request.
-#[derive(Clone, Debug)]
+/// Answers waiting to be written to one client connection.
+#[derive(Debug)]
+struct ConnectionOut {
+    queue: Mutex<Vec<ClientResponse>>,
+    /// Wakes the connection's writer.
+    wake: Notify,
+    /// The connection is already on the outbox's list of connections to wake.
+    listed: AtomicBool,
+    /// Requests of this connection not yet answered.
+    inflight: AtomicUsize,
+    /// The reader has stopped: the writer ends once every request is answered.
+    closing: AtomicBool,
+    /// Answers queued at most; more are dropped (the client is not reading).
+    queue_max: usize,
+    outbox: Outbox,
+}
+
+impl ConnectionOut {
+    fn lock(&self) -> MutexGuard<'_, Vec<ClientResponse>> {
+        // A panic elsewhere cannot leave a Vec of answers inconsistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The client connections that have answers queued since the event loop last flushed.
+///
+/// Answers produced in one turn of the event loop are queued per connection, and each
+/// connection's writer is woken once at the end of the turn ([`Outbox::flush`]): the
+/// answers a turn produces for one connection leave in one write, rather than one write
+/// (and one wake-up) each.
+#[derive(Clone, Debug, Default)]
+pub struct Outbox {
+    listed: Arc<Mutex<Vec<Arc<ConnectionOut>>>>,
+}
+
+impl Outbox {
+    /// Wakes the writer of every connection with queued answers.
+    pub fn flush(&self) {
+        let listed = std::mem::take(&mut *self.lock());
+        for conn in listed {
+            conn.listed.store(false, Ordering::Release);
+            conn.wake.notify_one();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<ConnectionOut>>> {
+        self.listed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A way to answer one request. Dropping it unanswered lets the connection close without
+/// waiting for that answer.
+#[derive(Debug)]
 pub struct Responder {
     id: u64,
-    tx: mpsc::Sender<ClientResponse>,
-    inflight: Arc<AtomicUsize>,
+    conn: Arc<ConnectionOut>,
+    answered: bool,
 }
 
 impl Responder {
-    /// Answers the request (dropped silently if the client has gone).
-    pub fn respond(self, result: Result<wire::Reply, ErrorReply>) {
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.tx.try_send(ClientResponse {
-            id: self.id,
-            result,
-        });
+    /// Answers the request: the answer is queued for its connection and written at the
+    /// next [`Outbox::flush`] (dropped silently if the client has gone or stopped reading).
+    pub fn respond(mut self, result: Result<wire::Reply, ErrorReply>) {
+        self.answered = true;
+        let conn = &self.conn;
+        {
+            // Counted down under the lock, so a closing writer that sees no request left
+            // and an empty queue has written every answer.
+            let mut queue = conn.lock();
+            conn.inflight.fetch_sub(1, Ordering::AcqRel);
+            if queue.len() >= conn.queue_max {
+                return;
+            }
+            queue.push(ClientResponse {
+                id: self.id,
+                result,
+            });
+        }
+        if !conn.listed.swap(true, Ordering::AcqRel) {
+            conn.outbox.lock().push(conn.clone());
+        }
     }
+
+    /// Answers the request and wakes its connection's writer at once: for answers given
+    /// outside the event loop, which flushes the outbox only at the end of its turns.
+    fn respond_now(self, result: Result<wire::Reply, ErrorReply>) {
+        let conn = self.conn.clone();
+        self.respond(result);
+        conn.wake.notify_one();
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.answered {
+            let queue = self.conn.lock();
+            self.conn.inflight.fetch_sub(1, Ordering::AcqRel);
+            drop(queue);
+            self.conn.wake.notify_one();
+        }
+    }
+}
+
+/// What every client connection of a node shares.
+#[derive(Clone)]
+pub struct ClientService {
+    /// This node's id, told to clients in the handshake.
+    pub my_id: u64,
+    /// Where requests go: the node's event loop.
+    pub events: mpsc::Sender<Event>,
+    /// Where the event loop leaves answers.
+    pub outbox: Outbox,
+    /// Limits on client traffic.
+    pub limits: ClientLimits,
 }
 
 /// Accepts client connections until shutdown.
 pub async fn listen(
     listener: TcpListener,
-    my_id: u64,
     cluster_id: String,
-    events: mpsc::Sender<Event>,
-    limits: ClientLimits,
+    service: ClientService,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limits = &service.limits;
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let expect = HandshakeExpectation::clients(cluster_id);
     loop {
@@ -77,12 +173,11 @@ pub async fn listen(
             drop(stream);
             continue;
         };
-        let events = events.clone();
         let expect = expect.clone();
-        let limits = limits.clone();
+        let service = service.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve(stream, remote, my_id, expect, events, limits, shutdown).await;
+            serve(stream, remote, expect, service, shutdown).await;
             drop(permit);
         });
     }
@@ -91,12 +186,16 @@ pub async fn listen(
 async fn serve(
     stream: TcpStream,
     remote: std::net::SocketAddr,
-    my_id: u64,
     expect: HandshakeExpectation,
-    events: mpsc::Sender<Event>,
-    limits: ClientLimits,
+    service: ClientService,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let ClientService {
+        my_id,
+        events,
+        outbox,
+        limits,
+    } = service;
     let codec =
         wire::frame_codec_with_max(limits.frame_bytes_max).unwrap_or_else(|_| wire::frame_codec());
     let mut framed = Framed::new(stream, codec);
@@ -104,23 +203,17 @@ async fn serve(
         tracing::info!(%remote, error = %e, "refused a client connection");
         return;
     }
-    let (mut sink, mut stream) = framed.split();
-    let (tx, mut rx) = mpsc::channel::<ClientResponse>(limits.inflight_per_connection_max + 16);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut ok = feed(&mut sink, &first).await;
-            while ok {
-                match rx.try_recv() {
-                    Ok(r) => ok = feed(&mut sink, &r).await,
-                    Err(_) => break,
-                }
-            }
-            if !ok || sink.flush().await.is_err() {
-                return;
-            }
-        }
+    let (sink, mut stream) = framed.split();
+    let conn = Arc::new(ConnectionOut {
+        queue: Mutex::new(Vec::new()),
+        wake: Notify::new(),
+        listed: AtomicBool::new(false),
+        inflight: AtomicUsize::new(0),
+        closing: AtomicBool::new(false),
+        queue_max: limits.inflight_per_connection_max + 16,
+        outbox,
     });
-    let inflight = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_answers(sink, conn.clone()));
     loop {
         let frame = tokio::select! {
             f = stream.next() => f,
@@ -143,20 +236,53 @@ async fn serve(
         };
         let responder = Responder {
             id: req.id,
-            tx: tx.clone(),
-            inflight: inflight.clone(),
+            conn: conn.clone(),
+            answered: false,
         };
-        if inflight.fetch_add(1, Ordering::Relaxed) >= limits.inflight_per_connection_max {
-            responder.respond(Err(ErrorReply::Busy));
+        if conn.inflight.fetch_add(1, Ordering::AcqRel) >= limits.inflight_per_connection_max {
+            responder.respond_now(Err(ErrorReply::Busy));
             continue;
         }
         if events.send(Event::Client { req, responder }).await.is_err() {
             break;
         }
     }
-    drop(tx);
-    // Let answers already produced reach the client before closing.
+    // Let answers still to come reach the client before closing.
+    conn.closing.store(true, Ordering::Release);
+    conn.wake.notify_one();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// Writes the answers queued for one connection, all that are queued in one write, until
+/// the connection breaks or its reader stopped and every request is answered.
+async fn write_answers<S>(mut sink: S, conn: Arc<ConnectionOut>)
+where
+    S: futures::Sink<bytes::Bytes> + Unpin,
+{
+    let mut batch = Vec::new();
+    loop {
+        conn.wake.notified().await;
+        std::mem::swap(&mut batch, &mut *conn.lock());
+        if !batch.is_empty() {
+            for resp in batch.drain(..) {
+                if !feed(&mut sink, &resp).await {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        if conn.closing.load(Ordering::Acquire) {
+            let queue = conn.lock();
+            if queue.is_empty() && conn.inflight.load(Ordering::Acquire) == 0 {
+                return; // every request has its answer
+            }
+            if !queue.is_empty() {
+                conn.wake.notify_one();
+            }
+        }
+    }
 }
 
 async fn feed<S>(sink: &mut S, resp: &ClientResponse) -> bool
@@ -169,5 +295,139 @@ where
             tracing::error!(error = %e, "cannot encode a client response");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A sink that records every frame and every flush.
+    #[derive(Default)]
+    struct Recorder {
+        frames: Arc<Mutex<Vec<Vec<u64>>>>,
+        current: Vec<u64>,
+    }
+
+    impl futures::Sink<bytes::Bytes> for Recorder {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: bytes::Bytes) -> Result<(), Self::Error> {
+            let resp: ClientResponse = wire::decode(&item).map_err(std::io::Error::other)?;
+            self.current.push(resp.id);
+            Ok(())
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            let batch = std::mem::take(&mut self.current);
+            if !batch.is_empty() {
+                self.frames.lock().unwrap().push(batch);
+            }
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    fn connection(outbox: &Outbox, queue_max: usize) -> Arc<ConnectionOut> {
+        Arc::new(ConnectionOut {
+            queue: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            listed: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            queue_max,
+            outbox: outbox.clone(),
+        })
+    }
+
+    fn request(conn: &Arc<ConnectionOut>, id: u64) -> Responder {
+        conn.inflight.fetch_add(1, Ordering::AcqRel);
+        Responder {
+            id,
+            conn: conn.clone(),
+            answered: false,
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_of_one_turn_leave_in_one_write_at_the_flush() {
+        let outbox = Outbox::default();
+        let a = connection(&outbox, 100);
+        let b = connection(&outbox, 100);
+        let (sink_a, sink_b) = (Recorder::default(), Recorder::default());
+        let (seen_a, seen_b) = (sink_a.frames.clone(), sink_b.frames.clone());
+        tokio::spawn(write_answers(sink_a, a.clone()));
+        tokio::spawn(write_answers(sink_b, b.clone()));
+        let pending: Vec<_> = (0..5).map(|i| request(&a, i)).collect();
+        let other = request(&b, 100);
+        for r in pending {
+            r.respond(Ok(wire::Reply::Written));
+        }
+        other.respond(Ok(wire::Reply::Written));
+        settle().await;
+        assert!(
+            seen_a.lock().unwrap().is_empty(),
+            "nothing is written before the flush"
+        );
+        outbox.flush();
+        settle().await;
+        assert_eq!(*seen_a.lock().unwrap(), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(*seen_b.lock().unwrap(), vec![vec![100]]);
+        // The next turn's answers make the next write.
+        request(&a, 5).respond(Ok(wire::Reply::Written));
+        outbox.flush();
+        settle().await;
+        assert_eq!(seen_a.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_closing_connection_waits_for_every_answer_then_ends() {
+        let outbox = Outbox::default();
+        let conn = connection(&outbox, 100);
+        let sink = Recorder::default();
+        let seen = sink.frames.clone();
+        let writer = tokio::spawn(write_answers(sink, conn.clone()));
+        let late = request(&conn, 1);
+        let dropped = request(&conn, 2);
+        conn.closing.store(true, Ordering::Release);
+        conn.wake.notify_one();
+        settle().await;
+        assert!(!writer.is_finished(), "two requests are still unanswered");
+        drop(dropped); // the node let it go unanswered
+        settle().await;
+        assert!(!writer.is_finished(), "one request is still unanswered");
+        late.respond(Ok(wire::Reply::Written));
+        outbox.flush();
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer ends once every request is answered")
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![vec![1]]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_cannot_grow_the_queue_past_its_bound() {
+        let outbox = Outbox::default();
+        let conn = connection(&outbox, 3);
+        for id in 0..10 {
+            request(&conn, id).respond(Err(ErrorReply::Busy));
+        }
+        assert_eq!(conn.lock().len(), 3);
+        assert_eq!(conn.inflight.load(Ordering::Acquire), 0);
+        assert_eq!(outbox.lock().len(), 1, "listed once however many answers");
     }
 }

@@ -20,7 +20,7 @@ use wire::{
     PeerReachability, ReadConsistency, Reply, Session, WriteOp,
 };
 
-use crate::clients::{self, ClientLimits, Responder};
+use crate::clients::{self, ClientLimits, Outbox, Responder};
 use crate::peers;
 use crate::snapshot;
 use crate::state_machine::StateMachine;
@@ -166,6 +166,8 @@ struct Node {
     fatal: Option<String>,
     /// The role and ballot last logged, to log changes.
     last_role: (Role, paxos_core::Ballot),
+    /// Answers to clients, written at the end of each turn of the loop.
+    outbox: Outbox,
 }
 
 /// Runs a replica until `shutdown` turns true or a fatal error (such as a failed fsync).
@@ -254,12 +256,16 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         wire::FRAME_BYTES_MAX_CEILING,
         shutdown.clone(),
     ));
+    let outbox = Outbox::default();
     tokio::spawn(clients::listen(
         client_listener,
-        cfg.id,
         cfg.cluster_id.clone(),
-        events_tx.clone(),
-        cfg.limits.clone(),
+        clients::ClientService {
+            my_id: cfg.id,
+            events: events_tx.clone(),
+            outbox: outbox.clone(),
+            limits: cfg.limits.clone(),
+        },
         shutdown.clone(),
     ));
     drop(events_tx);
@@ -286,6 +292,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         rng,
         fatal: None,
         last_role: (Role::Follower, paxos_core::Ballot::ZERO),
+        outbox,
     };
     node.drain();
 
@@ -419,6 +426,7 @@ impl Node {
     /// Carries out every output of the replica.
     fn drain(&mut self) {
         if self.is_down() {
+            self.outbox.flush();
             return;
         }
         while let Some(out) = self.replica.poll_output() {
@@ -485,6 +493,7 @@ impl Node {
             );
         }
         self.last_role = role;
+        self.outbox.flush();
     }
 
     fn apply(&mut self, slot: u64, value: Value) {
@@ -852,6 +861,7 @@ impl Node {
                 reason: "the replica stopped before confirming the read".into(),
             }));
         }
+        self.outbox.flush();
     }
 
     /// The built-in fault mode: the acceptor loses everything it holds in memory and stays
