@@ -4,7 +4,7 @@
 //! Every replica applies the same commands in the same slot order, so everything here must
 //! be deterministic: no clocks, no randomness, no hash-map iteration order.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use wire::{Command, Reply, Session, WriteOp};
@@ -38,7 +38,9 @@ pub struct StateMachine {
     data: BTreeMap<Blob, Blob>,
     /// Keys changed since the last snapshot: the next snapshot is the previous one with
     /// these keys' current values merged in, so taking one never copies the whole store.
-    changed: BTreeSet<Blob>,
+    /// A hash set: every write checks it, and a tree would add a walk through nodes that
+    /// are seldom in cache; the order is only needed once per snapshot (`take_delta`).
+    changed: HashSet<Blob>,
     sessions: BTreeMap<u64, SessionResults>,
     /// Clients by last activity, to find the idlest session quickly: (last_slot, client_id).
     activity: VecDeque<(u64, u64)>,
@@ -87,7 +89,7 @@ impl StateMachine {
         activity.sort_unstable();
         StateMachine {
             data,
-            changed: BTreeSet::new(),
+            changed: HashSet::new(),
             sessions,
             activity: activity.into(),
             applied,
