@@ -99,23 +99,8 @@ impl Responder {
     /// Answers the request: the answer is queued for its connection and written at the
     /// next [`Outbox::flush`] (dropped silently if the client has gone or stopped reading).
     pub fn respond(mut self, result: Result<wire::Reply, ErrorReply>) {
-        self.answered = true;
-        let conn = &self.conn;
-        {
-            // Counted down under the lock, so a closing writer that sees no request left
-            // and an empty queue has written every answer.
-            let mut queue = conn.lock();
-            conn.inflight.fetch_sub(1, Ordering::AcqRel);
-            if queue.len() >= conn.queue_max {
-                return;
-            }
-            queue.push(ClientResponse {
-                id: self.id,
-                result,
-            });
-        }
-        if !conn.listed.swap(true, Ordering::AcqRel) {
-            conn.outbox.lock().push(conn.clone());
+        if self.finish(Some(result)) && !self.conn.listed.swap(true, Ordering::AcqRel) {
+            self.conn.outbox.lock().push(self.conn.clone());
         }
     }
 
@@ -126,14 +111,34 @@ impl Responder {
         self.respond(result);
         conn.wake.notify_one();
     }
+
+    /// Counts the request as answered and queues `answer`, if any and if the queue has
+    /// room; true if it was queued. The count goes down under the queue's lock, so a
+    /// closing writer that sees no request left and an empty queue has written every
+    /// answer. Does nothing the second time.
+    fn finish(&mut self, answer: Option<Result<wire::Reply, ErrorReply>>) -> bool {
+        if std::mem::replace(&mut self.answered, true) {
+            return false;
+        }
+        let mut queue = self.conn.lock();
+        self.conn.inflight.fetch_sub(1, Ordering::AcqRel);
+        match answer {
+            Some(result) if queue.len() < self.conn.queue_max => {
+                queue.push(ClientResponse {
+                    id: self.id,
+                    result,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
         if !self.answered {
-            let queue = self.conn.lock();
-            self.conn.inflight.fetch_sub(1, Ordering::AcqRel);
-            drop(queue);
+            self.finish(None);
             self.conn.wake.notify_one();
         }
     }
