@@ -11,12 +11,16 @@ use wire::{ErrorReply, Hello, NodeStatus, Op, PeerRole, ReadConsistency, Reply, 
 
 use crate::backoff::Backoff;
 use crate::connection::{Answer, CallError, ConnectError, Connection};
-use crate::session::Sessions;
-use crate::{endpoint, format_duration, ClientOptions, Error};
+use crate::session::{SessionGuard, Sessions};
+use crate::{endpoint, format_duration, ClientOptions, Error, RetryHandle, WriteOutcome};
 
 /// Endpoints the connection pool remembers at most; addresses learned from redirects
 /// beyond this are forgotten first.
 const POOL_ENDPOINTS_MAX: usize = 64;
+
+/// How many times one write registers a new session after the cluster forgot the current
+/// one before it gives up (each time, nothing of the write was applied).
+const SESSION_RENEWALS_MAX: usize = 3;
 
 /// The outcome of [`Client::compare_and_swap`] when the cluster applied it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +47,13 @@ pub enum CasOutcome {
 /// (20 ms doubling to 500 ms, with jitter) after a full round of failures. All of it is
 /// bounded by [`ClientOptions::request_timeout`].
 ///
-/// Every write carries a [`Session`]: the client's random id and a sequence number that is
-/// new for each write and reused by each of its retries, so that the cluster applies a
-/// write at most once however often it is retried.
+/// Every write carries a [`Session`]: a client id the cluster assigned (the client registers
+/// a session with its first write, one extra round through the log) and a sequence number
+/// that is new for each write and reused by each of its retries, so that the cluster
+/// applies a write at most once however often it is retried. A call retries within its own
+/// time budget; after it returns [`Error::OutcomeUnknown`], [`Client::retry`] retries the
+/// same write later. If the cluster has forgotten the session (it keeps a bounded number,
+/// the least recently active forgotten first), a new write registers a new one by itself.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -117,7 +125,7 @@ impl Client {
                 hello: Hello::new(options.cluster_id.clone(), PeerRole::Client),
                 endpoints: list,
                 options,
-                sessions: Arc::new(Sessions::new(rand::random())),
+                sessions: Arc::new(Sessions::new()),
                 leader: Mutex::new(None),
                 pool: Mutex::new(HashMap::new()),
                 next_replica: AtomicUsize::new(0),
@@ -135,8 +143,9 @@ impl Client {
         &self.inner.options
     }
 
-    /// The random id this client's writes carry in their [`Session`].
-    pub fn client_id(&self) -> u64 {
+    /// The client id this client's writes carry in their [`Session`], as the cluster
+    /// assigned it; `None` before the first write registers a session.
+    pub fn client_id(&self) -> Option<u64> {
         self.inner.sessions.client_id()
     }
 
@@ -153,7 +162,7 @@ impl Client {
             key: key.into(),
             value: value.into(),
         };
-        match self.execute(op, Route::Leader).await? {
+        match self.write(op).await? {
             (_, Reply::Written) => Ok(()),
             (endpoint, other) => Err(unexpected_to_write(endpoint, "Written", &other)),
         }
@@ -166,7 +175,7 @@ impl Client {
             key: key.into(),
             consistency: ReadConsistency::Linearizable,
         };
-        match self.execute(op, Route::Leader).await? {
+        match self.read(op, Route::Leader).await? {
             (
                 _,
                 Reply::Value {
@@ -186,7 +195,7 @@ impl Client {
             key: key.into(),
             consistency: ReadConsistency::Stale,
         };
-        match self.execute(op, Route::AnyReplica).await? {
+        match self.read(op, Route::AnyReplica).await? {
             (_, Reply::Value { value, .. }) => Ok(value),
             (endpoint, other) => Err(unexpected(endpoint, "Value", &other)),
         }
@@ -195,7 +204,7 @@ impl Client {
     /// Removes `key`. Returns whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, Error> {
         let op = Op::Delete { key: key.into() };
-        match self.execute(op, Route::Leader).await? {
+        match self.write(op).await? {
             (_, Reply::Deleted { existed }) => Ok(existed),
             (endpoint, other) => Err(unexpected_to_write(endpoint, "Deleted", &other)),
         }
@@ -214,10 +223,49 @@ impl Client {
             expected,
             new: new.into(),
         };
-        match self.execute(op, Route::Leader).await? {
+        match self.write(op).await? {
             (_, Reply::Swapped) => Ok(CasOutcome::Swapped),
             (_, Reply::Mismatch { current }) => Ok(CasOutcome::Mismatch { current }),
             (endpoint, other) => Err(unexpected_to_write(endpoint, "Swapped or Mismatch", &other)),
+        }
+    }
+
+    /// Sends again a write whose outcome was unknown, exactly as it was sent (same session,
+    /// same sequence number), so that it is applied at most once over all its attempts.
+    ///
+    /// - If an earlier attempt was applied, the answer is that attempt's result (a retried
+    ///   delete answers whether the key existed *then*; the write is not applied again).
+    /// - If none was, the write is applied now.
+    /// - If the cluster no longer remembers the session's results, the answer is
+    ///   [`Error::SessionExpired`]: not applied now, never applicable again; read the data
+    ///   to learn whether an earlier attempt took effect.
+    /// - If this attempt gets no definite answer either, the error is
+    ///   [`Error::OutcomeUnknown`] again, with the same handle. Every other failure is also
+    ///   reported as [`Error::OutcomeUnknown`]: the earlier attempt may still have been
+    ///   applied.
+    ///
+    /// Any client of the same cluster may retry a handle, in this process or another
+    /// ([`RetryHandle::to_bytes`]).
+    pub async fn retry(&self, handle: &RetryHandle) -> Result<WriteOutcome, Error> {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let session = handle.session();
+        let (endpoint, reply) = self
+            .send(handle.op(), Route::Leader, Some(session), true, deadline)
+            .await
+            .map_err(|e| e.into_error(session, handle.op()))?;
+        match (handle.op(), reply) {
+            (Op::Put { .. }, Reply::Written) => Ok(WriteOutcome::Written),
+            (Op::Delete { .. }, Reply::Deleted { existed }) => {
+                Ok(WriteOutcome::Deleted { existed })
+            }
+            (Op::Cas { .. }, Reply::Swapped) => Ok(WriteOutcome::Cas(CasOutcome::Swapped)),
+            (Op::Cas { .. }, Reply::Mismatch { current }) => {
+                Ok(WriteOutcome::Cas(CasOutcome::Mismatch { current }))
+            }
+            (_, other) => Err(Error::OutcomeUnknown {
+                reason: unexpected(endpoint, "the reply to the retried write", &other).to_string(),
+                retry: Box::new(handle.clone()),
+            }),
         }
     }
 
@@ -273,34 +321,120 @@ impl Client {
         unreachable!("the second try always returns")
     }
 
-    /// Runs one operation to completion: validates it, then tries nodes until one answers
-    /// definitely or the time budget runs out. Returns the answering endpoint and reply.
-    async fn execute(&self, op: Op, route: Route) -> Result<(String, Reply), Error> {
+    /// Runs a read (or a registration) to completion: validates it, then tries nodes until
+    /// one answers definitely or the time budget runs out. Returns the answering endpoint
+    /// and reply.
+    async fn read(&self, op: Op, route: Route) -> Result<(String, Reply), Error> {
         wire::validate(&op).map_err(Error::Rejected)?;
-        let options = &self.inner.options;
-        let after = options.request_timeout;
-        let deadline = Instant::now() + after;
-        let is_write = op.is_write();
-        let session_guard = if is_write {
-            let begin = self.inner.sessions.begin();
-            Some(
-                tokio::time::timeout_at(deadline, begin)
-                    .await
-                    .map_err(|_| Error::Timeout {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        self.send(&op, route, None, false, deadline)
+            .await
+            .map_err(SendError::into_read_error)
+    }
+
+    /// Runs a write to completion under a session: registers one first if needed, and a
+    /// new one if the cluster forgot it before any attempt of this write was applied.
+    async fn write(&self, op: Op) -> Result<(String, Reply), Error> {
+        wire::validate(&op).map_err(Error::Rejected)?;
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        for _ in 0..SESSION_RENEWALS_MAX {
+            let guard = self.begin_write(deadline).await?;
+            let session = guard.session();
+            match self
+                .send(&op, Route::Leader, Some(session), false, deadline)
+                .await
+            {
+                Ok((endpoint, reply)) if answers(&op, &reply) => return Ok((endpoint, reply)),
+                Ok((endpoint, reply)) => {
+                    // A reply of the wrong kind: a bug on one side, and the write may
+                    // have been applied.
+                    let reason = unexpected(endpoint, "the reply to this write", &reply);
+                    return Err(SendError::Unknown(reason.to_string()).into_error(session, &op));
+                }
+                Err(SendError::SessionUnknown) => {
+                    tracing::debug!(
+                        client_id = session.client_id,
+                        "the cluster forgot this session; registering a new one"
+                    );
+                    self.inner.sessions.forget(session.client_id);
+                }
+                Err(e) => return Err(e.into_error(session, &op)),
+            }
+        }
+        Err(Error::Unavailable {
+            reason: format!(
+                "the cluster forgot this client's write session {SESSION_RENEWALS_MAX} times in \
+                 a row (more clients than its session table holds?); nothing was applied"
+            ),
+        })
+    }
+
+    /// The session and sequence number for a new write, registering a session if none is.
+    async fn begin_write(&self, deadline: Instant) -> Result<SessionGuard, Error> {
+        let after = self.inner.options.request_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.sessions.begin()).await {
+                Ok(Some(guard)) => return Ok(guard),
+                Ok(None) => self.register(deadline).await?,
+                Err(_elapsed) => {
+                    return Err(Error::Timeout {
                         after,
                         waiting_for: "a write slot (too many writes in progress)".to_owned(),
-                    })?,
-            )
-        } else {
-            None
-        };
-        let session = session_guard.as_ref().map(|guard| guard.session());
+                    })
+                }
+            }
+        }
+    }
 
+    /// Registers a write session with the cluster, unless another task just did. Nothing
+    /// of any write is applied by this, so its failures are definite.
+    async fn register(&self, deadline: Instant) -> Result<(), Error> {
+        let sessions = &self.inner.sessions;
+        let Ok(_one_at_a_time) =
+            tokio::time::timeout_at(deadline, sessions.registering.lock()).await
+        else {
+            return Err(Error::Timeout {
+                after: self.inner.options.request_timeout,
+                waiting_for: "a write session to be registered".to_owned(),
+            });
+        };
+        if sessions.client_id().is_some() {
+            return Ok(());
+        }
+        let (endpoint, reply) = self
+            .send(&Op::RegisterSession, Route::Leader, None, false, deadline)
+            .await
+            .map_err(SendError::into_read_error)?;
+        match reply {
+            Reply::SessionRegistered { client_id } if client_id != wire::NO_CLIENT_ID => {
+                sessions.install(client_id);
+                Ok(())
+            }
+            other => Err(unexpected(endpoint, "SessionRegistered", &other)),
+        }
+    }
+
+    /// Tries nodes until one answers `op` definitely or `deadline` passes. A write carries
+    /// `session` (reads and registrations none); `maybe_applied` says whether an earlier
+    /// attempt of this write may have been applied already (a retry).
+    async fn send(
+        &self,
+        op: &Op,
+        route: Route,
+        session: Option<Session>,
+        mut maybe_applied: bool,
+        deadline: Instant,
+    ) -> Result<(String, Reply), SendError> {
+        debug_assert_eq!(
+            session.is_some(),
+            op.is_write(),
+            "writes, and only they, carry a session"
+        );
+        let after = self.inner.options.request_timeout;
+        let is_write = session.is_some();
         let mut target = self.first_target(route);
         let mut tried: HashSet<String> = HashSet::new();
         let mut backoff = Backoff::new();
-        // Once a write may have been applied, no later failure can make it definite.
-        let mut maybe_applied = false;
         let mut last = "no attempt finished".to_owned();
         loop {
             if tried.contains(&target) {
@@ -318,17 +452,15 @@ impl Client {
             let attempt = self.attempt(&target, op.clone(), session, &mut sent);
             let Ok(answer) = tokio::time::timeout_at(deadline, attempt).await else {
                 return Err(if is_write && (sent || maybe_applied) {
-                    Error::OutcomeUnknown {
-                        reason: format!(
-                            "no answer from {target} within {}",
-                            format_duration(after)
-                        ),
-                    }
+                    SendError::Unknown(format!(
+                        "no answer from {target} within {}",
+                        format_duration(after)
+                    ))
                 } else if sent {
-                    Error::Timeout {
+                    SendError::Failed(Error::Timeout {
                         after,
                         waiting_for: format!("an answer from {target}"),
-                    }
+                    })
                 } else {
                     self.give_up(route, false, &format!("{target}: connection timed out"))
                 });
@@ -359,6 +491,13 @@ impl Client {
                         }
                         ErrorReply::Busy => {}
                         ErrorReply::Timeout => maybe_applied |= is_write,
+                        ErrorReply::SessionExpired { client_id, seq } => {
+                            return Err(if maybe_applied {
+                                SendError::Failed(Error::SessionExpired { client_id, seq })
+                            } else {
+                                SendError::SessionUnknown
+                            });
+                        }
                         ErrorReply::TooLarge { .. } | ErrorReply::Invalid { .. } => {
                             return Err(unknown_if(maybe_applied, Error::Rejected(refusal)));
                         }
@@ -472,23 +611,21 @@ impl Client {
     }
 
     /// The error for an operation whose time ran out between attempts.
-    fn give_up(&self, route: Route, maybe_applied: bool, last: &str) -> Error {
+    fn give_up(&self, route: Route, maybe_applied: bool, last: &str) -> SendError {
         let after = format_duration(self.inner.options.request_timeout);
         if maybe_applied {
-            return Error::OutcomeUnknown {
-                reason: format!("no definite answer within {after} (last: {last})"),
-            };
+            return SendError::Unknown(format!("no definite answer within {after} (last: {last})"));
         }
         let who = match route {
             Route::Leader => "leader",
             Route::AnyReplica => "replica",
         };
-        Error::Unavailable {
+        SendError::Failed(Error::Unavailable {
             reason: format!(
                 "no {who} reachable at {} after {after} (last: {last})",
                 self.inner.endpoints.join(",")
             ),
-        }
+        })
     }
 }
 
@@ -502,14 +639,56 @@ impl fmt::Debug for Client {
     }
 }
 
-/// `error`, unless a write may already have been applied: then the outcome is unknown.
-fn unknown_if(maybe_applied: bool, error: Error) -> Error {
-    if maybe_applied {
-        Error::OutcomeUnknown {
-            reason: format!("an earlier attempt got no answer, then: {error}"),
+/// How [`Client::send`] failed.
+enum SendError {
+    /// A definite failure of this attempt (of the whole write unless it was a retry).
+    Failed(Error),
+    /// A write may have been applied: its outcome is unknown, for this reason.
+    Unknown(String),
+    /// The cluster does not know the write's session, and no attempt of it was applied.
+    SessionUnknown,
+}
+
+impl SendError {
+    /// The error of write `session` doing `op`.
+    fn into_error(self, session: Session, op: &Op) -> Error {
+        match self {
+            SendError::Failed(error) => error,
+            SendError::Unknown(reason) => Error::OutcomeUnknown {
+                reason,
+                retry: Box::new(RetryHandle::unchecked(session, op.clone())),
+            },
+            SendError::SessionUnknown => Error::SessionExpired {
+                client_id: session.client_id,
+                seq: session.seq,
+            },
         }
+    }
+
+    /// The error of a read or a registration (which carry no session and are never
+    /// "unknown").
+    fn into_read_error(self) -> Error {
+        match self {
+            SendError::Failed(error) => error,
+            // `send` reports these for writes only.
+            SendError::Unknown(reason) => Error::Protocol {
+                endpoint: String::new(),
+                reason: format!("a request without a session had an unknown outcome: {reason}"),
+            },
+            SendError::SessionUnknown => Error::Protocol {
+                endpoint: String::new(),
+                reason: "a request without a session was refused as session expired".to_owned(),
+            },
+        }
+    }
+}
+
+/// `error`, unless a write may already have been applied: then the outcome is unknown.
+fn unknown_if(maybe_applied: bool, error: Error) -> SendError {
+    if maybe_applied {
+        SendError::Unknown(format!("an earlier attempt got no answer, then: {error}"))
     } else {
-        error
+        SendError::Failed(error)
     }
 }
 
@@ -520,11 +699,19 @@ fn unexpected(endpoint: String, wanted: &str, got: &Reply) -> Error {
     }
 }
 
-/// A write answered with a reply of the wrong kind may or may not have been applied.
+/// A write answered with a reply of the wrong kind (checked before, by [`answers`]).
 fn unexpected_to_write(endpoint: String, wanted: &str, got: &Reply) -> Error {
-    Error::OutcomeUnknown {
-        reason: unexpected(endpoint, wanted, got).to_string(),
-    }
+    unexpected(endpoint, wanted, got)
+}
+
+/// Whether `reply` is of the kind that answers write `op`.
+fn answers(op: &Op, reply: &Reply) -> bool {
+    matches!(
+        (op, reply),
+        (Op::Put { .. }, Reply::Written)
+            | (Op::Delete { .. }, Reply::Deleted { .. })
+            | (Op::Cas { .. }, Reply::Swapped | Reply::Mismatch { .. })
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -4,13 +4,28 @@ use std::time::Duration;
 
 use wire::{ErrorReply, WireError};
 
+use crate::RetryHandle;
+
 /// Why an operation failed.
 ///
 /// The one distinction that matters most is between a **definite failure** (the operation
 /// did not take effect, and retrying it is a new attempt) and an **unknown outcome** (a write
 /// was sent and no answer came back: it may or may not have been applied). Only
-/// [`Error::OutcomeUnknown`] is the latter; every other variant is a definite failure. See
-/// [`Error::is_definite_failure`] and [`Error::outcome_unknown`].
+/// [`Error::OutcomeUnknown`] and [`Error::SessionExpired`] are the latter; every other
+/// variant is a definite failure. See [`Error::is_definite_failure`] and
+/// [`Error::outcome_unknown`].
+///
+/// What is safe after each:
+/// - a definite failure: nothing was applied; sending the write again (a new call) is a
+///   new write.
+/// - [`Error::OutcomeUnknown`]: retry **the same write** with
+///   [`Client::retry`](crate::Client::retry) and the [`RetryHandle`] the error carries
+///   ([`Error::retry_handle`]): it is applied at most once, whichever attempt got through.
+///   A new call (`put`, `delete`, ... again) is *not* a retry: it is a second write, which
+///   may be applied after the first (a second delete answers "not found", a second
+///   compare-and-swap finds its own new value and answers "mismatch").
+/// - [`Error::SessionExpired`]: the cluster forgot the write's session, so no retry can
+///   apply it any more; whether an earlier attempt was applied is unknown: read the data.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An endpoint is not of the form `host:port`, or the list of endpoints is empty.
@@ -56,10 +71,38 @@ pub enum Error {
 
     /// A write was sent and then the connection broke or the deadline passed without an
     /// answer: it may or may not have been applied. Retried attempts of one write carry the
-    /// same session, so the cluster applies it at most once.
+    /// same session, so the cluster applies it at most once; `retry` resends it that way
+    /// ([`Client::retry`](crate::Client::retry)).
     #[error("outcome unknown: {reason}; the write may or may not have been applied")]
     OutcomeUnknown {
         /// What happened after the write was sent.
+        reason: String,
+        /// The write, to send again with [`Client::retry`](crate::Client::retry).
+        retry: Box<RetryHandle>,
+    },
+
+    /// A write was retried, and the cluster no longer remembers its session (it keeps a
+    /// bounded number of sessions and forgets the least recently active first, and each
+    /// session's most recent results only), so it cannot tell whether an earlier attempt was
+    /// applied. This attempt was not applied, and no retry of this write ever will be. An
+    /// earlier attempt may or may not have been applied: read the data to find out.
+    #[error(
+        "session expired: the cluster no longer remembers write {seq} of session \
+         {client_id}, so this retry was not applied and no retry of it can be; an earlier \
+         attempt may or may not have been applied (read the key to find out)"
+    )]
+    SessionExpired {
+        /// The session's client id.
+        client_id: u64,
+        /// The write's sequence number.
+        seq: u64,
+    },
+
+    /// A retry handle is malformed or is not a write's ([`RetryHandle::from_bytes`],
+    /// [`RetryHandle::new`]).
+    #[error("invalid retry handle: {reason}")]
+    InvalidRetry {
+        /// What is wrong with it.
         reason: String,
     },
 
@@ -87,13 +130,25 @@ pub enum Error {
 
 impl Error {
     /// True if the operation certainly did not take effect: every error except
-    /// [`Error::OutcomeUnknown`].
+    /// [`Error::OutcomeUnknown`] and [`Error::SessionExpired`].
     pub fn is_definite_failure(&self) -> bool {
         !self.outcome_unknown()
     }
 
-    /// True if a write may or may not have been applied ([`Error::OutcomeUnknown`]).
+    /// True if a write may or may not have been applied ([`Error::OutcomeUnknown`], or
+    /// [`Error::SessionExpired`] when it can no longer be retried).
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, Error::OutcomeUnknown { .. })
+        matches!(
+            self,
+            Error::OutcomeUnknown { .. } | Error::SessionExpired { .. }
+        )
+    }
+
+    /// The handle to retry the write with, for [`Error::OutcomeUnknown`].
+    pub fn retry_handle(&self) -> Option<&RetryHandle> {
+        match self {
+            Error::OutcomeUnknown { retry, .. } => Some(retry),
+            _ => None,
+        }
     }
 }

@@ -12,10 +12,33 @@
 //!
 //! Every [`Error`] says whether the operation took effect. [`Error::OutcomeUnknown`] means
 //! a write was sent and no answer came back (the connection broke or the time ran out): it
-//! may or may not have been applied. Every other error is a definite failure: nothing was
-//! applied (a read has no effect, so a read that times out is [`Error::Timeout`]). A write
-//! and all of its retries carry one [`wire::Session`], so the cluster applies it at most
-//! once, whichever attempt gets through.
+//! may or may not have been applied. Every other error except [`Error::SessionExpired`] is
+//! a definite failure: nothing was applied (a read has no effect, so a read that times out
+//! is [`Error::Timeout`]).
+//!
+//! ## Exactly-once writes, and what is safe to retry
+//!
+//! A client registers a write session with the cluster on its first write (one extra round
+//! through the replicated log). A write and all of its attempts carry one [`wire::Session`]
+//! (the session's id and the write's sequence number), so the cluster applies it at most
+//! once, whichever attempt gets through. Precisely:
+//!
+//! - **Within one call** the library retries by itself (another node, a new connection),
+//!   always with the same session: safe.
+//! - **After [`Error::OutcomeUnknown`]**, [`Client::retry`] with the error's
+//!   [`RetryHandle`] sends the same write again: it is answered with the first attempt's
+//!   result if that was applied, applied now if it was not, and never applied twice. The
+//!   handle can be kept as bytes and used by another client or process.
+//! - **Calling `put`/`delete`/`compare_and_swap` again is not a retry**: it is a new write
+//!   with a new sequence number, applied even if the first one was (a second delete
+//!   answers "did not exist", a second compare-and-swap finds its own new value and answers
+//!   a mismatch, a second put may overwrite a later write of another client).
+//! - **[`Error::SessionExpired`]**: the cluster keeps a bounded number of sessions (10,000
+//!   by default; the least recently active is forgotten first) and, per session, the
+//!   results of its last [`WRITE_WINDOW`] writes. A retry of a write the cluster no longer
+//!   remembers is refused and never applied; whether an earlier attempt was applied is
+//!   unknown: read the data to find out. A *new* write whose session was forgotten is not
+//!   affected: the client registers a new session and sends it under that.
 //!
 //! ## Example
 //!
@@ -38,13 +61,18 @@
 //!     CasOutcome::Mismatch { current } => println!("someone else wrote {current:?}"),
 //! }
 //!
-//! // A write whose outcome is unknown may have been applied: read before deciding.
-//! match client.put("counter", "1").await {
-//!     Ok(()) => {}
-//!     Err(e) if e.outcome_unknown() => {
-//!         let now = client.get("counter").await?;
-//!         println!("the put may have been applied; counter is {now:?}");
-//!     }
+//! // A write whose outcome is unknown may have been applied: retry *that* write, which
+//! // the cluster applies at most once (calling `delete` again would be a second write).
+//! match client.delete("lock").await {
+//!     Ok(existed) => println!("deleted; it existed: {existed}"),
+//!     Err(Error::OutcomeUnknown { retry, .. }) => match client.retry(&retry).await {
+//!         Ok(outcome) => println!("the delete is applied, once: {outcome:?}"),
+//!         Err(Error::SessionExpired { .. }) => {
+//!             // Too late to retry: the cluster forgot this write. Read to find out.
+//!             println!("lock is now {:?}", client.get("lock").await?);
+//!         }
+//!         Err(e) => return Err(e), // still unknown (e.retry_handle() to try again later)
+//!     },
 //!     Err(e) => return Err(e), // definitely not applied
 //! }
 //!
@@ -69,11 +97,13 @@ mod connection;
 mod endpoint;
 mod error;
 mod options;
+mod retry;
 mod session;
 
 pub use client::{CasOutcome, Client};
 pub use error::Error;
 pub use options::ClientOptions;
+pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
 pub use wire::{ErrorReply, NodeRole, NodeStatus};
 

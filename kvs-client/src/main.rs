@@ -8,6 +8,7 @@
 //!   cas KEY EXPECTED NEW     set KEY to NEW if its value is EXPECTED
 //!   cas KEY --absent NEW     set KEY to NEW if it is absent
 //!   status                   every node's view of the cluster
+//!   retry TOKEN              send again, exactly, a write whose outcome was unknown (exit 4)
 //! ```
 //!
 //! Output (text, the default): on success `put`, `del` and `cas` print nothing; `get` prints
@@ -23,12 +24,35 @@
 //! (`current` only meaningful on a mismatch). `status`: `{"leader": id or null, "nodes":
 //! [...]}` with one node per endpoint, unreachable ones with `"reachable": false`.
 //!
-//! Errors go to stderr as one line, `error: ...`, in both modes.
+//! Errors go to stderr as one line, `error: ...`, in both modes; an unknown outcome adds a
+//! second line with the retry token.
 //!
 //! Exit codes: 0 success; 1 key not found (`get`, `del`) or CAS mismatch; 2 usage error or
-//! invalid input (bad flags, bad endpoint, value too large); 3 unavailable, timed out,
-//! unreachable, refused handshake (e.g. wrong cluster id) or protocol error; 4 outcome
-//! unknown (a write was sent but no answer came: it may or may not have been applied).
+//! invalid input (bad flags, bad endpoint, value too large, bad retry token); 3 unavailable,
+//! timed out, unreachable, refused handshake (e.g. wrong cluster id) or protocol error:
+//! nothing was applied; 4 outcome unknown (a write was sent but no answer came: it may or
+//! may not have been applied); 5 session expired (a `retry` came too late: the cluster no
+//! longer remembers the write, so it was not applied now and never will be; whether the
+//! first attempt was applied is unknown: read the key).
+//!
+//! ## Retrying after exit 4
+//!
+//! Running the same `put`/`del`/`cas` again is **not** a retry: it is a second write (each
+//! run is a new client), which is applied even if the first one was. A second `del` then
+//! exits 1 (not found), a second `cas` finds its own new value and exits 1 (mismatch).
+//! Instead, exit 4 prints a retry token on stderr:
+//!
+//! ```text
+//! error: outcome unknown: ...; the write may or may not have been applied
+//! retry: kvs-client retry a2V5cy4uLg==
+//! ```
+//!
+//! `kvs-client retry TOKEN` sends that very write again (same session, same sequence
+//! number): it answers the first attempt's result if that was applied (a retried `del`
+//! exits 0 if the key existed when the first attempt ran), applies the write if not, and
+//! exits 5 if the cluster has forgotten the write's session (it remembers a bounded number
+//! of sessions, the least recently active forgotten first); it may exit 4 again, with the
+//! same token. Output and exit codes are those of the original command.
 
 mod cli {
     pub mod base64;
@@ -43,7 +67,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use kvs_client::{CasOutcome, Client, ClientOptions, Error};
+use kvs_client::{CasOutcome, Client, ClientOptions, Error, RetryHandle, WriteOutcome};
 use serde_json::{json, Map, Value};
 
 use cli::output;
@@ -61,14 +85,18 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_UNAVAILABLE: u8 = 3;
 /// A write may or may not have been applied.
 const EXIT_OUTCOME_UNKNOWN: u8 = 4;
+/// A retried write's session expired: not applied now, never applicable again.
+const EXIT_SESSION_EXPIRED: u8 = 5;
 
 /// Command-line client of the replicated key-value store.
 #[derive(Debug, Parser)]
 #[command(name = "kvs-client", version, about, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 success; 1 key not found or CAS mismatch; \
-    2 usage error or invalid input; 3 unavailable, timeout or connection error; \
-    4 outcome unknown (a write may or may not have been applied)."
+    2 usage error or invalid input; 3 unavailable, timeout or connection error (nothing \
+    applied); 4 outcome unknown (a write may or may not have been applied: retry it with \
+    the token printed, `kvs-client retry TOKEN`, not by running it again); 5 session \
+    expired (the retry came too late: not applied now, never will be; read the key)."
 )]
 struct Args {
     /// Client addresses of the nodes, host:port, comma-separated.
@@ -146,6 +174,13 @@ enum Command {
     },
     /// Show every node's status and the leader.
     Status,
+    /// Send again, exactly, a write whose outcome was unknown (exit 4), with the token it
+    /// printed. Applied at most once over all attempts; exit 5 if the cluster no longer
+    /// remembers it.
+    Retry {
+        /// The token printed on stderr with exit code 4.
+        token: String,
+    },
     /// Measure throughput and latency with closed-loop load (like etcd's benchmark).
     Bench(cli::bench::BenchArgs),
 }
@@ -210,18 +245,7 @@ async fn run(args: Args) -> u8 {
             }
         }
         Command::Del { key } => match client.delete(key.clone()).await {
-            Ok(existed) => {
-                if json {
-                    print_json(&json!({ "key": key, "existed": existed }));
-                } else if !existed {
-                    eprintln!("key not found: {key:?}");
-                }
-                if existed {
-                    EXIT_OK
-                } else {
-                    EXIT_NOT_FOUND
-                }
-            }
+            Ok(existed) => del_result(&key, existed, json),
             Err(e) => fail(&e),
         },
         Command::Cas {
@@ -243,6 +267,7 @@ async fn run(args: Args) -> u8 {
             }
         }
         Command::Status => status(&client, json).await,
+        Command::Retry { token } => retry(&client, &token, json).await,
         Command::Bench(bench) => {
             let options = client.options().clone();
             cli::bench::run(&args.endpoints, options, bench, json).await
@@ -260,6 +285,48 @@ fn cas_values(values: Vec<OsString>, absent: bool) -> Result<(Option<Bytes>, Byt
         (true, _, _) => Err("with --absent, give only KEY and NEW".to_owned()),
         (false, Some(expected), Some(new)) => Ok((Some(expected), new)),
         (false, _, _) => Err("give KEY EXPECTED NEW, or KEY --absent NEW".to_owned()),
+    }
+}
+
+/// Resends the write of a retry token; reports like the original command.
+async fn retry(client: &Client, token: &str, json: bool) -> u8 {
+    let handle = match cli::base64::decode(token.trim()) {
+        Some(bytes) => RetryHandle::from_bytes(&bytes),
+        None => Err(Error::InvalidRetry {
+            reason: "the token is not base64".to_owned(),
+        }),
+    };
+    let handle = match handle {
+        Ok(handle) => handle,
+        Err(e) => return fail(&e),
+    };
+    let key = handle
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    match client.retry(&handle).await {
+        Ok(WriteOutcome::Written) => {
+            if json {
+                print_json(&json!({ "ok": true }));
+            }
+            EXIT_OK
+        }
+        Ok(WriteOutcome::Deleted { existed }) => del_result(&key, existed, json),
+        Ok(WriteOutcome::Cas(outcome)) => cas_result(&key, &outcome, json),
+        Err(e) => fail(&e),
+    }
+}
+
+fn del_result(key: &str, existed: bool, json: bool) -> u8 {
+    if json {
+        print_json(&json!({ "key": key, "existed": existed }));
+    } else if !existed {
+        eprintln!("key not found: {key:?}");
+    }
+    if existed {
+        EXIT_OK
+    } else {
+        EXIT_NOT_FOUND
     }
 }
 
@@ -348,14 +415,21 @@ fn print_json(value: &Value) {
     let _ = stdout.flush();
 }
 
-/// Prints the error as one line on stderr and returns its exit code.
+/// Prints the error as one line on stderr (and the retry token on a second line for an
+/// unknown outcome) and returns its exit code.
 fn fail(error: &Error) -> u8 {
     eprintln!("error: {error}");
     match error {
-        Error::InvalidEndpoint { .. } | Error::InvalidOptions { .. } | Error::Rejected(_) => {
-            EXIT_USAGE
+        Error::InvalidEndpoint { .. }
+        | Error::InvalidOptions { .. }
+        | Error::Rejected(_)
+        | Error::InvalidRetry { .. } => EXIT_USAGE,
+        Error::OutcomeUnknown { retry, .. } => {
+            let token = cli::base64::encode(&retry.to_bytes());
+            eprintln!("retry: kvs-client retry {token}");
+            EXIT_OUTCOME_UNKNOWN
         }
-        Error::OutcomeUnknown { .. } => EXIT_OUTCOME_UNKNOWN,
+        Error::SessionExpired { .. } => EXIT_SESSION_EXPIRED,
         Error::Unavailable { .. }
         | Error::Timeout { .. }
         | Error::Handshake { .. }

@@ -5,11 +5,12 @@ mod common;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::{answer_with, dead_endpoint, node_status, store_script, Action, FakeServer, Script};
 use serde_json::{json, Value};
-use wire::{NodeRole, Op, Reply};
+use wire::{ErrorReply, NodeRole, Op, Reply};
 
 /// Fake nodes served by a background runtime while the test thread runs the binary.
 struct Harness {
@@ -336,14 +337,145 @@ fn a_write_without_an_answer_exits_4() {
     let node = harness.fake(1, Arc::new(|_, _| Action::Close));
     let run = kvs(&node.addr, &["--timeout-ms", "300", "put", "k", "v"]);
     assert_eq!((run.code, run.stdout()), (4, ""));
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
     assert!(
-        run.stderr.starts_with("error: outcome unknown: "),
+        lines[0].starts_with("error: outcome unknown: "),
         "{}",
         run.stderr
     );
-    assert!(run
+    assert!(lines[0].ends_with("the write may or may not have been applied"));
+    assert!(
+        lines[1].starts_with("retry: kvs-client retry "),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The token printed with exit 4.
+fn retry_token(run: &Run) -> String {
+    let line = run
         .stderr
-        .ends_with("the write may or may not have been applied\n"));
+        .lines()
+        .find_map(|l| l.strip_prefix("retry: kvs-client retry "))
+        .unwrap_or_else(|| panic!("no retry token in {:?}", run.stderr));
+    line.to_owned()
+}
+
+/// A fake that closes the connection on every write until `answer` is set, then answers
+/// with `reply`.
+fn flaky(harness: &Harness, answer: &Arc<AtomicBool>, reply: Reply) -> FakeServer {
+    let answer = Arc::clone(answer);
+    harness.fake(
+        1,
+        Arc::new(move |request, _| {
+            if answer.load(Ordering::SeqCst) {
+                common::respond(request, Ok(reply.clone()))
+            } else {
+                Action::Close
+            }
+        }),
+    )
+}
+
+#[test]
+fn the_retry_token_resends_the_same_write_and_reports_like_the_command() {
+    let harness = Harness::new();
+    let answer = Arc::new(AtomicBool::new(false));
+    let node = flaky(&harness, &answer, Reply::Deleted { existed: true });
+    let run = kvs(&node.addr, &["--timeout-ms", "300", "del", "k"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let token = retry_token(&run);
+    let first = node.requests();
+    answer.store(true, Ordering::SeqCst);
+
+    let retry = kvs(&node.addr, &["retry", &token]);
+    assert_eq!(
+        (retry.code, retry.stdout(), retry.stderr.as_str()),
+        (0, "", "")
+    );
+    let all = node.requests();
+    assert_eq!(all.len(), first.len() + 1);
+    assert!(all
+        .iter()
+        .all(|r| r.session == first[0].session && r.op == first[0].op));
+    assert_eq!(
+        node.registrations(),
+        1,
+        "the retry is the same session's write"
+    );
+
+    let json = kvs(&node.addr, &["-o", "json", "retry", &token]);
+    assert_eq!(json.code, 0);
+    assert_eq!(json.json(), json!({"key": "k", "existed": true}));
+}
+
+#[test]
+fn a_retried_cas_reports_its_first_result() {
+    let harness = Harness::new();
+    let answer = Arc::new(AtomicBool::new(false));
+    let mismatch = Reply::Mismatch {
+        current: Some(bytes::Bytes::from("x")),
+    };
+    let node = flaky(&harness, &answer, mismatch);
+    let run = kvs(&node.addr, &["--timeout-ms", "300", "cas", "k", "a", "b"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    answer.store(true, Ordering::SeqCst);
+    let retry = kvs(&node.addr, &["retry", &retry_token(&run)]);
+    assert_eq!((retry.code, retry.stdout()), (1, ""));
+    assert_eq!(retry.stderr, "mismatch: \"k\" is \"x\"\n");
+}
+
+#[test]
+fn a_retry_the_cluster_no_longer_remembers_exits_5() {
+    let harness = Harness::new();
+    let expired = Arc::new(AtomicBool::new(false));
+    let node = harness.fake(
+        1,
+        Arc::new({
+            let expired = Arc::clone(&expired);
+            move |request, _| {
+                if !expired.load(Ordering::SeqCst) {
+                    return Action::Close;
+                }
+                let s = request.session.expect("a write carries its session");
+                common::respond(
+                    request,
+                    Err(ErrorReply::SessionExpired {
+                        client_id: s.client_id,
+                        seq: s.seq,
+                    }),
+                )
+            }
+        }),
+    );
+    let run = kvs(&node.addr, &["--timeout-ms", "300", "put", "k", "v"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    expired.store(true, Ordering::SeqCst);
+    let retry = kvs(&node.addr, &["retry", &retry_token(&run)]);
+    assert_eq!((retry.code, retry.stdout()), (5, ""));
+    assert!(
+        retry.stderr.starts_with("error: session expired: "),
+        "{}",
+        retry.stderr
+    );
+    assert_eq!(retry.stderr.lines().count(), 1, "{}", retry.stderr);
+}
+
+#[test]
+fn a_bad_retry_token_exits_2() {
+    let harness = Harness::new();
+    let node = harness.fake(1, store_script(1));
+    for token in ["not base64!", "AQID", ""] {
+        let run = kvs(&node.addr, &["retry", token]);
+        assert_eq!(run.code, 2, "{token:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with("error: invalid retry handle: "),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(node.requests().is_empty());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{answer_with, dead_endpoint, node_status, respond, store_script, Action, FakeServer};
-use kvs_client::{CasOutcome, Client, ClientOptions, Error};
+use kvs_client::{CasOutcome, Client, ClientOptions, Error, RetryHandle, WriteOutcome};
 use wire::{ClientResponse, ErrorReply, NodeRole, Op, Reply, Session, WireError};
 
 fn client(endpoints: &[&str], timeout_ms: u64) -> Client {
@@ -163,9 +163,11 @@ async fn a_write_whose_connection_drops_is_retried_with_the_same_session() {
     client.put("k", "v").await.expect("the retry is answered");
     assert_eq!(fake.connections(), 2);
     let first = Session {
-        client_id: client.client_id(),
+        client_id: client.client_id().expect("registered"),
         seq: 1,
     };
+    assert_eq!(first.client_id, common::FIRST_CLIENT_ID);
+    assert_eq!(fake.registrations(), 1);
     assert_eq!(sessions(&fake), vec![Some(first), Some(first)]);
 
     // A new write is a new session.
@@ -195,10 +197,19 @@ async fn a_write_whose_connection_always_drops_has_an_unknown_outcome() {
     let sessions = sessions(&fake);
     assert!(sessions.len() >= 2, "retried: {sessions:?}");
     let expected = Session {
-        client_id: client.client_id(),
+        client_id: client.client_id().expect("registered"),
         seq: 1,
     };
     assert!(sessions.iter().all(|s| *s == Some(expected)));
+    let handle = error.retry_handle().expect("a retry handle");
+    assert_eq!(handle.session(), expected);
+    assert_eq!(
+        handle.op(),
+        &Op::Put {
+            key: Bytes::from("k"),
+            value: Bytes::from("v")
+        }
+    );
 }
 
 #[tokio::test]
@@ -211,7 +222,7 @@ async fn a_write_that_times_out_is_unknown_and_a_read_that_times_out_is_a_timeou
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert!(started.elapsed() < Duration::from_secs(2));
     match &error {
-        Error::OutcomeUnknown { reason } => {
+        Error::OutcomeUnknown { reason, .. } => {
             assert_eq!(
                 reason,
                 &format!("no answer from {} within 200ms", fake.addr)
@@ -422,4 +433,179 @@ async fn stale_reads_go_to_any_node_and_status_asks_every_endpoint() {
         Err(Error::Unavailable { reason }) => assert!(reason.starts_with(&dead), "{reason}"),
         other => panic!("expected the dead node to be unavailable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_retried_with_its_handle_as_the_same_write() {
+    let answering = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fake = FakeServer::start(Arc::new({
+        let answering = Arc::clone(&answering);
+        move |request, _| {
+            if answering.load(Ordering::SeqCst) {
+                respond(request, Ok(Reply::Deleted { existed: true }))
+            } else {
+                Action::Close
+            }
+        }
+    }))
+    .await;
+    let client = client(&[&fake.addr], 300);
+    let error = client.delete("k").await.expect_err("never answered");
+    let handle = error.retry_handle().expect("a retry handle").clone();
+    let sent_before = fake.requests().len();
+
+    // Later, through the handle (here carried through bytes, as across processes), by
+    // another client: the same session and sequence number, no new registration.
+    answering.store(true, Ordering::SeqCst);
+    let other = self::client(&[&fake.addr], 2000);
+    let handle = RetryHandle::from_bytes(&handle.to_bytes()).expect("roundtrip");
+    let outcome = other.retry(&handle).await.expect("answered");
+    assert_eq!(outcome, WriteOutcome::Deleted { existed: true });
+    let sessions = sessions(&fake);
+    assert_eq!(sessions.len(), sent_before + 1);
+    assert!(sessions.iter().all(|s| *s == Some(handle.session())));
+    assert_eq!(fake.registrations(), 1, "a retry registers nothing");
+    assert_eq!(other.client_id(), None);
+}
+
+#[tokio::test]
+async fn a_retry_that_fails_again_stays_unknown_with_the_same_handle() {
+    let fake = FakeServer::start(answer_with(|_| {
+        Err(ErrorReply::Unavailable {
+            reason: "no quorum".to_owned(),
+        })
+    }))
+    .await;
+    let client = client(&[&fake.addr], 200);
+    let session = Session {
+        client_id: 99,
+        seq: 5,
+    };
+    let op = Op::Put {
+        key: Bytes::from("k"),
+        value: Bytes::from("v"),
+    };
+    let handle = RetryHandle::new(session, op).expect("a write");
+    // The first attempt may have been applied: a refusal now does not make it definite.
+    let error = client.retry(&handle).await.expect_err("refused");
+    assert!(error.outcome_unknown(), "got {error:?}");
+    assert_eq!(error.retry_handle(), Some(&handle));
+}
+
+#[tokio::test]
+async fn a_retry_of_a_forgotten_session_is_session_expired() {
+    let fake = FakeServer::start(answer_with(|request| {
+        let s = request.session.expect("a write carries its session");
+        Err(ErrorReply::SessionExpired {
+            client_id: s.client_id,
+            seq: s.seq,
+        })
+    }))
+    .await;
+    let client = client(&[&fake.addr], 2000);
+    let session = Session {
+        client_id: 99,
+        seq: 5,
+    };
+    let handle = RetryHandle::new(session, Op::Delete { key: "k".into() }).expect("a write");
+    let error = client.retry(&handle).await.expect_err("expired");
+    assert!(
+        matches!(
+            error,
+            Error::SessionExpired {
+                client_id: 99,
+                seq: 5
+            }
+        ),
+        "got {error:?}"
+    );
+    assert!(
+        error.outcome_unknown(),
+        "the first attempt may have been applied"
+    );
+    assert_eq!(error.retry_handle(), None, "retrying cannot help");
+    assert!(
+        error.to_string().starts_with("session expired: "),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_new_write_whose_session_was_forgotten_registers_a_new_one() {
+    let fake = FakeServer::start(answer_with(|request| {
+        let s = request.session.expect("a write carries its session");
+        if s.client_id == common::FIRST_CLIENT_ID {
+            Err(ErrorReply::SessionExpired {
+                client_id: s.client_id,
+                seq: s.seq,
+            })
+        } else {
+            Ok(Reply::Written)
+        }
+    }))
+    .await;
+    let client = client(&[&fake.addr], 2000);
+    client
+        .put("k", "v")
+        .await
+        .expect("applied under a new session");
+    let renewed = common::FIRST_CLIENT_ID + 1;
+    assert_eq!(client.client_id(), Some(renewed));
+    assert_eq!(fake.registrations(), 2);
+    let s = |client_id| Some(Session { client_id, seq: 1 });
+    assert_eq!(
+        sessions(&fake),
+        vec![s(common::FIRST_CLIENT_ID), s(renewed)]
+    );
+}
+
+#[tokio::test]
+async fn a_write_lost_then_refused_as_expired_is_session_expired_not_renewed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fake = FakeServer::start(Arc::new({
+        let calls = Arc::clone(&calls);
+        move |request, _| match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => Action::Close, // maybe applied
+            _ => {
+                let s = request.session.expect("a write carries its session");
+                respond(
+                    request,
+                    Err(ErrorReply::SessionExpired {
+                        client_id: s.client_id,
+                        seq: s.seq,
+                    }),
+                )
+            }
+        }
+    }))
+    .await;
+    let client = client(&[&fake.addr], 2000);
+    let error = client.put("k", "v").await.expect_err("expired");
+    assert!(
+        matches!(error, Error::SessionExpired { seq: 1, .. }),
+        "got {error:?}"
+    );
+    assert_eq!(
+        fake.registrations(),
+        1,
+        "sending it again could apply it twice"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_writes_share_one_registration() {
+    let fake = FakeServer::start(store_script(1)).await;
+    let client = client(&[&fake.addr], 5000);
+    let writes = (0..16).map(|i| {
+        let client = client.clone();
+        async move { client.put(format!("k{i}"), "v").await }
+    });
+    for result in futures::future::join_all(writes).await {
+        result.expect("put");
+    }
+    assert_eq!(fake.registrations(), 1);
+    let mut seqs: Vec<u64> = sessions(&fake).iter().flatten().map(|s| s.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=16).collect::<Vec<u64>>());
 }

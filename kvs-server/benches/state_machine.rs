@@ -19,7 +19,24 @@ fn apply_puts(c: &mut Criterion) {
             .map(|i| Bytes::from(format!("key-{i:08}")))
             .collect();
         let mut sm = StateMachine::new();
-        let mut slot = 0u64;
+        // 64 registered sessions, as 64 clients would have.
+        let clients: Vec<u64> = (0..64)
+            .filter_map(|_| {
+                let register = Command {
+                    session: Session {
+                        client_id: wire::NO_CLIENT_ID,
+                        seq: 1,
+                    },
+                    op: WriteOp::RegisterSession,
+                };
+                match sm.apply(0, register).reply {
+                    Ok(wire::Reply::SessionRegistered { client_id }) => Some(client_id),
+                    _ => None,
+                }
+            })
+            .collect();
+        sm.finish_slot(0);
+        let mut slot = 1u64;
         let mut seq = 0u64;
         // A fixed stride through the keys: deterministic, and unlike a sequential walk it
         // does not keep touching the same tree nodes.
@@ -30,8 +47,8 @@ fn apply_puts(c: &mut Criterion) {
                 seq += 1;
                 let cmd = Command {
                     session: Session {
-                        client_id: seq % 64,
-                        seq,
+                        client_id: clients[(seq % 64) as usize],
+                        seq: seq / 64 + 1,
                     },
                     op: WriteOp::Put {
                         key: names[at as usize].clone(),

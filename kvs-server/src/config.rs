@@ -90,6 +90,10 @@ pub struct ReplicaArgs {
     /// Snapshot and compact the log every this many applied slots.
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+    /// Client sessions remembered for exactly-once writes; the least recently active one is
+    /// forgotten first. Every replica of a cluster must use the same value.
+    #[arg(long)]
+    pub sessions_max: Option<usize>,
     /// Random acceptor failures: probability per message handled (0 disables).
     #[arg(long)]
     pub acceptor_fail_prob: Option<f64>,
@@ -131,6 +135,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     cluster_id: Option<String>,
     snapshot_every: Option<u64>,
+    sessions_max: Option<usize>,
     acceptor_fail_prob: Option<f64>,
     acceptor_down_ms: Option<String>,
     heartbeat_ms: Option<u64>,
@@ -163,6 +168,7 @@ impl ReplicaArgs {
             data_dir: self.data_dir.clone().or(f.data_dir),
             cluster_id: self.cluster_id.clone().or(f.cluster_id),
             snapshot_every: self.snapshot_every.or(f.snapshot_every),
+            sessions_max: self.sessions_max.or(f.sessions_max),
             acceptor_fail_prob: self.acceptor_fail_prob.or(f.acceptor_fail_prob),
             acceptor_down_ms: self.acceptor_down_ms.clone().or(f.acceptor_down_ms),
             heartbeat_ms: self.heartbeat_ms.or(f.heartbeat_ms),
@@ -215,6 +221,10 @@ impl ReplicaArgs {
         if snapshot_every == 0 {
             return Err("--snapshot-every must be at least 1".into());
         }
+        let sessions_max = a.sessions_max.unwrap_or(crate::state_machine::SESSIONS_MAX);
+        if sessions_max == 0 {
+            return Err("--sessions-max must be at least 1".into());
+        }
         let frame = a.max_frame_bytes.unwrap_or(wire::FRAME_BYTES_MAX_DEFAULT);
         if !(wire::FRAME_BYTES_MAX_MIN..=wire::FRAME_BYTES_MAX_CEILING).contains(&frame) {
             return Err(format!(
@@ -237,6 +247,7 @@ impl ReplicaArgs {
             data_dir,
             cluster_id: a.cluster_id.unwrap_or_else(|| "kvs".into()),
             snapshot_every,
+            sessions_max,
             acceptor_fail_prob: fail,
             acceptor_down_ms: down,
             heartbeat_interval_ms: heartbeat,

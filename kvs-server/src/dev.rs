@@ -45,6 +45,7 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
             data_dir: args.data_dir.join(format!("node-{i}")),
             cluster_id: "kvs".into(),
             snapshot_every: SNAPSHOT_EVERY_DEFAULT,
+            sessions_max: crate::state_machine::SESSIONS_MAX,
             acceptor_fail_prob: args.acceptor_fail_prob,
             acceptor_down_ms: down,
             heartbeat_interval_ms: 100,

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod listener;
 pub mod node;
 pub mod peers;
+pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;

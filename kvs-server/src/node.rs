@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub cluster_id: String,
     /// Take a snapshot (and compact the log) every this many applied slots.
     pub snapshot_every: u64,
+    /// Client sessions the state machine remembers (the same on every replica).
+    pub sessions_max: usize,
     /// Random acceptor failures: chance per peer message handled.
     pub acceptor_fail_prob: f64,
     /// How long a failed acceptor stays down, in ms (a random time in this range).
@@ -196,7 +198,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let (mut state, storage) = storage::open(&wal_dir, wal_options, move |e| {
         let _ = storage_tx.send(Internal::Storage(e));
     })?;
-    let sm = snap.unwrap_or_default();
+    let mut sm = snap.unwrap_or_default();
+    sm.set_sessions_max(cfg.sessions_max);
     state.snapshot_slot = sm.applied();
     tracing::info!(
         id = cfg.id,
@@ -506,7 +509,7 @@ impl Node {
                         let key = (applied.session.client_id, applied.session.seq);
                         if let Some(p) = self.pending_writes.remove(&key) {
                             for r in p.responders {
-                                r.respond(Ok(applied.reply.clone()));
+                                r.respond(applied.reply.clone());
                             }
                         }
                     }
@@ -688,6 +691,7 @@ impl Node {
             "installed a snapshot from a peer"
         );
         self.sm = sm;
+        self.sm.set_sessions_max(self.cfg.sessions_max);
         self.last_snapshot_slot = slot;
         self.applied_bytes_since_snapshot = 0;
         let now = self.now_ms();
@@ -780,16 +784,27 @@ impl Node {
             Op::Put { key, value } => WriteOp::Put { key, value },
             Op::Delete { key } => WriteOp::Delete { key },
             Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
+            Op::RegisterSession => WriteOp::RegisterSession,
         };
-        // A write without a session gets a fresh one: it is then simply not deduplicated.
-        let session = req.session.unwrap_or_else(|| Session {
-            client_id: self.rng.random(),
-            seq: 0,
-        });
-        if let Some(reply) = self.sm.result_of(&session) {
-            responder.respond(Ok(reply.clone()));
-            return;
-        }
+        let session = match (req.session, &write) {
+            (Some(session), WriteOp::Put { .. } | WriteOp::Delete { .. } | WriteOp::Cas { .. }) => {
+                if session.client_id == wire::NO_CLIENT_ID {
+                    responder.respond(Err(ErrorReply::Invalid {
+                        reason: format!("client id {} is reserved", wire::NO_CLIENT_ID),
+                    }));
+                    return;
+                }
+                // Answered without the log when applying could not change the answer.
+                if let Some(answer) = self.sm.settled(&session) {
+                    responder.respond(answer);
+                    return;
+                }
+                session
+            }
+            // A registration, or a write without a session: no session-table entry, only a
+            // tag to find this client when the command is applied.
+            _ => self.sessionless_tag(),
+        };
         let key = (session.client_id, session.seq);
         if let Some(p) = self.pending_writes.get_mut(&key) {
             p.responders.push(responder); // a retry of a write still in flight here
@@ -816,6 +831,20 @@ impl Node {
                 );
             }
             Err(e) => responder.respond(Err(self.propose_error(e))),
+        }
+    }
+
+    /// A session for a command without one: the reserved client id and a random tag no
+    /// pending command uses.
+    fn sessionless_tag(&mut self) -> Session {
+        loop {
+            let tag = Session {
+                client_id: wire::NO_CLIENT_ID,
+                seq: self.rng.random(),
+            };
+            if !self.pending_writes.contains_key(&(tag.client_id, tag.seq)) {
+                return tag;
+            }
         }
     }
 
@@ -912,6 +941,7 @@ impl Node {
         self.last_snapshot_slot = sm.applied();
         self.applied_bytes_since_snapshot = 0;
         self.sm = sm;
+        self.sm.set_sessions_max(self.cfg.sessions_max);
         let seed = self.rng.random();
         let now = self.now_ms();
         match Replica::recover(self.cfg.paxos_config(), seed, now, &state) {

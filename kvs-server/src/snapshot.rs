@@ -3,11 +3,14 @@
 //!
 //! Format (little-endian), checked end to end by a trailing CRC32C:
 //! ```text
-//! magic "KVSSNAP2" | slot u64 | (key len u32 > 0, key, value len u32, value)* in key order
-//! | 0u32 (end of keys) | session count u64
-//! | (client u64, last slot u64, n u32, (seq u64, len u32, reply)*)*
+//! magic "KVSSNAP3" | slot u64 | (key len u32 > 0, key, value len u32, value)* in key order
+//! | 0u32 (end of keys) | sessions registered u64 | id salt u64 | session count u64
+//! | (client u64, last slot u64, floor u64, n u32, (seq u64, len u32, reply)*)*
 //! | crc32c u32 over everything before it
 //! ```
+//! The previous format, "KVSSNAP2", is still read: it has no registration counter, salt or
+//! floors (a session's floor is then taken as just below its oldest result if its window is
+//! full, else 0).
 //! A new snapshot is the previous snapshot file merged with the keys changed since (the
 //! state machine's delta), streamed from one file to the next: taking a snapshot never
 //! copies the store in memory.
@@ -19,9 +22,12 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::state_machine::{Blob, Delta, SessionResults, StateMachine};
+use crate::sessions::SessionTable;
+use crate::state_machine::{Blob, Delta, SessionResults, StateMachine, SESSION_RESULTS_MAX};
 
-const MAGIC: &[u8; 8] = b"KVSSNAP2";
+const MAGIC: &[u8; 8] = b"KVSSNAP3";
+/// The format before session floors and registration: read, never written.
+const MAGIC_V2: &[u8; 8] = b"KVSSNAP2";
 /// The snapshot's file name inside the data directory.
 pub const FILE_NAME: &str = "snapshot";
 const TEMP_NAME: &str = "snapshot.tmp";
@@ -111,12 +117,16 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     /// Ends the keys, writes the sessions and the checksum; returns the bytes written.
-    pub fn finish(mut self, sessions: &BTreeMap<u64, SessionResults>) -> io::Result<(W, u64)> {
+    pub fn finish(mut self, table: &SessionTable) -> io::Result<(W, u64)> {
         self.put(&0u32.to_le_bytes())?;
+        self.put(&table.registered().to_le_bytes())?;
+        self.put(&table.salt().to_le_bytes())?;
+        let sessions = table.sessions();
         self.put(&(sessions.len() as u64).to_le_bytes())?;
         for (client, s) in sessions {
             self.put(&client.to_le_bytes())?;
             self.put(&s.last_slot.to_le_bytes())?;
+            self.put(&s.floor.to_le_bytes())?;
             self.put(&(s.results.len() as u32).to_le_bytes())?;
             for (seq, reply) in &s.results {
                 self.put(&seq.to_le_bytes())?;
@@ -156,6 +166,8 @@ pub struct SnapshotReader<R> {
     /// The slot the snapshot covers (every slot below it is applied).
     pub slot: u64,
     keys_done: bool,
+    /// Written in the previous format ([`MAGIC_V2`]).
+    v2: bool,
 }
 
 impl<R: Read> SnapshotReader<R> {
@@ -171,7 +183,8 @@ impl<R: Read> SnapshotReader<R> {
             reason,
         };
         let magic = r.take(8, 8).map_err(&corrupt)?;
-        if magic != MAGIC {
+        let v2 = magic == MAGIC_V2;
+        if magic != MAGIC && !v2 {
             return Err(corrupt(
                 "not a snapshot file of this version (bad magic)".into(),
             ));
@@ -182,6 +195,7 @@ impl<R: Read> SnapshotReader<R> {
             origin: origin.to_path_buf(),
             slot,
             keys_done: false,
+            v2,
         })
     }
 
@@ -215,15 +229,26 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The sessions and the checksum check; call after the last entry.
-    pub fn finish(mut self) -> Result<BTreeMap<u64, SessionResults>, SnapshotError> {
+    pub fn finish(mut self) -> Result<SessionTable, SnapshotError> {
         while self.next_entry()?.is_some() {}
+        let (registered, salt) = if self.v2 {
+            (0, 0)
+        } else {
+            let registered = self.r.u64().map_err(|e| self.corrupt(e))?;
+            (registered, self.r.u64().map_err(|e| self.corrupt(e))?)
+        };
         let sessions_n = self.r.u64().map_err(|e| self.corrupt(e))?;
         let mut sessions = BTreeMap::new();
         for _ in 0..sessions_n {
             let client = self.r.u64().map_err(|e| self.corrupt(e))?;
             let last_slot = self.r.u64().map_err(|e| self.corrupt(e))?;
+            let floor = if self.v2 {
+                None
+            } else {
+                Some(self.r.u64().map_err(|e| self.corrupt(e))?)
+            };
             let n = self.r.u32().map_err(|e| self.corrupt(e))?;
-            if n as usize > crate::state_machine::SESSION_RESULTS_MAX {
+            if n as usize > SESSION_RESULTS_MAX {
                 return Err(self.corrupt(format!("a session claims {n} results")));
             }
             let mut results = BTreeMap::new();
@@ -237,7 +262,21 @@ impl<R: Read> SnapshotReader<R> {
                     wire::decode(&raw).map_err(|e| self.corrupt(format!("session reply: {e}")))?;
                 results.insert(seq, reply);
             }
-            sessions.insert(client, SessionResults { last_slot, results });
+            let floor = match floor {
+                Some(floor) => floor,
+                None => v2_floor(&results),
+            };
+            if results.keys().any(|&seq| seq <= floor) {
+                return Err(
+                    self.corrupt(format!("session {client} remembers a seq below its floor"))
+                );
+            }
+            let session = SessionResults {
+                last_slot,
+                floor,
+                results,
+            };
+            sessions.insert(client, session);
         }
         let computed = self.r.crc;
         let mut tail = [0u8; 4];
@@ -255,7 +294,16 @@ impl<R: Read> SnapshotReader<R> {
         if matches!(self.r.inner.read(&mut extra), Ok(n) if n > 0) {
             return Err(self.corrupt("unexpected bytes after the checksum".into()));
         }
-        Ok(sessions)
+        Ok(SessionTable::from_parts(registered, salt, sessions))
+    }
+}
+
+/// The floor of a session read from the previous format: just below its oldest result if
+/// its window is full (older ones were forgotten), else 0.
+fn v2_floor(results: &BTreeMap<u64, wire::Reply>) -> u64 {
+    match results.first_key_value() {
+        Some((&lowest, _)) if results.len() >= SESSION_RESULTS_MAX => lowest.saturating_sub(1),
+        _ => 0,
     }
 }
 
@@ -362,7 +410,7 @@ pub fn write_merged(
     dir: &Path,
     slot: u64,
     delta: &Delta,
-    sessions: &BTreeMap<u64, SessionResults>,
+    sessions: &SessionTable,
 ) -> Result<u64, SnapshotError> {
     let base_path = dir.join(FILE_NAME);
     let mut base = match File::open(&base_path) {
@@ -461,13 +509,28 @@ mod tests {
     use bytes::Bytes;
     use wire::{Command, Session, WriteOp};
 
+    /// Three sessions (registered in slot 0) with a few writes each.
     fn sample() -> StateMachine {
         let mut sm = StateMachine::new();
-        for i in 0..20u64 {
+        let register = Command {
+            session: Session {
+                client_id: wire::NO_CLIENT_ID,
+                seq: 12345,
+            },
+            op: WriteOp::RegisterSession,
+        };
+        let ids: Vec<u64> = (0..3)
+            .filter_map(|_| match sm.apply(0, register.clone()).reply {
+                Ok(wire::Reply::SessionRegistered { client_id }) => Some(client_id),
+                _ => None,
+            })
+            .collect();
+        sm.finish_slot(0);
+        for i in 1..20u64 {
             let c = Command {
                 session: Session {
-                    client_id: i % 3,
-                    seq: i,
+                    client_id: ids[i as usize % 3],
+                    seq: i / 3 + 1,
                 },
                 op: WriteOp::Put {
                     key: Bytes::from(format!("k{i}")),
@@ -478,6 +541,57 @@ mod tests {
             sm.finish_slot(i);
         }
         sm
+    }
+
+    #[test]
+    fn the_sample_has_sessions() {
+        let sm = sample();
+        assert_eq!(sm.sessions().len(), 3);
+        assert!(sm
+            .sessions()
+            .sessions()
+            .values()
+            .all(|s| !s.results.is_empty()));
+    }
+
+    #[test]
+    fn a_snapshot_of_the_previous_format_is_read() {
+        let sm = sample();
+        let bytes = encode(&sm).unwrap_or_default();
+        // Rewrite as the previous format: no counter, salt or floors.
+        let mut old = MAGIC_V2.to_vec();
+        let keys_end = bytes.len() - 4 - sessions_bytes(&sm);
+        old.extend_from_slice(&bytes[8..keys_end]);
+        old.extend_from_slice(&(sm.sessions().len() as u64).to_le_bytes());
+        for (client, s) in sm.sessions().sessions() {
+            old.extend_from_slice(&client.to_le_bytes());
+            old.extend_from_slice(&s.last_slot.to_le_bytes());
+            old.extend_from_slice(&(s.results.len() as u32).to_le_bytes());
+            for (seq, reply) in &s.results {
+                old.extend_from_slice(&seq.to_le_bytes());
+                let r = wire::encode(reply).unwrap_or_default();
+                old.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                old.extend_from_slice(&r);
+            }
+        }
+        let crc = crc32c::crc32c(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        let back = decode(&old, Path::new("old")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.data(), sm.data());
+        assert_eq!(back.sessions().sessions(), sm.sessions().sessions());
+        assert_eq!(back.sessions().registered(), 0);
+    }
+
+    /// Bytes of the session part of `sm`'s snapshot (counter, salt and sessions).
+    fn sessions_bytes(sm: &StateMachine) -> usize {
+        let mut n = 8 + 8 + 8;
+        for s in sm.sessions().sessions().values() {
+            n += 8 + 8 + 8 + 4;
+            for reply in s.results.values() {
+                n += 8 + 4 + wire::encode(reply).map(|r| r.len()).unwrap_or(0);
+            }
+        }
+        n
     }
 
     #[test]
@@ -569,7 +683,7 @@ mod tests {
             };
             let c = Command {
                 session: Session {
-                    client_id: 9,
+                    client_id: wire::NO_CLIENT_ID,
                     seq: slot,
                 },
                 op,

@@ -1,20 +1,18 @@
 //! The replicated state machine: an ordered map of byte keys to byte values, plus the
-//! client sessions that make retried writes exactly-once.
+//! client sessions that make retried writes exactly-once ([`crate::sessions`]).
 //!
 //! Every replica applies the same commands in the same slot order, so everything here must
-//! be deterministic: no clocks, no randomness, no hash-map iteration order.
+//! be deterministic: no clocks, no randomness, no hash-map iteration order. A replica
+//! restored from a snapshot taken after any slot must then behave exactly like one that
+//! applied every slot itself (the property test `tests/session_determinism.rs` checks it).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
-use wire::{Command, Reply, Session, WriteOp};
+use wire::{Command, ErrorReply, Reply, Session, WriteOp};
 
-/// How many results a session keeps: a client may have up to this many writes in flight
-/// and still retry any of them safely.
-pub const SESSION_RESULTS_MAX: usize = wire::SESSION_WINDOW as usize;
-
-/// How many client sessions are kept; the least recently active one is forgotten first.
-pub const SESSIONS_MAX: usize = 10_000;
+use crate::sessions::{self, Known, SessionTable};
+pub use crate::sessions::{SessionResults, SESSIONS_MAX, SESSION_RESULTS_MAX};
 
 /// A key or value as stored: one exact-size allocation behind a 16-byte handle (a `Bytes`
 /// handle is 32 bytes, and sharing one adds another allocation per key and per value).
@@ -22,15 +20,6 @@ pub type Blob = Box<[u8]>;
 
 /// Keys changed since the last snapshot: the new value, or `None` for a deleted key.
 pub type Delta = BTreeMap<Blob, Option<Blob>>;
-
-/// Results of one client's recent writes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SessionResults {
-    /// The slot of this client's latest applied write (for forgetting idle sessions).
-    pub last_slot: u64,
-    /// seq -> the reply first given.
-    pub results: BTreeMap<u64, Reply>,
-}
 
 /// The store's data and sessions.
 #[derive(Debug, Default)]
@@ -41,17 +30,14 @@ pub struct StateMachine {
     /// A hash set: every write checks it, and a tree would add a walk through nodes that
     /// are seldom in cache; the order is only needed once per snapshot (`take_delta`).
     changed: HashSet<Blob>,
-    sessions: BTreeMap<u64, SessionResults>,
-    /// Clients by last activity, to find the idlest session quickly: (last_slot, client_id).
-    activity: VecDeque<(u64, u64)>,
+    sessions: SessionTable,
     /// Every slot below this has been applied.
     applied: u64,
     /// Bytes held by keys and values (for the status and memory figures).
     data_bytes: u64,
 }
 
-/// Two stores are equal when they hold the same data and sessions at the same slot (the
-/// activity index is derived state, rebuilt compactly from a snapshot).
+/// Two stores are equal when they hold the same data and sessions at the same slot.
 impl PartialEq for StateMachine {
     fn eq(&self, other: &Self) -> bool {
         self.applied == other.applied && self.data == other.data && self.sessions == other.sessions
@@ -63,38 +49,46 @@ impl Eq for StateMachine {}
 /// What applying a command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
-    /// The session of the command.
+    /// The session of the command (client id [`wire::NO_CLIENT_ID`] and the proposer's tag
+    /// for a command without a session).
     pub session: Session,
-    /// The reply for the client.
-    pub reply: Reply,
-    /// False if the command was a retry of one applied earlier (and was not applied again).
+    /// The answer for the client: a reply, or [`ErrorReply::SessionExpired`].
+    pub reply: Result<Reply, ErrorReply>,
+    /// True if the command changed the state: executed, or a session registered. False for
+    /// a retry of a write applied earlier, and for a write refused as expired.
     pub fresh: bool,
 }
 
 impl StateMachine {
-    /// An empty store.
+    /// An empty store with a session table of [`SESSIONS_MAX`].
     pub fn new() -> Self {
         StateMachine::default()
     }
 
-    /// Rebuilds a store from snapshot contents.
-    pub fn from_parts(
-        applied: u64,
-        data: BTreeMap<Blob, Blob>,
-        sessions: BTreeMap<u64, SessionResults>,
-    ) -> Self {
+    /// An empty store whose session table holds at most `sessions_max` sessions.
+    pub fn with_sessions_max(sessions_max: usize) -> Self {
+        let mut sm = StateMachine::new();
+        sm.set_sessions_max(sessions_max);
+        sm
+    }
+
+    /// Rebuilds a store from snapshot contents (with a session table of [`SESSIONS_MAX`]
+    /// until [`StateMachine::set_sessions_max`] says otherwise).
+    pub fn from_parts(applied: u64, data: BTreeMap<Blob, Blob>, sessions: SessionTable) -> Self {
         let data_bytes = data.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        let mut activity: Vec<(u64, u64)> =
-            sessions.iter().map(|(&c, s)| (s.last_slot, c)).collect();
-        activity.sort_unstable();
         StateMachine {
             data,
             changed: HashSet::new(),
             sessions,
-            activity: activity.into(),
             applied,
             data_bytes,
         }
+    }
+
+    /// Sets the session table's capacity. Every replica of a cluster must use the same: it
+    /// decides which session is forgotten when.
+    pub fn set_sessions_max(&mut self, sessions_max: usize) {
+        self.sessions.set_sessions_max(sessions_max);
     }
 
     /// Every slot below this has been applied.
@@ -157,17 +151,24 @@ impl StateMachine {
         self.changed.len()
     }
 
-    /// The sessions, by client id.
-    pub fn sessions(&self) -> &BTreeMap<u64, SessionResults> {
+    /// The session table.
+    pub fn sessions(&self) -> &SessionTable {
         &self.sessions
     }
 
     /// The first reply given to this session's write, if it was applied and is remembered.
     pub fn result_of(&self, session: &Session) -> Option<&Reply> {
-        self.sessions
-            .get(&session.client_id)?
-            .results
-            .get(&session.seq)
+        match self.sessions.known(session) {
+            Known::Applied(reply) => Some(reply),
+            Known::Expired | Known::New => None,
+        }
+    }
+
+    /// The answer to `session`'s write that applying it could not change: a remembered
+    /// reply, or "session expired" when the table has certainly forgotten it. A replica
+    /// answers these without going through the log.
+    pub fn settled(&self, session: &Session) -> Option<Result<Reply, ErrorReply>> {
+        self.sessions.settled(session)
     }
 
     /// Marks `slot` applied without a command (a no-op or an undecodable value).
@@ -178,21 +179,42 @@ impl StateMachine {
 
     /// Applies one command chosen in `slot`. The caller applies every command of a slot in
     /// order, then calls [`StateMachine::finish_slot`].
+    ///
+    /// A command without a session is executed (or registers a session); a command of a
+    /// session is executed only if the session table knows it has never been applied, and
+    /// answered from the table or refused as expired otherwise.
     pub fn apply(&mut self, slot: u64, command: Command) -> Applied {
+        debug_assert!(slot >= self.applied, "slots are applied in order");
         let session = command.session;
-        if let Some(reply) = self.result_of(&session) {
+        if let WriteOp::RegisterSession = command.op {
+            let client_id = self.sessions.register(slot, session.seq);
             return Applied {
                 session,
-                reply: reply.clone(),
-                fresh: false,
+                reply: Ok(Reply::SessionRegistered { client_id }),
+                fresh: true,
             };
         }
-        let reply = self.execute(command.op);
-        self.remember(slot, session, reply.clone());
+        if command.is_sessionless() {
+            return Applied {
+                session,
+                reply: Ok(self.execute(command.op)),
+                fresh: true,
+            };
+        }
+        self.sessions.touch(slot, session.client_id);
+        let (reply, fresh) = match self.sessions.known(&session) {
+            Known::Applied(reply) => (Ok(reply.clone()), false),
+            Known::Expired => (Err(sessions::expired(&session)), false),
+            Known::New => {
+                let reply = self.execute(command.op);
+                self.sessions.record(slot, session, reply.clone());
+                (Ok(reply), true)
+            }
+        };
         Applied {
             session,
             reply,
-            fresh: true,
+            fresh,
         }
     }
 
@@ -222,6 +244,8 @@ impl StateMachine {
                     }
                 }
             }
+            // Handled by `apply` before any data operation; kept total for safety.
+            WriteOp::RegisterSession => Reply::Written,
         }
     }
 
@@ -257,36 +281,6 @@ impl StateMachine {
             self.changed.insert(key.into());
         }
     }
-
-    fn remember(&mut self, slot: u64, session: Session, reply: Reply) {
-        let entry = self.sessions.entry(session.client_id).or_default();
-        entry.last_slot = slot;
-        entry.results.insert(session.seq, reply);
-        while entry.results.len() > SESSION_RESULTS_MAX {
-            entry.results.pop_first();
-        }
-        self.activity.push_back((slot, session.client_id));
-        // Forget the idlest sessions beyond the limit. `activity` may hold stale pairs for
-        // clients active again since; those are skipped.
-        while self.sessions.len() > SESSIONS_MAX {
-            let Some((at, client)) = self.activity.pop_front() else {
-                break;
-            };
-            if self
-                .sessions
-                .get(&client)
-                .is_some_and(|s| s.last_slot == at)
-            {
-                self.sessions.remove(&client);
-            }
-        }
-        // Keep the activity queue from growing without bound under a steady load.
-        if self.activity.len() > 4 * SESSIONS_MAX.max(self.sessions.len()) {
-            let sessions = &self.sessions;
-            self.activity
-                .retain(|(at, c)| sessions.get(c).is_some_and(|s| s.last_slot == *at));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -307,73 +301,143 @@ mod tests {
         }
     }
 
+    /// Registers a session in `slot`; returns its client id.
+    fn register(sm: &mut StateMachine, slot: u64) -> u64 {
+        let applied = sm.apply(slot, cmd(wire::NO_CLIENT_ID, 77, WriteOp::RegisterSession));
+        match applied.reply {
+            Ok(Reply::SessionRegistered { client_id }) => client_id,
+            other => panic!("registration answered {other:?}"),
+        }
+    }
+
     #[test]
     fn put_delete_cas() {
         let mut sm = StateMachine::new();
-        assert_eq!(sm.apply(0, cmd(1, 1, put("k", "a"))).reply, Reply::Written);
+        let c = register(&mut sm, 0);
+        assert_eq!(
+            sm.apply(0, cmd(c, 1, put("k", "a"))).reply,
+            Ok(Reply::Written)
+        );
         let cas = |expected: Option<&'static str>, new: &'static str| WriteOp::Cas {
             key: Bytes::from_static(b"k"),
             expected: expected.map(|e| Bytes::from_static(e.as_bytes())),
             new: Bytes::from_static(new.as_bytes()),
         };
         assert_eq!(
-            sm.apply(1, cmd(1, 2, cas(Some("x"), "b"))).reply,
-            Reply::Mismatch {
+            sm.apply(1, cmd(c, 2, cas(Some("x"), "b"))).reply,
+            Ok(Reply::Mismatch {
                 current: Some(Bytes::from_static(b"a"))
-            }
+            })
         );
         assert_eq!(
-            sm.apply(2, cmd(1, 3, cas(Some("a"), "b"))).reply,
-            Reply::Swapped
+            sm.apply(2, cmd(c, 3, cas(Some("a"), "b"))).reply,
+            Ok(Reply::Swapped)
         );
         assert_eq!(sm.get(b"k"), Some(&b"b"[..]));
         assert_eq!(
-            sm.apply(3, cmd(1, 4, cas(None, "c"))).reply,
-            Reply::Mismatch {
+            sm.apply(3, cmd(c, 4, cas(None, "c"))).reply,
+            Ok(Reply::Mismatch {
                 current: Some(Bytes::from_static(b"b"))
-            }
+            })
         );
         let del = WriteOp::Delete {
             key: Bytes::from_static(b"k"),
         };
         assert_eq!(
-            sm.apply(4, cmd(1, 5, del.clone())).reply,
-            Reply::Deleted { existed: true }
+            sm.apply(4, cmd(c, 5, del.clone())).reply,
+            Ok(Reply::Deleted { existed: true })
         );
         assert_eq!(
-            sm.apply(5, cmd(1, 6, del)).reply,
-            Reply::Deleted { existed: false }
+            sm.apply(5, cmd(c, 6, del)).reply,
+            Ok(Reply::Deleted { existed: false })
         );
-        assert_eq!(sm.apply(6, cmd(1, 7, cas(None, "d"))).reply, Reply::Swapped);
+        assert_eq!(
+            sm.apply(6, cmd(c, 7, cas(None, "d"))).reply,
+            Ok(Reply::Swapped)
+        );
         assert_eq!(sm.data_bytes(), 2);
     }
 
     #[test]
     fn a_retried_write_is_applied_once_and_answers_its_first_result() {
         let mut sm = StateMachine::new();
-        let first = sm.apply(0, cmd(7, 1, put("k", "v1")));
+        let a = register(&mut sm, 0);
+        let b = register(&mut sm, 0);
+        let first = sm.apply(1, cmd(a, 1, put("k", "v1")));
         assert!(first.fresh);
         // Someone else overwrites; then the first write is retried.
-        sm.apply(1, cmd(8, 1, put("k", "v2")));
-        let retry = sm.apply(2, cmd(7, 1, put("k", "v1")));
+        sm.apply(2, cmd(b, 1, put("k", "v2")));
+        let retry = sm.apply(3, cmd(a, 1, put("k", "v1")));
         assert!(!retry.fresh);
-        assert_eq!(retry.reply, Reply::Written);
+        assert_eq!(retry.reply, Ok(Reply::Written));
         assert_eq!(sm.get(b"k"), Some(&b"v2"[..]));
+        assert_eq!(
+            sm.settled(&Session {
+                client_id: a,
+                seq: 1
+            }),
+            Some(Ok(Reply::Written))
+        );
+    }
+
+    #[test]
+    fn a_write_of_an_unknown_or_evicted_session_is_refused_not_executed() {
+        let mut sm = StateMachine::with_sessions_max(2);
+        let a = register(&mut sm, 0);
+        let del = WriteOp::Delete {
+            key: Bytes::from_static(b"k"),
+        };
+        assert_eq!(
+            sm.apply(1, cmd(a, 1, del.clone())).reply,
+            Ok(Reply::Deleted { existed: false })
+        );
+        // Two newer sessions push `a` out; one of them writes the key.
+        let b = register(&mut sm, 2);
+        register(&mut sm, 3);
+        sm.apply(4, cmd(b, 1, put("k", "later")));
+        // The retried delete must not remove the later write.
+        let retry = sm.apply(5, cmd(a, 1, del));
+        assert_eq!(retry.reply, Err(sessions::expired(&retry.session)));
+        assert!(!retry.fresh);
+        assert_eq!(sm.get(b"k"), Some(&b"later"[..]));
+        // An id never handed out is refused the same way.
+        let stranger = sm.apply(6, cmd(a ^ b ^ 1, 1, put("k", "stranger")));
+        assert!(matches!(
+            stranger.reply,
+            Err(ErrorReply::SessionExpired { .. })
+        ));
+        assert_eq!(sm.get(b"k"), Some(&b"later"[..]));
+    }
+
+    #[test]
+    fn writes_without_a_session_take_no_room_in_the_session_table() {
+        let mut sm = StateMachine::with_sessions_max(2);
+        let a = register(&mut sm, 0);
+        sm.apply(1, cmd(a, 1, put("k", "a")));
+        for slot in 2..100 {
+            let applied = sm.apply(slot, cmd(wire::NO_CLIENT_ID, slot, put("other", "x")));
+            assert_eq!(applied.reply, Ok(Reply::Written));
+        }
+        assert_eq!(sm.sessions().len(), 1);
+        let retry = sm.apply(100, cmd(a, 1, put("k", "a")));
+        assert!(!retry.fresh, "the session is still known");
     }
 
     #[test]
     fn sessions_remember_a_bounded_window() {
         let mut sm = StateMachine::new();
-        for seq in 0..(SESSION_RESULTS_MAX as u64 + 10) {
-            sm.apply(seq, cmd(1, seq, put("k", "v")));
+        let c = register(&mut sm, 0);
+        for seq in 1..=(SESSION_RESULTS_MAX as u64 + 10) {
+            sm.apply(seq, cmd(c, seq, put("k", "v")));
         }
         let s = Session {
-            client_id: 1,
-            seq: 0,
+            client_id: c,
+            seq: 1,
         };
         assert_eq!(sm.result_of(&s), None);
+        assert_eq!(sm.settled(&s), Some(Err(sessions::expired(&s))));
         let recent = Session {
-            client_id: 1,
+            client_id: c,
             seq: SESSION_RESULTS_MAX as u64 + 9,
         };
         assert_eq!(sm.result_of(&recent), Some(&Reply::Written));
@@ -390,7 +454,7 @@ mod delta_tests {
         let mut sm = StateMachine::new();
         let put = |k: &'static str, v: &'static str| Command {
             session: Session {
-                client_id: 1,
+                client_id: wire::NO_CLIENT_ID,
                 seq: 0,
             },
             op: WriteOp::Put {
@@ -409,7 +473,7 @@ mod delta_tests {
         apply(&mut sm, put("b", "x"));
         let del = Command {
             session: Session {
-                client_id: 1,
+                client_id: wire::NO_CLIENT_ID,
                 seq: 0,
             },
             op: WriteOp::Delete {

@@ -143,13 +143,36 @@ async fn call(conn: &mut Conn, req: ClientRequest) -> ClientResponse {
     }
 }
 
-/// Sends a write until the single replica has become leader and applied it.
-async fn put(conn: &mut Conn, seq: u64, key: &str, value: &str) {
+/// Registers a write session once the single replica has become leader; returns its id.
+async fn register(conn: &mut Conn) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = ClientRequest {
+            id: 1_000_000,
+            session: None,
+            op: Op::RegisterSession,
+        };
+        match call(conn, req).await.result {
+            Ok(Reply::SessionRegistered { client_id }) => return client_id,
+            Err(ErrorReply::Unavailable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("registration failed: {other:?}"),
+        }
+    }
+}
+
+/// Sends write `seq` of session `client` until the single replica has become leader and
+/// applied it.
+async fn put(conn: &mut Conn, client: u64, seq: u64, key: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let req = ClientRequest {
             id: seq,
-            session: Some(Session { client_id: 42, seq }),
+            session: Some(Session {
+                client_id: client,
+                seq,
+            }),
             op: Op::Put {
                 key: Bytes::from(key.to_string()),
                 value: Bytes::from(value.to_string()),
@@ -188,7 +211,8 @@ async fn bad_input_is_refused_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start(&dir.path().join("node"));
     let mut good = connect_ready(&server.client_addr).await;
-    put(&mut good, 1, "k", "v").await;
+    let me = register(&mut good).await;
+    put(&mut good, me, 1, "k", "v").await;
 
     // Garbage instead of a handshake: refused with a reason, connection closed.
     let mut raw = TcpStream::connect(&server.client_addr)
@@ -288,7 +312,7 @@ async fn bad_input_is_refused_and_the_server_keeps_serving() {
     }
 
     // Through all of that, the first client is still served.
-    put(&mut good, 2, "k", "v2").await;
+    put(&mut good, me, 2, "k", "v2").await;
     assert_eq!(
         get(&mut good, 3, "k").await,
         Some(Bytes::from_static(b"v2"))
@@ -301,13 +325,14 @@ async fn acknowledged_writes_survive_kill_9_and_retries_apply_once() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut server = Server::start(&dir.path().join("node"));
     let mut c = connect_ready(&server.client_addr).await;
+    let me = register(&mut c).await;
     for i in 0..50u64 {
-        put(&mut c, i, &format!("key{i}"), &format!("value{i}")).await;
+        put(&mut c, me, i + 1, &format!("key{i}"), &format!("value{i}")).await;
     }
     server = server.restart();
     let mut c = connect_ready(&server.client_addr).await;
     // The first write that gets an answer proves the replica leads again.
-    put(&mut c, 1000, "after", "restart").await;
+    put(&mut c, me, 1000, "after", "restart").await;
     for i in 0..50u64 {
         let v = get(&mut c, 5000 + i, &format!("key{i}")).await;
         assert_eq!(
@@ -316,13 +341,13 @@ async fn acknowledged_writes_survive_kill_9_and_retries_apply_once() {
             "key{i} lost after kill -9"
         );
     }
-    // Retrying write seq 3 (already applied before the crash) must not apply it again.
-    put(&mut c, 2000, "key3", "changed").await;
+    // Retrying write seq 4 (key3, applied before the crash) must not apply it again.
+    put(&mut c, me, 2000, "key3", "changed").await;
     let retry = ClientRequest {
         id: 9,
         session: Some(Session {
-            client_id: 42,
-            seq: 3,
+            client_id: me,
+            seq: 4,
         }),
         op: Op::Put {
             key: Bytes::from_static(b"key3"),
@@ -352,8 +377,16 @@ async fn damaged_log_stops_the_replica_but_a_torn_tail_is_repaired() {
     let data = dir.path().join("node");
     let mut server = Server::start(&data);
     let mut c = connect_ready(&server.client_addr).await;
+    let me = register(&mut c).await;
     for i in 0..20u64 {
-        put(&mut c, i, &format!("key{i}"), "some value to make records").await;
+        put(
+            &mut c,
+            me,
+            i + 1,
+            &format!("key{i}"),
+            "some value to make records",
+        )
+        .await;
     }
     server.kill9();
 
@@ -372,7 +405,7 @@ async fn damaged_log_stops_the_replica_but_a_torn_tail_is_repaired() {
     drop(f);
     server = server.spawn();
     let mut c = connect_ready(&server.client_addr).await;
-    put(&mut c, 100, "post", "repair").await;
+    put(&mut c, me, 100, "post", "repair").await;
     assert_eq!(
         get(&mut c, 101, "key19").await,
         Some(Bytes::from_static(b"some value to make records"))

@@ -15,8 +15,14 @@ pub const KEY_BYTES_MAX: usize = 4 * 1024;
 
 /// How many recent write results a replica remembers per client session. A client must
 /// not have more than this many writes in flight (sequence numbers spanning more than this
-/// window), or a retry of the oldest could find its result forgotten and be applied again.
+/// window): a write more than this many sequence numbers below the session's newest
+/// applied write is answered [`ErrorReply::SessionExpired`] and never applied.
 pub const SESSION_WINDOW: u64 = 1024;
+
+/// The client id that means "no session": the replicated log uses it for writes sent
+/// without a session and for [`Op::RegisterSession`]. Registered sessions never get it,
+/// and a request carrying it in its [`Session`] is refused as invalid.
+pub const NO_CLIENT_ID: u64 = 0;
 
 /// Longest value, in bytes (1 MiB).
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
@@ -32,17 +38,25 @@ pub struct ClientRequest {
     /// carries it back.
     pub id: u64,
     /// For exactly-once writes: a write retried (on this or another connection) carries the
-    /// same session, and the cluster applies it at most once. `None` for reads and for
-    /// writes that may be applied twice.
+    /// same session, and the cluster applies it at most once. The session's client id must
+    /// have been obtained with [`Op::RegisterSession`]; a write of a session the cluster
+    /// does not know (never registered, or forgotten since) is answered
+    /// [`ErrorReply::SessionExpired`] and not applied.
+    ///
+    /// `None` for reads, for [`Op::RegisterSession`], and for writes that may be applied
+    /// twice when retried (they take no room in the cluster's session table).
     pub session: Option<Session>,
     /// What to do.
     pub op: Op,
 }
 
 /// Identifies a write for deduplication: the `seq`-th write of client `client_id`.
+///
+/// `client_id` is assigned by the cluster ([`Reply::SessionRegistered`]); `seq` starts at 1
+/// and increases by one per new write of the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Session {
-    /// A client's id, unique in the cluster (chosen at random by the client).
+    /// The session's id, assigned by the cluster when the session was registered.
     pub client_id: u64,
     /// The write's sequence number within the client, increasing by one per new write.
     pub seq: u64,
@@ -91,6 +105,11 @@ pub enum Op {
     },
     /// Asks the receiving node how it is. Answered with [`Reply::Status`].
     Status,
+    /// Opens a write session: goes through the replicated log like a write and is answered
+    /// with [`Reply::SessionRegistered`] carrying a client id never handed out before.
+    /// Sent without a session. Retrying it is harmless: at worst it registers a session
+    /// nobody uses, which the cluster forgets in time.
+    RegisterSession,
 }
 
 impl Op {
@@ -101,11 +120,13 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => Some(key),
-            Op::Status => None,
+            Op::Status | Op::RegisterSession => None,
         }
     }
 
     /// Whether this operation changes the store (and so goes through the replicated log).
+    /// [`Op::RegisterSession`] goes through the log too, but changes no key: it is not a
+    /// write.
     pub fn is_write(&self) -> bool {
         matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
     }
@@ -148,6 +169,12 @@ pub enum Reply {
     },
     /// The answer to [`Op::Status`].
     Status(Box<NodeStatus>),
+    /// The answer to [`Op::RegisterSession`]: the new session's client id (never
+    /// [`NO_CLIENT_ID`]). Its first write has `seq` 1.
+    SessionRegistered {
+        /// The id to put in every [`Session`] of this session's writes.
+        client_id: u64,
+    },
 }
 
 /// A failed outcome. The text of each is meant to be printed by a command-line client.
@@ -194,6 +221,23 @@ pub enum ErrorReply {
     /// The operation did not complete in time, and it may or may not have been applied.
     #[error("timed out: the outcome is unknown (the operation may or may not have been applied)")]
     Timeout,
+    /// The write's session is not known to the cluster (it was forgotten to make room for
+    /// newer sessions, or never registered), or its sequence number is older than the
+    /// results the session still remembers. The cluster can no longer tell whether an
+    /// earlier attempt of this write was applied, so this attempt was **not** applied, and
+    /// no later attempt with the same session and sequence number ever will be. Read the
+    /// data to learn whether an earlier attempt took effect; a new write needs a new
+    /// session ([`Op::RegisterSession`]) if the session itself is unknown.
+    #[error(
+        "session expired: write {seq} of session {client_id} is no longer remembered, so it \
+         was not applied now (an earlier attempt may or may not have been)"
+    )]
+    SessionExpired {
+        /// The session's client id.
+        client_id: u64,
+        /// The write's sequence number.
+        seq: u64,
+    },
 }
 
 fn leader_hint(leader: Option<u64>, leader_addr: Option<&str>) -> String {
@@ -226,7 +270,7 @@ pub fn validate(op: &Op) -> Result<(), ErrorReply> {
             }
             check_size("value", new, VALUE_BYTES_MAX)
         }
-        Op::Get { .. } | Op::Delete { .. } | Op::Status => Ok(()),
+        Op::Get { .. } | Op::Delete { .. } | Op::Status | Op::RegisterSession => Ok(()),
     }
 }
 

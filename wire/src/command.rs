@@ -14,6 +14,12 @@ use crate::WireError;
 pub struct Command {
     /// Deduplicates retried writes: a command whose session was already applied is not
     /// applied again and answers with the first result.
+    ///
+    /// A command without a session (a write sent without one, or
+    /// [`WriteOp::RegisterSession`]) has `client_id` [`crate::NO_CLIENT_ID`]; its `seq` is
+    /// then a random tag the proposing replica uses to find the waiting client, and the
+    /// first registration ever applied also takes it as the salt of the client ids it
+    /// hands out.
     pub session: Session,
     /// The change.
     pub op: WriteOp,
@@ -43,9 +49,16 @@ pub enum WriteOp {
         /// The new value.
         new: Bytes,
     },
+    /// Register a new client session (see [`crate::Op::RegisterSession`]). Changes no key.
+    RegisterSession,
 }
 
 impl Command {
+    /// True for a command without a session: its `session.seq` is only a tag.
+    pub fn is_sessionless(&self) -> bool {
+        self.session.client_id == crate::NO_CLIENT_ID
+    }
+
     /// Encodes the command for proposing.
     pub fn encode(&self) -> Result<Bytes, WireError> {
         crate::encode(self)

@@ -109,7 +109,7 @@ mod error;
 
 pub use client::{
     validate, ClientRequest, ClientResponse, ErrorReply, Op, ReadConsistency, Reply, Session,
-    KEY_BYTES_MAX, SESSION_WINDOW, VALUE_BYTES_MAX,
+    KEY_BYTES_MAX, NO_CLIENT_ID, SESSION_WINDOW, VALUE_BYTES_MAX,
 };
 pub use codec::{
     decode, encode, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,

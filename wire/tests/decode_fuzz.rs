@@ -31,6 +31,7 @@ fn any_op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(key, expected, new)| Op::Cas { key, expected, new }),
         Just(Op::Status),
+        Just(Op::RegisterSession),
     ]
 }
 

@@ -51,6 +51,7 @@ fn all_ops() -> Vec<Op> {
             new: key("new"),
         },
         Op::Status,
+        Op::RegisterSession,
     ]
 }
 
@@ -99,6 +100,7 @@ fn all_results() -> Vec<Result<Reply, ErrorReply>> {
         }),
         Ok(Reply::Mismatch { current: None }),
         Ok(Reply::Status(Box::new(status()))),
+        Ok(Reply::SessionRegistered { client_id: 17 }),
         Err(ErrorReply::NotLeader {
             leader: Some(1),
             leader_addr: Some("10.0.0.1:7001".into()),
@@ -121,6 +123,10 @@ fn all_results() -> Vec<Result<Reply, ErrorReply>> {
         }),
         Err(ErrorReply::ShuttingDown),
         Err(ErrorReply::Timeout),
+        Err(ErrorReply::SessionExpired {
+            client_id: 17,
+            seq: 3,
+        }),
     ]
 }
 
@@ -283,6 +289,8 @@ fn errors_print_for_a_cli() {
             "invalid request: the key is empty",
             "the node is shutting down",
             "timed out: the outcome is unknown (the operation may or may not have been applied)",
+            "session expired: write 3 of session 17 is no longer remembered, so it was not \
+             applied now (an earlier attempt may or may not have been)",
         ]
     );
 }
@@ -291,6 +299,12 @@ fn errors_print_for_a_cli() {
 fn op_helpers() {
     assert_eq!(Op::Status.key(), None);
     assert!(!Op::Status.is_write());
+    assert_eq!(Op::RegisterSession.key(), None);
+    assert!(!Op::RegisterSession.is_write());
+    assert_eq!(wire::validate(&Op::RegisterSession), Ok(()));
     let writes: Vec<bool> = all_ops().iter().map(Op::is_write).collect();
-    assert_eq!(writes, [false, false, true, true, true, true, true, false]);
+    assert_eq!(
+        writes,
+        [false, false, true, true, true, true, true, false, false]
+    );
 }

@@ -1,4 +1,5 @@
-//! Standard base64 (RFC 4648, with padding), to show non-UTF-8 values in JSON output.
+//! Standard base64 (RFC 4648, with padding), to show non-UTF-8 values in JSON output and
+//! to print retry tokens.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -24,9 +25,45 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 with `=` padding; `None` if `text` is not that.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i + 1 == bytes.len() / 4;
+        let padding = chunk.iter().rev().take_while(|&&b| b == b'=').count();
+        if padding > 2 || (padding > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &b in &chunk[..4 - padding] {
+            let index = ALPHABET.iter().position(|&a| a == b)?;
+            n = (n << 6) | index as u32;
+        }
+        n <<= 6 * padding as u32;
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&decoded[..3 - padding]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::encode;
+    use super::{decode, encode};
+
+    #[test]
+    fn decoding_inverts_encoding_and_refuses_garbage() {
+        for len in 0..40u8 {
+            let bytes: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(decode(&encode(&bytes)), Some(bytes));
+        }
+        for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9*", "é"] {
+            assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn matches_rfc_4648_test_vectors() {

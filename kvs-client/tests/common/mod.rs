@@ -1,5 +1,7 @@
 //! A fake kvs node for tests: a real TCP listener that runs wire's server handshake, then
 //! answers each request as the test's script says, and records everything it receives.
+//! Session registrations are answered by the fake itself (client ids 7, 8, 9, ... per fake
+//! node), counted apart and not shown to the script.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -55,8 +57,12 @@ pub fn respond(request: &ClientRequest, result: Result<Reply, ErrorReply>) -> Ac
     }])
 }
 
+/// The client id a fake node hands out first.
+pub const FIRST_CLIENT_ID: u64 = 7;
+
 struct Recorder {
     requests: Mutex<Vec<ClientRequest>>,
+    registrations: AtomicUsize,
     connections: AtomicUsize,
     changed: Notify,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -80,6 +86,7 @@ impl FakeServer {
         let addr = listener.local_addr().expect("local addr").to_string();
         let recorder = Arc::new(Recorder {
             requests: Mutex::new(Vec::new()),
+            registrations: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             changed: Notify::new(),
             tasks: Mutex::new(Vec::new()),
@@ -108,6 +115,11 @@ impl FakeServer {
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<ClientRequest> {
         self.recorder.requests.lock().unwrap().clone()
+    }
+
+    /// Session registrations answered so far.
+    pub fn registrations(&self) -> usize {
+        self.recorder.registrations.load(Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.
@@ -157,8 +169,14 @@ async fn serve(
     let mut state = ConnState::default();
     while let Some(Ok(frame)) = framed.next().await {
         let request: ClientRequest = wire::decode(&frame).expect("a valid request");
-        recorder.requests.lock().unwrap().push(request.clone());
-        let action = script(&request, &mut state);
+        let action = if request.op == Op::RegisterSession {
+            let n = recorder.registrations.fetch_add(1, Ordering::SeqCst) as u64;
+            let client_id = FIRST_CLIENT_ID + n;
+            respond(&request, Ok(Reply::SessionRegistered { client_id }))
+        } else {
+            recorder.requests.lock().unwrap().push(request.clone());
+            script(&request, &mut state)
+        };
         recorder.changed.notify_waiters();
         match action {
             Action::Respond(responses) => {
@@ -235,6 +253,7 @@ pub fn store_script(id: u64) -> Script {
                 }
             }
             Op::Status => Reply::Status(Box::new(node_status(id, "fake", NodeRole::Leader))),
+            Op::RegisterSession => unreachable!("the fake answers registrations itself"),
         })
     })
 }
