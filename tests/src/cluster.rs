@@ -12,7 +12,9 @@
 //! Faults: processes ([`Cluster::kill`], [`Cluster::restart`], [`Cluster::pause`],
 //! [`Cluster::resume`], [`Cluster::terminate`]) and the network ([`Cluster::cut_link`],
 //! [`Cluster::isolate`], [`Cluster::partition`], [`Cluster::ring`], [`Cluster::bridge`],
-//! [`Cluster::cut_client`], [`Cluster::heal_all`]). Every method takes `&self`, so a nemesis
+//! [`Cluster::cut_client`], [`Cluster::heal_all`]). Healing reports what crossed each blocked
+//! proxy while it was cut ([`HealReport`]): nothing, unless a cut did not take effect.
+//! [`Cluster::kill_verified`] proves that a killed node is gone. Every method takes `&self`, so a nemesis
 //! task can share the cluster (in an `Arc`) with client tasks. Process methods block the
 //! calling thread briefly (reaping a killed process; [`Cluster::terminate`] up to its bound);
 //! the proxies run on their own runtime and keep working meanwhile.
@@ -33,9 +35,11 @@ mod wait;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -44,13 +48,13 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use tempfile::TempDir;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Leak, Proxy};
 
 pub use binary::{find_server_binary, SERVER_BIN_ENV};
 pub use layout::{Layout, ReservedPort};
 pub use network::Link;
 pub use options::ClusterOptions;
-pub use process::process_exists;
+pub use process::{process_exists, process_start_ticks};
 pub use wait::{wait_for, wait_until, wait_until_blocking};
 
 /// Network shapes as sets of links to cut (pure functions, usable without a cluster).
@@ -113,6 +117,9 @@ impl Cluster {
             }
             for &id in &ids {
                 client_proxies.insert(id, Proxy::start(client_listen[&id])?);
+            }
+            for proxy in peer_proxies.values().chain(client_proxies.values()) {
+                proxy.set_fake_faults(opts.fake_network_faults);
             }
         }
         let layout = Layout {
@@ -207,6 +214,39 @@ impl Cluster {
     /// Kills node `id` with SIGKILL and reaps it. Fails if it is not running.
     pub fn kill(&self, id: u64) -> anyhow::Result<()> {
         self.node(id)?.kill().map(drop)
+    }
+
+    /// Kills node `id` with SIGKILL, reaps it, and proves that it is gone: it ended by SIGKILL,
+    /// its pid no longer names it (no `/proc/<pid>`, or one of a process started later), and
+    /// its client address refuses connections. Fails, saying which, if any of that is not so.
+    pub fn kill_verified(&self, id: u64) -> anyhow::Result<KillEvidence> {
+        let (pid, started) = {
+            let mut node = self.node(id)?;
+            ensure!(node.is_running(), "node {id} is not running");
+            let pid = node.pid().context("a running node has a pid")?;
+            (pid, process_start_ticks(pid))
+        };
+        let status = self.node(id)?.kill()?;
+        ensure!(
+            status.signal() == Some(libc::SIGKILL),
+            "node {id} (pid {pid}) did not end by SIGKILL: {status:?}"
+        );
+        let now = process_start_ticks(pid);
+        ensure!(
+            now.is_none() || now != started,
+            "node {id}'s pid {pid} still names the same process after SIGKILL and reaping"
+        );
+        let addr = self.layout.client_listen[&id];
+        let refused = match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        };
+        ensure!(
+            refused,
+            "node {id} was SIGKILLed and reaped, yet its client address {addr} did not refuse a \
+             connection"
+        );
+        Ok(KillEvidence { id, pid, status })
     }
 
     /// Kills every running node (SIGKILL) and reaps them.
@@ -334,16 +374,17 @@ impl Cluster {
         self.cut_links(&BTreeSet::from([(from, to)]))
     }
 
-    /// Restores the link `from` → `to` (clears every fault of its proxy).
-    pub fn heal_link(&self, from: u64, to: u64) -> anyhow::Result<()> {
+    /// Restores the link `from` → `to` (clears every fault of its proxy); returns what crossed
+    /// it while it was blocked, `None` if it was not.
+    pub fn heal_link(&self, from: u64, to: u64) -> anyhow::Result<Option<Leak>> {
         self.require_proxies()?;
         let proxy = self
             .peer_proxies
             .get(&(from, to))
             .with_context(|| format!("no link ({from}, {to})"))?;
-        proxy.heal();
+        let leak = proxy.heal();
         lock(&self.cut).remove(&(from, to));
-        Ok(())
+        Ok(leak)
     }
 
     /// Adds cuts: every link into and out of node `id`.
@@ -381,10 +422,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Lets clients reach node `id` again.
-    pub fn heal_client(&self, id: u64) -> anyhow::Result<()> {
-        self.client_proxy_of(id)?.heal();
-        Ok(())
+    /// Lets clients reach node `id` again; returns what crossed its client proxy while it was
+    /// blocked, `None` if it was not.
+    pub fn heal_client(&self, id: u64) -> anyhow::Result<Option<Leak>> {
+        Ok(self.client_proxy_of(id)?.heal())
     }
 
     fn client_proxy_of(&self, id: u64) -> anyhow::Result<&Proxy> {
@@ -395,17 +436,23 @@ impl Cluster {
     }
 
     /// Clears every network fault: all peer and client proxies are healed (including delays
-    /// and one-way cuts set directly on a proxy).
-    pub fn heal_all(&self) {
+    /// and one-way cuts set directly on a proxy). Returns what crossed every proxy that was
+    /// blocked, while it was.
+    pub fn heal_all(&self) -> HealReport {
         let mut cut = lock(&self.cut);
-        for proxy in self
-            .peer_proxies
-            .values()
-            .chain(self.client_proxies.values())
-        {
-            proxy.heal();
+        let mut report = HealReport::default();
+        for (&link, proxy) in &self.peer_proxies {
+            if let Some(leak) = proxy.heal() {
+                report.links.insert(link, leak);
+            }
+        }
+        for (&id, proxy) in &self.client_proxies {
+            if let Some(leak) = proxy.heal() {
+                report.clients.insert(id, leak);
+            }
         }
         cut.clear();
+        report
     }
 
     // --- files ----------------------------------------------------------------------------
@@ -444,6 +491,58 @@ impl Cluster {
             let _ = dir.keep();
         }
         self.root.clone()
+    }
+}
+
+/// What crossed the proxies that a heal unblocked, while they were blocked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealReport {
+    /// Every peer link that was blocked, with what crossed it.
+    pub links: BTreeMap<Link, Leak>,
+    /// Every client proxy that was blocked (by node), with what crossed it.
+    pub clients: BTreeMap<u64, Leak>,
+}
+
+impl HealReport {
+    /// Number of proxies that were blocked.
+    pub fn blocked(&self) -> usize {
+        self.links.len() + self.clients.len()
+    }
+
+    /// One line per blocked proxy that let something through; empty when every cut held.
+    pub fn leaks(&self) -> Vec<String> {
+        let links = self
+            .links
+            .iter()
+            .filter(|(_, leak)| !leak.is_empty())
+            .map(|((from, to), leak)| format!("link n{from}->n{to} carried {leak} while cut"));
+        let clients = self
+            .clients
+            .iter()
+            .filter(|(_, leak)| !leak.is_empty())
+            .map(|(id, leak)| format!("client link of n{id} carried {leak} while cut"));
+        links.chain(clients).collect()
+    }
+}
+
+/// The proof that [`Cluster::kill_verified`] gives of a killed node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KillEvidence {
+    /// The node.
+    pub id: u64,
+    /// The pid it had.
+    pub pid: u32,
+    /// How the reaped process ended (by SIGKILL).
+    pub status: ExitStatus,
+}
+
+impl fmt::Display for KillEvidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "n{} (pid {}) reaped with {}, pid gone, client port refusing",
+            self.id, self.pid, self.status
+        )
     }
 }
 

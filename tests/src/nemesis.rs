@@ -9,12 +9,34 @@
 //! Faults that need the leader find it through the status request of every node, sent to
 //! the nodes' real client addresses (not through the client proxies, which a fault may cut).
 //!
+//! **Every fault is checked to have taken effect** ([`FaultChecks`]); a check that fails is a
+//! failure of the scenario, with a message saying which fault did not work:
+//!
+//! - network faults: at heal time, every proxy the fault blocked must have forwarded not one
+//!   byte and not one new connection between the cut and the heal (the proxies count under
+//!   the same lock that applies the cut, see [`crate::proxy`]), and the fault must have
+//!   blocked at least one proxy;
+//! - isolating or pausing the leader (and a partition with the leader in the minority): within
+//!   [`LEADERSHIP_CHANGE_TIMEOUT`], another node must lead on a higher ballot, a majority of
+//!   the members must be on a ballot above the old leader's (so they refuse it), and the old
+//!   leader, when it can be asked (isolated, not paused), must no longer claim to lead;
+//! - `kill -9`: the process must be reaped with SIGKILL, its pid gone and its client port
+//!   refusing connections ([`Cluster::kill_verified`]), and it must still be down when the
+//!   heal restarts it.
+//!
+//! Each fault is held from the instant it is injected; its checks run within that time. The
+//! [`FaultLog`] also keeps the fault *windows* (injection to heal), so the scenario can count
+//! the operations the cluster completed while faults were in force.
+//!
 //! Two faults also publish a *target* in [`NemesisShared`]: the node that was leader and is
 //! now cut off from its peers (but not from clients), or paused. Workloads may direct reads at
 //! it, which is how a deposed leader that still answers linearizable reads is caught. The
 //! [`Fault::IsolateLeaderFromPeers`] fault additionally probes the deposed leader itself:
 //! it writes a fresh value through the other nodes, then reads it back from the old leader
 //! directly, recording both in the history.
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -43,6 +65,11 @@ const ROUNDS_MAX: usize = 10_000;
 
 /// How long a fault looks for the leader before it picks a node at random.
 const LEADER_SEARCH: Duration = Duration::from_secs(3);
+
+/// Bound on the leadership moving away from an isolated or paused leader. The suite's
+/// elections take well under a second (150..300 ms timeouts); this leaves room for a loaded
+/// machine without letting a fault that did nothing pass.
+pub const LEADERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -145,11 +172,36 @@ impl fmt::Display for FaultEvent {
     }
 }
 
+/// A time during which faults were in force: from the first injection to the heal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultWindow {
+    /// Nanoseconds on the history's clock when the fault was injected.
+    pub start_ns: u64,
+    /// Nanoseconds on the history's clock when it was healed (or now, if it is not yet).
+    pub end_ns: u64,
+}
+
+impl FaultWindow {
+    /// Whether `[invoke_ns, complete_ns]` lies entirely inside the window.
+    pub fn contains(&self, invoke_ns: u64, complete_ns: u64) -> bool {
+        self.start_ns <= invoke_ns && complete_ns <= self.end_ns
+    }
+}
+
+/// A fault window as logged: `end_ns` is `None` while it is open.
+#[derive(Clone, Copy, Debug)]
+struct LoggedWindow {
+    start_ns: u64,
+    end_ns: Option<u64>,
+}
+
 /// The timestamped list of everything a nemesis did. Cheap to clone (clones share the list).
 #[derive(Clone, Debug)]
 pub struct FaultLog {
     history: History,
     events: Arc<Mutex<Vec<FaultEvent>>>,
+    /// Every fault window; the last one's `end_ns` is `None` while it is open.
+    windows: Arc<Mutex<Vec<LoggedWindow>>>,
 }
 
 impl FaultLog {
@@ -158,27 +210,57 @@ impl FaultLog {
         FaultLog {
             history: history.clone(),
             events: Arc::default(),
+            windows: Arc::default(),
         }
     }
 
-    fn push(&self, injected: bool, text: String) {
+    fn push(&self, injected: bool, text: String) -> u64 {
+        let at_ns = self.history.elapsed_ns();
         let event = FaultEvent {
-            at_ns: self.history.elapsed_ns(),
+            at_ns,
             injected,
             text,
         };
         eprintln!("nemesis {event}");
         lock(&self.events).push(event);
+        at_ns
     }
 
-    /// Logs an injected fault.
+    /// Logs an injected fault, opening a fault window unless one is open.
     pub fn fault(&self, text: impl Into<String>) {
-        self.push(true, text.into());
+        let at_ns = self.push(true, text.into());
+        let mut windows = lock(&self.windows);
+        if windows.last().is_none_or(|w| w.end_ns.is_some()) {
+            windows.push(LoggedWindow {
+                start_ns: at_ns,
+                end_ns: None,
+            });
+        }
     }
 
-    /// Logs a heal or another remark.
+    /// Logs a heal, closing the open fault window if there is one.
+    pub fn heal(&self, text: impl Into<String>) {
+        let at_ns = self.push(false, text.into());
+        if let Some(window) = lock(&self.windows).last_mut() {
+            window.end_ns.get_or_insert(at_ns);
+        }
+    }
+
+    /// Logs a remark.
     pub fn note(&self, text: impl Into<String>) {
         self.push(false, text.into());
+    }
+
+    /// Every fault window so far, in order; one still open ends now.
+    pub fn windows(&self) -> Vec<FaultWindow> {
+        let now = self.history.elapsed_ns();
+        lock(&self.windows)
+            .iter()
+            .map(|w| FaultWindow {
+                start_ns: w.start_ns,
+                end_ns: w.end_ns.unwrap_or(now),
+            })
+            .collect()
     }
 
     /// Every event so far, in order.
@@ -206,6 +288,41 @@ pub struct NemesisShared {
     target: Mutex<Option<u64>>,
     killed: Mutex<BTreeSet<u64>>,
     probes: Mutex<ProbeStats>,
+    checks: Mutex<FaultChecks>,
+}
+
+/// What the nemesis verified about the effect of its faults (see the [module docs](self)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultChecks {
+    /// Network faults healed after every proxy they blocked was shown to carry nothing.
+    pub cuts_verified: u64,
+    /// Proxies (peer links and client links) shown to carry nothing while blocked.
+    pub proxies_verified: u64,
+    /// Leader faults after which the leadership was shown to have moved.
+    pub leadership_changes_verified: u64,
+    /// Leader faults whose victim was not known to lead (no leader found in time), so there
+    /// was no leadership change to verify.
+    pub leader_unknown: u64,
+    /// Kills shown to have ended the process (reaped by SIGKILL, pid gone, port refusing).
+    pub kills_verified: u64,
+    /// Faults that did not take effect, one message each. Any entry fails the scenario.
+    pub failures: Vec<String>,
+}
+
+impl fmt::Display for FaultChecks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} cuts ({} proxies) carried nothing while cut, {} leadership changes, {} kills \
+             verified; {} leader faults without a known leader; {} FAILED",
+            self.cuts_verified,
+            self.proxies_verified,
+            self.leadership_changes_verified,
+            self.kills_verified,
+            self.leader_unknown,
+            self.failures.len()
+        )
+    }
 }
 
 /// What the old-leader probes of [`Fault::IsolateLeaderFromPeers`] saw.
@@ -241,6 +358,11 @@ impl NemesisShared {
     /// What the old-leader probes saw.
     pub fn probes(&self) -> ProbeStats {
         lock(&self.probes).clone()
+    }
+
+    /// What the nemesis verified about its faults so far.
+    pub fn checks(&self) -> FaultChecks {
+        lock(&self.checks).clone()
     }
 }
 
@@ -298,7 +420,9 @@ impl Nemesis {
     }
 
     /// Injects faults until `deadline`, healing each before the next and the last before
-    /// returning. An error means the harness could not inject or heal a fault.
+    /// returning. Each fault is held from the instant it is injected, its checks included.
+    /// An error means the harness could not inject or heal a fault; a fault that did not take
+    /// effect is recorded in [`NemesisShared::checks`] instead, and the schedule goes on.
     pub async fn run(mut self, deadline: Instant) -> anyhow::Result<()> {
         let faults: Vec<Fault> = match &self.config.schedule {
             Schedule::None => {
@@ -318,9 +442,9 @@ impl Nemesis {
             tokio::time::sleep(quiet).await;
             let fault = *faults.choose(&mut self.rng).expect("not empty");
             self.shared.set_target(None);
-            let heal = self.inject(fault, deadline).await?;
             let hold = self.pick(self.config.hold);
-            tokio::time::sleep_until((Instant::now() + hold).min(deadline)).await;
+            let (heal, injected_at) = self.inject(fault, deadline).await?;
+            tokio::time::sleep_until((injected_at + hold).min(deadline)).await;
             self.heal(heal)?;
         }
         self.shared.set_target(None);
@@ -342,48 +466,88 @@ impl Nemesis {
         (self.ids().len() - 1) / 2
     }
 
-    /// The leader, found through status requests (bounded); a random node if none is found.
-    async fn leader_or_random(&mut self) -> u64 {
-        match find_leader(&self.cluster, &self.status_client, LEADER_SEARCH).await {
-            Some(id) => id,
+    /// Logs a fault that did not take effect (it fails the scenario).
+    fn check_failed(&self, text: String) {
+        self.log.note(format!("CHECK FAILED: {text}"));
+        lock(&self.shared.checks).failures.push(text);
+    }
+
+    /// The leader, found through status requests (bounded), with its status; a random node
+    /// and `None` if none is found.
+    async fn leader_or_random(&mut self) -> (u64, Option<NodeStatus>) {
+        match find_leader_status(&self.cluster, &self.status_client, LEADER_SEARCH).await {
+            Some(status) => (status.id, Some(status)),
             None => {
                 let id = *self.ids().choose(&mut self.rng).expect("nodes");
                 self.log.note(format!(
                     "no leader found within {LEADER_SEARCH:?}; using node {id}"
                 ));
-                id
+                (id, None)
             }
         }
     }
 
-    async fn inject(&mut self, fault: Fault, deadline: Instant) -> anyhow::Result<Heal> {
+    /// Logs the injected fault and returns the instant its hold starts.
+    fn injected(&self, text: String) -> Instant {
+        self.log.fault(text);
+        Instant::now()
+    }
+
+    /// Checks that the leadership moved away from `old` (see [`verify_leadership_moved`]),
+    /// recording the outcome. `old` is `None` when the victim was not known to lead.
+    async fn check_leadership_moved(&self, old: Option<&NodeStatus>, old_answers: bool) {
+        let Some(old) = old else {
+            lock(&self.shared.checks).leader_unknown += 1;
+            self.log
+                .note("the victim was not known to lead: no leadership change to verify");
+            return;
+        };
+        let verdict = verify_leadership_moved(
+            &self.cluster,
+            &self.status_client,
+            old,
+            old_answers,
+            LEADERSHIP_CHANGE_TIMEOUT,
+        )
+        .await;
+        match verdict {
+            Ok(text) => {
+                lock(&self.shared.checks).leadership_changes_verified += 1;
+                self.log.note(format!("verified: {text}"));
+            }
+            Err(text) => self.check_failed(text),
+        }
+    }
+
+    async fn inject(&mut self, fault: Fault, deadline: Instant) -> anyhow::Result<(Heal, Instant)> {
         let ids = self.ids();
         match fault {
             Fault::IsolateLeader => {
-                let leader = self.leader_or_random().await;
+                let (leader, status) = self.leader_or_random().await;
                 self.cluster.isolate(leader)?;
                 self.cluster.cut_client(leader)?;
                 self.shared.set_target(Some(leader));
-                self.log
-                    .fault(format!("isolate leader n{leader} (peers and clients cut)"));
-                Ok(Heal::Network)
+                let at = self.injected(format!("isolate leader n{leader} (peers and clients cut)"));
+                self.check_leadership_moved(status.as_ref(), true).await;
+                Ok((Heal::Network, at))
             }
             Fault::IsolateLeaderFromPeers => {
-                let leader = self.leader_or_random().await;
+                let (leader, status) = self.leader_or_random().await;
                 self.cluster.isolate(leader)?;
                 self.shared.set_target(Some(leader));
-                self.log.fault(format!(
+                let at = self.injected(format!(
                     "isolate leader n{leader} from its peers (clients still reach it)"
                 ));
+                self.check_leadership_moved(status.as_ref(), true).await;
                 self.probe_old_leader(leader, deadline).await;
-                Ok(Heal::Network)
+                Ok((Heal::Network, at))
             }
             Fault::Ring => {
                 let mut order = ids.clone();
                 order.shuffle(&mut self.rng);
                 self.cluster.ring(&order)?;
-                self.log.fault(format!("ring {order:?} (neighbours only)"));
-                Ok(Heal::Network)
+                let at = self.injected(format!("ring {order:?} (neighbours only)"));
+                Ok((Heal::Network, at))
             }
             Fault::Bridge => {
                 let mut order = ids.clone();
@@ -392,98 +556,25 @@ impl Nemesis {
                 let half = order.len() / 2;
                 let (left, right) = order.split_at(half);
                 self.cluster.bridge(left, bridge, right)?;
-                self.log
-                    .fault(format!("bridge {left:?} <-> n{bridge} <-> {right:?}"));
-                Ok(Heal::Network)
+                let at = self.injected(format!("bridge {left:?} <-> n{bridge} <-> {right:?}"));
+                Ok((Heal::Network, at))
             }
-            Fault::MajorityMinority => {
-                let leader_in_minority = self.rng.random_bool(0.5);
-                let leader = if leader_in_minority {
-                    Some(self.leader_or_random().await)
-                } else {
-                    None
-                };
-                let mut order = ids.clone();
-                order.shuffle(&mut self.rng);
-                if let Some(leader) = leader {
-                    order.retain(|&id| id != leader);
-                    order.insert(0, leader);
-                }
-                let (minority, majority) = order.split_at(self.minority_size());
-                self.cluster.partition(&[minority, majority])?;
-                let who = match leader {
-                    Some(l) => format!(" (leader n{l} in the minority)"),
-                    None => String::new(),
-                };
-                self.log.fault(format!(
-                    "partition minority {minority:?} | majority {majority:?}{who}"
-                ));
-                Ok(Heal::Network)
-            }
+            Fault::MajorityMinority => self.inject_partition().await,
             Fault::PauseLeader => {
-                let leader = self.leader_or_random().await;
+                let (leader, status) = self.leader_or_random().await;
                 self.cluster.pause(leader)?;
                 self.shared.set_target(Some(leader));
-                self.log.fault(format!("SIGSTOP leader n{leader}"));
-                Ok(Heal::Resume(leader))
+                let at = self.injected(format!("SIGSTOP leader n{leader}"));
+                // A stopped process cannot answer: the others must have moved on.
+                self.check_leadership_moved(status.as_ref(), false).await;
+                Ok((Heal::Resume(leader), at))
             }
-            Fault::KillRandom => {
-                let mut order = ids.clone();
-                order.shuffle(&mut self.rng);
-                let count = if self.rng.random_bool(0.2) {
-                    ids.len()
-                } else {
-                    self.rng.random_range(1..=self.minority_size().max(1))
-                };
-                let mut victims: Vec<u64> = order[..count].to_vec();
-                victims.sort_unstable();
-                for &id in &victims {
-                    self.cluster.kill(id)?;
-                    lock(&self.shared.killed).insert(id);
-                }
-                self.log.fault(format!("SIGKILL {victims:?}"));
-                Ok(Heal::Restart(victims))
-            }
-            Fault::OneWayCuts => {
-                let links = match self.rng.random_range(0..3) {
-                    0 => {
-                        let leader = self.leader_or_random().await;
-                        let links: BTreeSet<_> = ids
-                            .iter()
-                            .filter(|&&id| id != leader)
-                            .map(|&id| (leader, id))
-                            .collect();
-                        self.log
-                            .note(format!("cutting every link out of leader n{leader}"));
-                        links
-                    }
-                    1 => {
-                        let leader = self.leader_or_random().await;
-                        let links: BTreeSet<_> = ids
-                            .iter()
-                            .filter(|&&id| id != leader)
-                            .map(|&id| (id, leader))
-                            .collect();
-                        self.log
-                            .note(format!("cutting every link into leader n{leader}"));
-                        links
-                    }
-                    _ => {
-                        let all: Vec<_> = crate::cluster::shapes::all_links(&ids)
-                            .into_iter()
-                            .collect();
-                        let count = self.rng.random_range(1..=3.min(all.len()));
-                        all.choose_multiple(&mut self.rng, count).copied().collect()
-                    }
-                };
-                self.cluster.cut_links(&links)?;
-                self.log.fault(format!("one-way cuts {links:?}"));
-                Ok(Heal::Network)
-            }
+            Fault::KillRandom => Ok(self.inject_kills()),
+            Fault::OneWayCuts => self.inject_one_way_cuts().await,
             Fault::ClientCuts => {
                 let count = self.rng.random_range(1..=self.minority_size().max(1));
                 let mut victims: Vec<u64> = if self.rng.random_bool(0.5) {
-                    vec![self.leader_or_random().await]
+                    vec![self.leader_or_random().await.0]
                 } else {
                     Vec::new()
                 };
@@ -501,29 +592,151 @@ impl Nemesis {
                 for &id in &victims {
                     self.cluster.cut_client(id)?;
                 }
-                self.log.fault(format!("cut client links of {victims:?}"));
-                Ok(Heal::Network)
+                let at = self.injected(format!("cut client links of {victims:?}"));
+                Ok((Heal::Network, at))
             }
         }
+    }
+
+    /// A random majority and minority, the leader in the minority half of the time (then the
+    /// leadership must move to the majority).
+    async fn inject_partition(&mut self) -> anyhow::Result<(Heal, Instant)> {
+        let leader_in_minority = self.rng.random_bool(0.5);
+        let leader = if leader_in_minority {
+            Some(self.leader_or_random().await)
+        } else {
+            None
+        };
+        let mut order = self.ids();
+        order.shuffle(&mut self.rng);
+        if let Some((leader, _)) = &leader {
+            order.retain(|id| id != leader);
+            order.insert(0, *leader);
+        }
+        let (minority, majority) = order.split_at(self.minority_size());
+        self.cluster.partition(&[minority, majority])?;
+        let who = match &leader {
+            Some((l, _)) => format!(" (leader n{l} in the minority)"),
+            None => String::new(),
+        };
+        let at = self.injected(format!(
+            "partition minority {minority:?} | majority {majority:?}{who}"
+        ));
+        if let Some((_, status)) = &leader {
+            self.check_leadership_moved(status.as_ref(), true).await;
+        }
+        Ok((Heal::Network, at))
+    }
+
+    /// SIGKILL a random minority of nodes (every node, one time in five), each verified gone.
+    fn inject_kills(&mut self) -> (Heal, Instant) {
+        let ids = self.ids();
+        let mut order = ids.clone();
+        order.shuffle(&mut self.rng);
+        let count = if self.rng.random_bool(0.2) {
+            ids.len()
+        } else {
+            self.rng.random_range(1..=self.minority_size().max(1))
+        };
+        let mut victims: Vec<u64> = order[..count].to_vec();
+        victims.sort_unstable();
+        let mut evidence = Vec::new();
+        let mut killed = Vec::new();
+        for &id in &victims {
+            match self.cluster.kill_verified(id) {
+                Ok(proof) => {
+                    lock(&self.shared.killed).insert(id);
+                    lock(&self.shared.checks).kills_verified += 1;
+                    evidence.push(proof.to_string());
+                    killed.push(id);
+                }
+                Err(e) => {
+                    // A node that was not running at all was not killed by us: restart it
+                    // at heal time anyway, and let the check say why.
+                    self.check_failed(format!("SIGKILL of n{id}: {e:#}"));
+                    if !self.cluster.is_running(id) {
+                        killed.push(id);
+                    }
+                }
+            }
+        }
+        let at = self.injected(format!("SIGKILL {victims:?}"));
+        if !evidence.is_empty() {
+            self.log.note(format!("verified: {}", evidence.join("; ")));
+        }
+        (Heal::Restart(killed), at)
+    }
+
+    /// A few random one-way links, or every link out of or into the leader.
+    async fn inject_one_way_cuts(&mut self) -> anyhow::Result<(Heal, Instant)> {
+        let ids = self.ids();
+        let links = match self.rng.random_range(0..3) {
+            0 => {
+                let (leader, _) = self.leader_or_random().await;
+                self.log
+                    .note(format!("cutting every link out of leader n{leader}"));
+                crate::cluster::shapes::links_where(&ids, |from, _| from == leader)
+            }
+            1 => {
+                let (leader, _) = self.leader_or_random().await;
+                self.log
+                    .note(format!("cutting every link into leader n{leader}"));
+                crate::cluster::shapes::links_where(&ids, |_, to| to == leader)
+            }
+            _ => {
+                let all: Vec<_> = crate::cluster::shapes::all_links(&ids)
+                    .into_iter()
+                    .collect();
+                let count = self.rng.random_range(1..=3.min(all.len()));
+                all.choose_multiple(&mut self.rng, count).copied().collect()
+            }
+        };
+        self.cluster.cut_links(&links)?;
+        let at = self.injected(format!("one-way cuts {links:?}"));
+        Ok((Heal::Network, at))
     }
 
     fn heal(&mut self, heal: Heal) -> anyhow::Result<()> {
         match heal {
             Heal::Network => {
-                self.cluster.heal_all();
-                self.log.note("heal: every link restored");
+                let report = self.cluster.heal_all();
+                let leaks = report.leaks();
+                if report.blocked() == 0 {
+                    self.check_failed("a network fault blocked no proxy at all".into());
+                } else if leaks.is_empty() {
+                    let mut checks = lock(&self.shared.checks);
+                    checks.cuts_verified += 1;
+                    checks.proxies_verified += report.blocked() as u64;
+                } else {
+                    self.check_failed(format!("a cut did not take effect: {}", leaks.join("; ")));
+                }
+                self.log.heal(format!(
+                    "heal: every link restored; {} cut proxies carried {}",
+                    report.blocked(),
+                    if leaks.is_empty() {
+                        "0 bytes and 0 connections while cut (verified)"
+                    } else {
+                        "TRAFFIC while cut"
+                    }
+                ));
             }
             Heal::Resume(id) => {
                 self.cluster.resume(id)?;
-                self.log.note(format!("heal: SIGCONT n{id}"));
+                self.log.heal(format!("heal: SIGCONT n{id}"));
             }
             Heal::Restart(ids) => {
                 for &id in &ids {
+                    if let Some(pid) = self.cluster.pid(id) {
+                        self.check_failed(format!(
+                            "n{id} was running again (pid {pid}) before its restart"
+                        ));
+                        continue;
+                    }
                     self.cluster
                         .restart(id)
                         .with_context(|| format!("restarting node {id}"))?;
                 }
-                self.log.note(format!("heal: restarted {ids:?}"));
+                self.log.heal(format!("heal: restarted {ids:?}"));
             }
         }
         Ok(())
@@ -680,6 +893,135 @@ pub async fn wait_leader_among(
 /// The cluster's leader (bounded wait), if one emerges within `timeout`.
 pub async fn find_leader(cluster: &Cluster, client: &Client, timeout: Duration) -> Option<u64> {
     wait_leader_among(cluster, client, &cluster.ids(), timeout).await
+}
+
+/// The status of the node that claims leadership with the highest ballot (bounded wait), if
+/// one emerges within `timeout`.
+pub async fn find_leader_status(
+    cluster: &Cluster,
+    client: &Client,
+    timeout: Duration,
+) -> Option<NodeStatus> {
+    let ids = cluster.ids();
+    crate::cluster::wait_for("a leader", timeout, Duration::from_millis(50), || {
+        let ids = &ids;
+        async move {
+            statuses(cluster, client, ids)
+                .await
+                .into_iter()
+                .filter(|s| s.role == NodeRole::Leader)
+                .max_by_key(|s| s.ballot)
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Whether the statuses show the leadership moved away from a leader that was `old` (its
+/// status when the fault began): another node leads on a higher ballot than `old`'s, a
+/// majority of `members` nodes are on a ballot above `old`'s (they refuse `old`'s messages),
+/// and, if `old_answers`, `old` answered and no longer claims to lead. `Ok` describes the
+/// evidence, `Err` what is missing.
+pub fn leadership_moved(
+    old: &NodeStatus,
+    members: usize,
+    old_answers: bool,
+    now: &[NodeStatus],
+) -> Result<String, String> {
+    let quorum = members / 2 + 1;
+    let above: Vec<u64> = now
+        .iter()
+        .filter(|s| s.ballot > old.ballot)
+        .map(|s| s.id)
+        .collect();
+    let new_leader = now
+        .iter()
+        .filter(|s| s.id != old.id && s.role == NodeRole::Leader && s.ballot > old.ballot)
+        .max_by_key(|s| s.ballot);
+    let old_now = now.iter().find(|s| s.id == old.id);
+    let mut missing = Vec::new();
+    if new_leader.is_none() {
+        missing.push(format!(
+            "no other node leads on a ballot above {}",
+            old.ballot
+        ));
+    }
+    if above.len() < quorum {
+        missing.push(format!(
+            "only {above:?} of {members} nodes are on a ballot above {} (a majority is {quorum})",
+            old.ballot
+        ));
+    }
+    if old_answers {
+        match old_now {
+            None => missing.push(format!("old leader n{} did not answer its status", old.id)),
+            Some(s) if s.role == NodeRole::Leader => missing.push(format!(
+                "old leader n{} still claims to lead (ballot {})",
+                old.id, s.ballot
+            )),
+            Some(_) => {}
+        }
+    }
+    match new_leader {
+        Some(new) if missing.is_empty() => Ok(format!(
+            "leadership moved from n{} (ballot {}) to n{} (ballot {}); nodes {above:?} are above \
+             the old ballot{}",
+            old.id,
+            old.ballot,
+            new.id,
+            new.ballot,
+            match old_now {
+                Some(s) if old_answers => format!("; n{} is now {}", old.id, s.role),
+                _ => String::new(),
+            }
+        )),
+        _ => Err(missing.join("; ")),
+    }
+}
+
+/// Waits (bounded by `timeout`) until [`leadership_moved`] holds; on timeout, says what was
+/// still missing and what every node last reported.
+pub async fn verify_leadership_moved(
+    cluster: &Cluster,
+    client: &Client,
+    old: &NodeStatus,
+    old_answers: bool,
+    timeout: Duration,
+) -> Result<String, String> {
+    let ids: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| old_answers || id != old.id)
+        .collect();
+    let members = cluster.ids().len();
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        let now = statuses(cluster, client, &ids).await;
+        let verdict = leadership_moved(old, members, old_answers, &now);
+        match verdict {
+            Ok(text) => {
+                return Ok(format!(
+                    "{text} ({:.2}s after the fault)",
+                    started.elapsed().as_secs_f64()
+                ))
+            }
+            Err(missing) if Instant::now() >= deadline => {
+                let seen: Vec<String> = now
+                    .iter()
+                    .map(|s| format!("n{} {} ballot {}", s.id, s.role, s.ballot))
+                    .collect();
+                return Err(format!(
+                    "leader n{} (ballot {}) did not lose the leadership within {timeout:?}: \
+                     {missing}; last seen: [{}]",
+                    old.id,
+                    old.ballot,
+                    seen.join(", ")
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// Writes a value of `key` through `client` until it succeeds, bounded by `timeout`; used to

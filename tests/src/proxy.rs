@@ -16,7 +16,19 @@
 //!   connection stays up, the other direction keeps flowing).
 //! - [`Proxy::set_delay`]: every forwarded chunk is held this long; order is preserved.
 //! - [`Proxy::drop_connections`]: resets every current connection once; new ones are allowed.
-//! - [`Proxy::heal`]: clears every fault.
+//! - [`Proxy::heal`]: clears every fault, and reports what crossed the proxy while it blocked
+//!   traffic ([`Leak`]; nothing, unless the proxy is broken or its faults are fake).
+//!
+//! **A fault takes effect at the instant it is set.** Every forwarding decision (admitting a
+//! connection, writing bytes to either side) is taken under the read lock of the proxy's
+//! gate, and every fault change under its write lock; counters are bumped under the read lock. So once [`Proxy::cut`] returns, not one more byte or connection is forwarded, also not
+//! bytes read before the cut and still queued (they are dropped with the connection), and the
+//! counters taken inside the write lock at the cut are exact. [`Proxy::leak`] and
+//! [`Proxy::heal`] compare the counters with those taken when the fault was set, which is how a
+//! nemesis proves that a cut link really carried nothing.
+//!
+//! [`Proxy::set_fake_faults`] exists to test those checks: faults are then recorded (and
+//! reported by [`Proxy::is_cut`]) but not applied, so traffic keeps flowing and the leak shows.
 //!
 //! The proxy's tasks run on a small runtime owned by this module (see [`Proxy::start`]), so a
 //! test that blocks its own thread (a sync wait, a `#[tokio::test]` on a current-thread runtime
@@ -26,10 +38,13 @@
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,31 +83,142 @@ impl Direction {
     }
 }
 
-/// The fault configuration, published to every task through a `watch` channel.
+/// What the proxy's tasks must react to, published through a `watch` channel so that they
+/// wake up: an effective cut (close every connection), the delay, and dropped connections.
+/// Whether bytes may cross is decided by the [`Gate`], not by this.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Control {
     cut: bool,
-    discard: [bool; 2],
     delay: Duration,
     /// Bumped by `drop_connections`; a connection accepted under an older epoch closes.
     drop_epoch: u64,
 }
 
-impl Control {
+/// The blocking faults in force, and the counters at the instant each one began.
+///
+/// Read-locked around every forwarding decision and counter update, write-locked around every
+/// change (see the module docs): the fault and the counters change atomically together.
+#[derive(Debug, Default)]
+struct Gate {
+    cut: bool,
+    discard: [bool; 2],
+    /// Record faults but do not apply them (to test the harness' own checks).
+    fake: bool,
+    /// Forwarded bytes per direction when that direction became blocked.
+    bytes_at_block: [Option<u64>; 2],
+    /// Connections dialed when the proxy was cut.
+    dialed_at_cut: Option<u64>,
+}
+
+impl Gate {
+    /// Whether nothing may cross (an effective cut).
+    fn blocks_all(&self) -> bool {
+        self.cut && !self.fake
+    }
+
+    /// Whether bytes travelling in `direction` are to be discarded.
     fn discards(&self, direction: Direction) -> bool {
-        self.discard[direction.index()]
+        self.discard[direction.index()] && !self.fake
+    }
+
+    /// Whether `direction` is blocked as far as the caller asked (fake or not).
+    fn blocked(&self, direction: Direction) -> bool {
+        self.cut || self.discard[direction.index()]
+    }
+
+    /// Starts the leak accounting of `direction` unless it already runs.
+    fn start_blocking(&mut self, direction: Direction, shared: &Shared) {
+        let i = direction.index();
+        let now = shared.forwarded_bytes[i].load(Ordering::Relaxed);
+        self.bytes_at_block[i].get_or_insert(now);
+    }
+
+    /// What crossed since the blocking faults began; `None` if none is in force.
+    fn leak(&self, shared: &Shared) -> Option<Leak> {
+        if !self.cut && !self.discard.iter().any(|d| *d) {
+            return None;
+        }
+        let since = |i: usize| {
+            self.bytes_at_block[i]
+                .map(|at| shared.forwarded_bytes[i].load(Ordering::Relaxed) - at)
+                .unwrap_or(0)
+        };
+        let dialed = self
+            .dialed_at_cut
+            .map(|at| shared.dialed.load(Ordering::Relaxed) - at)
+            .unwrap_or(0);
+        Some(Leak {
+            forward_bytes: since(Direction::Forward.index()),
+            backward_bytes: since(Direction::Backward.index()),
+            dialed,
+        })
     }
 }
 
-/// Counters shared by the proxy handle and its tasks.
+/// What crossed a proxy while a fault blocked it: bytes delivered in a blocked direction
+/// (counted from the instant that direction was blocked), and connections dialed to the
+/// target after a cut. A working proxy leaks nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leak {
+    /// Bytes delivered to the target after the forward direction was blocked.
+    pub forward_bytes: u64,
+    /// Bytes delivered back to the connecting side after the backward direction was blocked.
+    pub backward_bytes: u64,
+    /// Connections dialed to the target after the proxy was cut.
+    pub dialed: u64,
+}
+
+impl Leak {
+    /// Whether nothing crossed.
+    pub fn is_empty(&self) -> bool {
+        *self == Leak::default()
+    }
+}
+
+impl fmt::Display for Leak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes forward, {} bytes backward, {} connections dialed",
+            self.forward_bytes, self.backward_bytes, self.dialed
+        )
+    }
+}
+
+/// Counters shared by the proxy handle and its tasks, and the [`Gate`].
 #[derive(Debug, Default)]
 struct Shared {
+    gate: RwLock<Gate>,
     accepted: AtomicU64,
     refused: AtomicU64,
+    dialed: AtomicU64,
     active: AtomicU64,
     forwarded_bytes: [AtomicU64; 2],
     discarded_bytes: [AtomicU64; 2],
     live_tasks: AtomicUsize,
+}
+
+impl Shared {
+    fn gate(&self) -> RwLockReadGuard<'_, Gate> {
+        self.gate.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn gate_mut(&self) -> RwLockWriteGuard<'_, Gate> {
+        self.gate.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides whether a newly accepted connection may be forwarded, and counts it as dialed
+    /// or refused, atomically with respect to faults.
+    fn admit(&self) -> bool {
+        let gate = self.gate();
+        if gate.blocks_all() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            self.dialed.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
 }
 
 /// A snapshot of a proxy's counters.
@@ -103,6 +229,8 @@ pub struct ProxyStats {
     pub accepted: u64,
     /// Connections accepted while the proxy was cut, and reset at once.
     pub refused: u64,
+    /// Connections forwarded: admitted and dialed to the target (a dial may still fail).
+    pub dialed: u64,
     /// Connections currently being served.
     pub active: u64,
     /// Bytes delivered to the target.
@@ -219,18 +347,30 @@ impl Proxy {
     }
 
     /// Blocks both directions: resets every current connection, and resets new ones as soon as
-    /// they are accepted, until [`Proxy::heal`].
+    /// they are accepted, until [`Proxy::heal`]. Not one byte or connection is forwarded once
+    /// this returns (see the module docs).
     pub fn cut(&self) {
-        self.control.send_modify(|c| c.cut = true);
+        let effective = {
+            let mut gate = self.shared.gate_mut();
+            gate.cut = true;
+            gate.start_blocking(Direction::Forward, &self.shared);
+            gate.start_blocking(Direction::Backward, &self.shared);
+            let dialed = self.shared.dialed.load(Ordering::Relaxed);
+            gate.dialed_at_cut.get_or_insert(dialed);
+            gate.blocks_all()
+        };
+        // Wakes the connection tasks, which close their connections.
+        self.control.send_modify(|c| c.cut = effective);
     }
 
     /// Silently discards bytes travelling in `direction` (on current and new connections) while
     /// the other direction keeps flowing; cumulative, so cutting both directions makes a black
     /// hole that keeps the TCP connections open. An end-of-stream in a discarded direction is
-    /// not propagated either.
+    /// not propagated either. Bytes already queued are discarded too.
     pub fn cut_direction(&self, direction: Direction) {
-        self.control
-            .send_modify(|c| c.discard[direction.index()] = true);
+        let mut gate = self.shared.gate_mut();
+        gate.discard[direction.index()] = true;
+        gate.start_blocking(direction, &self.shared);
     }
 
     /// Holds every chunk read from now on for `delay` before forwarding it (both directions;
@@ -244,24 +384,49 @@ impl Proxy {
         self.control.send_modify(|c| c.drop_epoch += 1);
     }
 
-    /// Clears every fault: no cut, nothing discarded, no delay.
-    pub fn heal(&self) {
+    /// Clears every fault (no cut, nothing discarded, no delay) and returns what crossed the
+    /// proxy while it was blocked ([`Proxy::leak`] at the instant of healing); `None` if no
+    /// cut or one-way cut was in force.
+    pub fn heal(&self) -> Option<Leak> {
+        let leak = {
+            let mut gate = self.shared.gate_mut();
+            let leak = gate.leak(&self.shared);
+            *gate = Gate {
+                fake: gate.fake,
+                ..Gate::default()
+            };
+            leak
+        };
         self.control.send_modify(|c| {
             *c = Control {
                 drop_epoch: c.drop_epoch,
                 ..Control::default()
             }
         });
+        leak
+    }
+
+    /// What crossed the proxy since the cut or one-way cuts in force began; `None` if none is
+    /// in force. Empty unless the proxy is broken or its faults are fake.
+    pub fn leak(&self) -> Option<Leak> {
+        self.shared.gate().leak(&self.shared)
+    }
+
+    /// Fake faults (for testing the checks built on [`Proxy::leak`]): while on, cuts and
+    /// one-way cuts are recorded and reported ([`Proxy::is_cut`], [`Proxy::leak`]) but not
+    /// applied, so traffic keeps flowing. Affects faults set after the call.
+    pub fn set_fake_faults(&self, fake: bool) {
+        self.shared.gate_mut().fake = fake;
     }
 
     /// Whether [`Proxy::cut`] is in force.
     pub fn is_cut(&self) -> bool {
-        self.control.borrow().cut
+        self.shared.gate().cut
     }
 
     /// Whether bytes travelling in `direction` are being discarded.
     pub fn is_direction_cut(&self, direction: Direction) -> bool {
-        self.control.borrow().discards(direction)
+        self.shared.gate().discard[direction.index()]
     }
 
     /// The delay currently applied to new chunks.
@@ -271,8 +436,11 @@ impl Proxy {
 
     /// Whether any fault (cut, one-way cut, delay) is in force.
     pub fn is_faulty(&self) -> bool {
-        let c = self.control.borrow();
-        c.cut || c.discard.iter().any(|d| *d) || !c.delay.is_zero()
+        let blocked = {
+            let gate = self.shared.gate();
+            gate.blocked(Direction::Forward) || gate.blocked(Direction::Backward)
+        };
+        blocked || !self.control.borrow().delay.is_zero()
     }
 
     /// A snapshot of the counters.
@@ -282,6 +450,7 @@ impl Proxy {
         ProxyStats {
             accepted: load(&s.accepted),
             refused: load(&s.refused),
+            dialed: load(&s.dialed),
             active: load(&s.active),
             forward_bytes: load(&s.forwarded_bytes[0]),
             backward_bytes: load(&s.forwarded_bytes[1]),
@@ -335,12 +504,8 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
-                    let (cut, epoch) = {
-                        let c = control.borrow();
-                        (c.cut, c.drop_epoch)
-                    };
-                    if cut {
-                        shared.refused.fetch_add(1, Ordering::Relaxed);
+                    let epoch = control.borrow().drop_epoch;
+                    if !shared.admit() {
                         reset(stream);
                         continue;
                     }
@@ -407,14 +572,15 @@ async fn serve(
 }
 
 /// Copies `from` to `to` through a queue of timestamped chunks, which implements the delay
-/// (each chunk is held until its deadline; the queue keeps the order) and the one-way cut
-/// (checked when a chunk is due, so chunks already queued are discarded too).
+/// (each chunk is held until its deadline; the queue keeps the order). Writes go through a
+/// [`Gated`] writer, which applies the cuts at the instant of each write, so chunks already
+/// queued are blocked or discarded too.
 ///
 /// Returns when `from` reached its end and everything queued was handled, or on the first IO
-/// error of either side.
+/// error of either side (a cut is one).
 async fn pipe<R, W>(
     mut from: R,
-    mut to: W,
+    to: W,
     direction: Direction,
     control: &watch::Receiver<Control>,
     shared: &Shared,
@@ -442,21 +608,75 @@ where
         }
     };
     let write_side = async {
-        let i = direction.index();
+        let mut to = Gated {
+            inner: to,
+            direction,
+            shared,
+        };
         while let Some((deadline, chunk)) = due.recv().await {
             tokio::time::sleep_until(deadline).await;
-            let len = chunk.len() as u64;
-            if control.borrow().discards(direction) {
-                shared.discarded_bytes[i].fetch_add(len, Ordering::Relaxed);
-                continue;
-            }
             to.write_all(&chunk).await?;
-            shared.forwarded_bytes[i].fetch_add(len, Ordering::Relaxed);
         }
-        if !control.borrow().discards(direction) {
-            to.shutdown().await?;
-        }
+        to.shutdown().await?;
         Ok::<(), io::Error>(())
     };
     try_join(read_side, write_side).await.map(|_| ())
+}
+
+/// The error a write into a cut proxy fails with (it ends the connection).
+fn cut_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the proxy is cut")
+}
+
+/// A writer that takes every write decision under the proxy's [`Gate`]: fails while the proxy
+/// is cut, swallows (and counts) the bytes of a discarded direction, and counts the bytes it
+/// forwards. The lock is held only for the non-blocking `poll_write` call, never across an
+/// await.
+struct Gated<'a, W> {
+    inner: W,
+    direction: Direction,
+    shared: &'a Shared,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Gated<'_, W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let shared = this.shared;
+        let i = this.direction.index();
+        let gate = shared.gate();
+        if gate.blocks_all() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        if gate.discards(this.direction) {
+            shared.discarded_bytes[i].fetch_add(buf.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            shared.forwarded_bytes[i].fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Propagates the end of the stream unless the direction is blocked.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let shared = this.shared;
+        let gate = shared.gate();
+        if gate.blocks_all() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        if gate.discards(this.direction) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
 }

@@ -5,17 +5,25 @@
 //! the cluster to serve writes again, reads every key linearizably, runs the linearizability
 //! checker and the workload's own checks, and prints a summary. When the scenario fails, it
 //! keeps the cluster's directory (node data and logs), writes the history, the checker report,
-//! the fault log and the summary into it, and panics naming it.
+//! the fault log and the summary into it, and panics naming it ([`try_run`] returns the
+//! [`Failure`] instead).
+//!
+//! Besides the checker's verdict, a scenario fails when
+//! - a fault did not take effect ([`FaultChecks`]: a cut link carried traffic, a leader kept
+//!   its leadership, a killed node was not gone), or a scenario built on leader faults or
+//!   kills never got to verify one;
+//! - the cluster served too little ([`served`]): fewer successful operations, acknowledged
+//!   writes, or of either inside the fault windows, than [`Scenario::minimums`] requires.
 //!
 //! Environment: `NEMESIS_SECS=N` sets the fault time of every scenario (default 20 s, for a
 //! soak use more); `NEMESIS_SEED=S` fixes the seed of every random choice (the seed used is
 //! always printed).
 
 use std::collections::BTreeSet;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +36,14 @@ use crate::cluster::{Cluster, ClusterOptions};
 use crate::history::{format_value, History, OpKind, Outcome, ProcessId, Ret};
 use crate::linearizability::{check_history, CheckConfig, CheckReport, Verdict};
 use crate::nemesis::{
-    self, FaultEvent, FaultLog, Nemesis, NemesisConfig, NemesisShared, ProbeStats, Schedule,
+    self, Fault, FaultChecks, FaultEvent, FaultLog, FaultWindow, Nemesis, NemesisConfig,
+    NemesisShared, ProbeStats, Schedule,
 };
 use crate::workload::{self, SetCheck, Workload, WorkloadContext, WorkloadStats};
+
+pub mod served;
+
+pub use served::{Minimums, Served, ServedReport};
 
 /// Default fault time of a scenario.
 pub const DEFAULT_FAULT_TIME: Duration = Duration::from_secs(20);
@@ -94,11 +107,19 @@ pub struct Scenario {
     pub expect: Expect,
     /// Client options of the workload.
     pub client_options: ClientOptions,
+    /// The least the cluster must serve in [`DEFAULT_FAULT_TIME`] of faults (scaled to the
+    /// fault time used); see [`served`].
+    pub minimums: Minimums,
+    /// Start the cluster with fake network faults (recorded, not applied), to show that the
+    /// scenario's checks catch a fault without effect. See
+    /// [`ClusterOptions::fake_network_faults`].
+    pub fake_network_faults: bool,
 }
 
 impl Scenario {
     /// A scenario with the suite's defaults: faults held 1.5–3.5 s after 0.5–1.5 s of quiet,
-    /// clients with a 2.5 s request timeout, linearizability expected.
+    /// clients with a 2.5 s request timeout, linearizability expected, no minimum of served
+    /// operations (set [`Scenario::minimums`]).
     pub fn new(name: &str, nodes: usize, workload: Workload, schedule: Schedule) -> Scenario {
         Scenario {
             name: name.to_owned(),
@@ -117,6 +138,8 @@ impl Scenario {
                 connect_timeout: Duration::from_millis(500),
                 ..ClientOptions::default()
             },
+            minimums: Minimums::default(),
+            fake_network_faults: false,
         }
     }
 }
@@ -142,6 +165,10 @@ pub struct Summary {
     pub unknown: usize,
     /// Stale reads invoked (excluded from the check).
     pub stale_reads: usize,
+    /// What the workload got served, and the minimums required.
+    pub served: ServedReport,
+    /// What the nemesis verified about its faults' effects.
+    pub checks: FaultChecks,
     /// Every nemesis event.
     pub faults: Vec<FaultEvent>,
     /// Faults injected by the nemesis.
@@ -180,11 +207,13 @@ impl fmt::Display for Summary {
             "ops invoked: {}  ok: {}  fail: {}  unknown: {}  stale reads: {}",
             self.ops, self.ok, self.fail, self.unknown, self.stale_reads
         )?;
+        writeln!(f, "{}", self.served)?;
         writeln!(
             f,
             "faults injected: {} (nemesis) + {} acceptor failures (servers)",
             self.faults_injected, self.acceptor_failures
         )?;
+        writeln!(f, "fault checks: {}", self.checks)?;
         for event in &self.faults {
             writeln!(f, "  {event}")?;
         }
@@ -247,9 +276,42 @@ pub fn fault_time_from_env(default: Duration) -> Duration {
     }
 }
 
+/// A failed scenario.
+#[derive(Debug)]
+pub struct Failure {
+    /// Everything measured.
+    pub summary: Summary,
+    /// Why it failed, one reason each.
+    pub reasons: Vec<String>,
+    /// The kept directory with the history, checker report, fault log, summary and node logs.
+    pub evidence: PathBuf,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "scenario {} FAILED (seed {}): {}; evidence (history.txt, check.txt, faults.txt, \
+             summary.txt, node-N.log, node data) kept in {}",
+            self.summary.name,
+            self.summary.seed,
+            self.reasons.join("; "),
+            self.evidence.display()
+        )
+    }
+}
+
 /// Runs `scenario` (see the [module docs](self)) and returns its summary. Panics, keeping
 /// the evidence, if it fails.
 pub fn run(scenario: Scenario) -> Summary {
+    match try_run(scenario) {
+        Ok(summary) => summary,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+/// Runs `scenario` like [`run`], returning its failure instead of panicking.
+pub fn try_run(scenario: Scenario) -> Result<Summary, Box<Failure>> {
     let seed = seed_from_env();
     let fault_time = scenario
         .fault_time
@@ -274,9 +336,15 @@ struct RunState {
     log: FaultLog,
     report: Option<CheckReport>,
     summary: Summary,
+    /// The workload's run, `(start, end)` on the history's clock, once it ended.
+    workload_span: Option<(u64, u64)>,
 }
 
-async fn run_async(scenario: Scenario, seed: u64, fault_time: Duration) -> Summary {
+async fn run_async(
+    scenario: Scenario,
+    seed: u64,
+    fault_time: Duration,
+) -> Result<Summary, Box<Failure>> {
     let started = Instant::now();
     let mut extra_args: Vec<String> = ["--election-timeout-ms", "150..300", "--heartbeat-ms", "30"]
         .map(str::to_owned)
@@ -290,6 +358,7 @@ async fn run_async(scenario: Scenario, seed: u64, fault_time: Duration) -> Summa
         acceptor_down_ms: scenario.acceptor_failures.map(|(_, d)| d),
         snapshot_every: scenario.snapshot_every,
         extra_args,
+        fake_network_faults: scenario.fake_network_faults,
         ..ClusterOptions::default()
     };
     let cluster = Arc::new(Cluster::start(options).expect("start the cluster"));
@@ -310,6 +379,8 @@ async fn run_async(scenario: Scenario, seed: u64, fault_time: Duration) -> Summa
             fail: 0,
             unknown: 0,
             stale_reads: 0,
+            served: ServedReport::default(),
+            checks: FaultChecks::default(),
             faults: Vec::new(),
             faults_injected: 0,
             acceptor_failures: 0,
@@ -322,6 +393,7 @@ async fn run_async(scenario: Scenario, seed: u64, fault_time: Duration) -> Summa
             directed: (0, 0, 0),
             problems: Vec::new(),
         },
+        workload_span: None,
     };
     if let Err(e) = drive(&scenario, seed, fault_time, &mut outcome).await {
         outcome.summary.problems.push(format!("{e:#}"));
@@ -361,6 +433,7 @@ async fn drive(
         stats: Arc::clone(&stats),
         seed,
     };
+    let workload_start_ns = history.elapsed_ns();
     let tasks = workload::spawn(&scenario.workload, &ctx)?;
     let nemesis = Nemesis::new(
         Arc::clone(&cluster),
@@ -387,6 +460,7 @@ async fn drive(
     stop.store(true, Ordering::Relaxed);
     let join_bound = scenario.client_options.request_timeout + Duration::from_secs(6);
     let (adds, aborted) = workload::join(tasks, join_bound).await;
+    out.workload_span = Some((workload_start_ns, history.elapsed_ns()));
     if aborted > 0 {
         out.summary.problems.push(format!(
             "{aborted} workload tasks did not stop within {join_bound:?}"
@@ -409,7 +483,13 @@ async fn drive(
     }
 
     // Heal everything and bring every node back.
-    cluster.heal_all();
+    let leaks = cluster.heal_all().leaks();
+    if !leaks.is_empty() {
+        out.summary.problems.push(format!(
+            "a cut in force at the end did not take effect: {}",
+            leaks.join("; ")
+        ));
+    }
     let killed = shared.killed();
     let mut revived = Vec::new();
     for id in cluster.ids() {
@@ -430,7 +510,7 @@ async fn drive(
             revived.push(format!("restarted n{id}"));
         }
     }
-    out.log.note(format!(
+    out.log.heal(format!(
         "end of faults: healed every link{}{}",
         if revived.is_empty() { "" } else { "; " },
         revived.join(", ")
@@ -506,6 +586,18 @@ async fn drive(
                 .push("no add was acknowledged: the set scenario tested nothing".into());
         }
         out.summary.set_check = Some(check);
+    }
+    out.summary.checks = shared.checks();
+    out.summary.problems.extend(
+        out.summary
+            .checks
+            .failures
+            .iter()
+            .map(|f| format!("fault check failed: {f}")),
+    );
+    let injected = out.log.faults_injected();
+    if let Some(problem) = nothing_verified(&scenario.schedule, &out.summary.checks, injected) {
+        out.summary.problems.push(problem);
     }
     out.summary.probes = shared.probes();
     if out.summary.probes.stale > 0 && scenario.expect == Expect::Linearizable {
@@ -640,6 +732,46 @@ fn verdict_line(report: &CheckReport) -> String {
     }
 }
 
+/// For a schedule that repeats a leader fault or kills: a problem if not one of its faults
+/// could be verified (e.g. no leader was ever found to isolate), since then the scenario
+/// tested nothing it claims.
+fn nothing_verified(schedule: &Schedule, checks: &FaultChecks, injected: usize) -> Option<String> {
+    let Schedule::Repeat(fault) = schedule else {
+        return None;
+    };
+    if injected == 0 {
+        return None; // Reported by the tests' own "no fault was injected" assertions.
+    }
+    let (verified, what) = match fault {
+        Fault::IsolateLeader | Fault::IsolateLeaderFromPeers | Fault::PauseLeader => {
+            (checks.leadership_changes_verified, "leadership change")
+        }
+        Fault::KillRandom => (checks.kills_verified, "kill"),
+        _ => (checks.cuts_verified, "cut"),
+    };
+    (verified == 0).then(|| {
+        format!(
+            "{injected} faults injected, but not one {what} was verified: the scenario tested \
+             nothing"
+        )
+    })
+}
+
+/// The windows in which the cluster was under faults: the nemesis' fault windows, or the
+/// whole workload run when the servers inject their own faults (acceptor failures) all along.
+fn fault_windows(scenario: &Scenario, out: &RunState) -> Vec<FaultWindow> {
+    match (
+        &scenario.schedule,
+        scenario.acceptor_failures,
+        out.workload_span,
+    ) {
+        (Schedule::None, Some(_), Some((start_ns, end_ns))) => {
+            vec![FaultWindow { start_ns, end_ns }]
+        }
+        _ => out.log.windows(),
+    }
+}
+
 fn count_outcomes(summary: &mut Summary, history: &History) {
     let ops = history.ops();
     summary.ops = ops.len();
@@ -652,11 +784,18 @@ fn count_outcomes(summary: &mut Summary, history: &History) {
     summary.stale_reads = ops.iter().filter(|o| o.kind == OpKind::StaleRead).count();
 }
 
-/// Prints the summary, decides, and on failure keeps the evidence and panics.
-fn finish(scenario: &Scenario, mut out: RunState) -> Summary {
+/// Prints the summary and decides; on failure keeps the evidence and says where.
+fn finish(scenario: &Scenario, mut out: RunState) -> Result<Summary, Box<Failure>> {
     count_outcomes(&mut out.summary, &out.history);
     out.summary.faults = out.log.events();
     out.summary.faults_injected = out.log.faults_injected();
+    let windows = fault_windows(scenario, &out);
+    let minimums = scenario
+        .minimums
+        .scaled(DEFAULT_FAULT_TIME, out.summary.fault_time);
+    let served = Served::count(&out.history.ops(), &windows);
+    out.summary.served = ServedReport { served, minimums };
+    out.summary.problems.extend(minimums.check(&served));
     let summary = out.summary.clone();
     eprintln!("{summary}");
     let checker_ok = match scenario.expect {
@@ -671,37 +810,30 @@ fn finish(scenario: &Scenario, mut out: RunState) -> Summary {
         }
     }
     if checker_ok && summary.problems.is_empty() {
-        return summary;
+        return Ok(summary);
     }
     let dir = out.cluster.keep_data();
-    let saved = save_evidence(&dir, &out, &summary);
-    let mut why = String::new();
+    let mut reasons = Vec::new();
     if !checker_ok {
-        let _ = write!(
-            why,
-            "checker: expected {:?}, got: {}; ",
+        reasons.push(format!(
+            "checker: expected {:?}, got: {}",
             scenario.expect, summary.verdict
-        );
+        ));
     }
-    for p in &summary.problems {
-        let _ = write!(why, "{p}; ");
+    reasons.extend(summary.problems.iter().cloned());
+    if let Err(e) = save_evidence(&dir, &out, &summary) {
+        reasons.push(format!("saving some of the evidence failed: {e:#}"));
     }
     if let Some(report) = &out.report {
         let text = report.to_string();
         let excerpt: String = text.lines().take(60).collect::<Vec<_>>().join("\n");
         eprintln!("{excerpt}");
     }
-    panic!(
-        "scenario {} FAILED (seed {}): {why}evidence (history.txt, check.txt, faults.txt, \
-         summary.txt, node-N.log, node data) kept in {}{}",
-        summary.name,
-        summary.seed,
-        dir.display(),
-        match saved {
-            Ok(()) => String::new(),
-            Err(e) => format!(" (saving some of it failed: {e:#})"),
-        }
-    );
+    Err(Box::new(Failure {
+        summary,
+        reasons,
+        evidence: dir,
+    }))
 }
 
 fn save_evidence(dir: &Path, out: &RunState, summary: &Summary) -> anyhow::Result<()> {

@@ -5,11 +5,17 @@
 //! the random choices). Run them one at a time (`--test-threads=1`): each starts its own
 //! cluster. A failing scenario keeps its cluster directory (node logs and data, history,
 //! checker report, fault log) and names it in the panic message.
+//!
+//! Every fault is checked to have taken effect (see `tests::nemesis`), and every scenario
+//! requires a minimum of served operations: successful operations and acknowledged writes, in
+//! total and inside the fault windows. The minimums below are about a fifth of what a healthy
+//! run serves on the project's 2-core machine (the typical counts are in the comments, per
+//! 20 s of faults); they scale with `NEMESIS_SECS`.
 
 use std::time::Duration;
 
 use tests::nemesis::{Fault, Schedule};
-use tests::scenario::{self, Expect, Scenario};
+use tests::scenario::{self, Expect, Minimums, Scenario};
 use tests::workload::{RegisterConfig, SetConfig, Workload};
 
 fn registers() -> Workload {
@@ -23,38 +29,70 @@ fn registers_with_directed_readers(directed_readers: usize) -> Workload {
     })
 }
 
+/// Minimums: successful operations, acknowledged writes, and both inside fault windows.
+fn at_least(
+    ok: u64,
+    acked_writes: u64,
+    ok_in_faults: u64,
+    acked_writes_in_faults: u64,
+) -> Minimums {
+    Minimums {
+        ok,
+        acked_writes,
+        ok_in_faults,
+        acked_writes_in_faults,
+    }
+}
+
 #[test]
 fn leader_isolation() {
-    let summary = scenario::run(Scenario::new(
+    let mut s = Scenario::new(
         "leader isolation",
         3,
         registers(),
         Schedule::Repeat(Fault::IsolateLeader),
-    ));
+    );
+    // Typical: 5400 ok, 2060 acknowledged writes; in faults 3400 and 1290.
+    s.minimums = at_least(1100, 400, 650, 250);
+    let summary = scenario::run(s);
     assert!(summary.faults_injected > 0, "no fault was injected");
+    assert!(summary.checks.leadership_changes_verified > 0);
 }
 
 #[test]
 fn ring_partition_of_five_nodes() {
-    let summary = scenario::run(Scenario::new(
+    let mut s = Scenario::new(
         "ring partition (5 nodes)",
         5,
         registers(),
         Schedule::Repeat(Fault::Ring),
-    ));
+    );
+    // Typical: 5600 ok, 2080 acknowledged writes; in faults 3440 and 1260.
+    s.minimums = at_least(1100, 400, 650, 250);
+    let summary = scenario::run(s);
     assert!(summary.faults_injected > 0, "no fault was injected");
+    assert!(summary.checks.cuts_verified > 0);
 }
 
 #[test]
 fn sigstop_of_the_leader() {
     // A directed reader keeps asking the paused (then resumed) leader: it wakes up believing
     // it still leads and must not answer a linearizable read from its own state.
-    let summary = scenario::run(Scenario::new(
+    let mut s = Scenario::new(
         "SIGSTOP of the leader",
         3,
         registers_with_directed_readers(1),
         Schedule::Repeat(Fault::PauseLeader),
-    ));
+    );
+    // Pauses longer than the clients' 2.5 s request timeout, so that a client can give up on
+    // the stopped leader and move to the new one (elected within ~0.3 s) while the pause lasts.
+    s.hold = (Duration::from_millis(4000), Duration::from_millis(6000));
+    // Typical: 1900 ok, 560 acknowledged writes; in faults 120 ok (stale reads and reads
+    // served by followers) and 0 acknowledged writes: a client waits on the stopped leader
+    // for its whole request budget and keeps it as its leader hint after the timeout, so no
+    // write reaches the new leader during a pause. Hence no minimum of writes in faults.
+    s.minimums = at_least(380, 110, 25, 0);
+    let summary = scenario::run(s);
     assert!(summary.faults_injected > 0, "no fault was injected");
     assert!(
         summary.directed.0 > 0,
@@ -73,14 +111,21 @@ fn kill_9_loop_over_random_nodes() {
     // Frequent snapshots: restarted nodes recover from snapshot + log and may need a snapshot
     // shipped to catch up.
     s.snapshot_every = Some(200);
+    // Typical: 5550 ok, 2060 acknowledged writes; in faults 3410 and 1260 (lower when a
+    // round kills every node).
+    s.minimums = at_least(1100, 400, 500, 180);
     let summary = scenario::run(s);
     assert!(summary.faults_injected > 0, "no fault was injected");
+    assert!(summary.checks.kills_verified > 0);
 }
 
 #[test]
 fn random_acceptor_failures() {
     let mut s = Scenario::new("random acceptor failures", 3, registers(), Schedule::None);
     s.acceptor_failures = Some((0.03, (100, 500)));
+    // The servers fail their acceptors all along, so the whole run is one fault window.
+    // Typical: 740 ok, 290 acknowledged writes.
+    s.minimums = at_least(150, 55, 150, 55);
     let summary = scenario::run(s);
     assert!(
         summary.acceptor_failures > 0,
@@ -98,18 +143,24 @@ fn mixed_random_faults() {
     );
     s.hold = (Duration::from_millis(1000), Duration::from_millis(3000));
     s.snapshot_every = Some(500);
+    // Typical: 6660 ok, 2050 acknowledged writes; in faults 4390 and 1350 (much lower when
+    // the draw holds several leader pauses).
+    s.minimums = at_least(1300, 400, 450, 130);
     let summary = scenario::run(s);
     assert!(summary.faults_injected >= 3, "too few faults injected");
 }
 
 #[test]
 fn set_workload_under_faults() {
-    let summary = scenario::run(Scenario::new(
+    let mut s = Scenario::new(
         "set workload under mixed faults",
         3,
         Workload::Set(SetConfig::default()),
         Schedule::Mixed(Fault::all_for(3)),
-    ));
+    );
+    // Typical: 3510 ok, 730 acknowledged adds; in faults 1770 and 360.
+    s.minimums = at_least(700, 140, 180, 35);
+    let summary = scenario::run(s);
     assert!(summary.faults_injected > 0, "no fault was injected");
     let set = summary.set_check.expect("the set was checked");
     assert!(set.present > 0, "the final set is empty");
@@ -127,6 +178,8 @@ fn isolated_old_leader_does_not_serve_a_stale_linearizable_read() {
         Schedule::Repeat(Fault::IsolateLeaderFromPeers),
     );
     s.hold = (Duration::from_millis(2500), Duration::from_millis(4000));
+    // Typical: 4820 ok, 1720 acknowledged writes; in faults 2350 and 960.
+    s.minimums = at_least(950, 340, 470, 190);
     let summary = scenario::run(s);
     assert!(summary.probes.rounds > 0, "no probe reached the old leader");
     assert_eq!(summary.probes.stale, 0, "the old leader served stale reads");
@@ -149,10 +202,51 @@ fn the_checker_catches_the_planted_bug() {
     s.hold = (Duration::from_millis(2500), Duration::from_millis(4000));
     s.unsafe_local_reads = true;
     s.expect = Expect::Violation;
+    // Typical: 7070 ok, 1270 acknowledged writes; in faults 3680 and 460.
+    s.minimums = at_least(1400, 250, 700, 90);
     let summary = scenario::run(s);
     assert!(
         summary.violation_found,
         "the checker missed the planted bug: {}",
         summary.verdict
     );
+}
+
+#[test]
+fn a_cut_that_does_not_cut_fails_the_scenario() {
+    // The proxies only pretend to cut: the leader keeps its peers and its clients. The
+    // workload and the checker see nothing wrong, so the fault checks alone must fail it.
+    let mut s = Scenario::new(
+        "fake cuts (must be caught)",
+        3,
+        registers(),
+        Schedule::Repeat(Fault::IsolateLeader),
+    );
+    s.fake_network_faults = true;
+    s.fault_time = Some(Duration::from_secs(4));
+    s.hold = (Duration::from_millis(1000), Duration::from_millis(1000));
+    let failure = match scenario::try_run(s) {
+        Ok(summary) => panic!("a scenario whose cuts did not cut passed:\n{summary}"),
+        Err(failure) => failure,
+    };
+    let reasons = failure.reasons.join("\n");
+    eprintln!("the fake cuts were caught, as required:\n{reasons}");
+    assert!(
+        reasons.contains("a cut did not take effect: link n"),
+        "the leak of a cut link was not reported: {reasons}"
+    );
+    assert!(
+        reasons.contains("did not lose the leadership"),
+        "the leader keeping its leadership was not reported: {reasons}"
+    );
+    assert!(
+        reasons.contains("not one leadership change was verified"),
+        "{reasons}"
+    );
+    assert!(
+        failure.summary.linearizable,
+        "only the fault checks should fail"
+    );
+    // Nothing to investigate: the failure was the point.
+    std::fs::remove_dir_all(&failure.evidence).expect("remove the kept directory");
 }

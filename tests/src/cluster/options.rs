@@ -23,6 +23,10 @@ pub struct ClusterOptions {
     /// The server executable; when `None`, see
     /// [`find_server_binary`](super::find_server_binary).
     pub binary: Option<PathBuf>,
+    /// Make every network fault fake: the proxies record cuts but keep forwarding (see
+    /// [`Proxy::set_fake_faults`](crate::proxy::Proxy::set_fake_faults)). Only for proving
+    /// that the checks of a fault's effect fail when the fault has none. Off by default.
+    pub fake_network_faults: bool,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +39,7 @@ impl Default for ClusterOptions {
             snapshot_every: None,
             extra_args: Vec::new(),
             binary: None,
+            fake_network_faults: false,
         }
     }
 }

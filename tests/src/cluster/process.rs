@@ -106,6 +106,20 @@ pub fn process_exists(pid: u32) -> bool {
     }
 }
 
+/// The start time of process `pid` (clock ticks since boot, field 22 of `/proc/<pid>/stat`),
+/// or `None` if there is no such process. A pid that names a process with a different start
+/// time was reused by another process.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: count fields after it. The
+    // state (field 3) comes first, so field 22 is the 20th.
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// A node's process slot: how to start it, and the running child if any.
 #[derive(Debug)]
 pub(crate) struct NodeProcess {

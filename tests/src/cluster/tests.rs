@@ -430,3 +430,124 @@ fn real_servers_talk_through_their_proxies() {
         assert!(fs::metadata(cluster.log_path(id)).unwrap().len() > 0);
     }
 }
+
+#[test]
+fn kill_verified_proves_the_node_is_gone() {
+    let (_bin_dir, bin) = script(SLEEPER);
+    let cluster = Cluster::start(options(&bin, 1, false)).unwrap();
+    let pid = wait_stand_in_ready(&cluster, 1);
+    assert!(process_start_ticks(pid).is_some());
+    let proof = cluster.kill_verified(1).unwrap();
+    assert_eq!((proof.id, proof.pid), (1, pid));
+    assert_eq!(proof.status.signal(), Some(libc::SIGKILL));
+    assert!(
+        proof.to_string().contains("client port refusing"),
+        "{proof}"
+    );
+    assert_eq!(process_start_ticks(pid), None);
+    let again = cluster.kill_verified(1).unwrap_err().to_string();
+    assert!(again.contains("node 1 is not running"), "{again}");
+}
+
+#[test]
+fn kill_verified_fails_while_the_nodes_address_still_serves() {
+    // As if the node had left a process behind that still serves its clients.
+    let (_bin_dir, bin) = script(SLEEPER);
+    let cluster = Cluster::start(options(&bin, 1, false)).unwrap();
+    wait_stand_in_ready(&cluster, 1);
+    let _survivor = std::net::TcpListener::bind(cluster.layout().client_listen[&1]).unwrap();
+    let err = cluster.kill_verified(1).unwrap_err().to_string();
+    assert!(err.contains("did not refuse a connection"), "{err}");
+}
+
+/// Sends bytes from node `from`'s side through the proxy of link `(from, to)` to a listener
+/// standing in for node `to`; returns how many bytes arrived there.
+fn push_through_link(
+    cluster: &Cluster,
+    from: u64,
+    to: u64,
+    listener: &std::net::TcpListener,
+) -> usize {
+    use std::io::{Read, Write};
+    let proxy = cluster.peer_proxy(from, to).unwrap().addr();
+    let Ok(mut stream) = std::net::TcpStream::connect(proxy) else {
+        return 0;
+    };
+    if stream.write_all(b"peer message").is_err() {
+        return 0;
+    }
+    let accepted = {
+        // The proxy dials the target only if it forwards the connection.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            match listener.accept() {
+                Ok((conn, _)) => break Some(conn),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(POLL);
+                }
+                Err(_) => break None,
+            }
+        }
+    };
+    let Some(mut conn) = accepted else {
+        return 0;
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(PROMPTLY)).unwrap();
+    let mut buf = [0u8; 64];
+    conn.read(&mut buf).unwrap_or(0)
+}
+
+#[test]
+fn heal_reports_that_a_cut_link_carried_nothing() {
+    let (_bin_dir, bin) = script(SLEEPER);
+    let cluster = Cluster::start(options(&bin, 3, true)).unwrap();
+    let node_2 = std::net::TcpListener::bind(cluster.layout().peer_listen[&2]).unwrap();
+    assert_eq!(push_through_link(&cluster, 1, 2, &node_2), 12, "link works");
+    assert_eq!(
+        cluster.heal_all(),
+        HealReport::default(),
+        "nothing was blocked"
+    );
+
+    cluster.cut_link(1, 2).unwrap();
+    cluster.cut_client(3).unwrap();
+    assert_eq!(
+        push_through_link(&cluster, 1, 2, &node_2),
+        0,
+        "the cut holds"
+    );
+    let report = cluster.heal_all();
+    assert_eq!(report.blocked(), 2);
+    assert_eq!(report.links.keys().copied().collect::<Vec<_>>(), [(1, 2)]);
+    assert_eq!(report.clients.keys().copied().collect::<Vec<_>>(), [3]);
+    assert!(report.leaks().is_empty(), "{:?}", report.leaks());
+}
+
+#[test]
+fn heal_reports_the_traffic_of_a_fake_cut() {
+    let (_bin_dir, bin) = script(SLEEPER);
+    let opts = ClusterOptions {
+        fake_network_faults: true,
+        ..options(&bin, 3, true)
+    };
+    let cluster = Cluster::start(opts).unwrap();
+    let node_2 = std::net::TcpListener::bind(cluster.layout().peer_listen[&2]).unwrap();
+    cluster.cut_link(1, 2).unwrap();
+    assert!(cluster.peer_proxy(1, 2).unwrap().is_cut(), "says it is cut");
+    assert_eq!(
+        push_through_link(&cluster, 1, 2, &node_2),
+        12,
+        "yet it forwards"
+    );
+    let report = cluster.heal_all();
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert!(
+        leaks[0].starts_with(
+            "link n1->n2 carried 12 bytes forward, 0 bytes backward, 1 connections dialed"
+        ),
+        "{leaks:?}"
+    );
+}

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Direction, Proxy};
+use super::{Direction, Leak, Proxy};
 use crate::cluster::wait_until;
 
 /// Bound for anything that should happen "at once" (generous: the machine is shared).
@@ -382,6 +382,133 @@ async fn dropping_the_proxy_ends_every_task_and_connection() {
         TcpStream::connect(addr).await.is_err(),
         "listener still open"
     );
+}
+
+/// Keeps writing small messages through `proxy` (reconnecting whenever the connection fails)
+/// until the returned sender is dropped or sent to.
+fn keep_sending(proxy: &Proxy) -> (tokio::sync::oneshot::Sender<()>, JoinHandle<u64>) {
+    let addr = proxy.addr();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut attempts = 0u64;
+        loop {
+            attempts += 1;
+            if let Ok(mut stream) = TcpStream::connect(addr).await {
+                loop {
+                    if stream.write_all(b"tick").await.is_err() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut stopped => return attempts,
+                        () = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut stopped => return attempts,
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    });
+    (stop, task)
+}
+
+#[tokio::test]
+async fn a_cut_forwards_nothing_until_healed_while_traffic_keeps_coming() {
+    let mut server = EchoServer::start().await;
+    let proxy = Proxy::start(server.addr).unwrap();
+    assert_eq!(proxy.leak(), None, "no fault, no leak accounting");
+    let (stop, sender) = keep_sending(&proxy);
+    server.receive(40).await;
+
+    proxy.cut();
+    let at_cut = proxy.stats();
+    // The sender keeps reconnecting and writing: wait until a connection was refused, and a
+    // while longer.
+    wait_until("a refused reconnection", PROMPTLY, POLL, || async {
+        proxy.stats().refused > at_cut.refused
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(QUIET).await;
+    let leak = proxy.leak().expect("a cut is accounted");
+    assert!(leak.is_empty(), "a cut proxy forwarded {leak}");
+    let during = proxy.stats();
+    assert_eq!(during.forward_bytes, at_cut.forward_bytes);
+    assert_eq!(during.backward_bytes, at_cut.backward_bytes);
+    assert_eq!(during.dialed, at_cut.dialed);
+    assert_eq!(proxy.heal(), Some(Leak::default()));
+    assert_eq!(proxy.leak(), None);
+
+    // Healed: traffic flows again.
+    wait_until("traffic after the heal", PROMPTLY, POLL, || async {
+        proxy.stats().forward_bytes > during.forward_bytes
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(());
+    sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn bytes_queued_before_a_cut_are_never_delivered() {
+    let mut server = EchoServer::start().await;
+    let proxy = Proxy::start(server.addr).unwrap();
+    let mut stream = connect_greeted(&proxy).await;
+    proxy.set_delay(Duration::from_millis(300));
+    stream.write_all(b"queued").await.unwrap();
+    // The proxy has read the bytes (they are held by the delay) when the cut comes.
+    wait_until(
+        "the bytes to be read by the proxy",
+        PROMPTLY,
+        POLL,
+        || async { proxy.stats().active == 1 },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    proxy.cut();
+    server.assert_receives_nothing().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(proxy.heal(), Some(Leak::default()));
+    assert_eq!(proxy.stats().forward_bytes, 0);
+}
+
+#[tokio::test]
+async fn a_one_way_cut_accounts_only_its_direction() {
+    let mut server = EchoServer::start().await;
+    let proxy = Proxy::start(server.addr).unwrap();
+    let mut stream = connect_greeted(&proxy).await;
+    proxy.cut_direction(Direction::Forward);
+    stream.write_all(b"dropped").await.unwrap();
+    server.assert_receives_nothing().await;
+    let leak = proxy.leak().expect("a one-way cut is accounted");
+    assert!(leak.is_empty(), "{leak}");
+    assert_eq!(proxy.heal(), Some(Leak::default()));
+    echo(&mut stream, b"back").await;
+}
+
+#[tokio::test]
+async fn a_fake_cut_is_caught_by_the_leak_accounting() {
+    // The proxy pretends to cut (it says it is cut) but forwards everything: the very bug the
+    // leak check exists for. The check must see the traffic.
+    let mut server = EchoServer::start().await;
+    let proxy = Proxy::start(server.addr).unwrap();
+    proxy.set_fake_faults(true);
+    let (stop, sender) = keep_sending(&proxy);
+    server.receive(8).await;
+    proxy.cut();
+    assert!(proxy.is_cut(), "a fake cut still reports itself");
+    wait_until("traffic through the fake cut", PROMPTLY, POLL, || async {
+        proxy.leak().is_some_and(|l| l.forward_bytes > 0)
+    })
+    .await
+    .unwrap();
+    let leak = proxy.heal().expect("accounted");
+    assert!(!leak.is_empty());
+    assert!(leak.to_string().contains("bytes forward"), "{leak}");
+    let _ = stop.send(());
+    sender.await.unwrap();
 }
 
 #[test]
