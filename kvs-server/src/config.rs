@@ -115,6 +115,12 @@ pub struct ReplicaArgs {
     /// Largest frame accepted from a client or peer, in bytes.
     #[arg(long)]
     pub max_frame_bytes: Option<usize>,
+    /// Bytes of answers one client connection may hold before its requests are not read.
+    #[arg(long)]
+    pub client_held_bytes_max: Option<usize>,
+    /// A client connection that takes none of its answers for this long is closed.
+    #[arg(long)]
+    pub client_stall_timeout_ms: Option<u64>,
     /// Log filter (e.g. info, debug, kvs_server=debug).
     #[arg(long, env = "KVS_LOG")]
     pub log_level: Option<String>,
@@ -143,6 +149,8 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_frame_bytes: Option<usize>,
+    client_held_bytes_max: Option<usize>,
+    client_stall_timeout_ms: Option<u64>,
     log_level: Option<String>,
 }
 
@@ -176,6 +184,8 @@ impl ReplicaArgs {
             request_timeout_ms: self.request_timeout_ms.or(f.request_timeout_ms),
             max_connections: self.max_connections.or(f.max_connections),
             max_frame_bytes: self.max_frame_bytes.or(f.max_frame_bytes),
+            client_held_bytes_max: self.client_held_bytes_max.or(f.client_held_bytes_max),
+            client_stall_timeout_ms: self.client_stall_timeout_ms.or(f.client_stall_timeout_ms),
             log_level: self.log_level.clone().or(f.log_level),
             unsafe_local_reads: self.unsafe_local_reads,
         })
@@ -236,6 +246,15 @@ impl ReplicaArgs {
         let limits = ClientLimits {
             connections_max: a.max_connections.unwrap_or(4096).max(1),
             frame_bytes_max: frame,
+            held_bytes_max: a
+                .client_held_bytes_max
+                .unwrap_or(crate::clients::HELD_BYTES_MAX_DEFAULT)
+                .max(1),
+            stall_timeout: a
+                .client_stall_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(crate::clients::STALL_TIMEOUT_DEFAULT)
+                .max(Duration::from_millis(1)),
             ..ClientLimits::default()
         };
         Ok(NodeConfig {

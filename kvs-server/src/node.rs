@@ -20,7 +20,7 @@ use wire::{
     PeerReachability, ReadConsistency, Reply, Session, WriteOp,
 };
 
-use crate::clients::{self, ClientLimits, Outbox, Responder};
+use crate::clients::{self, ClientLimits, Outbox, Responder, ValueBytesSeen};
 use crate::peers;
 use crate::snapshot;
 use crate::state_machine::StateMachine;
@@ -170,6 +170,8 @@ struct Node {
     last_role: (Role, paxos_core::Ballot),
     /// Answers to clients, written at the end of each turn of the loop.
     outbox: Outbox,
+    /// The largest value in the store, for bounding what client connections hold.
+    values: ValueBytesSeen,
 }
 
 /// Runs a replica until `shutdown` turns true or a fatal error (such as a failed fsync).
@@ -260,6 +262,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
     ));
     let outbox = Outbox::default();
+    let values = ValueBytesSeen::default();
+    note_values(&sm, &values);
     tokio::spawn(clients::listen(
         client_listener,
         cfg.cluster_id.clone(),
@@ -268,6 +272,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             events: events_tx.clone(),
             outbox: outbox.clone(),
             limits: cfg.limits.clone(),
+            values: values.clone(),
         },
         shutdown.clone(),
     ));
@@ -296,6 +301,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         fatal: None,
         last_role: (Role::Follower, paxos_core::Ballot::ZERO),
         outbox,
+        values,
     };
     node.drain();
 
@@ -505,6 +511,11 @@ impl Node {
                 self.applied_bytes_since_snapshot += raw.len() as u64;
                 match Command::decode(&raw) {
                     Ok(c) => {
+                        match &c.op {
+                            WriteOp::Put { value, .. } => self.values.observe(value.len()),
+                            WriteOp::Cas { new, .. } => self.values.observe(new.len()),
+                            _ => {}
+                        }
                         let applied = self.sm.apply(slot, c);
                         let key = (applied.session.client_id, applied.session.seq);
                         if let Some(p) = self.pending_writes.remove(&key) {
@@ -690,6 +701,7 @@ impl Node {
             keys = sm.len(),
             "installed a snapshot from a peer"
         );
+        note_values(&sm, &self.values);
         self.sm = sm;
         self.sm.set_sessions_max(self.cfg.sessions_max);
         self.last_snapshot_slot = slot;
@@ -940,6 +952,7 @@ impl Node {
         state.snapshot_slot = sm.applied();
         self.last_snapshot_slot = sm.applied();
         self.applied_bytes_since_snapshot = 0;
+        note_values(&sm, &self.values);
         self.sm = sm;
         self.sm.set_sessions_max(self.cfg.sessions_max);
         let seed = self.rng.random();
@@ -1002,6 +1015,11 @@ impl Node {
             uptime_ms: self.start.elapsed().as_millis() as u64,
         }
     }
+}
+
+/// Notes the largest value of a loaded or received state machine.
+fn note_values(sm: &StateMachine, values: &ValueBytesSeen) {
+    values.observe(sm.data().values().map(|v| v.len()).max().unwrap_or(0));
 }
 
 /// An exclusive lock on a data directory, so two servers never share one.
