@@ -20,6 +20,9 @@
 //!   [`LEADERSHIP_CHANGE_TIMEOUT`], another node must lead on a higher ballot, a majority of
 //!   the members must be on a ballot above the old leader's (so they refuse it), and the old
 //!   leader, when it can be asked (isolated, not paused), must no longer claim to lead;
+//! - pausing the leader: besides the leadership change, a write sent through the other nodes
+//!   only (by a client that does not know the paused node) must be acknowledged within
+//!   [`PAUSE_WRITE_TIMEOUT`]: the cluster serves while its old leader is stopped;
 //! - `kill -9`: the process must be reaped with SIGKILL, its pid gone and its client port
 //!   refusing connections ([`Cluster::kill_verified`]), and it must still be down when the
 //!   heal restarts it.
@@ -57,8 +60,15 @@ use crate::history::{format_ns, History, OpKind, ProcessId, Ret};
 /// Process ids used by the nemesis' own probe operations (far from the workload's).
 pub const PROBE_PROCESS_BASE: ProcessId = 900_000;
 
-/// The key the [`Fault::IsolateLeaderFromPeers`] probe writes and reads back.
+/// The key the [`Fault::IsolateLeaderFromPeers`] probe writes and reads back, and the
+/// [`Fault::PauseLeader`] probe writes.
 pub const PROBE_KEY: &str = "nemesis/probe";
+
+/// Process ids of the [`Fault::PauseLeader`] probe's writes (one per attempt).
+const PAUSE_PROCESS_BASE: ProcessId = 950_000;
+
+/// Bound on a write through the other nodes being acknowledged while the leader is paused.
+pub const PAUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Rounds of a schedule at most, whatever the duration (bounds the nemesis loop).
 const ROUNDS_MAX: usize = 10_000;
@@ -303,6 +313,8 @@ pub struct FaultChecks {
     /// Leader faults whose victim was not known to lead (no leader found in time), so there
     /// was no leadership change to verify.
     pub leader_unknown: u64,
+    /// Leader pauses during which a write through the other nodes was acknowledged.
+    pub pause_writes_verified: u64,
     /// Kills shown to have ended the process (reaped by SIGKILL, pid gone, port refusing).
     pub kills_verified: u64,
     /// Faults that did not take effect, one message each. Any entry fails the scenario.
@@ -313,11 +325,13 @@ impl fmt::Display for FaultChecks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} cuts ({} proxies) carried nothing while cut, {} leadership changes, {} kills \
-             verified; {} leader faults without a known leader; {} FAILED",
+            "{} cuts ({} proxies) carried nothing while cut, {} leadership changes, {} writes \
+             during leader pauses, {} kills verified; {} leader faults without a known leader; \
+             {} FAILED",
             self.cuts_verified,
             self.proxies_verified,
             self.leadership_changes_verified,
+            self.pause_writes_verified,
             self.kills_verified,
             self.leader_unknown,
             self.failures.len()
@@ -387,6 +401,7 @@ pub struct Nemesis {
     rng: StdRng,
     status_client: Client,
     probe_round: u64,
+    pause_writes: u64,
 }
 
 impl fmt::Debug for Nemesis {
@@ -416,6 +431,7 @@ impl Nemesis {
             shared,
             status_client,
             probe_round: 0,
+            pause_writes: 0,
         })
     }
 
@@ -567,6 +583,7 @@ impl Nemesis {
                 let at = self.injected(format!("SIGSTOP leader n{leader}"));
                 // A stopped process cannot answer: the others must have moved on.
                 self.check_leadership_moved(status.as_ref(), false).await;
+                self.check_write_during_pause(leader).await;
                 Ok((Heal::Resume(leader), at))
             }
             Fault::KillRandom => Ok(self.inject_kills()),
@@ -740,6 +757,52 @@ impl Nemesis {
             }
         }
         Ok(())
+    }
+
+    /// With `paused` stopped: writes fresh values of [`PROBE_KEY`] through the other nodes only
+    /// (a client that does not know `paused`) until one is acknowledged, bounded by
+    /// [`PAUSE_WRITE_TIMEOUT`]; every attempt is recorded in the history. This shows the
+    /// cluster serving while its old leader is stopped, whatever the workload's clients do.
+    async fn check_write_during_pause(&mut self, paused: u64) {
+        let others: Vec<u64> = self.ids().into_iter().filter(|&id| id != paused).collect();
+        let endpoints: Vec<String> = others
+            .iter()
+            .filter_map(|&id| self.cluster.client_endpoint(id).ok())
+            .collect();
+        let client = match Client::connect(endpoints, self.config.client_options.clone()) {
+            Ok(client) => client,
+            Err(e) => return self.check_failed(format!("no client for nodes {others:?}: {e}")),
+        };
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < PAUSE_WRITE_TIMEOUT {
+            self.pause_writes += 1;
+            // A fresh process per attempt: an unknown outcome ends a process in the history.
+            let process = PAUSE_PROCESS_BASE + self.pause_writes;
+            let value = format!("pause-{}", self.pause_writes);
+            let kind = OpKind::Write(value.clone().into_bytes());
+            let op = self.history.invoke(process, PROBE_KEY, kind);
+            match bounded(client.put(PROBE_KEY, value)).await {
+                Ok(()) => {
+                    op.ok(Ret::Done);
+                    lock(&self.shared.checks).pause_writes_verified += 1;
+                    self.log.note(format!(
+                        "verified: a write through nodes {others:?} was acknowledged {:.2}s into \
+                         the pause of n{paused}",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    op.unknown(); // Never wrong for a write: it may or may not have happened.
+                    last = e;
+                }
+            }
+        }
+        self.check_failed(format!(
+            "no write through nodes {others:?} was acknowledged within \
+             {PAUSE_WRITE_TIMEOUT:?} of pausing leader n{paused} (last error: {last})"
+        ));
     }
 
     /// With `old` cut off from its peers: waits for another leader, writes a fresh value
