@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -289,8 +289,8 @@ impl Client {
         let after = self.inner.options.request_timeout;
         // Two tries: the first may find a pooled connection the node has closed since.
         for first in [true, false] {
-            let mut sent = false;
-            let attempt = self.attempt(endpoint, Op::Status, None, &mut sent);
+            let sent = Arc::new(AtomicBool::new(false));
+            let attempt = self.attempt(endpoint, Op::Status, None, &sent);
             let answer = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(answer) => answer,
                 Err(_elapsed) => {
@@ -448,9 +448,11 @@ impl Client {
                 tried.clear();
             }
             tried.insert(target.clone());
-            let mut sent = false;
-            let attempt = self.attempt(&target, op.clone(), session, &mut sent);
+            let sent = Arc::new(AtomicBool::new(false));
+            let attempt = self.attempt(&target, op.clone(), session, &sent);
             let Ok(answer) = tokio::time::timeout_at(deadline, attempt).await else {
+                // The attempt is dropped: a request the writer had not taken is never sent.
+                let sent = sent.load(Ordering::Acquire);
                 return Err(if is_write && (sent || maybe_applied) {
                     SendError::Unknown(format!(
                         "no answer from {target} within {}",
@@ -527,7 +529,7 @@ impl Client {
         endpoint: &str,
         op: Op,
         session: Option<Session>,
-        sent: &mut bool,
+        sent: &Arc<AtomicBool>,
     ) -> Result<Answer, AttemptError> {
         let connection = self.connection(endpoint).await?;
         connection

@@ -5,9 +5,14 @@
 //! flight at once and their answers may come back in any order. When the connection breaks
 //! (either task fails, or the node closes it) every request still waiting on it fails at
 //! once with the reason, so that its caller can retry elsewhere or report the outcome.
+//!
+//! A request counts as sent only once the writer takes it for the socket: one still queued
+//! for the writer when the connection breaks is reported as not sent (it cannot have
+//! reached the node), and one whose caller gave up before the writer took it is never
+//! written.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,7 +50,8 @@ pub(crate) enum ConnectError {
 /// Why a request got no answer.
 #[derive(Debug)]
 pub(crate) enum CallError {
-    /// The request was not sent: the connection is closed or too busy.
+    /// The request was not sent: the connection is closed or too busy, or it closed
+    /// before the request left the client.
     NotSent(String),
     /// The request was handed to the connection, then the connection broke.
     Lost(String),
@@ -56,7 +62,7 @@ pub(crate) enum CallError {
 /// A connection to one node, shared by every task of a client.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<(u64, Bytes)>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     frame_bytes_max: usize,
@@ -69,9 +75,21 @@ struct Shared {
     closed: CancellationToken,
 }
 
+/// Why a waiting request got no answer: the reason the connection closed, and whether the
+/// writer had taken the request for the socket.
+type Failure = (String, bool);
+
+/// A request awaiting its answer.
+#[derive(Debug)]
+struct Waiter {
+    answer: oneshot::Sender<Result<Answer, Failure>>,
+    /// Set when the writer takes the request for the socket: it may reach the node.
+    sent: Arc<AtomicBool>,
+}
+
 #[derive(Debug, Default)]
 struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Result<Answer, String>>>,
+    waiting: HashMap<u64, Waiter>,
     /// Why the connection closed, once it has.
     closed: Option<String>,
 }
@@ -144,15 +162,18 @@ impl Connection {
         self.shared.closed.is_cancelled()
     }
 
-    /// Sends one request and waits for its answer. Sets `*sent` once the request is handed
-    /// to the writer: from then on it may reach the node even if no answer comes back.
+    /// Sends one request and waits for its answer. `sent` is set once the writer takes the
+    /// request for the socket: from then on it may reach the node even if no answer comes
+    /// back. While it is unset the request has not left the client.
     ///
-    /// Cancel-safe: dropping the future forgets the request (a late answer is discarded).
+    /// Cancel-safe: dropping the future forgets the request (a late answer is discarded),
+    /// and a request forgotten before the writer took it is never written, so `sent` read
+    /// after the future is dropped tells whether it may have reached the node.
     pub(crate) async fn call(
         &self,
         session: Option<Session>,
         op: Op,
-        sent: &mut bool,
+        sent: &Arc<AtomicBool>,
     ) -> Result<Answer, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = wire::encode(&ClientRequest { id, session, op }).map_err(|e| {
@@ -178,21 +199,28 @@ impl Connection {
                     "{PENDING_MAX} requests already in flight on this connection"
                 )));
             }
-            let previous = pending.waiting.insert(id, answer_tx);
+            let waiter = Waiter {
+                answer: answer_tx,
+                sent: Arc::clone(sent),
+            };
+            let previous = pending.waiting.insert(id, waiter);
             assert!(previous.is_none(), "request ids are unique per connection");
         }
         let _forget = ForgetOnDrop {
             shared: &self.shared,
             id,
         };
-        if self.frames.send(frame).await.is_err() {
+        if self.frames.send((id, frame)).await.is_err() {
             return Err(CallError::NotSent(self.shared.close_reason()));
         }
-        *sent = true;
         match answer_rx.await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(reason)) => Err(CallError::Lost(reason)),
-            Err(_dropped) => Err(CallError::Lost(self.shared.close_reason())),
+            Ok(Err((reason, true))) => Err(CallError::Lost(reason)),
+            Ok(Err((reason, false))) => Err(CallError::NotSent(reason)),
+            Err(_dropped) if sent.load(Ordering::Acquire) => {
+                Err(CallError::Lost(self.shared.close_reason()))
+            }
+            Err(_dropped) => Err(CallError::NotSent(self.shared.close_reason())),
         }
     }
 }
@@ -223,9 +251,10 @@ impl Shared {
         // Closed before anyone hears of it, so that a caller told of the loss never picks
         // this connection again.
         self.closed.cancel();
-        for answer_tx in waiting.into_values() {
+        for waiter in waiting.into_values() {
             // The caller may have given up already; nothing to do then.
-            let _ = answer_tx.send(Err(reason.clone()));
+            let sent = waiter.sent.load(Ordering::Acquire);
+            let _ = waiter.answer.send(Err((reason.clone(), sent)));
         }
     }
 
@@ -237,10 +266,23 @@ impl Shared {
     }
 
     fn resolve(&self, response: ClientResponse) {
-        let answer_tx = self.lock().waiting.remove(&response.id);
+        let waiter = self.lock().waiting.remove(&response.id);
         // No waiter: the caller gave up on it (timeout), so the answer is dropped.
-        if let Some(answer_tx) = answer_tx {
-            let _ = answer_tx.send(Ok(response.result));
+        if let Some(waiter) = waiter {
+            let _ = waiter.answer.send(Ok(response.result));
+        }
+    }
+
+    /// The writer is about to write request `id`: marks it sent and returns true, or
+    /// returns false if its caller has given up (it must not be written then). Under the
+    /// lock, so a caller that gives up either sees it sent or is sure it never will be.
+    fn take_for_socket(&self, id: u64) -> bool {
+        match self.lock().waiting.get(&id) {
+            Some(waiter) => {
+                waiter.sent.store(true, Ordering::Release);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -259,7 +301,7 @@ impl Drop for ForgetOnDrop<'_> {
 
 async fn write_frames(
     mut sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<(u64, Bytes)>,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -271,20 +313,24 @@ async fn write_frames(
             shared.close("the connection was dropped by the client".to_owned());
             return;
         };
-        if let Err(e) = write_batch(&mut sink, &mut queue, frame).await {
+        if let Err(e) = write_batch(&mut sink, &mut queue, &shared, frame).await {
             shared.close(format!("sending failed: {e}"));
             return;
         }
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a limit), then flushes once.
+/// Writes `first` and whatever else is queued (up to a limit), then flushes once. Requests
+/// whose callers have given up are skipped.
 async fn write_batch(
     sink: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
-    queue: &mut mpsc::Receiver<Bytes>,
-    first: Bytes,
+    queue: &mut mpsc::Receiver<(u64, Bytes)>,
+    shared: &Shared,
+    (id, first): (u64, Bytes),
 ) -> std::io::Result<()> {
-    sink.feed(first).await?;
+    if shared.take_for_socket(id) {
+        sink.feed(first).await?;
+    }
     if queue.is_empty() {
         // Callers woken by the same batch of answers are usually about to send their next
         // request: let them run first, so one write carries all of them rather than one
@@ -293,7 +339,11 @@ async fn write_batch(
     }
     for _ in 1..FRAMES_PER_FLUSH_MAX {
         match queue.try_recv() {
-            Ok(frame) => sink.feed(frame).await?,
+            Ok((id, frame)) => {
+                if shared.take_for_socket(id) {
+                    sink.feed(frame).await?;
+                }
+            }
             Err(_) => break,
         }
     }
@@ -319,4 +369,141 @@ async fn read_responses(
         }
     };
     shared.close(reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A node that completes the handshake and reads nothing for `hold`. Then it hangs up,
+    /// or (with `drain`) reads every request until the client closes and sends their ids.
+    async fn deaf_node(hold: Duration, drain: Option<oneshot::Sender<Vec<u64>>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut framed = Framed::new(stream, wire::frame_codec());
+            let expect = wire::HandshakeExpectation::clients("kvs");
+            if wire::server_handshake(&mut framed, &expect, 1, Duration::from_secs(5))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(hold).await;
+            let Some(report) = drain else {
+                return; // hangs up
+            };
+            let mut ids = Vec::new();
+            while let Some(Ok(frame)) = framed.next().await {
+                if let Ok(req) = wire::decode::<ClientRequest>(&frame) {
+                    ids.push(req.id);
+                }
+            }
+            let _ = report.send(ids);
+        });
+        addr
+    }
+
+    async fn open(addr: &str) -> Arc<Connection> {
+        let hello = Hello::new("kvs", wire::PeerRole::Client);
+        Connection::open(
+            addr,
+            &hello,
+            Duration::from_secs(5),
+            wire::FRAME_BYTES_MAX_DEFAULT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn put(i: usize) -> Op {
+        Op::Put {
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from(vec![b'x'; 512 * 1024]),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_still_queued_when_the_connection_breaks_are_not_sent() {
+        let addr = deaf_node(Duration::from_millis(500), None).await;
+        let conn = open(&addr).await;
+        // 200 writes of 512 KiB: far more than the socket buffers take, so most are still
+        // queued in the client when the node hangs up.
+        let calls = (0..200).map(|i| {
+            let conn = Arc::clone(&conn);
+            async move {
+                let sent = Arc::new(AtomicBool::new(false));
+                let result = conn.call(None, put(i), &sent).await;
+                (result, sent.load(Ordering::Acquire))
+            }
+        });
+        let outcomes =
+            tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(calls))
+                .await
+                .unwrap_or_else(|_| panic!("the calls did not fail when the node hung up"));
+        let (mut lost, mut not_sent) = (0, 0);
+        for (result, sent) in outcomes {
+            match result {
+                Err(CallError::Lost(_)) => {
+                    assert!(sent, "a request lost in transit was taken for the socket");
+                    lost += 1;
+                }
+                Err(CallError::NotSent(_)) => {
+                    assert!(
+                        !sent,
+                        "a request reported not sent was taken for the socket"
+                    );
+                    not_sent += 1;
+                }
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        assert!(lost >= 1, "some writes reached the socket");
+        assert!(
+            not_sent >= 100,
+            "writes still queued are not sent: {not_sent} of 200 ({lost} lost)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_before_the_writer_took_it_is_never_written() {
+        let (report, received) = oneshot::channel();
+        let addr = deaf_node(Duration::from_millis(800), Some(report)).await;
+        let conn = open(&addr).await;
+        let flags: Vec<_> = (0..100).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let calls = flags.iter().enumerate().map(|(i, sent)| {
+            let conn = Arc::clone(&conn);
+            async move {
+                let call = conn.call(None, put(i), sent);
+                let _ = tokio::time::timeout(Duration::from_millis(300), call).await;
+            }
+        });
+        futures::future::join_all(calls).await;
+        // Every caller has given up. The node now reads everything the client writes.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(conn);
+        let received = tokio::time::timeout(Duration::from_secs(10), received)
+            .await
+            .unwrap_or_else(|_| panic!("the node did not finish reading"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let taken: Vec<u64> = (0..100u64)
+            .filter(|&i| flags[i as usize].load(Ordering::Acquire))
+            .map(|i| i + 1) // request ids start at 1
+            .collect();
+        assert!(
+            !taken.is_empty() && taken.len() < 100,
+            "{} of 100 taken for the socket",
+            taken.len()
+        );
+        assert_eq!(received, taken, "only requests taken for the socket arrive");
+    }
 }
