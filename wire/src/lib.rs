@@ -6,7 +6,8 @@
 //!
 //! A connection goes like this:
 //! 1. **Handshake** ([`handshake`]): the connecting side sends a [`Hello`] (magic bytes,
-//!    protocol version, cluster id, and its node id or "client"); the accepting side checks
+//!    protocol version, cluster id, its node id or "client", and a replica's
+//!    [`ReplicaIdentity`]); the accepting side checks
 //!    it with [`check_hello`] and answers with a [`HelloReply`], which is either accepted or
 //!    refused with a [`HandshakeRefusal`] that both sides can print. These two records have
 //!    a fixed byte layout (see [`handshake::layout`]) so that any future version can still
@@ -118,9 +119,10 @@ pub use codec::{
 pub use command::{Command, WriteOp};
 pub use error::WireError;
 pub use handshake::{
-    check_hello, client_handshake, server_handshake, Accepted, HandshakeExpectation,
-    HandshakeRefusal, Hello, HelloReply, PeerRole, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT,
-    MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    check_hello, check_identity, client_handshake, server_handshake, server_handshake_with,
+    Accepted, HandshakeExpectation, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity,
+    Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT, IDENTITY_MEMBERS_MAX, MAGIC,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 pub use peer::{PeerMessage, SNAPSHOT_CHUNK_BYTES};
 pub use status::{BallotInfo, NodeRole, NodeStatus, PeerReachability};

@@ -1,5 +1,6 @@
-//! The handshake over an in-memory stream: acceptance, every refusal on both sides,
-//! garbage, a newer version, timeouts, and frames after the handshake.
+//! The handshake over an in-memory stream: acceptance, every refusal on both sides (the
+//! replica identity checks included), garbage, an older and a newer version, timeouts, and
+//! frames after the handshake.
 
 use std::time::Duration;
 
@@ -8,8 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use wire::handshake::layout;
 use wire::{
-    client_handshake, frame_codec, server_handshake, Accepted, HandshakeExpectation,
-    HandshakeRefusal, Hello, HelloReply, PeerRole, WireError, PROTOCOL_VERSION,
+    client_handshake, frame_codec, server_handshake, server_handshake_with, Accepted,
+    HandshakeExpectation, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid,
+    WireError, PROTOCOL_VERSION,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,13 +157,223 @@ async fn higher_version_is_refused_with_the_supported_range() {
         peer_port(),
         HandshakeRefusal::UnsupportedVersion {
             got: PROTOCOL_VERSION + 1,
-            min: 1,
-            max: 1,
+            min: 2,
+            max: 2,
         },
     )
     .await;
-    assert!(text.contains("unsupported protocol version 2"), "{text}");
-    assert!(text.contains("supports versions 1 to 1"), "{text}");
+    assert!(text.contains("unsupported protocol version 3"), "{text}");
+    assert!(text.contains("supports versions 2 to 2"), "{text}");
+}
+
+/// A node of the previous version (1, before replica identities) is refused with a reason
+/// both sides can print: by a new node accepting it, and when it accepts a new node.
+#[tokio::test]
+async fn previous_version_is_refused_both_ways() {
+    // An old node dials a new one: its version-1 hello is refused by version.
+    let mut old = Hello::new("prod", PeerRole::Replica(2));
+    old.version = 1;
+    let text = refused(
+        old,
+        peer_port(),
+        HandshakeRefusal::UnsupportedVersion {
+            got: 1,
+            min: 2,
+            max: 2,
+        },
+    )
+    .await;
+    assert!(text.contains("unsupported protocol version 1"), "{text}");
+    // A new node dials an old one, which answers in the reply layout all versions share.
+    let (mut client, server_io) = pair();
+    let mut raw = server_io.into_inner();
+    let old_server = async move {
+        let mut hello = [0u8; 256];
+        let _ = raw.read(&mut hello).await.unwrap();
+        let refusal = HelloReply::Refused(HandshakeRefusal::UnsupportedVersion {
+            got: PROTOCOL_VERSION,
+            min: 1,
+            max: 1,
+        });
+        raw.write_all(&refusal.encode()).await.unwrap();
+        raw
+    };
+    let hello = replica_hello(2, identity());
+    let (c, _raw) = tokio::join!(client_handshake(&mut client, &hello, TIMEOUT), old_server);
+    let text = c.unwrap_err().to_string();
+    assert_eq!(
+        text,
+        "the peer refused our handshake: unsupported protocol version 2: the accepting node \
+         supports versions 1 to 1"
+    );
+}
+
+fn identity() -> ReplicaIdentity {
+    ReplicaIdentity {
+        cluster_uid: Uid([7; 16]),
+        instance: Uid([1; 16]),
+        members: vec![1, 2, 3],
+        sessions_max: 1000,
+    }
+}
+
+fn replica_hello(id: u64, identity: ReplicaIdentity) -> Hello {
+    Hello::replica("prod", id, identity)
+}
+
+fn identity_port() -> HandshakeExpectation {
+    HandshakeExpectation::replicas_of("prod", identity())
+}
+
+#[tokio::test]
+async fn matching_identity_is_accepted() {
+    let mut theirs = identity();
+    theirs.instance = Uid([9; 16]); // every member has its own instance
+    let hello = replica_hello(2, theirs);
+    let (c, s, _, _) = run(hello.clone(), identity_port()).await;
+    assert_eq!(c.unwrap().node_id, SERVER_ID);
+    assert_eq!(s.unwrap(), hello);
+}
+
+#[tokio::test]
+async fn membership_mismatch_names_the_difference_on_both_sides() {
+    let mut theirs = identity();
+    theirs.members = vec![1, 2, 4];
+    let text = refused(
+        replica_hello(2, theirs),
+        identity_port(),
+        HandshakeRefusal::MembershipMismatch {
+            expected: vec![1, 2, 3],
+            got: vec![1, 2, 4],
+        },
+    )
+    .await;
+    assert_eq!(
+        text,
+        "the peer refused our handshake: membership mismatch: the accepting node's members \
+         are {1, 2, 3}, the connecting node's are {1, 2, 4} (only the accepting node lists \
+         {3}, only the connecting node lists {4})"
+    );
+    // A member unknown to the accepting node is refused as such first.
+    let mut theirs = identity();
+    theirs.members = vec![1, 2, 3, 4];
+    refused(
+        replica_hello(4, theirs),
+        identity_port(),
+        HandshakeRefusal::UnknownNode { node_id: 4 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_max_mismatch_is_reported_on_both_sides() {
+    let mut theirs = identity();
+    theirs.sessions_max = 10;
+    let text = refused(
+        replica_hello(3, theirs),
+        identity_port(),
+        HandshakeRefusal::SessionsMaxMismatch {
+            expected: 1000,
+            got: 10,
+        },
+    )
+    .await;
+    assert!(
+        text.contains(
+            "--sessions-max mismatch: the accepting node uses 1000, the connecting node 10"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn cluster_identity_mismatch_names_both_ids() {
+    let mut theirs = identity();
+    theirs.cluster_uid = Uid([8; 16]);
+    let text = refused(
+        replica_hello(3, theirs),
+        identity_port(),
+        HandshakeRefusal::ClusterUidMismatch {
+            expected: Uid([7; 16]),
+            got: Uid([8; 16]),
+        },
+    )
+    .await;
+    assert!(
+        text.contains(&format!(
+            "accepting node belongs to cluster {}, the connecting node to cluster {}",
+            "07".repeat(16),
+            "08".repeat(16)
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn replica_without_identity_is_refused_where_one_is_required() {
+    refused(
+        Hello::new("prod", PeerRole::Replica(2)),
+        identity_port(),
+        HandshakeRefusal::MissingIdentity { node_id: 2 },
+    )
+    .await;
+}
+
+/// The host's own check runs after the generic ones and before the reply: its refusal
+/// reaches both sides, and the acceptance is sent only after it returned.
+#[tokio::test]
+async fn host_check_refuses_or_admits_before_the_reply() {
+    let replaced = HandshakeRefusal::MemberReplaced {
+        node_id: 2,
+        known: Uid([1; 16]),
+        got: Uid([2; 16]),
+    };
+    let (mut client, mut server) = pair();
+    let want = replaced.clone();
+    let (hello, expect) = (replica_hello(2, identity()), identity_port());
+    let (c, s) = tokio::join!(
+        client_handshake(&mut client, &hello, TIMEOUT),
+        server_handshake_with(&mut server, &expect, SERVER_ID, TIMEOUT, |_| {
+            let want = want.clone();
+            async move { Err(want) }
+        }),
+    );
+    assert!(
+        matches!(s, Err(WireError::Refused(ref r)) if *r == replaced),
+        "{s:?}"
+    );
+    let text = c.unwrap_err().to_string();
+    assert!(
+        text.contains("node 2 is known here by data dir instance 0101"),
+        "{text}"
+    );
+    assert!(
+        text.contains("must not vote; replace this member"),
+        "{text}"
+    );
+
+    // Admitted: the host saw the hello before the client saw the acceptance.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut client, mut server) = pair();
+    let flag = seen.clone();
+    let (c, s) = tokio::join!(
+        async {
+            let r = client_handshake(&mut client, &hello, TIMEOUT).await;
+            (r, seen.load(std::sync::atomic::Ordering::SeqCst))
+        },
+        server_handshake_with(&mut server, &expect, SERVER_ID, TIMEOUT, |h| {
+            assert_eq!(h.role, PeerRole::Replica(2));
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        }),
+    );
+    assert!(s.is_ok(), "{s:?}");
+    let (accepted, seen_before_reply) = c;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    assert!(seen_before_reply);
 }
 
 #[tokio::test]
@@ -175,8 +387,8 @@ async fn future_hello_with_an_unknown_body_is_refused_by_version() {
     let s = server_handshake(&mut server, &peer_port(), SERVER_ID, TIMEOUT).await;
     let want = HandshakeRefusal::UnsupportedVersion {
         got: 9,
-        min: 1,
-        max: 1,
+        min: 2,
+        max: 2,
     };
     assert!(
         matches!(s, Err(WireError::Refused(ref r)) if *r == want),
@@ -241,8 +453,8 @@ async fn garbage_instead_of_a_reply_is_not_a_kvs_peer() {
 async fn malformed_hello_is_refused() {
     let (mut raw, server_io) = tokio::io::duplex(64 * 1024);
     let mut server = Framed::new(server_io, frame_codec());
-    // Version 1, body: role 7 (unknown).
-    raw.write_all(b"KVSW\x00\x01\x00\x0b\x07\x00\x00\x00\x00\x00\x00\x00\x00\x01a")
+    // Version 2, body: role 7 (unknown).
+    raw.write_all(b"KVSW\x00\x02\x00\x0c\x07\x00\x00\x00\x00\x00\x00\x00\x00\x01a\x00")
         .await
         .unwrap();
     let err = server_handshake(&mut server, &peer_port(), SERVER_ID, TIMEOUT)
@@ -303,6 +515,11 @@ fn hello_and_reply_records_roundtrip() {
         let hello = Hello::new("c".repeat(wire::CLUSTER_ID_BYTES_MAX), role);
         assert_eq!(Hello::decode(&hello.encode().unwrap()), Ok(hello));
     }
+    let mut seven = identity();
+    seven.members = (1..=wire::IDENTITY_MEMBERS_MAX as u64).collect();
+    seven.sessions_max = u64::MAX;
+    let hello = replica_hello(u64::MAX, seven);
+    assert_eq!(Hello::decode(&hello.encode().unwrap()), Ok(hello));
     let replies = [
         HelloReply::Accepted(Accepted {
             node_id: 5,
@@ -335,6 +552,24 @@ fn hello_and_reply_records_roundtrip() {
             code: 200,
             message: "from the future".into(),
         }),
+        HelloReply::Refused(HandshakeRefusal::MembershipMismatch {
+            expected: vec![1, 2, 3],
+            got: vec![],
+        }),
+        HelloReply::Refused(HandshakeRefusal::SessionsMaxMismatch {
+            expected: 1,
+            got: u64::MAX,
+        }),
+        HelloReply::Refused(HandshakeRefusal::ClusterUidMismatch {
+            expected: Uid([0; 16]),
+            got: Uid([0xff; 16]),
+        }),
+        HelloReply::Refused(HandshakeRefusal::MemberReplaced {
+            node_id: 2,
+            known: Uid([3; 16]),
+            got: Uid([4; 16]),
+        }),
+        HelloReply::Refused(HandshakeRefusal::MissingIdentity { node_id: 9 }),
     ];
     for reply in replies {
         assert_eq!(HelloReply::decode(&reply.encode()), Ok(reply));

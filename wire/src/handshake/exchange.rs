@@ -75,12 +75,37 @@ pub async fn server_handshake<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    server_handshake_with(framed, expected, node_id, timeout, |_| async { Ok(()) }).await
+}
+
+/// [`server_handshake`] with one more check by the host: `admit` runs on a hello that
+/// passed [`check_hello`], before the reply is sent, and may refuse it.
+///
+/// This is where a host checks what only it knows (such as the instance id it recorded for
+/// a member) and makes durable what acceptance means before the peer learns of it: the
+/// acceptance is sent only after `admit` returns `Ok`. `admit` runs within `timeout`.
+pub async fn server_handshake_with<T, F, Fut>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    expected: &HandshakeExpectation,
+    node_id: u64,
+    timeout: Duration,
+    admit: F,
+) -> Result<Hello, WireError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Hello) -> Fut,
+    Fut: Future<Output = Result<(), HandshakeRefusal>>,
+{
     ensure_first(framed)?;
     with_timeout(timeout, async {
         let io = framed.get_mut();
         let record = read_record(io).await?;
         let verdict =
             Hello::decode(&record).and_then(|hello| check_hello(&hello, expected).map(|()| hello));
+        let verdict = match verdict {
+            Ok(hello) => admit(&hello).await.map(|()| hello),
+            Err(refusal) => Err(refusal),
+        };
         match verdict {
             Ok(hello) => {
                 let reply = HelloReply::Accepted(Accepted {

@@ -8,11 +8,17 @@
 //!   0   4  magic        "KVSW" (MAGIC)
 //!   4   2  version      u16: the sender's protocol version
 //!   6   2  body_len     u16: number of body bytes that follow
-//! hello body, version 1
+//! hello body, version 2 (version 1 ended after cluster_id)
 //!   8   1  role         0 = client, 1 = replica
 //!   9   8  node_id      u64: the replica's id; 0 for a client
 //!  17   1  cluster_len  u8: 1..=64
 //!  18   n  cluster_id   UTF-8
+//!   then   identity     u8: 0 = none (clients), 1 = a replica identity follows:
+//!            cluster_uid   16 bytes
+//!            instance      16 bytes
+//!            member_count  u8: 1..=IDENTITY_MEMBERS_MAX
+//!            members       u64 each, strictly ascending
+//!            sessions_max  u64
 //! reply body (its layout is frozen: any version can read any peer's reply)
 //!   8   1  outcome      0 = accepted, 1 = refused
 //!   accepted:  node_id u64, version u16
@@ -23,6 +29,11 @@
 //!     4 unknown node         node_id u64
 //!     5 unexpected role      role u8, node_id u64 (as in the hello)
 //!     6 malformed            reason text
+//!     7 membership mismatch  expected ids, got ids (each: u8 count, u64 each)
+//!     8 sessions-max mismatch expected u64, got u64
+//!     9 cluster uid mismatch expected 16 bytes, got 16 bytes
+//!    10 member replaced      node_id u64, known 16 bytes, got 16 bytes
+//!    11 missing identity     node_id u64
 //! text = u16 length, then UTF-8 (at most 512 bytes; longer text is cut when encoding)
 //! ```
 //!
@@ -35,8 +46,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    Accepted, HandshakeRefusal, Hello, HelloReply, PeerRole, CLUSTER_ID_BYTES_MAX, MAGIC,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    Accepted, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid,
+    CLUSTER_ID_BYTES_MAX, IDENTITY_MEMBERS_MAX, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use crate::WireError;
 
@@ -56,12 +67,20 @@ const CODE_CLUSTER_MISMATCH: u8 = 3;
 const CODE_UNKNOWN_NODE: u8 = 4;
 const CODE_UNEXPECTED_ROLE: u8 = 5;
 const CODE_MALFORMED: u8 = 6;
+const CODE_MEMBERSHIP_MISMATCH: u8 = 7;
+const CODE_SESSIONS_MAX_MISMATCH: u8 = 8;
+const CODE_CLUSTER_UID_MISMATCH: u8 = 9;
+const CODE_MEMBER_REPLACED: u8 = 10;
+const CODE_MISSING_IDENTITY: u8 = 11;
+const IDENTITY_NONE: u8 = 0;
+const IDENTITY_PRESENT: u8 = 1;
 
 impl Hello {
     /// Encodes this hello as a record (header and body).
     ///
     /// The magic and version are written as they are, so a test can send a bad one; the
-    /// cluster id must be 1 to [`CLUSTER_ID_BYTES_MAX`] bytes long.
+    /// cluster id must be 1 to [`CLUSTER_ID_BYTES_MAX`] bytes long, and an identity must
+    /// list 1 to [`IDENTITY_MEMBERS_MAX`] members in ascending order.
     pub fn encode(&self) -> Result<Bytes, WireError> {
         let id = self.cluster_id.as_bytes();
         if id.is_empty() || id.len() > CLUSTER_ID_BYTES_MAX {
@@ -72,10 +91,23 @@ impl Hello {
                 ),
             });
         }
-        let mut body = BytesMut::with_capacity(1 + 8 + 1 + id.len());
+        let mut body = BytesMut::with_capacity(1 + 8 + 1 + id.len() + 1);
         put_role(&mut body, self.role);
         body.put_u8(id.len() as u8);
         body.put_slice(id);
+        match &self.identity {
+            None => body.put_u8(IDENTITY_NONE),
+            Some(identity) => {
+                check_members(&identity.members).map_err(|reason| WireError::InvalidHello {
+                    reason: format!("identity: {reason}"),
+                })?;
+                body.put_u8(IDENTITY_PRESENT);
+                body.put_slice(&identity.cluster_uid.0);
+                body.put_slice(&identity.instance.0);
+                put_ids(&mut body, &identity.members);
+                body.put_u64(identity.sessions_max);
+            }
+        }
         Ok(record(self.magic, self.version, &body))
     }
 
@@ -103,12 +135,21 @@ impl Hello {
         let cluster_id = std::str::from_utf8(r.take(id_len)?)
             .map_err(|_| malformed("cluster id is not UTF-8"))?
             .to_owned();
+        let identity = match (r.u8()?, role) {
+            (IDENTITY_NONE, _) => None,
+            (IDENTITY_PRESENT, PeerRole::Replica(_)) => Some(r.identity()?),
+            (IDENTITY_PRESENT, PeerRole::Client) => {
+                return Err(malformed("a client carries a replica identity"))
+            }
+            (other, _) => return Err(malformed(format!("unknown identity tag {other}"))),
+        };
         r.finish()?;
         Ok(Hello {
             magic: MAGIC,
             version,
             cluster_id,
             role,
+            identity,
         })
     }
 }
@@ -213,6 +254,30 @@ fn put_role(out: &mut BytesMut, role: PeerRole) {
     }
 }
 
+/// Member ids must be 1 to [`IDENTITY_MEMBERS_MAX`], strictly ascending.
+fn check_members(ids: &[u64]) -> Result<(), String> {
+    if ids.is_empty() || ids.len() > IDENTITY_MEMBERS_MAX {
+        return Err(format!(
+            "{} members; 1 to {IDENTITY_MEMBERS_MAX} are allowed",
+            ids.len()
+        ));
+    }
+    if ids.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("member ids are not strictly ascending".into());
+    }
+    Ok(())
+}
+
+/// A list of ids: u8 count, then u64 each. At most 255 are written (lists are checked or
+/// come from checked hellos, so this never cuts in practice).
+fn put_ids(out: &mut BytesMut, ids: &[u64]) {
+    let ids = &ids[..ids.len().min(usize::from(u8::MAX))];
+    out.put_u8(ids.len() as u8);
+    for id in ids {
+        out.put_u64(*id);
+    }
+}
+
 fn put_text(out: &mut BytesMut, text: &str) {
     let mut end = text.len().min(REPLY_TEXT_BYTES_MAX);
     while !text.is_char_boundary(end) {
@@ -230,6 +295,11 @@ fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
         HandshakeRefusal::UnknownNode { .. } => CODE_UNKNOWN_NODE,
         HandshakeRefusal::UnexpectedRole { .. } => CODE_UNEXPECTED_ROLE,
         HandshakeRefusal::Malformed { .. } => CODE_MALFORMED,
+        HandshakeRefusal::MembershipMismatch { .. } => CODE_MEMBERSHIP_MISMATCH,
+        HandshakeRefusal::SessionsMaxMismatch { .. } => CODE_SESSIONS_MAX_MISMATCH,
+        HandshakeRefusal::ClusterUidMismatch { .. } => CODE_CLUSTER_UID_MISMATCH,
+        HandshakeRefusal::MemberReplaced { .. } => CODE_MEMBER_REPLACED,
+        HandshakeRefusal::MissingIdentity { .. } => CODE_MISSING_IDENTITY,
         HandshakeRefusal::Other { code, .. } => *code,
     };
     out.put_u8(code);
@@ -256,6 +326,28 @@ fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
         HandshakeRefusal::UnknownNode { node_id } => out.put_u64(*node_id),
         HandshakeRefusal::UnexpectedRole { got } => put_role(out, *got),
         HandshakeRefusal::Malformed { reason } => put_text(out, reason),
+        HandshakeRefusal::MembershipMismatch { expected, got } => {
+            put_ids(out, expected);
+            put_ids(out, got);
+        }
+        HandshakeRefusal::SessionsMaxMismatch { expected, got } => {
+            out.put_u64(*expected);
+            out.put_u64(*got);
+        }
+        HandshakeRefusal::ClusterUidMismatch { expected, got } => {
+            out.put_slice(&expected.0);
+            out.put_slice(&got.0);
+        }
+        HandshakeRefusal::MemberReplaced {
+            node_id,
+            known,
+            got,
+        } => {
+            out.put_u64(*node_id);
+            out.put_slice(&known.0);
+            out.put_slice(&got.0);
+        }
+        HandshakeRefusal::MissingIdentity { node_id } => out.put_u64(*node_id),
         HandshakeRefusal::Other { .. } => {}
     }
 }
@@ -285,6 +377,24 @@ fn refusal(r: &mut Reader<'_>) -> Result<HandshakeRefusal, HandshakeRefusal> {
         CODE_UNKNOWN_NODE => HandshakeRefusal::UnknownNode { node_id: r.u64()? },
         CODE_UNEXPECTED_ROLE => HandshakeRefusal::UnexpectedRole { got: r.role()? },
         CODE_MALFORMED => HandshakeRefusal::Malformed { reason: r.text()? },
+        CODE_MEMBERSHIP_MISMATCH => HandshakeRefusal::MembershipMismatch {
+            expected: r.ids()?,
+            got: r.ids()?,
+        },
+        CODE_SESSIONS_MAX_MISMATCH => HandshakeRefusal::SessionsMaxMismatch {
+            expected: r.u64()?,
+            got: r.u64()?,
+        },
+        CODE_CLUSTER_UID_MISMATCH => HandshakeRefusal::ClusterUidMismatch {
+            expected: r.uid()?,
+            got: r.uid()?,
+        },
+        CODE_MEMBER_REPLACED => HandshakeRefusal::MemberReplaced {
+            node_id: r.u64()?,
+            known: r.uid()?,
+            got: r.uid()?,
+        },
+        CODE_MISSING_IDENTITY => HandshakeRefusal::MissingIdentity { node_id: r.u64()? },
         // A newer peer's refusal: its fields are unknown here, its text says it all.
         code => return Ok(HandshakeRefusal::Other { code, message }),
     };
@@ -339,6 +449,29 @@ impl<'a> Reader<'a> {
         Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
     }
 
+    fn uid(&mut self) -> Result<Uid, HandshakeRefusal> {
+        Ok(Uid(self.array()?))
+    }
+
+    /// A list of ids (u8 count, then u64 each); bounded by its one-byte count.
+    fn ids(&mut self) -> Result<Vec<u64>, HandshakeRefusal> {
+        let count = self.u8()?;
+        (0..count).map(|_| self.u64()).collect()
+    }
+
+    fn identity(&mut self) -> Result<ReplicaIdentity, HandshakeRefusal> {
+        let cluster_uid = self.uid()?;
+        let instance = self.uid()?;
+        let members = self.ids()?;
+        check_members(&members).map_err(|reason| malformed(format!("identity: {reason}")))?;
+        Ok(ReplicaIdentity {
+            cluster_uid,
+            instance,
+            members,
+            sessions_max: self.u64()?,
+        })
+    }
+
     fn role(&mut self) -> Result<PeerRole, HandshakeRefusal> {
         let tag = self.u8()?;
         let node_id = self.u64()?;
@@ -369,14 +502,66 @@ mod tests {
         let bytes = hello.encode().unwrap();
         let expected: &[u8] = &[
             b'K', b'V', b'S', b'W', // magic
-            0, 1, // version
-            0, 12, // body length
+            0, 2, // version
+            0, 13, // body length
             1,  // replica
             0, 0, 0, 0, 0, 0, 1, 2, // node id
             2, b'a', b'b', // cluster id
+            0,    // no identity
         ];
         assert_eq!(&bytes[..], expected);
         assert_eq!(Hello::decode(&bytes), Ok(hello));
+    }
+
+    #[test]
+    fn identity_bytes_are_pinned() {
+        let identity = ReplicaIdentity {
+            cluster_uid: Uid([0xaa; 16]),
+            instance: Uid([0xbb; 16]),
+            members: vec![1, 3],
+            sessions_max: 5,
+        };
+        let bytes = Hello::replica("ab", 3, identity.clone()).encode().unwrap();
+        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 2, 0, 70, 1];
+        expected.extend_from_slice(&3u64.to_be_bytes());
+        expected.extend_from_slice(&[2, b'a', b'b', 1]);
+        expected.extend_from_slice(&[0xaa; 16]);
+        expected.extend_from_slice(&[0xbb; 16]);
+        expected.push(2);
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.extend_from_slice(&3u64.to_be_bytes());
+        expected.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(&bytes[..], &expected[..]);
+        let decoded = Hello::decode(&bytes).unwrap();
+        assert_eq!(decoded.identity, Some(identity));
+    }
+
+    #[test]
+    fn bad_identities_are_refused() {
+        let mut identity = ReplicaIdentity {
+            cluster_uid: Uid([1; 16]),
+            instance: Uid([2; 16]),
+            members: vec![2, 1],
+            sessions_max: 5,
+        };
+        assert!(Hello::replica("c", 1, identity.clone()).encode().is_err());
+        identity.members = vec![1, 2];
+        let mut bytes = Hello::replica("c", 1, identity).encode().unwrap().to_vec();
+        // Swap the two member ids in place: no longer ascending.
+        let first = 8 + 1 + 8 + 1 + 1 + 1 + 32 + 1;
+        bytes[first + 7] = 2;
+        bytes[first + 15] = 1;
+        assert!(matches!(
+            Hello::decode(&bytes),
+            Err(HandshakeRefusal::Malformed { .. })
+        ));
+        // A client with an identity is malformed.
+        let mut client = Hello::new("c", PeerRole::Client).encode().unwrap().to_vec();
+        *client.last_mut().unwrap() = IDENTITY_PRESENT;
+        assert!(matches!(
+            Hello::decode(&client),
+            Err(HandshakeRefusal::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -4,6 +4,13 @@
 //! and answers with a [`HelloReply`]: accepted, or refused with a [`HandshakeRefusal`] that
 //! both sides can print. Only then do frames (see [`crate::codec`]) flow.
 //!
+//! A replica's hello also carries its [`ReplicaIdentity`]: the durable cluster identity it
+//! was bootstrapped with, the instance id of its data directory, the membership it believes
+//! in and its session-table size. [`check_hello`] refuses a replica whose cluster identity,
+//! membership or session-table size differs from the accepting node's, naming what differs;
+//! the host adds its own check of the instance id (see [`server_handshake_with`]), so that a
+//! member whose data directory was lost or replaced is refused by the peers that knew it.
+//!
 //! Both records have a fixed layout defined byte by byte in [`layout`], not the message
 //! encoding, and they are sent before framing starts, so a peer of any protocol version,
 //! or a program that is not a kvs node at all, is recognised and refused with a reason.
@@ -16,16 +23,83 @@ pub mod layout;
 
 mod exchange;
 
-pub use exchange::{client_handshake, server_handshake};
+pub use exchange::{client_handshake, server_handshake, server_handshake_with};
 
 /// The first four bytes of every connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"KVSW";
 
 /// The protocol version this build speaks, and the highest it accepts.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 added the replica's [`ReplicaIdentity`] to the hello. A version-1 replica
+/// cannot prove who it is, so version 1 is no longer accepted: a node of either version is
+/// refused by the other with [`HandshakeRefusal::UnsupportedVersion`], which names both
+/// versions (the reply layout is shared by all versions).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The lowest protocol version this build accepts.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
+
+/// Most members a [`ReplicaIdentity`] may list (the consensus core's limit).
+pub const IDENTITY_MEMBERS_MAX: usize = paxos_core::MEMBERS_MAX;
+
+/// A 128-bit identifier: a cluster's identity or a data directory's instance id.
+///
+/// Shown and parsed as 32 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Uid(pub [u8; 16]);
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Uid {
+    type Err = String;
+
+    /// Parses exactly 32 hex digits (either case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a 128-bit id (32 hex digits)");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Uid(out))
+    }
+}
+
+/// What a replica states about itself in its hello, checked by the accepting replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaIdentity {
+    /// The cluster identity stored in the replica's data directory at bootstrap.
+    pub cluster_uid: Uid,
+    /// The instance id of the replica's data directory: random, created with the directory,
+    /// so a wiped or replaced directory has another one.
+    pub instance: Uid,
+    /// The member ids the replica believes in, ascending, 1 to [`IDENTITY_MEMBERS_MAX`].
+    pub members: Vec<u64>,
+    /// The replica's session-table size (`--sessions-max`): replicas that differ here would
+    /// evict different sessions and their state machines would diverge.
+    pub sessions_max: u64,
+}
+
+/// Renders member ids as `{1, 2, 3}`.
+fn member_list(ids: &[u64]) -> String {
+    let inner: Vec<String> = ids.iter().map(u64::to_string).collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// The ids in `a` that are not in `b`, as `{..}`.
+fn only_in(a: &[u64], b: &[u64]) -> String {
+    let ids: Vec<u64> = a.iter().filter(|i| !b.contains(i)).copied().collect();
+    member_list(&ids)
+}
 
 /// Longest cluster id, in bytes of UTF-8. Cluster ids are at least one byte long.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
@@ -63,6 +137,8 @@ pub struct Hello {
     pub cluster_id: String,
     /// Who is connecting.
     pub role: PeerRole,
+    /// A replica's identity; `None` for a client (a client carrying one is malformed).
+    pub identity: Option<ReplicaIdentity>,
 }
 
 impl Hello {
@@ -73,6 +149,15 @@ impl Hello {
             version: PROTOCOL_VERSION,
             cluster_id: cluster_id.into(),
             role,
+            identity: None,
+        }
+    }
+
+    /// A replica's hello with its identity, with [`MAGIC`] and [`PROTOCOL_VERSION`].
+    pub fn replica(cluster_id: impl Into<String>, node_id: u64, identity: ReplicaIdentity) -> Self {
+        Hello {
+            identity: Some(identity),
+            ..Hello::new(cluster_id, PeerRole::Replica(node_id))
         }
     }
 }
@@ -137,6 +222,66 @@ pub enum HandshakeRefusal {
         /// The role the connecting side gave.
         got: PeerRole,
     },
+    /// The two replicas believe in different memberships.
+    #[error(
+        "membership mismatch: the accepting node's members are {}, the connecting node's are {} \
+         (only the accepting node lists {}, only the connecting node lists {})",
+        member_list(expected),
+        member_list(got),
+        only_in(expected, got),
+        only_in(got, expected)
+    )]
+    MembershipMismatch {
+        /// The accepting node's member ids, ascending.
+        expected: Vec<u64>,
+        /// The connecting node's member ids, ascending.
+        got: Vec<u64>,
+    },
+    /// The two replicas use different session-table sizes.
+    #[error(
+        "--sessions-max mismatch: the accepting node uses {expected}, the connecting node \
+         {got}; every replica of a cluster must use the same value"
+    )]
+    SessionsMaxMismatch {
+        /// The accepting node's `--sessions-max`.
+        expected: u64,
+        /// The connecting node's `--sessions-max`.
+        got: u64,
+    },
+    /// Same cluster name and members, but another cluster identity: bootstrapped apart.
+    #[error(
+        "cluster identity mismatch: the accepting node belongs to cluster {expected}, the \
+         connecting node to cluster {got} (bootstrapped separately: another \
+         --initial-cluster-token, or a data dir of another cluster)"
+    )]
+    ClusterUidMismatch {
+        /// The accepting node's cluster identity.
+        expected: Uid,
+        /// The connecting node's cluster identity.
+        got: Uid,
+    },
+    /// A member connected with another data directory than the one the accepting node
+    /// knows it by: its directory was wiped or replaced, and its promises are lost.
+    #[error(
+        "node {node_id} is known here by data dir instance {known}, but connected with \
+         instance {got}: its data dir was lost or replaced, so it has forgotten the promises \
+         it made and must not vote; replace this member (wipe-and-replace procedure in the \
+         README) instead of restarting it"
+    )]
+    MemberReplaced {
+        /// The connecting member's id.
+        node_id: u64,
+        /// The instance the accepting node recorded for it.
+        known: Uid,
+        /// The instance it presented now.
+        got: Uid,
+    },
+    /// A replica connected without a cluster identity.
+    #[error("replica {node_id} presented no cluster identity")]
+    MissingIdentity {
+        /// The replica's id.
+        node_id: u64,
+    },
     /// The record starts well but is not a valid hello or reply.
     #[error("malformed handshake: {reason}")]
     Malformed {
@@ -162,6 +307,9 @@ pub struct HandshakeExpectation {
     pub accept_clients: bool,
     /// The node ids of replicas that may connect here, or `None` if no replica may.
     pub replicas: Option<BTreeSet<u64>>,
+    /// This node's own identity, if replicas must present a matching one (cluster identity,
+    /// membership and session-table size; the instance id is the host's to check).
+    pub identity: Option<ReplicaIdentity>,
 }
 
 impl HandshakeExpectation {
@@ -171,6 +319,7 @@ impl HandshakeExpectation {
             cluster_id: cluster_id.into(),
             accept_clients: true,
             replicas: None,
+            identity: None,
         }
     }
 
@@ -180,6 +329,16 @@ impl HandshakeExpectation {
             cluster_id: cluster_id.into(),
             accept_clients: false,
             replicas: Some(ids.into_iter().collect()),
+            identity: None,
+        }
+    }
+
+    /// The expectation of a peer port whose replicas must present an identity matching
+    /// `local` (this node's own): the members are `local.members`.
+    pub fn replicas_of(cluster_id: impl Into<String>, local: ReplicaIdentity) -> Self {
+        HandshakeExpectation {
+            identity: Some(local.clone()),
+            ..HandshakeExpectation::replicas(cluster_id, local.members)
         }
     }
 }
@@ -187,8 +346,48 @@ impl HandshakeExpectation {
 /// Decides whether to accept a [`Hello`]: a pure function.
 ///
 /// Checks, in order: the magic, the version (within
-/// [`PROTOCOL_VERSION_MIN`]`..=`[`PROTOCOL_VERSION`]), the cluster id, then the role.
+/// [`PROTOCOL_VERSION_MIN`]`..=`[`PROTOCOL_VERSION`]), the cluster id, the role, then, for
+/// a replica where `expected.identity` is set, its identity: the membership first (the
+/// most useful difference to name), then the session-table size, then the cluster identity.
 pub fn check_hello(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
+    check_header(hello, expected)?;
+    check_role(hello, expected)?;
+    match (hello.role, &expected.identity) {
+        (PeerRole::Replica(node_id), Some(local)) => match &hello.identity {
+            Some(remote) => check_identity(local, remote),
+            None => Err(HandshakeRefusal::MissingIdentity { node_id }),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Compares a connecting replica's identity with this node's, all but the instance id.
+pub fn check_identity(
+    local: &ReplicaIdentity,
+    remote: &ReplicaIdentity,
+) -> Result<(), HandshakeRefusal> {
+    if remote.members != local.members {
+        return Err(HandshakeRefusal::MembershipMismatch {
+            expected: local.members.clone(),
+            got: remote.members.clone(),
+        });
+    }
+    if remote.sessions_max != local.sessions_max {
+        return Err(HandshakeRefusal::SessionsMaxMismatch {
+            expected: local.sessions_max,
+            got: remote.sessions_max,
+        });
+    }
+    if remote.cluster_uid != local.cluster_uid {
+        return Err(HandshakeRefusal::ClusterUidMismatch {
+            expected: local.cluster_uid,
+            got: remote.cluster_uid,
+        });
+    }
+    Ok(())
+}
+
+fn check_header(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
     if hello.magic != MAGIC {
         return Err(HandshakeRefusal::BadMagic {
             got: hello.magic.to_vec(),
@@ -207,6 +406,10 @@ pub fn check_hello(hello: &Hello, expected: &HandshakeExpectation) -> Result<(),
             got: hello.cluster_id.clone(),
         });
     }
+    Ok(())
+}
+
+fn check_role(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
     match (hello.role, &expected.replicas) {
         (PeerRole::Client, _) if expected.accept_clients => Ok(()),
         (PeerRole::Replica(node_id), Some(ids)) if !ids.contains(&node_id) => {
