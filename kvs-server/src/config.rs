@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::clients::ClientLimits;
+use crate::identity::InitialClusterState;
 use crate::node::NodeConfig;
 
 /// The replicated key-value store daemon.
@@ -87,6 +88,16 @@ pub struct ReplicaArgs {
     /// Peers and clients must present this cluster id.
     #[arg(long)]
     pub cluster_id: Option<String>,
+    /// How to start with an empty data dir: `new` bootstraps (or joins the bootstrap of) a
+    /// new cluster; `existing` refuses, since a member of a running cluster that lost its
+    /// data must not vote. Ignored once the data dir holds an identity.
+    #[arg(long, value_enum)]
+    pub initial_cluster_state: Option<InitialClusterState>,
+    /// Mixed into the cluster identity at bootstrap (default: the cluster id), so that a
+    /// cluster re-created on the same members is a different cluster. Ignored once the data
+    /// dir holds an identity.
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
     /// Snapshot and compact the log every this many applied slots.
     #[arg(long)]
     pub snapshot_every: Option<u64>,
@@ -140,6 +151,8 @@ struct FileConfig {
     client_addrs: Option<String>,
     data_dir: Option<PathBuf>,
     cluster_id: Option<String>,
+    initial_cluster_state: Option<InitialClusterState>,
+    initial_cluster_token: Option<String>,
     snapshot_every: Option<u64>,
     sessions_max: Option<usize>,
     acceptor_fail_prob: Option<f64>,
@@ -175,6 +188,11 @@ impl ReplicaArgs {
             client_addrs: self.client_addrs.clone().or(f.client_addrs),
             data_dir: self.data_dir.clone().or(f.data_dir),
             cluster_id: self.cluster_id.clone().or(f.cluster_id),
+            initial_cluster_state: self.initial_cluster_state.or(f.initial_cluster_state),
+            initial_cluster_token: self
+                .initial_cluster_token
+                .clone()
+                .or(f.initial_cluster_token),
             snapshot_every: self.snapshot_every.or(f.snapshot_every),
             sessions_max: self.sessions_max.or(f.sessions_max),
             acceptor_fail_prob: self.acceptor_fail_prob.or(f.acceptor_fail_prob),
@@ -265,6 +283,8 @@ impl ReplicaArgs {
             client_addrs,
             data_dir,
             cluster_id: a.cluster_id.unwrap_or_else(|| "kvs".into()),
+            initial_cluster_state: a.initial_cluster_state,
+            initial_cluster_token: a.initial_cluster_token,
             snapshot_every,
             sessions_max,
             acceptor_fail_prob: fail,
@@ -362,6 +382,8 @@ mod tests {
         assert_eq!(c.id, 1);
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.cluster_id, "kvs");
+        assert_eq!(c.initial_cluster_state, None);
+        assert_eq!(c.initial_cluster_token, None);
         assert_eq!(c.election_timeout_ms, (1000, 2000));
         assert_eq!(c.snapshot_every, SNAPSHOT_EVERY_DEFAULT);
     }
@@ -407,6 +429,20 @@ mod tests {
         let p = path.to_string_lossy().to_string();
         let c = args(&["--config", &p, "--snapshot-every", "70"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.id, c.snapshot_every, c.peers.len()), (2, 70, 2));
+        std::fs::write(
+            &path,
+            format!("{toml}initial_cluster_state = \"existing\"\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = args(&["--config", &p]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.initial_cluster_state, Some(InitialClusterState::Existing));
+        let c = args(&["--config", &p, "--initial-cluster-state", "new"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.initial_cluster_state, Some(InitialClusterState::New));
+        let err = args(&["--config", &p, "--initial-cluster-state", "old"])
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("possible values: new, existing"), "{err}");
         std::fs::write(&path, "idd = 3\n").unwrap_or_else(|e| panic!("{e}"));
         let err = args(&["--config", &p]).err().unwrap_or_default();
         assert!(err.contains("unknown field"), "{err}");

@@ -1,12 +1,14 @@
 //! `kvs-server dev`: a whole cluster on loopback in one process, for trying the store out.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::clients::ClientLimits;
 use crate::config::{parse_range, DevArgs, SNAPSHOT_EVERY_DEFAULT};
+use crate::identity::{self, InitialClusterState};
 use crate::node::{self, NodeConfig};
 
 /// The node configurations of a dev cluster.
@@ -29,6 +31,7 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
         base.checked_add((i - 1) as u16)
             .ok_or_else(|| format!("port {base} + {} is out of range", i - 1))
     };
+    let state = initial_state(&args.data_dir, args.nodes)?;
     let mut peers = BTreeMap::new();
     let mut clients = BTreeMap::new();
     for i in 1..=args.nodes {
@@ -44,6 +47,8 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
             client_addrs: clients.clone(),
             data_dir: args.data_dir.join(format!("node-{i}")),
             cluster_id: "kvs".into(),
+            initial_cluster_state: Some(state),
+            initial_cluster_token: None,
             snapshot_every: SNAPSHOT_EVERY_DEFAULT,
             sessions_max: crate::state_machine::SESSIONS_MAX,
             acceptor_fail_prob: args.acceptor_fail_prob,
@@ -58,6 +63,21 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
         .collect())
 }
 
+/// `new` only if no replica's data dir holds anything yet: the dev command sees every
+/// member's directory, so it can tell a first start from a restart. A replica whose
+/// directory alone was wiped then refuses to start (and says why) instead of voting.
+fn initial_state(data_dir: &Path, nodes: u64) -> Result<InitialClusterState, String> {
+    for i in 1..=nodes {
+        let dir = data_dir.join(format!("node-{i}"));
+        let used = dir.join(identity::FILE_NAME).exists()
+            || identity::has_data(&dir).map_err(|e| e.to_string())?;
+        if used {
+            return Ok(InitialClusterState::Existing);
+        }
+    }
+    Ok(InitialClusterState::New)
+}
+
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<(), String> {
     let configs = configs(&args)?;
@@ -67,7 +87,14 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     for cfg in configs {
         let rx = stop_rx.clone();
         let id = cfg.id;
-        tasks.push(tokio::spawn(async move { (id, node::run(cfg, rx).await) }));
+        tasks.push(tokio::spawn(async move {
+            let result = node::run(cfg, rx).await;
+            if let Err(e) = &result {
+                // Said at once, not only at Ctrl-C: the others keep running without it.
+                tracing::error!(id, error = %e, "replica stopped");
+            }
+            (id, result)
+        }));
     }
     let list = endpoints.join(",");
     println!(

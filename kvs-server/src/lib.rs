@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod config;
 pub mod dev;
+pub mod identity;
 pub mod listener;
 pub mod node;
 pub mod peers;

@@ -21,6 +21,7 @@ use wire::{
 };
 
 use crate::clients::{self, ClientLimits, Outbox, Responder, ValueBytesSeen};
+use crate::identity::{self, IdentityStore, InitialClusterState, LinkEvent};
 use crate::peers;
 use crate::snapshot;
 use crate::state_machine::StateMachine;
@@ -45,6 +46,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Peers and clients must present the same cluster id.
     pub cluster_id: String,
+    /// How to start with an empty data dir (`None`: `new`). See [`crate::identity`].
+    pub initial_cluster_state: Option<InitialClusterState>,
+    /// Mixed into the cluster identity at bootstrap (`None`: the cluster id).
+    pub initial_cluster_token: Option<String>,
     /// Take a snapshot (and compact the log) every this many applied slots.
     pub snapshot_every: u64,
     /// Client sessions the state machine remembers (the same on every replica).
@@ -183,6 +188,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     paxos_config
         .validate()
         .map_err(|e| format!("invalid cluster configuration: {e}"))?;
+    // The identity first: it decides whether this directory may be used at all, and it
+    // must be durable before any connection (opening the log creates files).
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
+    let store = Arc::new(open_identity(&cfg, link_tx)?);
 
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(16 * 1024);
 
@@ -232,6 +241,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         .map_err(|e| format!("client listener: {e}"))?;
     tracing::info!(id = cfg.id, peers = %peer_listen, clients = %client_local, "listening");
 
+    let own = store.snapshot().wire(cfg.sessions_max);
+    let hello = wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, own.clone());
     let mut peers_out = BTreeMap::new();
     let mut reachable = BTreeMap::new();
     for (&peer, addr) in &cfg.peers {
@@ -241,10 +252,10 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         let (tx, rx) = mpsc::channel(peers::PEER_QUEUE_MAX);
         let flag = Arc::new(AtomicBool::new(false));
         tokio::spawn(peers::outbound(
-            cfg.id,
             peer,
             addr.clone(),
-            cfg.cluster_id.clone(),
+            hello.clone(),
+            store.clone(),
             rx,
             flag.clone(),
             shutdown.clone(),
@@ -255,12 +266,16 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     tokio::spawn(peers::listen(
         peer_listener,
         cfg.id,
-        cfg.cluster_id.clone(),
-        cfg.peers.keys().copied().collect(),
+        wire::HandshakeExpectation::replicas_of(cfg.cluster_id.clone(), own),
+        store.clone(),
         events_tx.clone(),
         wire::FRAME_BYTES_MAX_CEILING,
         shutdown.clone(),
     ));
+    if !store.snapshot().joined && !join(&store, &mut link_rx, &mut shutdown).await? {
+        storage.close();
+        return Ok(());
+    }
     let outbox = Outbox::default();
     let values = ValueBytesSeen::default();
     note_values(&sm, &values);
@@ -346,6 +361,11 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                     }
                 }
             }
+            ev = link_rx.recv() => {
+                if let Some(LinkEvent::Fatal(reason)) = ev {
+                    node.fatal = Some(reason);
+                }
+            }
             _ = shutdown.changed(), if shutting_down.is_none() => {
                 tracing::info!(id = node.cfg.id, "shutting down: finishing in-flight requests");
                 shutting_down = Some(Instant::now());
@@ -357,6 +377,76 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     node.storage.close();
     tracing::info!(id = node.cfg.id, "stopped");
     Ok(())
+}
+
+/// Opens (or bootstraps) the data dir's identity and says how, see [`crate::identity`].
+fn open_identity(
+    cfg: &NodeConfig,
+    links: mpsc::UnboundedSender<LinkEvent>,
+) -> Result<IdentityStore, String> {
+    let flags = identity::Bootstrap {
+        cluster_name: cfg.cluster_id.clone(),
+        member_id: cfg.id,
+        members: cfg.peers.keys().copied().collect(),
+        token: cfg.initial_cluster_token.clone(),
+        state: cfg.initial_cluster_state,
+    };
+    let (ident, opened) = identity::open(&cfg.data_dir, &flags).map_err(|e| e.to_string())?;
+    let uid = ident.cluster_uid.to_string();
+    let instance = ident.instance.to_string();
+    match opened {
+        identity::Opened::Stored => {
+            tracing::info!(id = cfg.id, cluster = %uid, %instance, joined = ident.joined, "cluster identity");
+        }
+        identity::Opened::Bootstrapped => tracing::info!(
+            id = cfg.id,
+            cluster = %uid,
+            %instance,
+            "bootstrapped a new cluster identity for an empty data dir"
+        ),
+        identity::Opened::Adopted => tracing::warn!(
+            id = cfg.id,
+            cluster = %uid,
+            %instance,
+            "this data dir has a log but no identity (an earlier version wrote it): adopted \
+             the configured cluster and membership"
+        ),
+    }
+    Ok(IdentityStore::new(cfg.data_dir.clone(), ident, links))
+}
+
+/// Waits until a majority of the other members recorded this data dir, then records that
+/// it may vote. Until then no peer message reaches the consensus core and no client is
+/// served. Returns `Ok(false)` on shutdown, and an error if a peer knows this member by
+/// another data dir.
+async fn join(
+    store: &IdentityStore,
+    links: &mut mpsc::UnboundedReceiver<LinkEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, String> {
+    let need = store.snapshot().join_quorum();
+    tracing::info!(
+        need,
+        "joining: this data dir votes once {need} other members have recorded it"
+    );
+    let mut admitted = std::collections::BTreeSet::new();
+    while admitted.len() < need {
+        tokio::select! {
+            ev = links.recv() => match ev {
+                Some(LinkEvent::Admitted(peer)) => {
+                    admitted.insert(peer);
+                }
+                Some(LinkEvent::Fatal(reason)) => {
+                    return Err(format!("{reason}; refusing to start"));
+                }
+                None => return Err("the peer links stopped while joining".into()),
+            },
+            _ = shutdown.changed() => return Ok(false),
+        }
+    }
+    store.mark_joined()?;
+    tracing::info!(recorded_by = ?admitted, "joined: this data dir may vote");
+    Ok(true)
 }
 
 impl Node {

@@ -3,8 +3,15 @@
 //! A replica sends only on the connections it dials (one per peer) and receives only on
 //! the connections it accepts. Every direction of every link is therefore its own TCP
 //! connection, and cutting one (a one-way partition) affects one direction only.
+//!
+//! Every connection opens with the handshake: the dialing replica presents its identity
+//! (cluster identity, data dir instance, members, `--sessions-max`), the accepting replica
+//! checks it ([`wire::check_hello`]) and the instance against the one it recorded for that
+//! member ([`IdentityStore::admit`]), and only then accepts. So a refusal is seen on both
+//! sides: the accepting side logs it at warn, and the dialing side logs the reason it was
+//! given at warn. A refusal saying that this member is known by another data dir stops
+//! this replica ([`LinkEvent::Fatal`]): its promises are lost and it must not vote.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +21,9 @@ use paxos_core::NodeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::Framed;
-use wire::{HandshakeExpectation, Hello, PeerMessage, PeerRole};
+use wire::{HandshakeExpectation, HandshakeRefusal, Hello, PeerMessage, PeerRole, WireError};
 
+use crate::identity::{IdentityStore, LinkEvent};
 use crate::node::Event;
 
 /// How many messages may wait for a peer link; beyond that they are dropped (the consensus
@@ -26,35 +34,40 @@ const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Keeps a connection to peer `to` at `addr` and sends it what arrives on `rx`.
+/// Keeps a connection to peer `to` at `addr`, opened with `hello`, and sends it what
+/// arrives on `rx`. Each accepted handshake is reported as [`LinkEvent::Admitted`].
+#[allow(clippy::too_many_arguments)]
 pub async fn outbound(
-    my_id: NodeId,
     to: NodeId,
     addr: String,
-    cluster_id: String,
+    hello: Hello,
+    store: Arc<IdentityStore>,
     mut rx: mpsc::Receiver<PeerMessage>,
     reachable: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut last_refusal: Option<String> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let connected = tokio::select! {
-            c = connect(my_id, &addr, &cluster_id) => c,
+            c = connect(&addr, &hello) => c,
             _ = shutdown.changed() => return,
         };
         let mut framed = match connected {
             Ok(f) => {
                 tracing::debug!(peer = to, %addr, "connected to peer");
                 backoff = BACKOFF_MIN;
+                last_refusal = None;
                 reachable.store(true, Ordering::Relaxed);
+                store.report(LinkEvent::Admitted(to));
                 f
             }
             Err(e) => {
                 reachable.store(false, Ordering::Relaxed);
-                tracing::debug!(peer = to, %addr, error = %e, "cannot reach peer");
+                refused(to, &addr, &e, &store, &mut last_refusal);
                 // Messages queued while the peer is unreachable are stale by the time it
                 // is back; the core resends what is still needed.
                 while rx.try_recv().is_ok() {}
@@ -106,39 +119,62 @@ async fn feed(
     framed.feed(bytes).await.map_err(|e| e.to_string())
 }
 
-async fn connect(
-    my_id: NodeId,
+/// Logs why a connection failed: a refusal at warn (once until it changes, the link
+/// retries every second), anything else at debug. A peer that knows this member by another
+/// data dir stops this replica.
+fn refused(
+    to: NodeId,
     addr: &str,
-    cluster_id: &str,
-) -> Result<Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>, String> {
+    error: &WireError,
+    store: &IdentityStore,
+    last: &mut Option<String>,
+) {
+    let WireError::PeerRefused(refusal) = error else {
+        tracing::debug!(peer = to, %addr, %error, "cannot reach peer");
+        return;
+    };
+    let text = refusal.to_string();
+    if last.as_deref() != Some(text.as_str()) {
+        tracing::warn!(peer = to, %addr, reason = %text, "peer refused our handshake");
+        *last = Some(text.clone());
+    }
+    if let HandshakeRefusal::MemberReplaced { .. } = refusal {
+        store.report(LinkEvent::Fatal(format!(
+            "peer {to} refused this replica: {text}"
+        )));
+    }
+}
+
+async fn connect(
+    addr: &str,
+    hello: &Hello,
+) -> Result<Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>, WireError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| WireError::HandshakeTimeout {
+            timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+        })??;
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(
         stream,
         wire::frame_codec_with_max(wire::FRAME_BYTES_MAX_CEILING)
             .unwrap_or_else(|_| wire::frame_codec()),
     );
-    let hello = Hello::new(cluster_id, PeerRole::Replica(my_id));
-    wire::client_handshake(&mut framed, &hello, HANDSHAKE_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    wire::client_handshake(&mut framed, hello, HANDSHAKE_TIMEOUT).await?;
     Ok(framed)
 }
 
-/// Accepts peer connections and forwards what they carry to the event loop.
+/// Accepts peer connections that meet `expect` and whose instance `store` admits, and
+/// forwards what they carry to the event loop.
 pub async fn listen(
     listener: TcpListener,
     my_id: NodeId,
-    cluster_id: String,
-    members: BTreeSet<NodeId>,
+    expect: HandshakeExpectation,
+    store: Arc<IdentityStore>,
     events: mpsc::Sender<Event>,
     frame_bytes_max: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let expect = HandshakeExpectation::replicas(cluster_id, members);
     loop {
         let Some((stream, remote)) =
             crate::listener::accept(&listener, &mut shutdown, "peer").await
@@ -148,12 +184,13 @@ pub async fn listen(
         let events = events.clone();
         let expect = expect.clone();
         let shutdown = shutdown.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             receive(
                 stream,
                 remote,
                 my_id,
-                expect,
+                (expect, store),
                 events,
                 frame_bytes_max,
                 shutdown,
@@ -167,7 +204,7 @@ async fn receive(
     stream: TcpStream,
     remote: std::net::SocketAddr,
     my_id: NodeId,
-    expect: HandshakeExpectation,
+    (expect, store): (HandshakeExpectation, Arc<IdentityStore>),
     events: mpsc::Sender<Event>,
     frame_bytes_max: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -177,7 +214,28 @@ async fn receive(
         Err(_) => wire::frame_codec(),
     };
     let mut framed = Framed::new(stream, codec);
-    let hello = match wire::server_handshake(&mut framed, &expect, my_id, HANDSHAKE_TIMEOUT).await {
+    let admit = |hello: &Hello| {
+        let claim = match (hello.role, &hello.identity) {
+            (PeerRole::Replica(id), Some(identity)) => Some((id, identity.instance)),
+            _ => None, // check_hello already refused a replica without an identity
+        };
+        async move {
+            let Some((id, instance)) = claim else {
+                return Ok(());
+            };
+            tokio::task::spawn_blocking(move || store.admit(id, instance))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(HandshakeRefusal::Other {
+                        code: 0,
+                        message: format!("the accepting node failed: {e}"),
+                    })
+                })
+        }
+    };
+    let handshake =
+        wire::server_handshake_with(&mut framed, &expect, my_id, HANDSHAKE_TIMEOUT, admit);
+    let hello = match handshake.await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(%remote, error = %e, "refused a peer connection");

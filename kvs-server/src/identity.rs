@@ -1,0 +1,737 @@
+//! The durable identity of a data directory: which cluster it belongs to, as which member,
+//! with which membership, and whether it may vote.
+//!
+//! # Why
+//!
+//! An acceptor's promises live in its data directory. A replica whose directory was wiped
+//! comes back with ballot 0.0 and no accepted values: if it voted, it could help choose a
+//! second value for a slot it had already helped to choose. So a directory carries an
+//! [`Identity`] file (`IDENTITY`), and a replica votes only with a directory that is known
+//! to its peers as the one that made its promises.
+//!
+//! # The pieces
+//!
+//! - **Cluster identity** ([`Identity::cluster_uid`]): a 128-bit id derived by
+//!   [`cluster_uid`] from the cluster name (`--cluster-id`), the sorted member ids and the
+//!   bootstrap token (`--initial-cluster-token`, as etcd names it). Being derived, every
+//!   member computes the same id at bootstrap without talking to the others first (there is
+//!   no seed member whose absence would block the bootstrap); a new token gives a cluster
+//!   re-created on the same members another identity. Once written, the stored id wins:
+//!   flags are checked against it, never the other way around.
+//! - **Instance id** ([`Identity::instance`]): random, created with the directory. A wiped
+//!   or replaced directory has another one, whatever flags it is started with.
+//! - **Known instances** ([`Identity::known`]): the instance of every peer, recorded (and
+//!   made durable) by this replica the first time the peer connected to it. A peer that
+//!   later presents another instance is refused with
+//!   [`wire::HandshakeRefusal::MemberReplaced`]: its promises are lost.
+//! - **Joined** ([`Identity::joined`]): a directory created by `new` may vote only once a
+//!   majority of the *other* members recorded its instance ([`Identity::join_quorum`]). Two
+//!   majorities of the others intersect, so the peers that recorded an earlier directory of
+//!   this member and the peers a later one would need always share one, which refuses the
+//!   later one. (A majority that counted the member itself would not do: its own record is
+//!   the one that was lost.) The cost: a `new` directory waits until that many peers are up
+//!   once, after which restarts need nobody.
+//!
+//! # Bootstrap ([`open`])
+//!
+//! | data dir | `--initial-cluster-state` | outcome |
+//! |---|---|---|
+//! | has `IDENTITY` | ignored | the stored identity, if the flags agree with it (cluster name, member id, member ids); a difference is named and refused |
+//! | empty | `new` (the default) | a new identity with a new instance, written durably before any connection; not joined |
+//! | empty | `existing` | refused: this member's data is lost, it must not vote; replace the member |
+//! | log or snapshot, no `IDENTITY` | either | a directory of an earlier version: the configured identity is adopted, joined (it is the directory that made its promises) |
+//!
+//! The file is text (`key value` lines, readable with `cat`), ends with a CRC32C of all
+//! the lines before it, and is replaced atomically: temporary file, fsync, rename, fsync of
+//! the directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use wire::Uid;
+
+/// The file in a data directory that holds its identity.
+pub const FILE_NAME: &str = "IDENTITY";
+const TEMP_NAME: &str = "IDENTITY.tmp";
+const HEADER: &str = "kvs-identity 1";
+
+/// How a replica with an empty data directory is to start (`--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialClusterState {
+    /// Bootstrap a new cluster (or join one being bootstrapped): create an identity.
+    #[default]
+    New,
+    /// Join a running cluster: an empty data directory is refused, since this member's
+    /// promises would be lost.
+    Existing,
+}
+
+/// What a data directory knows about itself. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's name (`--cluster-id`), checked by clients and peers.
+    pub cluster_name: String,
+    /// The cluster identity.
+    pub cluster_uid: Uid,
+    /// This member's id.
+    pub member_id: u64,
+    /// This directory's instance id.
+    pub instance: Uid,
+    /// The member ids, ascending.
+    pub members: Vec<u64>,
+    /// Whether this directory may vote (see the module docs).
+    pub joined: bool,
+    /// The instance of each peer, as first seen by this replica.
+    pub known: BTreeMap<u64, Uid>,
+}
+
+/// Why an identity cannot be read, written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Reading or writing the file or its directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is damaged: a bad checksum or a line that does not parse.
+    #[error(
+        "{path} is damaged ({reason}); refusing to start: this replica cannot prove which \
+         member it is. Restore the file from a backup, or replace this member (README: \
+         \"a replica whose disk was lost\")"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The flags disagree with the stored identity, or ask for something unsafe.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the flags say about the cluster, to bootstrap or check an identity with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// `--cluster-id`.
+    pub cluster_name: String,
+    /// `--id`.
+    pub member_id: u64,
+    /// The ids of `--peers`, ascending.
+    pub members: Vec<u64>,
+    /// `--initial-cluster-token`; the cluster name when not given.
+    pub token: Option<String>,
+    /// `--initial-cluster-state`; `new` when not given.
+    pub state: Option<InitialClusterState>,
+}
+
+/// How [`open`] came by the identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Read from the data directory.
+    Stored,
+    /// Created for an empty directory with `new`.
+    Bootstrapped,
+    /// Created for a directory of an earlier version that has a log or a snapshot.
+    Adopted,
+}
+
+/// Derives the cluster identity: FNV-1a (128 bits) over a version tag, the name, the
+/// sorted member ids and the token. Stable across builds and platforms (it is stored).
+pub fn cluster_uid(name: &str, members: &[u64], token: &str) -> Uid {
+    let mut text = format!("kvs-cluster-v1\0{name}\0");
+    for id in members {
+        let _ = write!(text, "{id},");
+    }
+    text.push('\0');
+    text.push_str(token);
+    let mut hash: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for byte in text.bytes() {
+        hash ^= u128::from(byte);
+        hash = hash.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    Uid(hash.to_be_bytes())
+}
+
+/// A random instance id.
+pub fn random_uid() -> Uid {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    Uid(bytes)
+}
+
+impl Identity {
+    /// How many other members must record this directory before it may vote: a majority
+    /// of the others (none for a single-member cluster).
+    pub fn join_quorum(&self) -> usize {
+        let others = self.members.len().saturating_sub(1);
+        if others == 0 {
+            0
+        } else {
+            others / 2 + 1
+        }
+    }
+
+    /// What this replica states in its peer handshake.
+    pub fn wire(&self, sessions_max: usize) -> wire::ReplicaIdentity {
+        wire::ReplicaIdentity {
+            cluster_uid: self.cluster_uid,
+            instance: self.instance,
+            members: self.members.clone(),
+            sessions_max: sessions_max as u64,
+        }
+    }
+
+    /// The file's text, checksum line included.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{HEADER}");
+        let _ = writeln!(s, "cluster_name {}", self.cluster_name);
+        let _ = writeln!(s, "cluster_uid {}", self.cluster_uid);
+        let _ = writeln!(s, "member_id {}", self.member_id);
+        let _ = writeln!(s, "instance {}", self.instance);
+        let ids: Vec<String> = self.members.iter().map(u64::to_string).collect();
+        let _ = writeln!(s, "members {}", ids.join(","));
+        let _ = writeln!(s, "joined {}", self.joined);
+        for (id, uid) in &self.known {
+            let _ = writeln!(s, "known {id} {uid}");
+        }
+        let crc = crc32c::crc32c(s.as_bytes());
+        let _ = writeln!(s, "crc32c {crc:08x}");
+        s
+    }
+
+    /// Parses the file's text; the error says what is wrong.
+    pub fn decode(text: &str) -> Result<Identity, String> {
+        // The checksum line is the last line, exactly; the body is everything before it.
+        let without_newline = text
+            .strip_suffix('\n')
+            .ok_or("no final newline (truncated?)")?;
+        let body_end = without_newline
+            .rfind('\n')
+            .map(|i| i + 1)
+            .ok_or("too short")?;
+        let (body, last) = text.split_at(body_end);
+        if !last.starts_with("crc32c ") {
+            return Err("no checksum line at the end (truncated?)".into());
+        }
+        if last != format!("crc32c {:08x}\n", crc32c::crc32c(body.as_bytes())) {
+            return Err("checksum mismatch".into());
+        }
+        let mut lines = body.lines();
+        if lines.next() != Some(HEADER) {
+            return Err(format!("the first line is not {HEADER:?}"));
+        }
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut known = BTreeMap::new();
+        for line in lines {
+            let (key, value) = line.split_once(' ').ok_or(format!("bad line {line:?}"))?;
+            if key == "known" {
+                let (id, uid) = value.split_once(' ').ok_or(format!("bad line {line:?}"))?;
+                known.insert(parse_id(id)?, uid.parse()?);
+            } else if fields.insert(key, value).is_some() {
+                return Err(format!("{key} appears twice"));
+            }
+        }
+        let mut field = |k: &str| fields.remove(k).ok_or(format!("{k} is missing"));
+        let members = field("members")?
+            .split(',')
+            .map(parse_id)
+            .collect::<Result<Vec<u64>, String>>()?;
+        if members.is_empty() || members.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("members are not distinct and ascending".into());
+        }
+        let identity = Identity {
+            cluster_name: field("cluster_name")?.to_owned(),
+            cluster_uid: field("cluster_uid")?.parse()?,
+            member_id: parse_id(field("member_id")?)?,
+            instance: field("instance")?.parse()?,
+            joined: match field("joined")? {
+                "true" => true,
+                "false" => false,
+                other => return Err(format!("joined is {other:?}")),
+            },
+            members,
+            known,
+        };
+        if let Some(extra) = fields.keys().next() {
+            return Err(format!("unknown field {extra}"));
+        }
+        Ok(identity)
+    }
+
+    /// Reads the identity of `dir`: `None` if it has no identity file.
+    pub fn read(dir: &Path) -> Result<Option<Identity>, IdentityError> {
+        let path = dir.join(FILE_NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(IdentityError::Corrupt {
+                    path,
+                    reason: "not UTF-8".into(),
+                })
+            }
+            Err(source) => return Err(IdentityError::Io { path, source }),
+        };
+        Identity::decode(&text)
+            .map(Some)
+            .map_err(|reason| IdentityError::Corrupt { path, reason })
+    }
+
+    /// Writes the identity of `dir` durably: a temporary file, fsync, rename, fsync of
+    /// the directory. When this returns `Ok`, a crash cannot lose it.
+    pub fn write(&self, dir: &Path) -> Result<(), IdentityError> {
+        let tmp = dir.join(TEMP_NAME);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IdentityError::Io { path, source }
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(self.encode().as_bytes()).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        let path = dir.join(FILE_NAME);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
+    }
+}
+
+fn parse_id(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a node id"))
+}
+
+/// Whether `dir` holds a log or a snapshot (the files an earlier version wrote).
+pub fn has_data(dir: &Path) -> Result<bool, IdentityError> {
+    let io = |path: PathBuf| move |source| IdentityError::Io { path, source };
+    if dir.join(crate::snapshot::FILE_NAME).exists() {
+        return Ok(true);
+    }
+    let wal = dir.join("wal");
+    match std::fs::read_dir(&wal) {
+        Ok(mut entries) => Ok(entries.next().transpose().map_err(io(wal))?.is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(IdentityError::Io {
+            path: wal,
+            source: e,
+        }),
+    }
+}
+
+/// Opens the identity of `dir` as the table in the [module docs](self) says: reads it and
+/// checks it against the flags, or creates and writes it. Call before the log is opened
+/// (opening it creates files) and before any connection.
+pub fn open(dir: &Path, flags: &Bootstrap) -> Result<(Identity, Opened), IdentityError> {
+    if let Some(stored) = Identity::read(dir)? {
+        check_stored(&stored, flags, dir)?;
+        return Ok((stored, Opened::Stored));
+    }
+    let legacy = has_data(dir)?;
+    if !legacy && flags.state == Some(InitialClusterState::Existing) {
+        return Err(IdentityError::Refused(lost_data_message(dir, flags)));
+    }
+    let token = flags.token.as_deref().unwrap_or(&flags.cluster_name);
+    let mut identity = Identity {
+        cluster_name: flags.cluster_name.clone(),
+        cluster_uid: cluster_uid(&flags.cluster_name, &flags.members, token),
+        member_id: flags.member_id,
+        instance: random_uid(),
+        members: flags.members.clone(),
+        joined: legacy,
+        known: BTreeMap::new(),
+    };
+    identity.joined |= identity.join_quorum() == 0;
+    identity.write(dir)?;
+    let how = if legacy {
+        Opened::Adopted
+    } else {
+        Opened::Bootstrapped
+    };
+    Ok((identity, how))
+}
+
+fn lost_data_message(dir: &Path, flags: &Bootstrap) -> String {
+    format!(
+        "data dir {} is empty, but --initial-cluster-state is existing: member {} of cluster \
+         \"{}\" has lost its data, and with it the promises it made to the other members, so \
+         it must not vote. Leave it stopped: the cluster keeps serving on the other members \
+         while a majority of them is up. Replace this member (README: \"a replica whose disk \
+         was lost\") rather than restarting it empty; its peers refuse an empty data dir \
+         under its id. If this is the first start of a new cluster, use \
+         --initial-cluster-state new",
+        dir.display(),
+        flags.member_id,
+        flags.cluster_name
+    )
+}
+
+fn check_stored(stored: &Identity, flags: &Bootstrap, dir: &Path) -> Result<(), IdentityError> {
+    let file = dir.join(FILE_NAME);
+    let refuse = |what: String| {
+        Err(IdentityError::Refused(format!(
+            "{what}; the data dir's identity ({}) wins over flags: fix the flags, or use \
+             another data dir",
+            file.display()
+        )))
+    };
+    if stored.member_id != flags.member_id {
+        return refuse(format!(
+            "--id is {}, but this data dir belongs to member {}",
+            flags.member_id, stored.member_id
+        ));
+    }
+    if stored.cluster_name != flags.cluster_name {
+        return refuse(format!(
+            "--cluster-id is \"{}\", but this data dir belongs to cluster \"{}\"",
+            flags.cluster_name, stored.cluster_name
+        ));
+    }
+    if stored.members != flags.members {
+        let only = |a: &[u64], b: &[u64]| -> Vec<u64> {
+            a.iter().filter(|i| !b.contains(i)).copied().collect()
+        };
+        return refuse(format!(
+            "--peers lists members {:?}, but this data dir's cluster has members {:?} \
+             (only in --peers: {:?}; missing from --peers: {:?})",
+            flags.members,
+            stored.members,
+            only(&flags.members, &stored.members),
+            only(&stored.members, &flags.members)
+        ));
+    }
+    Ok(())
+}
+
+/// What the peer links report to the replica about identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A peer accepted this replica's handshake, so it has recorded this directory's
+    /// instance durably (acceptance is sent only after that).
+    Admitted(u64),
+    /// This replica must stop: a peer knows this member by another data directory, or the
+    /// identity file could not be written.
+    Fatal(String),
+}
+
+/// The identity of a running replica, shared by its peer links: it records the instances
+/// of peers as they connect and refuses a peer that presents another one.
+#[derive(Debug)]
+pub struct IdentityStore {
+    dir: PathBuf,
+    identity: std::sync::Mutex<Identity>,
+    events: tokio::sync::mpsc::UnboundedSender<LinkEvent>,
+}
+
+impl IdentityStore {
+    /// Wraps the identity of `dir` (as [`open`] returned it); reports go to `events`.
+    pub fn new(
+        dir: PathBuf,
+        identity: Identity,
+        events: tokio::sync::mpsc::UnboundedSender<LinkEvent>,
+    ) -> Self {
+        IdentityStore {
+            dir,
+            identity: std::sync::Mutex::new(identity),
+            events,
+        }
+    }
+
+    /// A copy of the current identity.
+    pub fn snapshot(&self) -> Identity {
+        self.lock().clone()
+    }
+
+    /// Reports an event of the peer links to the replica.
+    pub fn report(&self, event: LinkEvent) {
+        // The replica is gone if nobody listens; nothing is left to tell.
+        let _ = self.events.send(event);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Identity> {
+        // The identity is replaced whole, so a panic elsewhere cannot leave it half-updated.
+        self.identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Decides whether peer `peer` presenting data dir `instance` may connect: yes if it is
+    /// the instance recorded for it, or if none is recorded yet, in which case it is
+    /// recorded durably first. Blocks on the file write; call from a blocking context.
+    pub fn admit(&self, peer: u64, instance: Uid) -> Result<(), wire::HandshakeRefusal> {
+        let mut identity = self.lock();
+        let known = if peer == identity.member_id {
+            // Someone else claims to be this member; nothing about it is to be trusted.
+            Some(identity.instance)
+        } else {
+            identity.known.get(&peer).copied()
+        };
+        match known {
+            Some(known) if known == instance && peer != identity.member_id => Ok(()),
+            Some(known) => Err(wire::HandshakeRefusal::MemberReplaced {
+                node_id: peer,
+                known,
+                got: instance,
+            }),
+            None => {
+                let mut next = identity.clone();
+                next.known.insert(peer, instance);
+                self.replace(&mut identity, next)
+                    .map_err(|message| wire::HandshakeRefusal::Other { code: 0, message })
+            }
+        }
+    }
+
+    /// Marks this directory as allowed to vote, durably.
+    pub fn mark_joined(&self) -> Result<(), String> {
+        let mut identity = self.lock();
+        let mut next = identity.clone();
+        next.joined = true;
+        self.replace(&mut identity, next)
+    }
+
+    /// Writes `next` and makes it current. A failed write stops the replica: after a failed
+    /// fsync the kernel may have dropped the data, so retrying is not safe.
+    fn replace(&self, current: &mut Identity, next: Identity) -> Result<(), String> {
+        match next.write(&self.dir) {
+            Ok(()) => {
+                *current = next;
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!("cannot record the cluster identity: {e}");
+                self.report(LinkEvent::Fatal(message.clone()));
+                Err(message)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(state: Option<InitialClusterState>) -> Bootstrap {
+        Bootstrap {
+            cluster_name: "kvs".into(),
+            member_id: 2,
+            members: vec![1, 2, 3],
+            token: None,
+            state,
+        }
+    }
+
+    fn sample() -> Identity {
+        Identity {
+            cluster_name: "prod east".into(),
+            cluster_uid: cluster_uid("prod east", &[1, 2, 3], "t"),
+            member_id: 2,
+            instance: Uid([0x5a; 16]),
+            members: vec![1, 2, 3],
+            joined: true,
+            known: [(1, Uid([1; 16])), (3, Uid([3; 16]))].into(),
+        }
+    }
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn file_roundtrips_and_reads_well() {
+        let dir = tmp();
+        let id = sample();
+        id.write(dir.path()).unwrap();
+        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id.clone()));
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(
+            text.starts_with("kvs-identity 1\ncluster_name prod east\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nknown 3 03030303030303030303030303030303\n"));
+        assert!(!dir.path().join(TEMP_NAME).exists());
+    }
+
+    #[test]
+    fn every_damage_is_caught() {
+        let text = sample().encode();
+        // Every single flipped bit, and every truncation, is refused.
+        for i in 0..text.len() {
+            let mut bytes = text.clone().into_bytes();
+            bytes[i] ^= 0x01;
+            if let Ok(t) = String::from_utf8(bytes) {
+                assert!(Identity::decode(&t).is_err(), "flipped byte {i}");
+            }
+            assert!(Identity::decode(&text[..i]).is_err(), "cut at {i}");
+        }
+        let dir = tmp();
+        std::fs::write(dir.path().join(FILE_NAME), &text[..text.len() - 3]).unwrap();
+        let err = Identity::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is damaged"), "{err}");
+        assert!(err.contains("replace this member"), "{err}");
+        std::fs::write(dir.path().join(FILE_NAME), b"\xff\xfe").unwrap();
+        assert!(matches!(
+            Identity::read(dir.path()),
+            Err(IdentityError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_well_checksummed_but_odd_file_is_refused() {
+        let with_crc = |body: &str| {
+            let crc = crc32c::crc32c(body.as_bytes());
+            format!("{body}crc32c {crc:08x}\n")
+        };
+        let good = sample().encode();
+        let body = &good[..good.rfind("crc32c").unwrap()];
+        assert!(Identity::decode(&with_crc(body)).is_ok());
+        let odd = body.replace("joined true", "joined maybe");
+        assert!(Identity::decode(&with_crc(&odd))
+            .unwrap_err()
+            .contains("joined"));
+        let odd = body.replace("members 1,2,3", "members 3,1");
+        assert!(Identity::decode(&with_crc(&odd)).is_err());
+        let odd = format!("{body}color blue\n");
+        assert!(Identity::decode(&with_crc(&odd))
+            .unwrap_err()
+            .contains("unknown field"));
+        let odd = body.replace("member_id 2\n", "");
+        assert!(Identity::decode(&with_crc(&odd))
+            .unwrap_err()
+            .contains("member_id is missing"));
+    }
+
+    #[test]
+    fn cluster_uid_is_stable_and_depends_on_every_input() {
+        let base = cluster_uid("kvs", &[1, 2, 3], "kvs");
+        // Pinned: the id is stored, so it must never change between builds.
+        assert_eq!(
+            base.to_string(),
+            cluster_uid("kvs", &[1, 2, 3], "kvs").to_string()
+        );
+        assert_eq!(base.to_string(), "ae04ddb3aa518bc8b9b7e13f7012cd20");
+        assert_ne!(base, cluster_uid("kvs2", &[1, 2, 3], "kvs"));
+        assert_ne!(base, cluster_uid("kvs", &[1, 2, 4], "kvs"));
+        assert_ne!(base, cluster_uid("kvs", &[1, 2, 3], "other"));
+        assert_ne!(cluster_uid("a", &[12], ""), cluster_uid("a", &[1, 2], ""));
+    }
+
+    #[test]
+    fn empty_dir_with_new_bootstraps_unjoined_and_durably() {
+        let dir = tmp();
+        let (id, how) = open(dir.path(), &flags(None)).unwrap();
+        assert_eq!(how, Opened::Bootstrapped);
+        assert!(!id.joined);
+        assert_eq!(id.join_quorum(), 2);
+        assert_eq!(id.cluster_uid, cluster_uid("kvs", &[1, 2, 3], "kvs"));
+        // On disk before anything else happens; a restart reads the same instance.
+        let (again, how) = open(dir.path(), &flags(Some(InitialClusterState::Existing))).unwrap();
+        assert_eq!((again, how), (id.clone(), Opened::Stored));
+        // A wiped directory gets another instance.
+        let other = tmp();
+        let (fresh, _) = open(other.path(), &flags(None)).unwrap();
+        assert_ne!(fresh.instance, id.instance);
+    }
+
+    #[test]
+    fn empty_dir_with_existing_is_refused_with_what_to_do() {
+        let dir = tmp();
+        let err = open(dir.path(), &flags(Some(InitialClusterState::Existing)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has lost its data"), "{err}");
+        assert!(err.contains("must not vote"), "{err}");
+        assert!(err.contains("Replace this member"), "{err}");
+        assert!(!dir.path().join(FILE_NAME).exists());
+    }
+
+    #[test]
+    fn a_directory_of_an_earlier_version_is_adopted_as_joined() {
+        let dir = tmp();
+        std::fs::create_dir(dir.path().join("wal")).unwrap();
+        // An empty log directory is no data.
+        assert!(!has_data(dir.path()).unwrap());
+        std::fs::write(dir.path().join("wal").join("00000001.wal"), b"x").unwrap();
+        let (id, how) = open(dir.path(), &flags(Some(InitialClusterState::Existing))).unwrap();
+        assert_eq!(how, Opened::Adopted);
+        assert!(id.joined);
+        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
+    }
+
+    #[test]
+    fn store_records_instances_once_and_refuses_another() {
+        let dir = tmp();
+        let (id, _) = open(dir.path(), &flags(None)).unwrap();
+        let own = id.instance;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let store = IdentityStore::new(dir.path().to_path_buf(), id, tx);
+        store.admit(1, Uid([1; 16])).unwrap();
+        store.admit(1, Uid([1; 16])).unwrap();
+        // Recorded durably before the admission returned.
+        let on_disk = Identity::read(dir.path()).unwrap().unwrap();
+        assert_eq!(on_disk.known.get(&1), Some(&Uid([1; 16])));
+        assert_eq!(
+            store.admit(1, Uid([9; 16])),
+            Err(wire::HandshakeRefusal::MemberReplaced {
+                node_id: 1,
+                known: Uid([1; 16]),
+                got: Uid([9; 16]),
+            })
+        );
+        // Nobody else may connect as this member, not even with its instance.
+        assert!(store.admit(2, own).is_err());
+        store.mark_joined().unwrap();
+        assert!(Identity::read(dir.path()).unwrap().unwrap().joined);
+        assert!(rx.try_recv().is_err());
+        // A failed write refuses the peer and stops the replica.
+        drop(dir);
+        assert!(matches!(
+            store.admit(3, Uid([3; 16])),
+            Err(wire::HandshakeRefusal::Other { .. })
+        ));
+        assert!(matches!(rx.try_recv(), Ok(LinkEvent::Fatal(_))));
+    }
+
+    #[test]
+    fn single_member_cluster_is_joined_at_once() {
+        let dir = tmp();
+        let mut f = flags(None);
+        f.members = vec![2];
+        let (id, _) = open(dir.path(), &f).unwrap();
+        assert!(id.joined);
+        assert_eq!(id.join_quorum(), 0);
+    }
+
+    #[test]
+    fn flags_that_disagree_with_the_stored_identity_are_refused_by_name() {
+        let dir = tmp();
+        open(dir.path(), &flags(None)).unwrap();
+        let mut f = flags(None);
+        f.members = vec![1, 2, 4];
+        let err = open(dir.path(), &f).unwrap_err().to_string();
+        assert!(
+            err.contains("--peers lists members [1, 2, 4], but this data dir's cluster has members [1, 2, 3] (only in --peers: [4]; missing from --peers: [3])"),
+            "{err}"
+        );
+        let mut f = flags(None);
+        f.cluster_name = "other".into();
+        let err = open(dir.path(), &f).unwrap_err().to_string();
+        assert!(err.contains("belongs to cluster \"kvs\""), "{err}");
+        let mut f = flags(None);
+        f.member_id = 1;
+        let err = open(dir.path(), &f).unwrap_err().to_string();
+        assert!(err.contains("belongs to member 2"), "{err}");
+        // A new token after bootstrap is ignored: the stored identity wins.
+        let mut f = flags(Some(InitialClusterState::New));
+        f.token = Some("another".into());
+        assert_eq!(open(dir.path(), &f).unwrap().1, Opened::Stored);
+    }
+}
