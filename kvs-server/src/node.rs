@@ -177,6 +177,8 @@ struct Node {
     outbox: Outbox,
     /// The largest value in the store, for bounding what client connections hold.
     values: ValueBytesSeen,
+    /// The log was behind at the last look (for logging changes).
+    storage_was_backlogged: bool,
 }
 
 /// Runs a replica until `shutdown` turns true or a fatal error (such as a failed fsync).
@@ -317,6 +319,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         last_role: (Role::Follower, paxos_core::Ballot::ZERO),
         outbox,
         values,
+        storage_was_backlogged: false,
     };
     node.drain();
 
@@ -329,13 +332,20 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             return Err(reason);
         }
         let deadline = node.deadline();
+        // Backpressure: while the log is behind, no new work is taken (network tasks wait,
+        // then TCP pushes back), so a stalled disk cannot queue records without bound. The
+        // storage report that ends the backlog wakes the loop.
+        let backlogged = node.storage_backlogged();
         tokio::select! {
-            ev = events_rx.recv() => {
+            ev = events_rx.recv(), if !backlogged => {
                 let Some(ev) = ev else { break };
                 node.handle(ev);
                 // Take whatever else is already queued before draining, so proposals share
                 // slots and persist records share one fsync.
                 for _ in 0..1024 {
+                    if node.storage.is_backlogged() {
+                        break;
+                    }
                     match events_rx.try_recv() {
                         Ok(ev) => node.handle(ev),
                         Err(_) => break,
@@ -463,6 +473,24 @@ impl Node {
 
     fn is_down(&self) -> bool {
         self.down_until.is_some()
+    }
+
+    /// True while the log is too far behind to take new work; logs the changes.
+    fn storage_backlogged(&mut self) -> bool {
+        let backlogged = self.storage.is_backlogged();
+        if backlogged != self.storage_was_backlogged {
+            self.storage_was_backlogged = backlogged;
+            if backlogged {
+                tracing::warn!(
+                    id = self.cfg.id,
+                    bytes = self.storage.backlog_bytes(),
+                    "the log is behind: taking no new requests or messages until it catches up"
+                );
+            } else {
+                tracing::info!(id = self.cfg.id, "the log caught up");
+            }
+        }
+        backlogged
     }
 
     async fn on_timer(&mut self) {

@@ -1,12 +1,18 @@
 //! The storage thread: owns the write-ahead log, makes persist batches durable with group
 //! commit (everything queued, one fdatasync), and reports back to the event loop.
 //!
+//! The queue to the thread is bounded in bytes by backpressure rather than by dropping:
+//! [`Storage::is_backlogged`] tells the event loop to stop taking new work (peer and client
+//! messages) until the disk has caught up, so a stalled disk cannot grow the queue without
+//! bound.
+//!
 //! It keeps a mirror of the durable consensus state (promise, accepted values, commit
 //! index) so that it can rewrite the log after a snapshot without asking the event loop,
 //! and hand a recovering replica its durable state.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use paxos_core::{PersistEntry, RecoveredState};
@@ -50,10 +56,30 @@ pub enum StorageEvent {
     Fatal(String),
 }
 
+/// Record bytes queued for the log at most before [`Storage::is_backlogged`] holds.
+pub const BACKLOG_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// What a record costs in the queue besides its value.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 /// The handle the event loop keeps.
 pub struct Storage {
     tx: mpsc::Sender<StorageCmd>,
     thread: Option<thread::JoinHandle<()>>,
+    /// Bytes of records queued and not yet durable.
+    backlog: Arc<AtomicUsize>,
+    backlog_bytes_max: usize,
+}
+
+/// The bytes a batch of records holds in the queue.
+fn batch_bytes(entries: &[PersistEntry]) -> usize {
+    entries
+        .iter()
+        .map(|e| match e {
+            PersistEntry::Accepted { value, .. } => value.payload_bytes() + ENTRY_OVERHEAD_BYTES,
+            _ => ENTRY_OVERHEAD_BYTES,
+        })
+        .sum()
 }
 
 /// Opens the log in `dir` and replays it. Returns the replayed state (its `snapshot_slot`
@@ -76,25 +102,53 @@ pub fn open(
     }
     let (tx, rx) = mpsc::channel();
     let mirror = state.clone();
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let writer_backlog = Arc::clone(&backlog);
     let thread = thread::Builder::new()
         .name("kvs-wal".into())
-        .spawn(move || writer_loop(wal, mirror, rx, on_event))
+        .spawn(move || writer_loop(wal, mirror, rx, &writer_backlog, on_event))
         .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     Ok((
         state,
         Storage {
             tx,
             thread: Some(thread),
+            backlog,
+            backlog_bytes_max: BACKLOG_BYTES_MAX,
         },
     ))
 }
 
 impl Storage {
-    /// Queues a request. Fails only if the thread stopped (after a fatal error).
+    /// Queues a request. Fails only if the thread stopped (after a fatal error). Never
+    /// refuses for lack of room: the caller keeps the queue bounded by taking no new work
+    /// while [`Storage::is_backlogged`].
     pub fn send(&self, cmd: StorageCmd) -> Result<(), String> {
-        self.tx
-            .send(cmd)
-            .map_err(|_| "the log writer has stopped".to_string())
+        let bytes = match &cmd {
+            StorageCmd::Append { entries, .. } => batch_bytes(entries),
+            _ => 0,
+        };
+        self.backlog.fetch_add(bytes, Ordering::AcqRel);
+        self.tx.send(cmd).map_err(|_| {
+            self.backlog.fetch_sub(bytes, Ordering::AcqRel);
+            "the log writer has stopped".to_string()
+        })
+    }
+
+    /// Bytes of records queued and not yet durable.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    /// True while more than the bound of record bytes waits for the disk: take no new work
+    /// until it is false again (a `Durable` report follows every drop of the backlog).
+    pub fn is_backlogged(&self) -> bool {
+        self.backlog_bytes() > self.backlog_bytes_max
+    }
+
+    /// Sets the bound of [`Storage::is_backlogged`] (by default [`BACKLOG_BYTES_MAX`]).
+    pub fn set_backlog_bytes_max(&mut self, bytes: usize) {
+        self.backlog_bytes_max = bytes;
     }
 
     /// Stops the thread after it has written everything queued.
@@ -111,6 +165,7 @@ fn writer_loop(
     mut wal: Wal,
     mut mirror: RecoveredState,
     rx: mpsc::Receiver<StorageCmd>,
+    backlog: &AtomicUsize,
     on_event: impl Fn(StorageEvent),
 ) {
     let fatal = |e: WalError| StorageEvent::Fatal(format!("write-ahead log failed: {e}"));
@@ -122,6 +177,8 @@ fn writer_loop(
         }
         let mut durable: Option<(u64, u64)> = None;
         let mut unsynced = false;
+        // Bytes of this group's records, off the backlog once they are durable.
+        let mut group_bytes = 0;
         for cmd in cmds {
             match cmd {
                 StorageCmd::Append {
@@ -129,6 +186,7 @@ fn writer_loop(
                     id,
                     entries,
                 } => {
+                    group_bytes += batch_bytes(&entries);
                     for e in entries {
                         let raw = match wire::encode(&e) {
                             Ok(r) => r,
@@ -185,6 +243,7 @@ fn writer_loop(
                             return;
                         }
                         unsynced = false;
+                        backlog.fetch_sub(std::mem::take(&mut group_bytes), Ordering::AcqRel);
                         if let Some((incarnation, id)) = durable.take() {
                             on_event(StorageEvent::Durable { incarnation, id });
                         }
@@ -199,6 +258,8 @@ fn writer_loop(
                 return;
             }
         }
+        // Off the backlog before the report, so the event loop woken by it sees the room.
+        backlog.fetch_sub(group_bytes, Ordering::AcqRel);
         if let Some((incarnation, id)) = durable {
             on_event(StorageEvent::Durable { incarnation, id });
         }
@@ -254,6 +315,58 @@ mod tests {
             state.accepted.keys().copied().collect::<Vec<_>>(),
             vec![3, 4]
         );
+    }
+
+    fn batch(id: u64, value_bytes: usize) -> StorageCmd {
+        StorageCmd::Append {
+            incarnation: 0,
+            id,
+            entries: vec![PersistEntry::Accepted {
+                slot: id,
+                ballot: Ballot::new(1, 1),
+                value: Value::Commands(vec![bytes::Bytes::from(vec![0u8; value_bytes])]),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_stalled_disk_backlogs_the_queue_until_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // The storage thread stalls in its first report until released (the sender is
+        // dropped): a stalled disk.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (durable_tx, durable_rx) = std::sync::mpsc::channel();
+        let (_, mut storage) = open(dir.path(), WalOptions::default(), move |e| {
+            if let StorageEvent::Durable { id, .. } = e {
+                if let Ok(rx) = release_rx.lock() {
+                    let _ = rx.recv(); // the first report waits; later ones pass
+                }
+                let _ = durable_tx.send(id);
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        storage.set_backlog_bytes_max(100_000);
+        assert!(storage.send(batch(1, 10)).is_ok());
+        let mut id = 1;
+        while !storage.is_backlogged() {
+            id += 1;
+            assert!(id < 100, "the backlog never passed its bound");
+            assert!(storage.send(batch(id, 10_000)).is_ok());
+        }
+        drop(release_tx);
+        // Every report comes once the disk has caught up, and the backlog is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut last = 0;
+        while last < id {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            last = durable_rx
+                .recv_timeout(wait)
+                .unwrap_or_else(|e| panic!("no durable report: {e}"));
+        }
+        assert_eq!(storage.backlog_bytes(), 0);
+        assert!(!storage.is_backlogged());
+        storage.close();
     }
 
     #[test]
