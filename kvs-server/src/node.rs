@@ -116,6 +116,8 @@ enum Internal {
         started: Instant,
         keys: usize,
     },
+    /// A snapshot from a peer was received, checked and decoded off the loop.
+    SnapshotReceived(snapshot::transfer::Received),
 }
 
 struct PendingWrite {
@@ -127,14 +129,6 @@ struct PendingRead {
     key: Bytes,
     responder: Responder,
     since: Instant,
-}
-
-/// A snapshot being received from a peer, written to a file as it arrives.
-struct Assembly {
-    slot: u64,
-    total: u64,
-    received: u64,
-    file: std::fs::File,
 }
 
 /// Also snapshot once this many command bytes were applied since the last snapshot, so the
@@ -166,7 +160,10 @@ struct Node {
     /// A snapshot is being written in the background.
     snapshot_in_progress: bool,
     internal_tx: mpsc::UnboundedSender<Internal>,
-    incoming: BTreeMap<NodeId, Assembly>,
+    /// The snapshot being received from a peer, if any (one at a time).
+    incoming: Option<snapshot::transfer::Incoming>,
+    /// Snapshots being sent to peers (one per peer at a time).
+    outgoing: snapshot::transfer::Outgoing,
     down_until: Option<Instant>,
     failure_stats: FailureStats,
     rng: rand::rngs::StdRng,
@@ -246,12 +243,16 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     let own = store.snapshot().wire(cfg.sessions_max);
     let hello = wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, own.clone());
     let mut peers_out = BTreeMap::new();
+    let mut outgoing = snapshot::transfer::Outgoing::default();
     let mut reachable = BTreeMap::new();
     for (&peer, addr) in &cfg.peers {
         if peer == cfg.id {
             continue;
         }
         let (tx, rx) = mpsc::channel(peers::PEER_QUEUE_MAX);
+        let (chunks_tx, chunks) = mpsc::channel(peers::SNAPSHOT_QUEUE_CHUNKS);
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        outgoing.add_peer(peer, chunks_tx, epoch.clone());
         let flag = Arc::new(AtomicBool::new(false));
         tokio::spawn(peers::outbound(
             peer,
@@ -259,6 +260,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
             hello.clone(),
             store.clone(),
             rx,
+            peers::SnapshotLane { chunks, epoch },
             flag.clone(),
             shutdown.clone(),
         ));
@@ -311,7 +313,8 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         applied_bytes_since_snapshot: 0,
         snapshot_in_progress: false,
         internal_tx,
-        incoming: BTreeMap::new(),
+        incoming: None,
+        outgoing,
         down_until: None,
         failure_stats: FailureStats::default(),
         rng,
@@ -358,6 +361,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                     Some(Internal::SnapshotWritten { slot, result, started, keys }) => {
                         node.snapshot_written(slot, result, started, keys);
                     }
+                    Some(Internal::SnapshotReceived(received)) => node.snapshot_received(received),
                     None => break,
                 }
             }
@@ -733,84 +737,96 @@ impl Node {
         }
     }
 
-    /// Streams the current snapshot file to a lagging peer, from a blocking thread.
+    /// Streams the current snapshot file to a lagging peer, from a blocking thread: one
+    /// transfer per peer at a time, an older one cancelled when a newer snapshot exists.
     fn ship_snapshot(&mut self, to: NodeId) {
-        let Some(tx) = self.peers_out.get(&to).cloned() else {
-            return;
-        };
         let path = self.cfg.data_dir.join(snapshot::FILE_NAME);
-        tracing::info!(
-            peer = to,
-            slot = self.last_snapshot_slot,
-            "shipping a snapshot to a lagging peer"
-        );
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = stream_snapshot(&path, &tx) {
-                tracing::warn!(peer = to, error = %e, "shipping a snapshot failed");
-            }
-        });
+        let slot = self.last_snapshot_slot;
+        if self.outgoing.start(to, path, slot) == snapshot::transfer::Start::Started {
+            tracing::info!(peer = to, slot, "shipping a snapshot to a lagging peer");
+        }
     }
 
+    /// A chunk of a snapshot from a peer: checked here, written and checked off the loop.
     fn on_snapshot_chunk(&mut self, from: NodeId, slot: u64, total: u64, offset: u64, data: Bytes) {
-        use std::io::Write;
+        use snapshot::transfer::{Chunk, Incoming};
         // While a local snapshot is being written, a received one could be overwritten by
         // that older one; the sender retries later.
         if slot <= self.sm.applied() || self.snapshot_in_progress {
             return;
         }
-        let incoming = self.cfg.data_dir.join(snapshot::INCOMING_NAME);
         if offset == 0 {
-            match std::fs::File::create(&incoming) {
-                Ok(file) => {
-                    self.incoming.insert(
-                        from,
-                        Assembly {
-                            slot,
-                            total,
-                            received: 0,
-                            file,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %incoming.display(), "cannot receive a snapshot");
-                    return;
-                }
+            match &self.incoming {
+                // The file of a complete one is being checked: let that finish first.
+                Some(i) if i.is_complete() => return,
+                // One at a time: a newer (or restarted) transfer replaces the current one.
+                Some(i) if i.from() != from && i.slot() >= slot => return,
+                _ => {}
             }
-            // Only one snapshot is assembled at a time.
-            self.incoming.retain(|&peer, _| peer == from);
+            let tx = self.internal_tx.clone();
+            self.incoming = Some(Incoming::start(
+                &self.cfg.data_dir,
+                from,
+                slot,
+                total,
+                move |received| {
+                    let _ = tx.send(Internal::SnapshotReceived(received));
+                },
+            ));
         }
-        let Some(a) = self.incoming.get_mut(&from) else {
+        let Some(incoming) = self.incoming.as_mut() else {
             return;
         };
-        if a.slot != slot || a.total != total || a.received != offset {
-            self.incoming.remove(&from); // out of order: wait for the next attempt
+        match incoming.accept(from, slot, total, offset, data) {
+            Chunk::Queued | Chunk::Complete | Chunk::Ignored => {}
+            Chunk::Broken(reason) => {
+                tracing::info!(peer = from, slot, %reason, "dropping a snapshot being received");
+                self.incoming = None;
+            }
+        }
+    }
+
+    /// A received snapshot was written, fsynced and decoded off the loop: publish it and
+    /// install it, unless this replica has moved past it meanwhile.
+    fn snapshot_received(&mut self, received: snapshot::transfer::Received) {
+        let snapshot::transfer::Received {
+            from,
+            slot,
+            path,
+            result,
+        } = received;
+        let ours = self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.from() == from && i.slot() == slot && i.is_complete());
+        if !ours {
+            let _ = std::fs::remove_file(&path);
             return;
         }
-        if let Err(e) = a.file.write_all(&data) {
-            tracing::warn!(error = %e, "cannot write a received snapshot");
-            self.incoming.remove(&from);
-            return;
-        }
-        a.received += data.len() as u64;
-        if a.received < a.total {
-            return;
-        }
-        self.incoming.remove(&from);
-        let origin = PathBuf::from(format!("snapshot from replica {from}"));
-        let sm = match snapshot::install_incoming(&self.cfg.data_dir, &origin) {
+        self.incoming = None;
+        let sm = match result {
             Ok(sm) => sm,
             Err(e) => {
+                let _ = std::fs::remove_file(&path);
                 tracing::warn!(peer = from, error = %e, "discarding a received snapshot");
                 return;
             }
         };
+        if self.is_down() || sm.applied() <= self.sm.applied() || self.snapshot_in_progress {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
         if sm.applied() != slot {
             tracing::warn!(
                 peer = from,
                 slot,
                 "a received snapshot's slot does not match its header"
             );
+        }
+        if let Err(e) = snapshot::publish_incoming(&self.cfg.data_dir, &path) {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(peer = from, error = %e, "cannot install a received snapshot");
+            return;
         }
         let slot = sm.applied();
         tracing::info!(
@@ -1035,7 +1051,8 @@ impl Node {
         self.failure_stats.failures += 1;
         self.incarnation += 1;
         self.down_until = Some(Instant::now() + Duration::from_millis(down_ms));
-        self.incoming.clear();
+        self.incoming = None;
+        self.outgoing.cancel_all();
         self.fail_all_pending();
         tracing::warn!(
             id = self.cfg.id,
@@ -1165,59 +1182,5 @@ impl DirLock {
             ));
         }
         Ok(DirLock { _file: file })
-    }
-}
-
-/// Reads the snapshot file at `path` in chunks and queues them for a peer. The file is
-/// opened once, so a newer snapshot renamed over it meanwhile does not mix into this one.
-fn stream_snapshot(path: &std::path::Path, tx: &mpsc::Sender<PeerMessage>) -> Result<(), String> {
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let total = file
-        .metadata()
-        .map_err(|e| format!("stat {}: {e}", path.display()))?
-        .len();
-    // The slot is in the header, right after the 8-byte magic.
-    let mut header = [0u8; 16];
-    file.read_exact(&mut header)
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
-    let mut slot_bytes = [0u8; 8];
-    slot_bytes.copy_from_slice(&header[8..16]);
-    let slot = u64::from_le_bytes(slot_bytes);
-    let mut offset = 0u64;
-    let mut pending = header.to_vec();
-    loop {
-        let mut buf = std::mem::take(&mut pending);
-        let want = wire::SNAPSHOT_CHUNK_BYTES;
-        let start = buf.len();
-        buf.resize(want, 0);
-        let mut filled = start;
-        while filled < want {
-            let n = file
-                .read(&mut buf[filled..])
-                .map_err(|e| format!("read {}: {e}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        buf.truncate(filled);
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let len = buf.len() as u64;
-        let chunk = PeerMessage::SnapshotChunk {
-            slot,
-            total_bytes: total,
-            offset,
-            data: Bytes::from(buf),
-        };
-        tx.blocking_send(chunk)
-            .map_err(|_| "the peer link closed".to_string())?;
-        offset += len;
-        if offset >= total {
-            return Ok(());
-        }
     }
 }

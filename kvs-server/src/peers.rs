@@ -12,7 +12,7 @@
 //! given at warn. A refusal saying that this member is known by another data dir stops
 //! this replica ([`LinkEvent::Fatal`]): its promises are lost and it must not vote.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,20 @@ use crate::node::Event;
 /// core retransmits what matters).
 pub const PEER_QUEUE_MAX: usize = 8192;
 
+/// How many snapshot chunks may wait for a peer link, in a queue of their own: a transfer
+/// waits for room rather than growing memory, and never crowds out consensus messages,
+/// which are always written first.
+pub const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
+
+/// The snapshot side of a peer link: chunks to send, and a count of the connections made,
+/// so that a transfer can stop when the connection it was streaming over is gone.
+pub struct SnapshotLane {
+    /// Chunks to send when no consensus message waits.
+    pub chunks: mpsc::Receiver<PeerMessage>,
+    /// Goes up every time the link connects or is lost.
+    pub epoch: Arc<AtomicU64>,
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,9 +57,11 @@ pub async fn outbound(
     hello: Hello,
     store: Arc<IdentityStore>,
     mut rx: mpsc::Receiver<PeerMessage>,
+    lane: SnapshotLane,
     reachable: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let SnapshotLane { mut chunks, epoch } = lane;
     let mut backoff = BACKOFF_MIN;
     let mut last_refusal: Option<String> = None;
     loop {
@@ -61,6 +77,7 @@ pub async fn outbound(
                 tracing::debug!(peer = to, %addr, "connected to peer");
                 backoff = BACKOFF_MIN;
                 last_refusal = None;
+                epoch.fetch_add(1, Ordering::AcqRel);
                 reachable.store(true, Ordering::Relaxed);
                 store.report(LinkEvent::Admitted(to));
                 f
@@ -71,6 +88,7 @@ pub async fn outbound(
                 // Messages queued while the peer is unreachable are stale by the time it
                 // is back; the core resends what is still needed.
                 while rx.try_recv().is_ok() {}
+                while chunks.try_recv().is_ok() {}
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -80,8 +98,11 @@ pub async fn outbound(
             }
         };
         loop {
+            // Consensus messages first; a snapshot chunk only when none waits.
             let first = tokio::select! {
+                biased;
                 m = rx.recv() => m,
+                c = chunks.recv() => c,
                 _ = shutdown.changed() => return,
                 // The receiving side never writes; a read returning means it hung up.
                 r = framed.next() => {
@@ -107,6 +128,9 @@ pub async fn outbound(
             }
         }
         reachable.store(false, Ordering::Relaxed);
+        // A transfer streaming over the lost connection stops (its chunks are dropped).
+        epoch.fetch_add(1, Ordering::AcqRel);
+        while chunks.try_recv().is_ok() {}
         tracing::debug!(peer = to, %addr, "peer link lost; reconnecting");
     }
 }

@@ -22,6 +22,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+pub mod transfer;
+
 use crate::sessions::SessionTable;
 use crate::state_machine::{Blob, Delta, SessionResults, StateMachine, SESSION_RESULTS_MAX};
 
@@ -483,10 +485,30 @@ pub fn install_incoming(dir: &Path, origin: &Path) -> Result<StateMachine, Snaps
     Ok(sm)
 }
 
-/// Reads the snapshot in `dir`, if there is one. Leftover temporary files are removed.
+/// Makes a received snapshot file, already fsynced and checked ([`transfer::Incoming`]),
+/// the current snapshot: rename over the previous one, fsync the directory.
+pub fn publish_incoming(dir: &Path, incoming: &Path) -> Result<(), SnapshotError> {
+    let path = dir.join(FILE_NAME);
+    fs::rename(incoming, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)
+}
+
+/// Reads the snapshot in `dir`, if there is one. Leftover temporary files (of snapshots
+/// being written or received) are removed.
 pub fn read_file(dir: &Path) -> Result<Option<StateMachine>, SnapshotError> {
     let _ = fs::remove_file(dir.join(TEMP_NAME));
     let _ = fs::remove_file(dir.join(INCOMING_NAME));
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("{INCOMING_NAME}.")))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
     let path = dir.join(FILE_NAME);
     let file = match File::open(&path) {
         Ok(f) => f,

@@ -1,0 +1,346 @@
+//! Moving a snapshot between replicas, with bounded memory on both ends.
+//!
+//! Sending ([`Outgoing`]): at most one transfer per peer at a time. Chunks are read from the
+//! snapshot file by a blocking thread and queued on the peer's snapshot lane
+//! ([`crate::peers::SnapshotLane`]), a small queue of its own that the link drains only when
+//! no consensus message waits; the thread waits for room, so at most a few chunks are in
+//! memory. A transfer stops when it is cancelled (a newer snapshot supersedes it) or when the
+//! connection it streams over is lost.
+//!
+//! Receiving ([`Incoming`]): chunks are checked for order on the event loop and handed to a
+//! blocking thread that writes them to a file of their own; once complete, that thread
+//! fsyncs and decodes the file (which checks it) and reports the decoded state machine. The
+//! event loop then only renames the file into place ([`super::publish_incoming`]) and swaps
+//! the state in.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use paxos_core::NodeId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wire::PeerMessage;
+
+use crate::state_machine::StateMachine;
+
+/// Chunks received and not yet written to disk, at most; a receiver that falls further
+/// behind drops the transfer (the sender tries again later).
+const INCOMING_QUEUE_CHUNKS: usize = 16;
+
+/// Where one peer's snapshot chunks go.
+struct Lane {
+    tx: mpsc::Sender<PeerMessage>,
+    epoch: Arc<AtomicU64>,
+}
+
+/// A transfer in progress to one peer.
+struct Running {
+    /// The snapshot slot being sent (the latest local snapshot when it started).
+    slot: u64,
+    cancel: CancellationToken,
+    done: Arc<AtomicBool>,
+}
+
+/// What [`Outgoing::start`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new transfer started (cancelling an older one to the same peer, if any).
+    Started,
+    /// A transfer of this snapshot, or a newer one, is already running to this peer.
+    AlreadyRunning,
+    /// The peer is not a member.
+    UnknownPeer,
+}
+
+/// The snapshot transfers of a replica to its peers: at most one per peer.
+#[derive(Default)]
+pub struct Outgoing {
+    lanes: BTreeMap<NodeId, Lane>,
+    running: BTreeMap<NodeId, Running>,
+}
+
+impl Outgoing {
+    /// Registers the snapshot lane of `peer`: its chunk queue and its link's epoch.
+    pub fn add_peer(&mut self, peer: NodeId, tx: mpsc::Sender<PeerMessage>, epoch: Arc<AtomicU64>) {
+        self.lanes.insert(peer, Lane { tx, epoch });
+    }
+
+    /// Streams the snapshot file `path` (of `slot`) to `to` from a blocking thread, unless
+    /// a transfer of that snapshot or a newer one is running; an older one is cancelled.
+    pub fn start(&mut self, to: NodeId, path: PathBuf, slot: u64) -> Start {
+        let Some(lane) = self.lanes.get(&to) else {
+            return Start::UnknownPeer;
+        };
+        if let Some(r) = self.running.get(&to) {
+            if !r.done.load(Ordering::Acquire) {
+                if r.slot >= slot {
+                    return Start::AlreadyRunning;
+                }
+                tracing::info!(
+                    peer = to,
+                    old = r.slot,
+                    new = slot,
+                    "a newer snapshot supersedes the one being sent"
+                );
+                r.cancel.cancel();
+            }
+        }
+        let cancel = CancellationToken::new();
+        let done = Arc::new(AtomicBool::new(false));
+        let tx = lane.tx.clone();
+        let epoch = Arc::clone(&lane.epoch);
+        let (thread_cancel, thread_done) = (cancel.clone(), Arc::clone(&done));
+        tokio::task::spawn_blocking(move || {
+            match stream(&path, &tx, &epoch, &thread_cancel) {
+                Ok(bytes) => tracing::info!(peer = to, bytes, "snapshot sent"),
+                Err(e) => tracing::info!(peer = to, reason = %e, "snapshot transfer stopped"),
+            }
+            thread_done.store(true, Ordering::Release);
+        });
+        self.running.insert(to, Running { slot, cancel, done });
+        Start::Started
+    }
+
+    /// True if a transfer to `to` is running.
+    pub fn is_running(&self, to: NodeId) -> bool {
+        self.running
+            .get(&to)
+            .is_some_and(|r| !r.done.load(Ordering::Acquire))
+    }
+
+    /// Cancels every transfer (the replica dropped its state).
+    pub fn cancel_all(&mut self) {
+        for r in self.running.values() {
+            r.cancel.cancel();
+        }
+    }
+}
+
+/// Reads the snapshot file at `path` in chunks and queues them on a peer's lane, waiting
+/// for room. The file is opened once, so a newer snapshot renamed over it meanwhile does
+/// not mix into this one. Stops when cancelled or when the link's epoch changes (the
+/// connection the chunks went over is gone). Returns the bytes sent.
+fn stream(
+    path: &Path,
+    tx: &mpsc::Sender<PeerMessage>,
+    epoch: &AtomicU64,
+    cancel: &CancellationToken,
+) -> Result<u64, String> {
+    let started_epoch = epoch.load(Ordering::Acquire);
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let total = file
+        .metadata()
+        .map_err(|e| format!("stat {}: {e}", path.display()))?
+        .len();
+    // The slot is in the header, right after the 8-byte magic.
+    let mut header = [0u8; 16];
+    file.read_exact(&mut header)
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    let mut slot_bytes = [0u8; 8];
+    slot_bytes.copy_from_slice(&header[8..16]);
+    let slot = u64::from_le_bytes(slot_bytes);
+    let runtime = tokio::runtime::Handle::current();
+    let mut offset = 0u64;
+    let mut pending = header.to_vec();
+    while offset < total {
+        let mut buf = std::mem::take(&mut pending);
+        let start = buf.len();
+        buf.resize(wire::SNAPSHOT_CHUNK_BYTES, 0);
+        let filled = start + read_full(&mut file, &mut buf[start..], path)?;
+        buf.truncate(filled);
+        if buf.is_empty() {
+            return Err(format!(
+                "{} ended at {offset} of {total} bytes",
+                path.display()
+            ));
+        }
+        let len = buf.len() as u64;
+        let chunk = PeerMessage::SnapshotChunk {
+            slot,
+            total_bytes: total,
+            offset,
+            data: Bytes::from(buf),
+        };
+        if epoch.load(Ordering::Acquire) != started_epoch {
+            return Err("the peer link was lost".into());
+        }
+        runtime.block_on(async {
+            tokio::select! {
+                sent = tx.send(chunk) => sent.map_err(|_| "the peer link closed".to_string()),
+                _ = cancel.cancelled() => Err("superseded".to_string()),
+            }
+        })?;
+        offset += len;
+    }
+    Ok(offset)
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8], path: &Path) -> Result<usize, String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file
+            .read(&mut buf[filled..])
+            .map_err(|e| format!("read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// A snapshot received completely, checked and decoded, waiting to be published.
+pub struct Received {
+    /// Who sent it.
+    pub from: NodeId,
+    /// The slot in its header.
+    pub slot: u64,
+    /// Where it was written (to be renamed into place, or removed).
+    pub path: PathBuf,
+    /// The decoded state, or why the file is unusable.
+    pub result: Result<StateMachine, String>,
+}
+
+/// What to do with a chunk, according to [`Incoming::accept`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Queued for writing.
+    Queued,
+    /// The last chunk was queued: the writer will report the whole snapshot.
+    Complete,
+    /// Not part of this transfer (a stale chunk of a superseded one): ignored.
+    Ignored,
+    /// The transfer is broken (a gap, or the writer fell behind); drop it.
+    Broken(String),
+}
+
+/// A snapshot being received from a peer.
+pub struct Incoming {
+    from: NodeId,
+    slot: u64,
+    total: u64,
+    received: u64,
+    /// `None` once every chunk is queued.
+    tx: Option<mpsc::Sender<Bytes>>,
+}
+
+/// Distinguishes the files of successive transfers.
+static INCOMING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Incoming {
+    /// Starts receiving snapshot `slot` of `total` bytes from `from` into a new file in
+    /// `dir`; `report` is called from the writer thread once the snapshot is complete and
+    /// checked (or unusable). Dropping the [`Incoming`] early stops the writer, which then
+    /// removes its file.
+    pub fn start(
+        dir: &Path,
+        from: NodeId,
+        slot: u64,
+        total: u64,
+        report: impl FnOnce(Received) + Send + 'static,
+    ) -> Incoming {
+        let seq = INCOMING_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}.{seq}", super::INCOMING_NAME));
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE_CHUNKS);
+        tokio::task::spawn_blocking(move || {
+            let result = match write_chunks(&path, rx, total) {
+                Ok(true) => check(&path, from),
+                Ok(false) => {
+                    let _ = std::fs::remove_file(&path);
+                    return; // dropped before complete
+                }
+                Err(e) => Err(e),
+            };
+            report(Received {
+                from,
+                slot,
+                path,
+                result,
+            });
+        });
+        Incoming {
+            from,
+            slot,
+            total,
+            received: 0,
+            tx: Some(tx),
+        }
+    }
+
+    /// The peer sending it.
+    pub fn from(&self) -> NodeId {
+        self.from
+    }
+
+    /// The snapshot's slot.
+    pub fn slot(&self) -> u64 {
+        self.slot
+    }
+
+    /// True once every chunk has been queued (the writer is checking the file).
+    pub fn is_complete(&self) -> bool {
+        self.tx.is_none()
+    }
+
+    /// Takes the next chunk if it is the one expected.
+    pub fn accept(
+        &mut self,
+        from: NodeId,
+        slot: u64,
+        total: u64,
+        offset: u64,
+        data: Bytes,
+    ) -> Chunk {
+        if from != self.from || slot != self.slot || total != self.total {
+            return Chunk::Ignored;
+        }
+        let Some(tx) = &self.tx else {
+            return Chunk::Ignored;
+        };
+        if offset != self.received {
+            return Chunk::Broken(format!("expected offset {}, got {offset}", self.received));
+        }
+        let len = data.len() as u64;
+        if tx.try_send(data).is_err() {
+            return Chunk::Broken("the snapshot writer fell behind".into());
+        }
+        self.received += len;
+        if self.received >= self.total {
+            self.tx = None; // the writer sees the end of the chunks
+            return Chunk::Complete;
+        }
+        Chunk::Queued
+    }
+}
+
+/// Writes chunks to `path` until `total` bytes; false if the chunks stopped before.
+fn write_chunks(path: &Path, mut rx: mpsc::Receiver<Bytes>, total: u64) -> Result<bool, String> {
+    let mut file =
+        std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    let mut written = 0u64;
+    while written < total {
+        let Some(data) = rx.blocking_recv() else {
+            return Ok(false);
+        };
+        file.write_all(&data)
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        written += data.len() as u64;
+    }
+    Ok(written == total)
+}
+
+/// fsyncs and decodes a received snapshot file (the decoder checks its checksum).
+fn check(path: &Path, from: NodeId) -> Result<StateMachine, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    file.sync_all()
+        .map_err(|e| format!("fsync {}: {e}", path.display()))?;
+    let origin = PathBuf::from(format!("snapshot from replica {from}"));
+    super::decode_from(std::io::BufReader::with_capacity(1 << 20, file), &origin)
+        .map_err(|e| e.to_string())
+}
