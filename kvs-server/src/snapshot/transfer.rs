@@ -170,9 +170,11 @@ fn stream(
             return Err("the peer link was lost".into());
         }
         runtime.block_on(async {
+            // A cancelled transfer sends nothing more, even when the lane has room.
             tokio::select! {
-                sent = tx.send(chunk) => sent.map_err(|_| "the peer link closed".to_string()),
+                biased;
                 _ = cancel.cancelled() => Err("superseded".to_string()),
+                sent = tx.send(chunk) => sent.map_err(|_| "the peer link closed".to_string()),
             }
         })?;
         offset += len;
@@ -343,4 +345,151 @@ fn check(path: &Path, from: NodeId) -> Result<StateMachine, String> {
     let origin = PathBuf::from(format!("snapshot from replica {from}"));
     super::decode_from(std::io::BufReader::with_capacity(1 << 20, file), &origin)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A file that looks like a snapshot of `slot` to the sender: magic, slot, filler.
+    fn fake_snapshot(dir: &Path, name: &str, slot: u64, bytes: usize) -> PathBuf {
+        let mut data = b"KVSSNAP3".to_vec();
+        data.extend_from_slice(&slot.to_le_bytes());
+        data.resize(bytes, 7);
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    async fn next_chunk(rx: &mut mpsc::Receiver<PeerMessage>) -> Option<(u64, u64)> {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(PeerMessage::SnapshotChunk { slot, offset, .. })) => Some((slot, offset)),
+            _ => None,
+        }
+    }
+
+    async fn wait_done(out: &Outgoing, to: NodeId) {
+        for _ in 0..500 {
+            if !out.is_running(to) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the transfer to {to} did not stop");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_transfer_per_peer_and_a_newer_snapshot_supersedes_the_older() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let chunk = wire::SNAPSHOT_CHUNK_BYTES;
+        let old = fake_snapshot(dir.path(), "old", 5, 3 * chunk);
+        let new = fake_snapshot(dir.path(), "new", 7, 2 * chunk + 10);
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut out = Outgoing::default();
+        out.add_peer(2, tx, Arc::new(AtomicU64::new(0)));
+        assert_eq!(out.start(3, old.clone(), 5), Start::UnknownPeer);
+        assert_eq!(out.start(2, old.clone(), 5), Start::Started);
+        assert_eq!(out.start(2, old, 5), Start::AlreadyRunning);
+        // The lane holds one chunk: the transfer waits for room instead of reading on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(out.is_running(2));
+        assert_eq!(out.start(2, new, 7), Start::Started);
+        let mut seen = Vec::new();
+        while let Some(c) = next_chunk(&mut rx).await {
+            seen.push(c);
+            if c == (7, 2 * chunk as u64) {
+                break;
+            }
+        }
+        let first_new = seen.iter().position(|&(slot, _)| slot == 7);
+        let Some(first_new) = first_new else {
+            panic!("the newer snapshot was not sent: {seen:?}");
+        };
+        assert!(
+            seen[..first_new].iter().all(|&(slot, _)| slot == 5) && first_new <= 2,
+            "at most what the lane held of the older transfer comes first: {seen:?}"
+        );
+        let newer: Vec<u64> = seen[first_new..].iter().map(|&(_, o)| o).collect();
+        assert_eq!(newer, vec![0, chunk as u64, 2 * chunk as u64], "{seen:?}");
+        wait_done(&out, 2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transfer_stops_when_its_connection_is_lost() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = fake_snapshot(dir.path(), "s", 9, 20 * wire::SNAPSHOT_CHUNK_BYTES);
+        let (tx, mut rx) = mpsc::channel(1);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let mut out = Outgoing::default();
+        out.add_peer(2, tx, Arc::clone(&epoch));
+        assert_eq!(out.start(2, path, 9), Start::Started);
+        assert_eq!(next_chunk(&mut rx).await, Some((9, 0)));
+        epoch.fetch_add(1, Ordering::AcqRel); // the link reconnected
+        let mut more = 0;
+        while next_chunk(&mut rx).await.is_some() {
+            more += 1;
+            assert!(more <= 2, "the transfer went on over a new connection");
+        }
+        wait_done(&out, 2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_in_order_are_written_checked_and_reported() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let bytes = super::super::encode(&StateMachine::new()).unwrap_or_else(|e| panic!("{e}"));
+        let total = bytes.len() as u64;
+        let (report_tx, report_rx) = std::sync::mpsc::channel();
+        let mut incoming = Incoming::start(dir.path(), 1, 4, total, move |r| {
+            let _ = report_tx.send(r);
+        });
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        let (a, b) = (Bytes::copy_from_slice(a), Bytes::copy_from_slice(b));
+        assert_eq!(
+            incoming.accept(3, 4, total, 0, a.clone()),
+            Chunk::Ignored,
+            "another peer"
+        );
+        assert_eq!(
+            incoming.accept(1, 5, total, 0, a.clone()),
+            Chunk::Ignored,
+            "another slot"
+        );
+        assert_eq!(incoming.accept(1, 4, total, 0, a), Chunk::Queued);
+        assert_eq!(incoming.accept(1, 4, total, total / 2, b), Chunk::Complete);
+        assert!(incoming.is_complete());
+        let received = report_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no report: {e}"));
+        assert_eq!((received.from, received.slot), (1, 4));
+        assert!(received.result.is_ok(), "{:?}", received.result.err());
+        assert_eq!(std::fs::read(&received.path).ok(), Some(bytes));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gap_breaks_the_transfer_and_its_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut incoming = Incoming::start(dir.path(), 1, 4, 100, |_| {
+            panic!("a broken transfer is not reported")
+        });
+        assert_eq!(
+            incoming.accept(1, 4, 100, 0, Bytes::from(vec![0; 10])),
+            Chunk::Queued
+        );
+        assert!(matches!(
+            incoming.accept(1, 4, 100, 20, Bytes::from(vec![0; 10])),
+            Chunk::Broken(_)
+        ));
+        drop(incoming);
+        for _ in 0..500 {
+            let left = std::fs::read_dir(dir.path())
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the file of a dropped transfer was not removed");
+    }
 }
