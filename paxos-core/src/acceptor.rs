@@ -12,7 +12,7 @@ use crate::persist::{PersistEntry, RecoveredState};
 use crate::value::{Entry, Value};
 
 /// An acceptor: promises ballots and accepts values.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub struct Acceptor {
     promised: Ballot,
     log: BTreeMap<Slot, (Ballot, Value)>,
@@ -21,6 +21,10 @@ pub struct Acceptor {
     /// Test-only planted bug: accept values under ballots below the promise.
     #[cfg(test)]
     pub(crate) ignore_promises: bool,
+    /// Test-only planted bug: record a chosen value without raising the promise, and let
+    /// an Accept rewrite a slot known chosen.
+    #[cfg(test)]
+    pub(crate) chosen_keeps_promise: bool,
 }
 
 impl Acceptor {
@@ -32,7 +36,11 @@ impl Acceptor {
     /// An acceptor restored from durable state; entries below the snapshot are dropped.
     pub fn recover(state: &RecoveredState) -> Self {
         let mut acceptor = Acceptor::new();
-        acceptor.promised = state.promised;
+        // Invariant: no record above the promise. The host writes a promise before the
+        // records that need it, so replay already gives this; taking the maximum also
+        // repairs a log written by an engine that did not.
+        let highest = state.accepted.values().map(|(b, _)| *b).max();
+        acceptor.promised = state.promised.max(highest.unwrap_or(Ballot::ZERO));
         acceptor.log = state
             .accepted
             .range(state.snapshot_slot..)
@@ -96,10 +104,17 @@ impl Acceptor {
 
     /// Phase 2: accept `entries` under `ballot`. On success returns the slots accepted; on
     /// refusal returns the higher ballot already promised. Accepting implies promising.
+    ///
+    /// `known_chosen(slot)` tells whether the caller already knows `slot` to be chosen. Such
+    /// a slot is never rewritten: an entry carrying the value held there is acknowledged
+    /// without storing anything, and any other value is neither stored nor acknowledged
+    /// (no correct leader proposes it: every ballot at or above this acceptor's promise,
+    /// which is at least the ballot of the chosen record, carries the chosen value).
     pub fn accept(
         &mut self,
         ballot: Ballot,
         entries: &[(Slot, Value)],
+        known_chosen: impl Fn(Slot) -> bool,
         persist: &mut Vec<PersistEntry>,
     ) -> Result<Vec<Slot>, Ballot> {
         #[cfg(test)]
@@ -113,17 +128,30 @@ impl Acceptor {
             self.promised = ballot;
             persist.push(PersistEntry::Promised(ballot));
         }
+        #[cfg(test)]
+        let guard_chosen = !self.chosen_keeps_promise;
+        #[cfg(not(test))]
+        let guard_chosen = true;
         let mut slots = Vec::with_capacity(entries.len());
         for (slot, value) in entries {
-            slots.push(*slot);
             if *slot < self.log_start {
                 // Compacted, hence chosen; a correct leader can only be proposing the chosen
                 // value here, so the vote is harmless and nothing needs storing.
+                slots.push(*slot);
                 continue;
             }
-            if matches!(self.log.get(slot), Some((b, v)) if *b == ballot && v == value) {
+            let held = self.log.get(slot);
+            if guard_chosen && known_chosen(*slot) {
+                if matches!(held, Some((_, v)) if v == value) {
+                    slots.push(*slot);
+                }
+                continue;
+            }
+            slots.push(*slot);
+            if matches!(held, Some((b, v)) if *b == ballot && v == value) {
                 continue; // a retransmission of what is already recorded
             }
+            debug_assert!(ballot <= self.promised, "record above the promise");
             self.log.insert(*slot, (ballot, value.clone()));
             persist.push(PersistEntry::Accepted {
                 slot: *slot,
@@ -140,6 +168,10 @@ impl Acceptor {
     /// This may store a vote the acceptor never cast, which is safe: once a value is chosen
     /// under ballot `b`, every proposal under a higher ballot carries the same value, so any
     /// proposer that later picks this entry in phase 1 picks the chosen value anyway.
+    ///
+    /// Invariant: no record above the promise. A record under `ballot` above the promise
+    /// first raises the promise to `ballot` (persisted before the record): otherwise a
+    /// stale Accept under a ballot between the two could later overwrite the chosen value.
     pub fn record_chosen(
         &mut self,
         slot: Slot,
@@ -149,6 +181,14 @@ impl Acceptor {
     ) {
         if slot < self.log_start {
             return;
+        }
+        #[cfg(test)]
+        let raise = !self.chosen_keeps_promise;
+        #[cfg(not(test))]
+        let raise = true;
+        if raise && ballot > self.promised {
+            self.promised = ballot;
+            persist.push(PersistEntry::Promised(ballot));
         }
         match self.log.get(&slot) {
             // A vote under the chosen ballot or a later one holds the chosen value already.
@@ -189,7 +229,7 @@ mod tests {
         let mut p = Vec::new();
         let b1 = Ballot::new(1, 1);
         assert_eq!(
-            a.accept(b1, &[(0, cmd("x")), (2, cmd("y"))], &mut p),
+            a.accept(b1, &[(0, cmd("x")), (2, cmd("y"))], |_| false, &mut p),
             Ok(vec![0, 2])
         );
         assert_eq!(
@@ -233,7 +273,7 @@ mod tests {
             Err(Ballot::new(5, 2))
         );
         assert_eq!(
-            a.accept(Ballot::new(5, 1), &[(0, cmd("x"))], &mut p),
+            a.accept(Ballot::new(5, 1), &[(0, cmd("x"))], |_| false, &mut p),
             Err(Ballot::new(5, 2))
         );
         assert!(p.is_empty(), "a refusal changes nothing durable");
@@ -245,9 +285,12 @@ mod tests {
         let mut a = Acceptor::new();
         let mut p = Vec::new();
         let b = Ballot::new(1, 1);
-        assert!(a.accept(b, &[(0, cmd("x"))], &mut p).is_ok());
+        assert!(a.accept(b, &[(0, cmd("x"))], |_| false, &mut p).is_ok());
         p.clear();
-        assert_eq!(a.accept(b, &[(0, cmd("x"))], &mut p), Ok(vec![0]));
+        assert_eq!(
+            a.accept(b, &[(0, cmd("x"))], |_| false, &mut p),
+            Ok(vec![0])
+        );
         assert!(p.is_empty());
     }
 
@@ -256,8 +299,8 @@ mod tests {
         let mut a = Acceptor::new();
         let mut p = Vec::new();
         let (b1, b2, b3) = (Ballot::new(1, 1), Ballot::new(2, 1), Ballot::new(3, 1));
-        assert!(a.accept(b1, &[(0, cmd("old"))], &mut p).is_ok());
-        assert!(a.accept(b3, &[(1, cmd("new"))], &mut p).is_ok());
+        assert!(a.accept(b1, &[(0, cmd("old"))], |_| false, &mut p).is_ok());
+        assert!(a.accept(b3, &[(1, cmd("new"))], |_| false, &mut p).is_ok());
         p.clear();
         a.record_chosen(0, b2, &cmd("chosen"), &mut p);
         a.record_chosen(1, b2, &cmd("new"), &mut p);
@@ -279,7 +322,12 @@ mod tests {
         let mut p = Vec::new();
         let b = Ballot::new(1, 1);
         assert!(a
-            .accept(b, &[(0, cmd("a")), (1, cmd("b")), (2, cmd("c"))], &mut p)
+            .accept(
+                b,
+                &[(0, cmd("a")), (1, cmd("b")), (2, cmd("c"))],
+                |_| false,
+                &mut p
+            )
             .is_ok());
         a.compact(2);
         assert_eq!(a.log_start(), 2);
@@ -287,7 +335,10 @@ mod tests {
         assert!(a.get(2).is_some());
         p.clear();
         // A vote for a compacted slot is acknowledged but not stored.
-        assert_eq!(a.accept(b, &[(0, cmd("a"))], &mut p), Ok(vec![0]));
+        assert_eq!(
+            a.accept(b, &[(0, cmd("a"))], |_| false, &mut p),
+            Ok(vec![0])
+        );
         assert!(p.is_empty());
     }
 }

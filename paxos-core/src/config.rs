@@ -7,7 +7,7 @@ pub const MEMBERS_MAX: usize = 7;
 
 /// How a [`Replica`](crate::Replica) behaves. All durations are in the host's time unit,
 /// milliseconds by convention (`now_ms` in every call).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     /// This replica's id; must be one of `members`.
     pub id: NodeId,

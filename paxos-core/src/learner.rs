@@ -11,7 +11,7 @@ use crate::value::Value;
 /// delivered to the host. Chosen values live in the acceptor's log, which
 /// [`Acceptor::record_chosen`] keeps equal to the chosen value for every slot below the
 /// commit index.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub struct Learner {
     commit: Slot,
     delivered: Slot,
@@ -45,6 +45,11 @@ impl Learner {
     /// Every slot below this is chosen.
     pub fn commit(&self) -> Slot {
         self.commit
+    }
+
+    /// Whether `slot` is known to be chosen (below the commit index, or learned ahead).
+    pub fn is_chosen(&self, slot: Slot) -> bool {
+        slot < self.commit || self.chosen_ahead.contains(&slot)
     }
 
     /// Every slot below this has been handed to the host.
@@ -166,9 +171,9 @@ mod tests {
         let mut p = Vec::new();
         let (old, new) = (Ballot::new(1, 1), Ballot::new(2, 2));
         assert!(a
-            .accept(old, &[(0, cmd("a")), (1, cmd("b"))], &mut p)
+            .accept(old, &[(0, cmd("a")), (1, cmd("b"))], |_| false, &mut p)
             .is_ok());
-        assert!(a.accept(new, &[(0, cmd("a"))], &mut p).is_ok());
+        assert!(a.accept(new, &[(0, cmd("a"))], |_| false, &mut p).is_ok());
         // Slot 1 was accepted under an older ballot: its value may not be the chosen one.
         assert!(l.on_commit_hint(&a, new, 2));
         assert_eq!(l.commit(), 1);

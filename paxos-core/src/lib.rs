@@ -91,6 +91,8 @@ mod rng;
 mod value;
 
 #[cfg(test)]
+mod check;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
@@ -100,6 +102,6 @@ pub use config::{Config, ConfigError, MEMBERS_MAX};
 pub use message::Message;
 pub use persist::{PersistEntry, RecoveredState};
 pub use proposer::Role;
-pub use replica::{Output, ProposeError, Replica};
+pub use replica::{Output, ProposeError, Replica, SLOT_SPAN_MAX};
 pub use rng::Rng;
 pub use value::{Entry, Value};

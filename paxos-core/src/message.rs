@@ -7,7 +7,7 @@ use crate::ballot::{Ballot, Slot};
 use crate::value::{Entry, Value};
 
 /// A message from one replica's role to another's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Message {
     /// Phase 1a, proposer → acceptor: promise `ballot` for every slot from `from_slot` on.

@@ -7,7 +7,7 @@ use crate::value::{Entry, Value};
 
 /// One record the host must make durable, in order, when it is handed a
 /// [`Output::Persist`](crate::Output::Persist) batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum PersistEntry {
     /// The acceptor promised never to accept a ballot below this one.
@@ -39,7 +39,7 @@ pub enum PersistEntry {
 /// assert_eq!(state.promised, Ballot::new(3, 1));
 /// assert_eq!(state.commit, 1);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RecoveredState {
     /// The highest ballot promised.
     pub promised: Ballot,

@@ -12,7 +12,7 @@ use crate::ballot::{Ballot, NodeId, Slot};
 use crate::value::{Entry, Value};
 
 /// The role a replica's proposer currently plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Role {
     /// Follows a leader (or waits for one); proposes nothing.
@@ -34,7 +34,7 @@ impl std::fmt::Display for Role {
 }
 
 /// A candidate's phase 1 in progress.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub(crate) struct Phase1 {
     pub ballot: Ballot,
     pub from_slot: Slot,
@@ -78,7 +78,7 @@ pub fn recovery_plan<'a>(
 }
 
 /// A slot the leader proposed and is waiting to see chosen.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub(crate) struct InFlight {
     pub value: Value,
     pub acks: BTreeSet<NodeId>,
@@ -87,7 +87,7 @@ pub(crate) struct InFlight {
 
 /// Read-index bookkeeping: reads wait for a round of heartbeats acknowledged by a majority
 /// that started after they arrived; many reads share one round.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub(crate) struct ReadIndex {
     /// The newest round started.
     pub round: u64,
@@ -115,7 +115,7 @@ impl ReadIndex {
 }
 
 /// A leader's state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub(crate) struct Leadership {
     pub ballot: Ballot,
     pub next_slot: Slot,
@@ -132,7 +132,7 @@ pub(crate) struct Leadership {
 }
 
 /// The proposer's state machine.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub(crate) enum ProposerState {
     Follower,
     Candidate(Phase1),
@@ -140,7 +140,7 @@ pub(crate) enum ProposerState {
 }
 
 /// Commands waiting for a slot.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub(crate) struct Queue {
     pub commands: VecDeque<Bytes>,
 }

@@ -32,7 +32,7 @@ use crate::value::{Entry, Value};
 
 /// What the host must do next. Drain with [`Replica::poll_output`] after every input, and
 /// act on each output in the order given.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[must_use = "every output is an instruction the host must carry out"]
 pub enum Output {
     /// Send `message` to replica `to` (best effort: the core retransmits what matters).
@@ -115,10 +115,22 @@ impl std::fmt::Display for ProposeError {
 
 impl std::error::Error for ProposeError {}
 
+/// How far beyond its commit index a replica accepts slot numbers from peers. A leader
+/// keeps at most [`Config::inflight_slots_max`] slots in flight, so correct replicas stay
+/// far inside this; a message naming a slot beyond it is ignored (a lagging replica that
+/// is further behind catches up first).
+pub const SLOT_SPAN_MAX: Slot = 1 << 20;
+
+/// Slot numbers and commit indexes at or above this are never legitimate.
+const SLOT_MAX: Slot = 1 << 62;
+
+/// Ballot rounds at or above this are never legitimate (an election adds one to a round).
+const ROUND_MAX: u64 = 1 << 62;
+
 /// Deliberate protocol bugs, compiled only into this crate's tests, that the simulator
 /// must catch.
 #[cfg(test)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum PlantedBug {
     /// Accept values under ballots below the promise.
     AcceptIgnoresPromise,
@@ -126,10 +138,18 @@ pub(crate) enum PlantedBug {
     AcceptedBeforeDurable,
     /// Forget the promised ballot when restarting from disk.
     ForgetPromiseOnRestart,
+    /// Send a candidate's Prepares before its own promise is durable (so a crash can make
+    /// it campaign again under the same ballot).
+    PrepareBeforeOwnPromiseDurable,
+    /// Keep leading after a catch-up reply that carries a ballot above the leader's own.
+    LeaderIgnoresHigherCatchUp,
+    /// Record a value learned chosen without raising the promise to its ballot, and let an
+    /// Accept rewrite a slot known chosen.
+    ChosenDoesNotRaisePromise,
 }
 
 /// One member of a Multi-Paxos cluster: proposer, acceptor and learner.
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Replica {
     config: Config,
     quorum: usize,
@@ -150,6 +170,10 @@ pub struct Replica {
     persist_next_id: u64,
     persist_durable_id: u64,
     commit_persisted: Slot,
+    /// The highest promise known to be on disk, and the batches that raise it when they
+    /// become durable: (batch id, promise).
+    promised_durable: Ballot,
+    promise_batches: VecDeque<(u64, Ballot)>,
     /// Replies held until the batch they depend on is durable: (batch id, to, message).
     held: VecDeque<(u64, NodeId, Message)>,
     self_inbox: VecDeque<Message>,
@@ -197,6 +221,8 @@ impl Replica {
             persist_pending: Vec::new(),
             persist_next_id: 1,
             persist_durable_id: 0,
+            promised_durable: state.promised,
+            promise_batches: VecDeque::new(),
             held: VecDeque::new(),
             self_inbox: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -212,10 +238,18 @@ impl Replica {
         Ok(replica)
     }
 
+    /// When a follower or candidate next starts an election (for the model checker, which
+    /// fires that timer directly).
+    #[cfg(test)]
+    pub(crate) fn election_deadline_ms(&self) -> u64 {
+        self.election_deadline_ms
+    }
+
     #[cfg(test)]
     pub(crate) fn plant_bug(&mut self, bug: PlantedBug) {
         self.bug = Some(bug);
         self.acceptor.ignore_promises = bug == PlantedBug::AcceptIgnoresPromise;
+        self.acceptor.chosen_keeps_promise = bug == PlantedBug::ChosenDoesNotRaisePromise;
         if bug == PlantedBug::ForgetPromiseOnRestart {
             self.acceptor.forget_promise();
         }
@@ -345,10 +379,14 @@ impl Replica {
         Ok(())
     }
 
-    /// A message from replica `from` arrived. Messages from non-members are ignored.
+    /// A message from replica `from` arrived. Messages from non-members are ignored, and
+    /// so are messages carrying values no correct replica sends (see [`SLOT_SPAN_MAX`]).
     pub fn handle_message(&mut self, now_ms: u64, from: NodeId, message: Message) {
         self.tick(now_ms);
         if from == self.config.id || !self.config.members.contains(&from) {
+            return;
+        }
+        if !self.plausible(&message) {
             return;
         }
         self.on_message(from, message);
@@ -362,6 +400,13 @@ impl Replica {
         self.persist_durable_id = self
             .persist_durable_id
             .max(id.min(self.persist_next_id - 1));
+        while let Some(&(batch, ballot)) = self.promise_batches.front() {
+            if batch > self.persist_durable_id {
+                break;
+            }
+            self.promised_durable = self.promised_durable.max(ballot);
+            self.promise_batches.pop_front();
+        }
         while let Some((gate, _, _)) = self.held.front() {
             if *gate > self.persist_durable_id {
                 break;
@@ -451,6 +496,52 @@ impl Replica {
 
     // ----- internals: plumbing -----
 
+    /// Whether every ballot and slot in `message` is one a correct replica could send: a
+    /// forged or corrupt slot near `u64::MAX` must neither overflow arithmetic nor make a
+    /// leader fill a huge range of slots with no-ops, and a round near `u64::MAX` must not
+    /// make the next election's round overflow.
+    fn plausible(&self, message: &Message) -> bool {
+        let members = &self.config.members;
+        let ballot_ok =
+            |b: &Ballot| *b == Ballot::ZERO || (b.round < ROUND_MAX && members.contains(&b.node));
+        // Slots a peer may mention: below the commit index plus the span.
+        let slot_limit = self.learner.commit().saturating_add(SLOT_SPAN_MAX);
+        let slot_ok = |s: &Slot| *s < SLOT_MAX && *s <= slot_limit;
+        let commit_ok = |c: &Slot| *c < SLOT_MAX;
+        match message {
+            Message::Prepare { ballot, from_slot } => ballot_ok(ballot) && commit_ok(from_slot),
+            Message::Promise {
+                ballot,
+                commit,
+                accepted,
+            } => {
+                ballot_ok(ballot)
+                    && commit_ok(commit)
+                    && accepted
+                        .iter()
+                        .all(|e| ballot_ok(&e.ballot) && slot_ok(&e.slot))
+            }
+            Message::Accept {
+                ballot,
+                entries,
+                commit,
+            } => ballot_ok(ballot) && commit_ok(commit) && entries.iter().all(|(s, _)| slot_ok(s)),
+            Message::Accepted { ballot, slots } => ballot_ok(ballot) && slots.iter().all(slot_ok),
+            Message::Nack { refused, promised } => ballot_ok(refused) && ballot_ok(promised),
+            Message::Heartbeat { ballot, commit, .. } | Message::Commit { ballot, commit } => {
+                ballot_ok(ballot) && commit_ok(commit)
+            }
+            Message::HeartbeatAck { ballot, commit, .. } => ballot_ok(ballot) && commit_ok(commit),
+            Message::CatchUpRequest { from_slot } => commit_ok(from_slot),
+            Message::CatchUp { entries, commit } => {
+                commit_ok(commit)
+                    && entries
+                        .iter()
+                        .all(|e| ballot_ok(&e.ballot) && e.slot < SLOT_MAX)
+            }
+        }
+    }
+
     fn tick(&mut self, now_ms: u64) {
         // Time never goes backwards for the core, even if the host's clock does.
         self.now_ms = self.now_ms.max(now_ms);
@@ -527,6 +618,13 @@ impl Replica {
         }
         if !self.persist_pending.is_empty() {
             let entries = std::mem::take(&mut self.persist_pending);
+            let promised = entries.iter().filter_map(|e| match e {
+                PersistEntry::Promised(b) => Some(*b),
+                _ => None,
+            });
+            if let Some(b) = promised.max() {
+                self.promise_batches.push_back((self.persist_next_id, b));
+            }
             self.outputs.push_back(Output::Persist {
                 id: self.persist_next_id,
                 entries,
@@ -639,7 +737,25 @@ impl Replica {
         self.leader_seen = None;
         self.reset_election_timer();
         self.heartbeat_deadline_ms = self.now_ms + self.config.heartbeat_interval_ms;
-        self.broadcast(&Message::Prepare { ballot, from_slot });
+        // Invariant: no ballot is used twice, across restarts included. The round of a new
+        // ballot comes from the durable promise after a restart, so this replica's own
+        // promise of `ballot` must be on disk before any peer hears of `ballot`: a crash
+        // before that leaves no trace of it anywhere, and reusing it is then harmless.
+        self.on_prepare(self.config.id, ballot, from_slot);
+        debug_assert!(self.acceptor.promised() == ballot, "own promise not taken");
+        let prepare = Message::Prepare { ballot, from_slot };
+        for i in 0..self.config.members.len() {
+            let to = self.config.members[i];
+            if to == self.config.id {
+                continue;
+            }
+            #[cfg(test)]
+            if self.bug == Some(PlantedBug::PrepareBeforeOwnPromiseDurable) {
+                self.send(to, prepare.clone());
+                continue;
+            }
+            self.send_when_durable(to, prepare.clone());
+        }
     }
 
     fn resend_prepares(&mut self) {
@@ -659,7 +775,8 @@ impl Replica {
             .filter(|m| !p.promises.contains_key(m) && !p.refusals.contains(m))
             .collect();
         for to in missing {
-            self.send(to, msg.clone());
+            // Held like the first Prepares until this replica's own promise is durable.
+            self.send_when_durable(to, msg.clone());
         }
     }
 
@@ -668,6 +785,14 @@ impl Replica {
             return;
         };
         let ballot = p.ballot;
+        #[cfg(test)]
+        let planted = self.bug.is_some();
+        #[cfg(not(test))]
+        let planted = false;
+        debug_assert!(
+            planted || self.promised_durable >= ballot,
+            "leading under {ballot} before this replica's promise of it is durable"
+        );
         let (plan, next_slot) = recovery_plan(
             p.from_slot.max(self.learner.commit()),
             p.promises.values().map(|(_, e)| e.as_slice()),
@@ -943,6 +1068,13 @@ impl Replica {
         if p.ballot != ballot {
             return;
         }
+        if let Some(higher) = accepted.iter().map(|e| e.ballot).find(|b| *b > ballot) {
+            // An acceptor never holds a record above its promise; a Promise that reports
+            // one comes from a broken or forged peer. Treat it as news of a higher ballot.
+            self.observe(higher);
+            self.become_follower();
+            return;
+        }
         if commit > my_commit {
             // A peer knows more chosen slots than this candidate: a leader must know the
             // whole chosen prefix, so give up, catch up, and let the timer retry.
@@ -964,10 +1096,13 @@ impl Replica {
         commit: Slot,
     ) {
         self.observe(ballot);
-        match self
-            .acceptor
-            .accept(ballot, &entries, &mut self.persist_pending)
-        {
+        let learner = &self.learner;
+        match self.acceptor.accept(
+            ballot,
+            &entries,
+            |slot| learner.is_chosen(slot),
+            &mut self.persist_pending,
+        ) {
             Err(promised) => self.send(
                 from,
                 Message::Nack {
@@ -1161,8 +1296,24 @@ impl Replica {
         self.send(from, Message::CatchUp { entries, commit });
     }
 
+    /// A catch-up reply. It is safe whatever request it answers, however late: its entries
+    /// are chosen values, and learning a chosen value is always safe for a learner. What is
+    /// not safe is a leader that keeps leading after it learns of a higher ballot: its
+    /// commit announcements tell followers that their votes under its ballot are chosen,
+    /// which is false for a slot chosen under the higher ballot with another value. So a
+    /// leader or candidate steps down *before* it records anything from a higher ballot.
     fn on_catchup(&mut self, from: NodeId, entries: Vec<Entry>, commit: Slot) {
         self.learner.catchup_done();
+        if let Some(highest) = entries.iter().map(|e| e.ballot).max() {
+            self.observe(highest);
+            #[cfg(test)]
+            let planted = self.bug == Some(PlantedBug::LeaderIgnoresHigherCatchUp);
+            #[cfg(not(test))]
+            let planted = false;
+            if !planted {
+                self.yield_to(highest);
+            }
+        }
         for e in entries {
             self.learner.learn(
                 &mut self.acceptor,

@@ -175,20 +175,23 @@ fn election_sends_prepares_and_persists_its_own_promise() {
         ballot: b(1, 1),
         from_slot: 0,
     };
+    // The ballot must not be heard of before this replica's own promise of it is on disk:
+    // a crash before that would let it campaign under the same ballot again.
     assert_eq!(
         drain(&mut r),
-        vec![
-            send(2, prepare.clone()),
-            send(3, prepare),
-            Output::Persist {
-                id: 1,
-                entries: vec![PersistEntry::Promised(b(1, 1))],
-            },
-        ]
+        vec![Output::Persist {
+            id: 1,
+            entries: vec![PersistEntry::Promised(b(1, 1))],
+        }],
+        "no Prepare before the candidate's own promise is durable"
     );
     assert_eq!(r.role(), Role::Candidate);
-    // A majority is this replica and one peer, but this replica's own promise is not
-    // durable yet, so one peer's promise is not enough.
+    r.handle_durable(t, 1);
+    assert_eq!(
+        drain(&mut r),
+        vec![send(2, prepare.clone()), send(3, prepare)]
+    );
+    assert_eq!(r.role(), Role::Candidate);
     r.handle_message(
         t,
         2,
@@ -198,9 +201,40 @@ fn election_sends_prepares_and_persists_its_own_promise() {
             accepted: vec![],
         },
     );
-    assert_eq!(r.role(), Role::Candidate);
-    r.handle_durable(t, 1);
     assert_eq!(r.role(), Role::Leader);
+}
+
+#[test]
+fn candidate_resends_prepares_only_once_its_promise_is_durable() {
+    let mut r = replica(1);
+    let t = r.poll_timeout();
+    r.handle_timeout(t);
+    let _ = drain(&mut r);
+    // The heartbeat interval passes with the promise still not on disk: nothing goes out.
+    let resend = r.poll_timeout();
+    assert!(
+        resend < t + 300,
+        "a resend deadline comes before the next election"
+    );
+    r.handle_timeout(resend);
+    assert_eq!(drain(&mut r), vec![]);
+    r.handle_durable(resend, 1);
+    let prepares = drain(&mut r)
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    message: Message::Prepare { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        prepares, 4,
+        "both the first Prepares and the resends, once durable"
+    );
 }
 
 #[test]
@@ -232,7 +266,14 @@ fn new_leader_reproposes_what_it_learned_and_fills_gaps_with_noops() {
     r.handle_timeout(t);
     let _ = drain(&mut r);
     r.handle_durable(t, 1);
-    assert_eq!(drain(&mut r), vec![]);
+    let prepare = Message::Prepare {
+        ballot: b(2, 1),
+        from_slot: 0,
+    };
+    assert_eq!(
+        drain(&mut r),
+        vec![send(2, prepare.clone()), send(3, prepare)]
+    );
     r.handle_message(
         t,
         2,
@@ -630,4 +671,54 @@ fn single_replica_cluster_commits_alone() {
             },
         ]
     );
+}
+
+#[test]
+fn forged_slots_and_rounds_near_the_limit_are_ignored() {
+    let mut r = leader();
+    let forged = [
+        Message::Promise {
+            ballot: b(1, 1),
+            commit: 0,
+            accepted: vec![Entry {
+                slot: u64::MAX - 1,
+                ballot: b(1, 2),
+                value: Value::Noop,
+            }],
+        },
+        Message::Accept {
+            ballot: b(9, 2),
+            entries: vec![(u64::MAX, Value::Noop)],
+            commit: 0,
+        },
+        Message::Prepare {
+            ballot: b(u64::MAX, 2),
+            from_slot: 0,
+        },
+        Message::Heartbeat {
+            ballot: b(2, 99),
+            commit: 0,
+            read_round: 0,
+        },
+        Message::CatchUp {
+            entries: vec![],
+            commit: u64::MAX,
+        },
+    ];
+    for m in forged {
+        r.handle_message(5, 2, m.clone());
+        assert_eq!(drain(&mut r), vec![], "{m:?} must be ignored");
+        assert_eq!((r.role(), r.ballot()), (Role::Leader, b(1, 1)));
+    }
+    // A plausible message still works.
+    r.handle_message(
+        5,
+        2,
+        Message::HeartbeatAck {
+            ballot: b(1, 1),
+            read_round: 0,
+            commit: 0,
+        },
+    );
+    assert_eq!(r.role(), Role::Leader);
 }

@@ -4,7 +4,7 @@
 //! same outputs, so that a failing simulation seed replays exactly.
 
 /// SplitMix64: tiny, fast, and good enough for election jitter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Rng {
     state: u64,
 }

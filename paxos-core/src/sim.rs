@@ -44,6 +44,12 @@ pub(crate) struct Faults {
     pub crash_chance: f64,
     /// Every 100 ms, the chance of starting a partition (when none is active).
     pub partition_chance: f64,
+    /// Probability that a message is held for a long time (1 to 4 s) and released late,
+    /// long after the exchange it belonged to: late catch-up replies, old Accepts.
+    pub hold: f64,
+    /// Probability that a replica which just became leader crashes at once, while the
+    /// writes of its election and first proposals may still be in its fsync window.
+    pub crash_after_election: f64,
 }
 
 impl Faults {
@@ -56,6 +62,33 @@ impl Faults {
             disk_delay_max_ms: 15,
             crash_chance: 0.12,
             partition_chance: 0.08,
+            hold: 0.0,
+            crash_after_election: 0.0,
+        }
+    }
+
+    /// Swarm testing: a mix of fault kinds and rates drawn from `seed` alone, so each seed
+    /// stresses the engine its own way (some with no loss but many crashes, some with long
+    /// holds and splits, ...), which finds more than one fixed profile.
+    pub(crate) fn swarm(seed: u64) -> Self {
+        let mut r = Rng::new(seed ^ 0x5EED_5EED_5EED_5EED);
+        let mut pick = |on: f64, max: f64| {
+            if r.chance(on) {
+                (r.next_u64() % 1000) as f64 / 1000.0 * max
+            } else {
+                0.0
+            }
+        };
+        Faults {
+            loss: pick(0.6, 0.2),
+            duplicate: pick(0.5, 0.05),
+            delay_max_ms: 1 + (seed % 25),
+            long_delay: pick(0.6, 0.15),
+            disk_delay_max_ms: 1 + (seed.rotate_left(7) % 30),
+            crash_chance: pick(0.7, 0.4),
+            partition_chance: pick(0.6, 0.2),
+            hold: pick(0.5, 0.02),
+            crash_after_election: pick(0.5, 0.8),
         }
     }
 }
@@ -137,6 +170,10 @@ struct Node {
     incarnation: u64,
     /// What survives a crash.
     disk: Vec<PersistEntry>,
+    /// The highest promise on disk.
+    durable_promised: crate::Ballot,
+    /// The ballot this replica last led under (to spot a fresh election).
+    led: Option<crate::Ballot>,
     /// Batches handed out but not durable yet.
     in_flight_writes: BTreeMap<u64, Vec<PersistEntry>>,
     last_write_done_ms: u64,
@@ -162,7 +199,7 @@ struct Sim {
     // Oracles.
     proposed: HashMap<Bytes, NodeId>,
     votes: BTreeMap<(Slot, crate::Ballot), (Value, BTreeSet<NodeId>)>,
-    chosen_by_votes: BTreeMap<Slot, Value>,
+    chosen_by_votes: BTreeMap<Slot, (crate::Ballot, Value)>,
     delivered: BTreeMap<Slot, Value>,
     command_slot: HashMap<Bytes, Slot>,
     /// The highest applied length that any acknowledged command requires.
@@ -230,6 +267,8 @@ impl Sim {
                 replica: Some(replica),
                 incarnation: 0,
                 disk: Vec::new(),
+                durable_promised: crate::Ballot::ZERO,
+                led: None,
                 in_flight_writes: BTreeMap::new(),
                 last_write_done_ms: 0,
                 snapshot: (0, Vec::new()),
@@ -408,7 +447,37 @@ impl Sim {
         Ok(())
     }
 
+    /// A replica that just became leader may crash at once, inside its fsync window.
+    fn maybe_crash_new_leader(&mut self) {
+        if !self.faults_on || self.opts.faults.crash_after_election == 0.0 {
+            return;
+        }
+        for i in 0..self.nodes.len() {
+            let Some(r) = self.nodes[i].replica.as_ref() else {
+                continue;
+            };
+            let leading = (r.role() == crate::Role::Leader).then(|| r.ballot());
+            if leading.is_none() || leading == self.nodes[i].led {
+                self.nodes[i].led = leading.or(self.nodes[i].led);
+                continue;
+            }
+            self.nodes[i].led = leading;
+            let writing = !self.nodes[i].in_flight_writes.is_empty();
+            if writing && self.rng.chance(self.opts.faults.crash_after_election) {
+                let id = self.nodes[i].id;
+                self.log(|| format!("node {id} crashes right after its election"));
+                self.crash(id);
+            }
+        }
+    }
+
     fn handle_event(&mut self, ev: Event) -> Result<(), String> {
+        let r = self.handle_event_inner(ev);
+        self.maybe_crash_new_leader();
+        r
+    }
+
+    fn handle_event_inner(&mut self, ev: Event) -> Result<(), String> {
         let now = self.now_ms;
         match ev {
             Event::Deliver { from, to, message } => {
@@ -442,6 +511,18 @@ impl Sim {
                 for k in done {
                     if let Some(entries) = self.nodes[i].in_flight_writes.remove(&k) {
                         for e in &entries {
+                            if let PersistEntry::Promised(b) = e {
+                                let n = &mut self.nodes[i];
+                                n.durable_promised = n.durable_promised.max(*b);
+                            }
+                            if let PersistEntry::Accepted { slot, ballot, .. } = e {
+                                let promised = self.nodes[i].durable_promised;
+                                if *ballot > promised {
+                                    return Err(format!(
+                                        "node {node} durably holds slot {slot} under ballot {ballot}, above its durable promise {promised}"
+                                    ));
+                                }
+                            }
                             self.record_vote(node, e)?;
                         }
                         self.nodes[i].disk.extend(entries);
@@ -534,7 +615,7 @@ impl Sim {
         if self.blocked.is_empty() && self.rng.chance(self.opts.faults.partition_chance) {
             self.stats.partitions += 1;
             let n = self.nodes.len() as u64;
-            let shape = self.rng.range_inclusive(0, 3);
+            let shape = self.rng.range_inclusive(0, if n >= 5 { 4 } else { 3 });
             match shape {
                 0 => {
                     // Isolate one replica both ways.
@@ -574,6 +655,22 @@ impl Sim {
                         }
                     }
                 }
+                4 => {
+                    // A 5-node split: two against three, so both sides hold ballots and
+                    // promises the other never saw; healing it mixes two histories.
+                    let mut order: Vec<NodeId> = self.members.clone();
+                    for i in (1..order.len()).rev() {
+                        let j = self.rng.range_inclusive(0, i as u64) as usize;
+                        order.swap(i, j);
+                    }
+                    let (two, three) = order.split_at(2);
+                    for &a in two {
+                        for &b in three {
+                            self.blocked.insert((a, b));
+                            self.blocked.insert((b, a));
+                        }
+                    }
+                }
                 _ => {
                     // Cut one link in one direction.
                     let a = self.rng.range_inclusive(1, n);
@@ -604,7 +701,9 @@ impl Sim {
         };
         let max_delay = if self.faults_on { f.delay_max_ms } else { 3 };
         for _ in 0..copies {
-            let delay = if self.faults_on && self.rng.chance(f.long_delay) {
+            let delay = if self.faults_on && self.rng.chance(f.hold) {
+                self.rng.range_inclusive(1_000, 4_000)
+            } else if self.faults_on && self.rng.chance(f.long_delay) {
                 self.rng.range_inclusive(50, 400)
             } else {
                 self.rng.range_inclusive(1, max_delay)
@@ -688,7 +787,7 @@ impl Sim {
             )),
             Some(_) => Ok(()),
             None => {
-                if let Some(c) = self.chosen_by_votes.get(&slot) {
+                if let Some((_, c)) = self.chosen_by_votes.get(&slot) {
                     if c != value {
                         return Err(format!(
                             "agreement: slot {slot} chosen by votes as {c:?} but delivered as {value:?}"
@@ -776,8 +875,16 @@ impl Sim {
             ));
         }
         entry.1.insert(node);
-        if entry.1.len() >= quorum {
-            match self.chosen_by_votes.get(slot) {
+        let voters = entry.1.len();
+        if let Some((cb, c)) = self.chosen_by_votes.get(slot) {
+            if ballot > cb && c != value {
+                return Err(format!(
+                    "slot {slot}: {c:?} was chosen under {cb}, yet {value:?} was accepted under the higher ballot {ballot}"
+                ));
+            }
+        }
+        if voters >= quorum {
+            match self.chosen_by_votes.get(slot).map(|(_, c)| c) {
                 Some(c) if c != value => {
                     return Err(format!(
                         "agreement: slot {slot} chosen as {c:?} and, by a majority under {ballot}, as {value:?}"
@@ -792,7 +899,7 @@ impl Sim {
                             ));
                         }
                     }
-                    self.chosen_by_votes.insert(*slot, value.clone());
+                    self.chosen_by_votes.insert(*slot, (*ballot, value.clone()));
                 }
             }
         }

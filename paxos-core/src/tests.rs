@@ -6,7 +6,16 @@ use crate::sim::{run_many, run_many_with, seeds, Faults};
 fn check(nodes: usize, default_seeds: u64) {
     let seeds = seeds(default_seeds);
     let started = std::time::Instant::now();
-    let (stats, failures) = run_many(nodes, &seeds, None);
+    // Even seeds run the standard profile, odd seeds a swarm mix of their own.
+    let (standard, swarm): (Vec<u64>, Vec<u64>) = seeds.iter().partition(|s| *s % 2 == 0);
+    let (mut stats, mut failures) = run_many(nodes, &standard, None);
+    for seed in swarm {
+        let (s, f) = run_many_with(nodes, &[seed], None, Faults::swarm(seed));
+        stats.crashes += s.crashes;
+        stats.commands_chosen += s.commands_chosen;
+        stats.slots_chosen += s.slots_chosen;
+        failures.extend(f);
+    }
     eprintln!(
         "simulated {} seeds of {nodes} replicas in {:.1?}: {stats:?}",
         seeds.len(),
@@ -28,12 +37,12 @@ fn check(nodes: usize, default_seeds: u64) {
 
 #[test]
 fn sim_3_replicas() {
-    check(3, 500);
+    check(3, 1_000);
 }
 
 #[test]
 fn sim_5_replicas() {
-    check(5, 500);
+    check(5, 1_000);
 }
 
 /// Runs seeds with a planted bug until one fails; returns that failure.
@@ -76,6 +85,8 @@ fn crash_heavy() -> Faults {
     Faults {
         crash_chance: 0.4,
         long_delay: 0.15,
+        hold: 0.02,
+        crash_after_election: 0.5,
         ..Faults::standard()
     }
 }

@@ -8,7 +8,7 @@ use crate::ballot::{Ballot, Slot};
 ///
 /// A slot holds either a batch of commands (opaque bytes, in the order they were proposed)
 /// or a no-op that a new leader uses to fill a slot nobody proposed anything for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Value {
     /// Fills a gap in the log; the host applies nothing.
@@ -33,7 +33,7 @@ impl Value {
 }
 
 /// A value accepted (or known chosen) in a slot under a ballot.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Entry {
     /// The slot.

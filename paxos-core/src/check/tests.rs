@@ -1,0 +1,155 @@
+//! Model-checking runs: every checkpoint explored exhaustively to its depth on the engine
+//! as it is (no violation allowed), and every planted bug found from some checkpoint.
+
+use super::explore::{explore, replay, Limits, Report};
+use super::script::{checkpoints, Checkpoint};
+use super::world::Action;
+use crate::replica::PlantedBug;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+const STATES_MAX: usize = 30_000_000;
+
+fn run(cp: &Checkpoint, bug: Option<PlantedBug>, depth: usize) -> Report {
+    let world = match cp.world(bug) {
+        Ok(w) => w,
+        Err(v) => panic!("checkpoint {} broke an invariant on the way: {v}", cp.name),
+    };
+    explore(
+        &world,
+        Limits {
+            depth_max: depth,
+            states_max: STATES_MAX,
+        },
+    )
+}
+
+/// `MC_DEPTH` raises every checkpoint's depth (`MC_DEPTH=12` for a deeper run);
+/// `MC_CHECKPOINT` restricts the run to one checkpoint.
+fn selected() -> Vec<(Checkpoint, usize)> {
+    let only = std::env::var("MC_CHECKPOINT").ok();
+    checkpoints()
+        .into_iter()
+        .filter(|c| only.as_deref().is_none_or(|o| o == c.name))
+        .map(|c| {
+            let d = env_u64("MC_DEPTH").map_or(c.depth_ci, |d| d as usize);
+            (c, d)
+        })
+        .collect()
+}
+
+#[test]
+fn model_check_the_engine() {
+    for (cp, depth) in selected() {
+        let report = run(&cp, None, depth);
+        eprintln!("model check {} ({}): {report}", cp.name, cp.what);
+        if let Some(c) = &report.violation {
+            let world = cp.world(None).unwrap_or_else(|v| panic!("{v}"));
+            let (text, _) = replay(&world, &c.actions);
+            panic!(
+                "{text}\nreplay: MC_CHECKPOINT={} MC_REPLAY=\"{}\" cargo test -p paxos-core mc_replay -- --nocapture",
+                cp.name,
+                c.codes()
+            );
+        }
+        assert!(
+            !report.truncated,
+            "{}: the state limit cut the search",
+            cp.name
+        );
+        assert!(
+            report.states > 1_000 || report.exhausted,
+            "{}: {report}",
+            cp.name
+        );
+    }
+}
+
+/// Replays `MC_REPLAY` (action codes) from `MC_CHECKPOINT`, with `MC_BUG` planted, printing
+/// every step. Without `MC_REPLAY` it replays nothing and checks the checkpoint builds.
+#[test]
+fn mc_replay() {
+    let name = std::env::var("MC_CHECKPOINT").unwrap_or_else(|_| "fresh-3".into());
+    let bug = std::env::var("MC_BUG")
+        .ok()
+        .and_then(|b| planted().into_iter().find(|p| format!("{p:?}") == b));
+    let Some(cp) = checkpoints().into_iter().find(|c| c.name == name) else {
+        panic!("no checkpoint named {name}");
+    };
+    let world = cp.world(bug).unwrap_or_else(|v| panic!("{v}"));
+    let codes = std::env::var("MC_REPLAY").unwrap_or_default();
+    let actions: Vec<Action> = codes.split_whitespace().filter_map(Action::parse).collect();
+    let (text, violation) = replay(&world, &actions);
+    eprintln!("{text}");
+    if let Some(v) = violation {
+        eprintln!("replayed violation: {v}");
+    }
+}
+
+fn planted() -> Vec<PlantedBug> {
+    vec![
+        PlantedBug::PrepareBeforeOwnPromiseDurable,
+        PlantedBug::LeaderIgnoresHigherCatchUp,
+        PlantedBug::ChosenDoesNotRaisePromise,
+        PlantedBug::AcceptIgnoresPromise,
+        PlantedBug::AcceptedBeforeDurable,
+        PlantedBug::ForgetPromiseOnRestart,
+    ]
+}
+
+/// Each planted bug is found from one of `from` (checkpoint names) within its CI depth,
+/// and its counterexample replays to the same violation.
+fn assert_found(bug: PlantedBug, from: &[&str]) {
+    let mut tried = Vec::new();
+    for cp in checkpoints().into_iter().filter(|c| from.contains(&c.name)) {
+        let depth = env_u64("MC_DEPTH").map_or(cp.depth_ci, |d| d as usize);
+        let report = run(&cp, Some(bug), depth);
+        if let Some(c) = &report.violation {
+            let world = cp.world(Some(bug)).unwrap_or_else(|v| panic!("{v}"));
+            let (text, replayed) = replay(&world, &c.actions);
+            assert_eq!(
+                replayed.as_ref(),
+                Some(&c.violation),
+                "replay differs:\n{text}"
+            );
+            eprintln!(
+                "{bug:?} found from {} after {} actions ({report}):\n{text}replay: MC_CHECKPOINT={} MC_BUG={bug:?} MC_REPLAY=\"{}\"",
+                cp.name,
+                c.actions.len(),
+                cp.name,
+                c.codes()
+            );
+            return;
+        }
+        tried.push(format!("{}: {report}", cp.name));
+    }
+    panic!("the model checker missed {bug:?}: {tried:#?}");
+}
+
+#[test]
+fn mc_finds_a_reused_ballot() {
+    assert_found(
+        PlantedBug::PrepareBeforeOwnPromiseDurable,
+        &["restarted-leader-3"],
+    );
+}
+
+#[test]
+fn mc_finds_a_leader_that_ignores_a_higher_catch_up() {
+    assert_found(
+        PlantedBug::LeaderIgnoresHigherCatchUp,
+        &["overlapping-leaders-5"],
+    );
+}
+
+#[test]
+fn mc_finds_a_chosen_value_that_does_not_raise_the_promise() {
+    assert_found(PlantedBug::ChosenDoesNotRaisePromise, &["second-leader-3"]);
+}
+
+#[test]
+fn mc_finds_an_accepted_sent_before_it_is_durable() {
+    assert_found(PlantedBug::AcceptedBeforeDurable, &["fresh-3", "leader-3"]);
+}
