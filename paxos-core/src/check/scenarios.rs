@@ -3,7 +3,7 @@
 //! invariants are checked after every step; each is run twice, on the engine as it is
 //! (nothing may break) and with the bug put back (the checks must catch it).
 
-use super::script::{Script, Step};
+use super::script::{overlapping_leaders, Script, Step};
 use super::world::Violation;
 use crate::replica::PlantedBug;
 use crate::{Ballot, Message, Role};
@@ -134,71 +134,7 @@ fn the_checks_catch_a_reused_ballot() {
 /// under 4.5. A leader that takes it and keeps leading announces commit 2 under 3.1, and
 /// node 2, which holds `x` under 3.1, delivers `x`.
 fn late_catchup(s: &mut Script) -> Step {
-    s.timeout(5)?; // 1.5
-    s.durable(5)?;
-    for n in [3, 4] {
-        s.deliver(5, n, "prepare")?;
-        s.durable(n)?;
-        s.deliver(n, 5, "promise")?;
-    }
-    s.propose(5)?; // a -> slot 0
-    for n in [3, 4] {
-        s.deliver(5, n, "accept")?;
-        s.durable(n)?;
-        s.deliver(n, 5, "accepted")?;
-    }
-    s.durable(5)?;
-    s.deliver(5, 1, "heartbeat")?; // node 1 follows 1.5 with an empty log
-    s.deliver(5, 1, "commit")?; // commit 1: node 1 asks node 5 for slot 0 (held in flight)
-    s.durable(1)?;
-    for n in [1, 2, 3] {
-        s.cut(5, n)?; // node 3 never learns that slot 0 is chosen
-    }
-    s.timeout(3)?; // 2.3, heard by nobody
-    s.durable(3)?;
-    for n in [1, 2, 4, 5] {
-        s.cut(3, n)?;
-    }
-    s.timeout(1)?; // 2.1, refused by node 3
-    s.durable(1)?;
-    s.deliver(1, 3, "prepare")?;
-    s.deliver(3, 1, "nack")?;
-    for n in [2, 3, 4] {
-        s.cut(1, n)?;
-    }
-    s.drop_kind(1, 5, "prepare")?; // the old catch-up request to node 5 stays in flight
-    s.timeout(1)?; // 3.1
-    s.durable(1)?;
-    for n in [2, 3] {
-        s.deliver(1, n, "prepare")?;
-        s.durable(n)?;
-        s.deliver(n, 1, "promise")?;
-    }
-    s.durable(1)?;
-    s.propose(1)?; // x -> slot 1
-    for _ in 0..2 {
-        s.deliver(1, 2, "accept")?;
-    }
-    s.durable(2)?;
-    s.durable(1)?;
-    s.propose(5)?; // y -> slot 1 under 1.5
-    s.deliver(5, 3, "accept")?; // refused: node 3 promised 3.1
-    s.deliver(3, 5, "nack")?; // node 5 campaigns under 4.5
-    s.durable(5)?;
-    for n in [3, 4] {
-        s.deliver(5, n, "prepare")?;
-        s.durable(n)?;
-        s.deliver(n, 5, "promise")?;
-    }
-    s.durable(5)?;
-    for _ in 0..3 {
-        for n in [3, 4] {
-            s.deliver(5, n, "accept")?;
-            s.durable(n)?;
-            s.deliver(n, 5, "accepted")?;
-        }
-        s.durable(5)?;
-    }
+    overlapping_leaders(s)?;
     s.deliver(1, 5, "catch-up-request")?; // the old request, answered now
     s.deliver(5, 1, "catch-up")?;
     s.durable(1)?;

@@ -214,7 +214,7 @@ fn second_leader_chose(s: &mut Script) -> Step {
 /// flight), then led 3.1 with nodes 2 and 3 and got node 2 to accept `x` in slot 1; node 5,
 /// refused by node 3, led 4.5 with nodes 3 and 4 and got `y` chosen in slot 1. Node 1 still
 /// leads 3.1 and has heard nothing of 4.5.
-fn overlapping_leaders(s: &mut Script) -> Step {
+pub(crate) fn overlapping_leaders(s: &mut Script) -> Step {
     s.timeout(5)?;
     s.durable(5)?;
     for n in [3, 4] {
