@@ -5,6 +5,9 @@ use crate::ballot::NodeId;
 /// The largest cluster the core supports. Majority quorums of up to seven members.
 pub const MEMBERS_MAX: usize = 7;
 
+/// The default of [`Config::held_replies_max`].
+pub const HELD_REPLIES_MAX_DEFAULT: usize = 65_536;
+
 /// How a [`Replica`](crate::Replica) behaves. All durations are in the host's time unit,
 /// milliseconds by convention (`now_ms` in every call).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +41,15 @@ pub struct Config {
     pub catchup_entries_max: usize,
     /// A leader asks its host to ship a snapshot to the same peer at most this often.
     pub snapshot_resend_interval_ms: u64,
+    /// How many replies (Promise, Accepted, and a candidate's own Prepares) may wait inside
+    /// the replica for the persist batch they depend on to become durable. Once this many
+    /// wait, the replica takes no work that would hold more: it ignores incoming Prepare and
+    /// Accept messages (their senders retry; Paxos tolerates the loss), assigns no new slots
+    /// as leader (proposals stay queued) and starts or repeats no election, until
+    /// [`Replica::handle_durable`](crate::Replica::handle_durable) releases some. A reply
+    /// already held is never dropped, so the count stays within this bound plus what the
+    /// single input that reached it added. Default [`HELD_REPLIES_MAX_DEFAULT`].
+    pub held_replies_max: usize,
 }
 
 impl Config {
@@ -56,6 +68,7 @@ impl Config {
             queued_commands_max: 100_000,
             catchup_entries_max: 256,
             snapshot_resend_interval_ms: 2_000,
+            held_replies_max: HELD_REPLIES_MAX_DEFAULT,
         }
     }
 
@@ -90,9 +103,10 @@ impl Config {
             || self.inflight_slots_max == 0
             || self.inflight_bytes_max == 0
             || self.catchup_entries_max == 0
+            || self.held_replies_max == 0
         {
             return Err(ConfigError::Limit(
-                "batch, in-flight and catch-up limits must be above 0",
+                "batch, in-flight, catch-up and held-reply limits must be above 0",
             ));
         }
         Ok(())

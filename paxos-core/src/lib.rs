@@ -98,7 +98,7 @@ mod sim;
 mod tests;
 
 pub use ballot::{Ballot, NodeId, Slot};
-pub use config::{Config, ConfigError, MEMBERS_MAX};
+pub use config::{Config, ConfigError, HELD_REPLIES_MAX_DEFAULT, MEMBERS_MAX};
 pub use message::Message;
 pub use persist::{PersistEntry, RecoveredState};
 pub use proposer::Role;

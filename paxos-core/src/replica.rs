@@ -12,7 +12,9 @@
 //! promise before it is on disk: it never sees the message until then. The same gate
 //! applies to the replica's own votes, so a leader counts itself only once its own log
 //! write is durable, while the Accepts to its peers go out at once (the leader writes its
-//! log in parallel with replication).
+//! log in parallel with replication). Held replies are bounded by
+//! [`Config::held_replies_max`]: at the bound, the replica takes no work that would hold
+//! more, and never drops one already held.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -175,6 +177,7 @@ pub struct Replica {
     promised_durable: Ballot,
     promise_batches: VecDeque<(u64, Ballot)>,
     /// Replies held until the batch they depend on is durable: (batch id, to, message).
+    /// Bounded by `config.held_replies_max` (see [`Replica::held_full`]).
     held: VecDeque<(u64, NodeId, Message)>,
     self_inbox: VecDeque<Message>,
     outputs: VecDeque<Output>,
@@ -325,6 +328,12 @@ impl Replica {
         }
     }
 
+    /// Replies (Promise, Accepted, own Prepares) waiting for a persist batch to become
+    /// durable; at most about [`Config::held_replies_max`].
+    pub fn held_replies(&self) -> usize {
+        self.held.len()
+    }
+
     /// Commands waiting for a slot.
     pub fn queued_commands(&self) -> usize {
         self.queue.commands.len()
@@ -389,6 +398,11 @@ impl Replica {
         if !self.plausible(&message) {
             return;
         }
+        if self.held_full() && matches!(message, Message::Prepare { .. } | Message::Accept { .. }) {
+            // Its reply would wait for the disk behind too many others: ignore it as if it
+            // were lost on the way. The sender retries, and Paxos tolerates the loss.
+            return;
+        }
         self.on_message(from, message);
         self.pump();
     }
@@ -451,14 +465,14 @@ impl Replica {
             ProposerState::Candidate(_) => {
                 if self.now_ms >= self.election_deadline_ms {
                     self.failed_elections = self.failed_elections.saturating_add(1);
-                    self.start_election();
+                    self.start_election_unless_held_full();
                 } else if self.now_ms >= self.heartbeat_deadline_ms {
                     self.resend_prepares();
                 }
             }
             ProposerState::Follower => {
                 if self.now_ms >= self.election_deadline_ms {
-                    self.start_election();
+                    self.start_election_unless_held_full();
                 }
             }
         }
@@ -569,6 +583,12 @@ impl Replica {
                 self.send(to, message.clone());
             }
         }
+    }
+
+    /// Whether [`Config::held_replies_max`] replies wait for the disk: no new work that
+    /// would hold more is taken until some are released.
+    fn held_full(&self) -> bool {
+        self.held.len() >= self.config.held_replies_max
     }
 
     /// Sends `message` once everything persisted so far is durable.
@@ -714,6 +734,16 @@ impl Replica {
         }
     }
 
+    /// Starts an election, or, while too many replies wait for the disk (its Prepares would
+    /// wait behind them), tries again after another election timeout.
+    fn start_election_unless_held_full(&mut self) {
+        if self.held_full() {
+            self.reset_election_timer();
+        } else {
+            self.start_election();
+        }
+    }
+
     fn start_election(&mut self) {
         if let ProposerState::Leader(l) = &mut self.proposer {
             let ids = l.reads.drain_all();
@@ -760,6 +790,9 @@ impl Replica {
 
     fn resend_prepares(&mut self) {
         self.heartbeat_deadline_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        if self.held_full() {
+            return; // the next heartbeat interval tries again
+        }
         let ProposerState::Candidate(p) = &self.proposer else {
             return;
         };
@@ -859,8 +892,12 @@ impl Replica {
         }
     }
 
-    /// Gives queued commands slots, as far as the in-flight limit allows.
+    /// Gives queued commands slots, as far as the in-flight limit allows, and not while too
+    /// many replies wait for the disk (the leader's own Accepted of a new slot is held).
     fn assign_slots(&mut self) {
+        if self.held_full() {
+            return;
+        }
         let ProposerState::Leader(l) = &mut self.proposer else {
             return;
         };

@@ -27,9 +27,24 @@ fn send(to: NodeId, message: Message) -> Output {
     Output::Send { to, message }
 }
 
+/// Replica `id` of 1, 2, 3 with `held_replies_max` set.
+fn replica_holding_at_most(id: NodeId, held_replies_max: usize) -> Replica {
+    let mut config = Config::new(id, vec![1, 2, 3]);
+    config.held_replies_max = held_replies_max;
+    match Replica::new(config, 1, 0) {
+        Ok(r) => r,
+        Err(e) => panic!("config: {e}"),
+    }
+}
+
 /// Replica 1, elected leader under ballot 1.1 with nothing to recover, everything durable.
 fn leader() -> Replica {
-    let mut r = replica(1);
+    elect(replica(1))
+}
+
+/// `r` (replica 1), elected leader under ballot 1.1 with nothing to recover, everything
+/// durable.
+fn elect(mut r: Replica) -> Replica {
     let t = r.poll_timeout();
     r.handle_timeout(t);
     let out = drain(&mut r);
@@ -721,4 +736,106 @@ fn forged_slots_and_rounds_near_the_limit_are_ignored() {
         },
     );
     assert_eq!(r.role(), Role::Leader);
+}
+
+#[test]
+fn held_replies_stay_bounded_and_none_is_dropped() {
+    let mut r = replica_holding_at_most(2, 3);
+    let accept = |slot: Slot| Message::Accept {
+        ballot: b(1, 1),
+        entries: vec![(slot, cmd("x"))],
+        commit: 0,
+    };
+    // The disk reports nothing: every Accepted waits for its batch.
+    for slot in 0..3 {
+        r.handle_message(1, 1, accept(slot));
+        let out = drain(&mut r);
+        assert!(
+            matches!(out.as_slice(), [Output::Persist { .. }]),
+            "slot {slot}: {out:?}"
+        );
+    }
+    assert_eq!(r.held_replies(), 3);
+    // At the bound, work that would hold another reply is ignored as if lost.
+    r.handle_message(1, 1, accept(3));
+    r.handle_message(
+        1,
+        3,
+        Message::Prepare {
+            ballot: b(2, 3),
+            from_slot: 0,
+        },
+    );
+    assert_eq!(
+        drain(&mut r),
+        vec![],
+        "nothing taken while the bound is reached"
+    );
+    assert_eq!(r.held_replies(), 3);
+    assert_eq!(r.accepted(3), None);
+    assert_eq!(r.promised(), b(1, 1));
+    // Every reply already held goes out once its batch is durable.
+    r.handle_durable(2, 3);
+    let accepted = |slot: Slot| {
+        send(
+            1,
+            Message::Accepted {
+                ballot: b(1, 1),
+                slots: vec![slot],
+            },
+        )
+    };
+    assert_eq!(drain(&mut r), vec![accepted(0), accepted(1), accepted(2)]);
+    assert_eq!(r.held_replies(), 0);
+    // With room again, the leader's retransmission is accepted.
+    r.handle_message(3, 1, accept(3));
+    let _ = drain(&mut r);
+    assert_eq!(r.held_replies(), 1);
+    assert!(r.accepted(3).is_some());
+}
+
+#[test]
+fn a_leader_at_the_held_bound_keeps_proposals_queued() {
+    let mut r = elect(replica_holding_at_most(1, 1));
+    let t = 1_000;
+    assert_eq!(r.propose(t, Bytes::from_static(b"x")), Ok(()));
+    let out = drain(&mut r);
+    assert!(
+        matches!(out.last(), Some(Output::Persist { id: 2, .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        r.held_replies(),
+        1,
+        "the leader's own Accepted waits for its write"
+    );
+    assert_eq!(r.propose(t, Bytes::from_static(b"y")), Ok(()));
+    assert_eq!(
+        drain(&mut r),
+        vec![],
+        "no new slot while the bound is reached"
+    );
+    assert_eq!((r.queued_commands(), r.inflight_slots()), (1, 1));
+    r.handle_durable(t, 2);
+    let accept = Message::Accept {
+        ballot: b(1, 1),
+        entries: vec![(1, cmd("y"))],
+        commit: 0,
+    };
+    assert_eq!(
+        drain(&mut r),
+        vec![
+            send(2, accept.clone()),
+            send(3, accept),
+            Output::Persist {
+                id: 3,
+                entries: vec![PersistEntry::Accepted {
+                    slot: 1,
+                    ballot: b(1, 1),
+                    value: cmd("y"),
+                }],
+            },
+        ]
+    );
+    assert_eq!(r.queued_commands(), 0);
 }
