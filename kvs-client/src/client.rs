@@ -18,6 +18,10 @@ use crate::{endpoint, format_duration, ClientOptions, Error, RetryHandle, WriteO
 /// beyond this are forgotten first.
 const POOL_ENDPOINTS_MAX: usize = 64;
 
+/// How long, in attempt timeouts, stale reads avoid a node that left an attempt unanswered
+/// (unless every node is avoided); the first stale read after that tries it again.
+const SUSPICION_IN_ATTEMPT_TIMEOUTS: u32 = 5;
+
 /// How many times one write registers a new session after the cluster forgot the current
 /// one before it gives up (each time, nothing of the write was applied).
 const SESSION_RENEWALS_MAX: usize = 3;
@@ -44,8 +48,14 @@ pub enum CasOutcome {
 /// Writes and linearizable reads go to the leader, which the client finds and remembers:
 /// it follows `NotLeader` redirects (to any address, even one not in the endpoint list),
 /// tries the next endpoint when no leader is named or a node is unreachable, and backs off
-/// (20 ms doubling to 500 ms, with jitter) after a full round of failures. All of it is
-/// bounded by [`ClientOptions::request_timeout`].
+/// (20 ms doubling to 500 ms, with jitter) after a full round of failures. A node that
+/// does not answer within [`ClientOptions::attempt_timeout`] (a paused or overloaded
+/// leader, say) is no longer taken for the leader: the request goes on to the other
+/// endpoints, a redirect back to that node is not followed before the next round, and
+/// stale reads avoid it for five attempt timeouts (or until it answers something). All
+/// of it is bounded by [`ClientOptions::request_timeout`], except that when every endpoint
+/// refuses the connection (nothing listens anywhere) the request fails at once with
+/// [`Error::Unavailable`].
 ///
 /// Every write carries a [`Session`]: a client id the cluster assigned (the client registers
 /// a session with its first write, one extra round through the log) and a sequence number
@@ -64,11 +74,25 @@ struct Inner {
     options: ClientOptions,
     hello: Hello,
     sessions: Arc<Sessions>,
-    /// The endpoint that last served a leader-only request, or that a node named as leader.
-    leader: Mutex<Option<String>>,
+    /// Where leader-only requests go first.
+    leader: Mutex<LeaderHint>,
     pool: Mutex<HashMap<String, Arc<ConnectionSlot>>>,
     /// Spreads stale reads over the endpoints.
     next_replica: AtomicUsize,
+    /// Endpoints that left an attempt unanswered, and until when stale reads avoid them.
+    suspects: Mutex<HashMap<String, Instant>>,
+}
+
+/// Where leader-only requests go first.
+#[derive(Debug, Default)]
+struct LeaderHint {
+    /// The endpoint that last served a leader-only request, or that a node named as leader;
+    /// `None` once it failed (refused the connection, broke it, did not answer in time).
+    leader: Option<String>,
+    /// Where a search without a leader starts, in the endpoint list: moved past an endpoint
+    /// that failed there, so that a node that stopped answering is not the first one every
+    /// request waits for.
+    start: usize,
 }
 
 /// The connection to one endpoint, if open; locked while one is being opened, so that
@@ -88,6 +112,8 @@ enum Route {
 enum AttemptError {
     /// Nothing was sent: the node is unreachable or the connection is unusable.
     NotSent(String),
+    /// Nothing was sent: nothing listens at the endpoint (the connection was refused).
+    NoListener(String),
     /// The request was sent, then the connection broke.
     Lost(String),
     /// Retrying cannot help.
@@ -126,9 +152,10 @@ impl Client {
                 endpoints: list,
                 options,
                 sessions: Arc::new(Sessions::new()),
-                leader: Mutex::new(None),
+                leader: Mutex::new(LeaderHint::default()),
                 pool: Mutex::new(HashMap::new()),
                 next_replica: AtomicUsize::new(0),
+                suspects: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -151,9 +178,10 @@ impl Client {
 
     /// The endpoint believed to be the leader: the last one that served a write or a
     /// linearizable read, or that a node named as the leader. `None` before the first such
-    /// request and after the believed leader failed.
+    /// request and after the believed leader failed: refused or broke the connection, or did
+    /// not answer within [`ClientOptions::attempt_timeout`].
     pub fn leader(&self) -> Option<String> {
-        self.leader_hint().clone()
+        self.leader_hint().leader.clone()
     }
 
     /// Sets `key` to `value`.
@@ -310,9 +338,11 @@ impl Client {
                 }
                 Ok(Err(e)) => format!("{endpoint}: {e}"),
                 Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::NotSent(reason) | AttemptError::Lost(reason)) => {
-                    format!("{endpoint}: {reason}")
-                }
+                Err(
+                    AttemptError::NotSent(reason)
+                    | AttemptError::NoListener(reason)
+                    | AttemptError::Lost(reason),
+                ) => format!("{endpoint}: {reason}"),
             };
             if !first {
                 return Err(Error::Unavailable { reason });
@@ -417,6 +447,12 @@ impl Client {
     /// Tries nodes until one answers `op` definitely or `deadline` passes. A write carries
     /// `session` (reads and registrations none); `maybe_applied` says whether an earlier
     /// attempt of this write may have been applied already (a retry).
+    ///
+    /// Each attempt waits for its node at most the attempt timeout (doubling after each
+    /// attempt left unanswered), then the node is suspected: it is no longer the leader
+    /// hint, the next endpoint is tried, and a redirect to it is not followed before the
+    /// next round. Every attempt of a write carries the same session and sequence number,
+    /// so however many nodes it reaches, the cluster applies it at most once.
     async fn send(
         &self,
         op: &Op,
@@ -433,7 +469,13 @@ impl Client {
         let after = self.inner.options.request_timeout;
         let is_write = session.is_some();
         let mut target = self.first_target(route);
+        // Endpoints tried in this round; coming back to one of them ends the round.
         let mut tried: HashSet<String> = HashSet::new();
+        // Endpoints that left an attempt unanswered in this round.
+        let mut silent: HashSet<String> = HashSet::new();
+        // Endpoints of the list whose latest attempt found nothing listening.
+        let mut refused: HashSet<String> = HashSet::new();
+        let mut patience = self.inner.options.attempt_timeout;
         let mut backoff = Backoff::new();
         let mut last = "no attempt finished".to_owned();
         loop {
@@ -446,31 +488,58 @@ impl Client {
                 }
                 tokio::time::sleep(delay).await;
                 tried.clear();
+                silent.clear();
             }
             tried.insert(target.clone());
             let sent = Arc::new(AtomicBool::new(false));
             let attempt = self.attempt(&target, op.clone(), session, &sent);
-            let Ok(answer) = tokio::time::timeout_at(deadline, attempt).await else {
-                // The attempt is dropped: a request the writer had not taken is never sent.
-                let sent = sent.load(Ordering::Acquire);
-                return Err(if is_write && (sent || maybe_applied) {
-                    SendError::Unknown(format!(
-                        "no answer from {target} within {}",
-                        format_duration(after)
-                    ))
-                } else if sent {
-                    SendError::Failed(Error::Timeout {
-                        after,
-                        waiting_for: format!("an answer from {target}"),
-                    })
+            let attempt_deadline = Instant::now()
+                .checked_add(patience)
+                .map_or(deadline, |limit| limit.min(deadline));
+            let answer = tokio::time::timeout_at(attempt_deadline, attempt).await;
+            // The attempt is dropped by now: a request the writer had not taken is never sent.
+            let sent = sent.load(Ordering::Acquire);
+            if !matches!(answer, Ok(Err(AttemptError::NoListener(_)))) {
+                refused.remove(&target);
+            }
+            let Ok(answer) = answer else {
+                // Whatever the node is doing (paused, overloaded, cut off), it is not
+                // serving this client now: the next request must not start there.
+                self.went_silent(&target);
+                if attempt_deadline >= deadline {
+                    return Err(if is_write && (sent || maybe_applied) {
+                        SendError::Unknown(format!(
+                            "no answer from {target} within {}",
+                            format_duration(after)
+                        ))
+                    } else if sent {
+                        SendError::Failed(Error::Timeout {
+                            after,
+                            waiting_for: format!("an answer from {target}"),
+                        })
+                    } else {
+                        self.give_up(route, false, &format!("{target}: connection timed out"))
+                    });
+                }
+                tracing::debug!(endpoint = %target, ?patience, sent, "no answer in time");
+                maybe_applied |= is_write && sent;
+                last = if sent {
+                    format!("{target}: no answer within {}", format_duration(patience))
                 } else {
-                    self.give_up(route, false, &format!("{target}: connection timed out"))
-                });
+                    format!("{target}: not sent within {}", format_duration(patience))
+                };
+                silent.insert(target.clone());
+                patience = patience.saturating_mul(2);
+                target = self.next_endpoint(&target);
+                continue;
             };
+            if answer.is_ok() {
+                self.answered(&target);
+            }
             match answer {
                 Ok(Ok(reply)) => {
                     if route == Route::Leader {
-                        *self.leader_hint() = Some(target.clone());
+                        self.leader_hint().leader = Some(target.clone());
                     }
                     return Ok((target, reply));
                 }
@@ -481,10 +550,12 @@ impl Client {
                         ErrorReply::NotLeader {
                             leader_addr: Some(leader),
                             ..
-                        } if endpoint::validate(&leader).is_ok() => {
-                            *self.leader_hint() = Some(leader.clone());
+                        } if endpoint::validate(&leader).is_ok() && !silent.contains(&leader) => {
+                            self.leader_hint().leader = Some(leader.clone());
                             target = leader;
                         }
+                        // A redirect to a node that just left an attempt unanswered (the
+                        // others have not noticed yet) counts as no leader named.
                         ErrorReply::NotLeader { .. }
                         | ErrorReply::Unavailable { .. }
                         | ErrorReply::ShuttingDown => {
@@ -509,6 +580,18 @@ impl Client {
                     tracing::debug!(endpoint = %target, %reason, "not sent");
                     last = format!("{target}: {reason}");
                     self.forget_leader(&target);
+                    target = self.next_endpoint(&target);
+                }
+                Err(AttemptError::NoListener(reason)) => {
+                    tracing::debug!(endpoint = %target, %reason, "nothing listens");
+                    last = format!("{target}: {reason}");
+                    self.forget_leader(&target);
+                    if self.inner.endpoints.contains(&target) {
+                        refused.insert(target.clone());
+                    }
+                    if refused.len() == self.inner.endpoints.len() {
+                        return Err(self.nobody_listens(maybe_applied, &last));
+                    }
                     target = self.next_endpoint(&target);
                 }
                 Err(AttemptError::Lost(reason)) => {
@@ -567,6 +650,7 @@ impl Client {
         )
         .await
         .map_err(|e| match e {
+            ConnectError::NoListener(reason) => AttemptError::NoListener(reason),
             ConnectError::Unreachable(reason) => AttemptError::NotSent(reason),
             ConnectError::Refused(source) => AttemptError::Fatal(Error::Handshake {
                 endpoint: endpoint.to_owned(),
@@ -580,14 +664,52 @@ impl Client {
     fn first_target(&self, route: Route) -> String {
         let endpoints = &self.inner.endpoints;
         match route {
-            Route::Leader => self
-                .leader_hint()
-                .clone()
-                .unwrap_or_else(|| endpoints[0].clone()),
+            Route::Leader => {
+                let hint = self.leader_hint();
+                hint.leader
+                    .clone()
+                    .unwrap_or_else(|| endpoints[hint.start % endpoints.len()].clone())
+            }
             Route::AnyReplica => {
                 let next = self.inner.next_replica.fetch_add(1, Ordering::Relaxed);
-                endpoints[next % endpoints.len()].clone()
+                let now = Instant::now();
+                let suspects = lock(&self.inner.suspects);
+                let trusted = |endpoint: &&String| {
+                    suspects
+                        .get(endpoint.as_str())
+                        .is_none_or(|until| *until <= now)
+                };
+                (0..endpoints.len())
+                    .map(|i| &endpoints[(next + i) % endpoints.len()])
+                    .find(trusted)
+                    .unwrap_or(&endpoints[next % endpoints.len()])
+                    .clone()
             }
+        }
+    }
+
+    /// `endpoint` left an attempt unanswered: it is no longer the leader hint, a search
+    /// without one no longer starts there, and stale reads avoid it for a while.
+    fn went_silent(&self, endpoint: &str) {
+        self.forget_leader(endpoint);
+        let options = &self.inner.options;
+        let now = Instant::now();
+        let avoid_for = options
+            .attempt_timeout
+            .saturating_mul(SUSPICION_IN_ATTEMPT_TIMEOUTS);
+        let Some(until) = now.checked_add(avoid_for) else {
+            return;
+        };
+        let mut suspects = lock(&self.inner.suspects);
+        suspects.retain(|_, until| *until > now);
+        suspects.insert(endpoint.to_owned(), until);
+    }
+
+    /// `endpoint` answered: stale reads no longer avoid it.
+    fn answered(&self, endpoint: &str) {
+        let mut suspects = lock(&self.inner.suspects);
+        if !suspects.is_empty() {
+            suspects.remove(endpoint);
         }
     }
 
@@ -601,15 +723,39 @@ impl Client {
         endpoints[next].clone()
     }
 
+    /// `endpoint` failed a request: it is no longer the leader hint, and a search without
+    /// one no longer starts there.
     fn forget_leader(&self, endpoint: &str) {
-        let mut leader = self.leader_hint();
-        if leader.as_deref() == Some(endpoint) {
-            *leader = None;
+        let endpoints = &self.inner.endpoints;
+        let mut hint = self.leader_hint();
+        if hint.leader.as_deref() == Some(endpoint) {
+            hint.leader = None;
+        }
+        if endpoints.get(hint.start).is_some_and(|e| e == endpoint) {
+            hint.start = (hint.start + 1) % endpoints.len();
         }
     }
 
-    fn leader_hint(&self) -> MutexGuard<'_, Option<String>> {
+    fn leader_hint(&self) -> MutexGuard<'_, LeaderHint> {
         lock(&self.inner.leader)
+    }
+
+    /// The error for an operation that found nothing listening at any endpoint: reported at
+    /// once, since no node is there to answer before the deadline.
+    fn nobody_listens(&self, maybe_applied: bool, last: &str) -> SendError {
+        let endpoints = self.inner.endpoints.join(",");
+        if maybe_applied {
+            return SendError::Unknown(format!(
+                "an earlier attempt got no answer, then every endpoint ({endpoints}) refused \
+                 the connection (last: {last})"
+            ));
+        }
+        SendError::Failed(Error::Unavailable {
+            reason: format!(
+                "no node reachable at {endpoints}: every endpoint refused the connection \
+                 (last: {last})"
+            ),
+        })
     }
 
     /// The error for an operation whose time ran out between attempts.

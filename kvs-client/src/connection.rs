@@ -41,6 +41,8 @@ pub(crate) type Answer = Result<Reply, ErrorReply>;
 /// Why a connection could not be opened.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
+    /// Nothing listens at the endpoint: the connection was refused at once.
+    NoListener(String),
     /// The node could not be reached or the handshake broke off: worth retrying later.
     Unreachable(String),
     /// The node refused the handshake or is not a kvs node: a configuration error.
@@ -112,7 +114,10 @@ impl Connection {
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(endpoint))
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ConnectError::NoListener(e.to_string()),
+                _ => ConnectError::Unreachable(e.to_string()),
+            })?;
         // Requests are small and latency matters more than packet count.
         stream
             .set_nodelay(true)

@@ -51,11 +51,15 @@ pub enum Error {
 
     /// No node could serve the operation before the deadline, and nothing was applied:
     /// every attempt was refused (connection refused, not the leader, election in progress,
-    /// busy, shutting down).
+    /// busy, shutting down). When every endpoint refuses the connection (nothing listens at
+    /// any of them), this comes at once rather than at the deadline.
     #[error("{reason}")]
     Unavailable {
         /// What was tried and the last failure, for example `no leader reachable at
-        /// 127.0.0.1:6001,127.0.0.1:6002 after 5s (last: 127.0.0.1:6002: connection refused)`.
+        /// 127.0.0.1:6001,127.0.0.1:6002 after 5s (last: 127.0.0.1:6002: unavailable: no
+        /// quorum)`, or `no node reachable at 127.0.0.1:6001,127.0.0.1:6002: every
+        /// endpoint refused the connection (last: 127.0.0.1:6002: Connection refused (os
+        /// error 111))`.
         reason: String,
     },
 

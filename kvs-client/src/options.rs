@@ -19,6 +19,16 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// The time budget of opening one connection (TCP connect and handshake). Default 1 s.
     pub connect_timeout: Duration,
+    /// How long one attempt waits for one node to answer before the client stops waiting on
+    /// that node and tries the others with what is left of the request timeout (a write is
+    /// sent again under the same session and sequence number, so it is still applied at
+    /// most once). A leader that stopped answering (paused, overloaded, cut off from the
+    /// client) then costs this much of a request, not all of it, and the client no longer
+    /// takes it for the leader. Each further attempt of the same request that goes
+    /// unanswered waits twice as long as the one before, so that a slow but working leader
+    /// is still waited for. At or above `request_timeout`, an attempt may take the whole
+    /// budget. Default 1 s.
+    pub attempt_timeout: Duration,
     /// The largest frame sent or accepted, in bytes, within
     /// [`wire::FRAME_BYTES_MAX_MIN`]`..=`[`wire::FRAME_BYTES_MAX_CEILING`].
     /// Default [`wire::FRAME_BYTES_MAX_DEFAULT`].
@@ -31,6 +41,7 @@ impl Default for ClientOptions {
             cluster_id: "kvs".to_owned(),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
         }
     }
@@ -48,6 +59,9 @@ impl ClientOptions {
         }
         if self.connect_timeout.is_zero() {
             return invalid("the connect timeout is zero".to_owned());
+        }
+        if self.attempt_timeout.is_zero() {
+            return invalid("the attempt timeout is zero".to_owned());
         }
         if !(FRAME_BYTES_MAX_MIN..=FRAME_BYTES_MAX_CEILING).contains(&self.frame_bytes_max) {
             return invalid(format!(

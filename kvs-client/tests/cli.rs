@@ -326,7 +326,9 @@ fn unreachable_endpoints_exit_3_with_one_error_line() {
     let (a, b) = (dead_endpoint(), dead_endpoint());
     let run = kvs(&format!("{a},{b}"), &["--timeout-ms", "300", "get", "k"]);
     assert_eq!((run.code, run.stdout()), (3, ""));
-    let prefix = format!("error: no leader reachable at {a},{b} after 300ms (last: ");
+    let prefix = format!(
+        "error: no node reachable at {a},{b}: every endpoint refused the connection (last: "
+    );
     assert!(run.stderr.starts_with(&prefix), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }

@@ -19,6 +19,30 @@ fn client(endpoints: &[&str], timeout_ms: u64) -> Client {
     Client::connect(endpoints.iter().copied(), options).expect("valid endpoints")
 }
 
+/// A client whose attempts wait `attempt_ms` for one node, within `timeout_ms` in all.
+fn patient_client(endpoints: &[&str], timeout_ms: u64, attempt_ms: u64) -> Client {
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(timeout_ms),
+        attempt_timeout: Duration::from_millis(attempt_ms),
+        ..ClientOptions::default()
+    };
+    Client::connect(endpoints.iter().copied(), options).expect("valid endpoints")
+}
+
+/// A leader that answers its first request (a write) and then nothing at all, like a
+/// process stopped with SIGSTOP: its connection stays open, requests reach it, no answer
+/// comes back.
+async fn leader_that_freezes() -> FakeServer {
+    let calls = Arc::new(AtomicUsize::new(0));
+    FakeServer::start(Arc::new(move |request, _| {
+        match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => respond(request, Ok(Reply::Written)),
+            _ => Action::Nothing,
+        }
+    }))
+    .await
+}
+
 fn sessions(fake: &FakeServer) -> Vec<Option<Session>> {
     fake.requests().iter().map(|r| r.session).collect()
 }
@@ -314,18 +338,158 @@ async fn invalid_requests_are_rejected_without_network_traffic() {
 }
 
 #[tokio::test]
-async fn unreachable_endpoints_make_a_definite_unavailable_error() {
+async fn endpoints_that_all_refuse_the_connection_fail_at_once() {
     let (a, b) = (dead_endpoint(), dead_endpoint());
-    let client = client(&[&a, &b], 300);
-    let error = client.put("k", "v").await.expect_err("nobody there");
-    let Error::Unavailable { reason } = &error else {
-        panic!("expected Unavailable, got {error:?}");
+    // A budget far longer than the bound below: the failure must not wait for it.
+    let client = client(&[&a, &b], 20_000);
+    for read in [false, true] {
+        let started = Instant::now();
+        let error = if read {
+            client.get("k").await.map(drop)
+        } else {
+            client.put("k", "v").await
+        }
+        .expect_err("nobody there");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} though nothing listens anywhere",
+            started.elapsed()
+        );
+        let Error::Unavailable { reason } = &error else {
+            panic!("expected Unavailable, got {error:?}");
+        };
+        let prefix =
+            format!("no node reachable at {a},{b}: every endpoint refused the connection (last: ");
+        assert!(reason.starts_with(&prefix), "{reason}");
+        assert!(reason.contains("refused (os error"), "{reason}");
+        assert!(error.is_definite_failure());
+        assert_eq!(error.to_string(), *reason);
+    }
+}
+
+#[tokio::test]
+async fn one_refusing_endpoint_among_silent_ones_does_not_fail_at_once() {
+    let dead = dead_endpoint();
+    let silent = FakeServer::start(Arc::new(|_, _| Action::Nothing)).await;
+    let client = patient_client(&[&dead, &silent.addr], 600, 100);
+    let started = Instant::now();
+    let error = client.get("k").await.expect_err("nobody answers");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "gave up after {:?} though a node is there",
+        started.elapsed()
+    );
+    assert!(error.is_definite_failure(), "a read: {error:?}");
+    assert!(
+        !error.to_string().contains("every endpoint refused"),
+        "{error}"
+    );
+    assert!(
+        silent.requests().len() >= 2,
+        "the silent node was tried again"
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_stops_answering_is_left_for_the_next_endpoint_with_the_same_write() {
+    let frozen = leader_that_freezes().await;
+    let good = FakeServer::start(store_script(2)).await;
+    // Attempts wait 200 ms for one node, within a 4 s budget.
+    let client = patient_client(&[&frozen.addr, &good.addr], 4000, 200);
+    client
+        .put("k", "v1")
+        .await
+        .expect("the first leader answers");
+    assert_eq!(client.leader(), Some(frozen.addr.clone()));
+
+    // It freezes. The next write waits 200 ms for it, then goes on to the other node,
+    // under the same session and sequence number: the cluster applies it at most once.
+    client
+        .put("k", "v2")
+        .await
+        .expect("answered by the other node within the budget");
+    assert_eq!(client.leader(), Some(good.addr.clone()));
+    let second = Session {
+        client_id: client.client_id().expect("registered"),
+        seq: 2,
     };
-    let prefix = format!("no leader reachable at {a},{b} after 300ms (last: ");
-    assert!(reason.starts_with(&prefix), "{reason}");
-    assert!(reason.contains("refused"), "{reason}");
-    assert!(error.is_definite_failure());
-    assert_eq!(error.to_string(), *reason);
+    assert_eq!(sessions(&frozen)[1..], [Some(second)]);
+    assert_eq!(sessions(&good), vec![Some(second)]);
+
+    // Reads and writes now go straight to the node that answered.
+    assert_eq!(client.get("k").await.expect("get"), Some(Bytes::from("v2")));
+    client.put("k", "v3").await.expect("put");
+    assert_eq!(
+        frozen.requests().len(),
+        2,
+        "the frozen node is not asked again"
+    );
+    assert_eq!(good.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_redirect_back_to_the_node_that_left_the_request_unanswered_is_not_followed() {
+    let frozen = leader_that_freezes().await;
+    let frozen_addr = frozen.addr.clone();
+    // A follower that has not noticed yet: it still names the frozen node.
+    let behind = FakeServer::start_as(
+        "kvs",
+        2,
+        answer_with(move |_| {
+            Err(ErrorReply::NotLeader {
+                leader: Some(1),
+                leader_addr: Some(frozen_addr.clone()),
+            })
+        }),
+    )
+    .await;
+    let new_leader = FakeServer::start_as("kvs", 3, store_script(3)).await;
+    let client = patient_client(&[&frozen.addr, &behind.addr, &new_leader.addr], 4000, 200);
+    client
+        .put("k", "v1")
+        .await
+        .expect("the first leader answers");
+
+    assert_eq!(client.get("k").await.expect("get"), None);
+    assert_eq!(client.leader(), Some(new_leader.addr.clone()));
+    assert_eq!(frozen.requests().len(), 2, "the redirect was not followed");
+    assert_eq!(behind.requests().len(), 1);
+    assert_eq!(new_leader.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn stale_reads_avoid_a_node_that_left_one_unanswered() {
+    let silent = FakeServer::start(Arc::new(|_, _| Action::Nothing)).await;
+    let good = FakeServer::start(store_script(2)).await;
+    let client = patient_client(&[&silent.addr, &good.addr], 4000, 200);
+    // The first stale read starts at the silent node, waits 200 ms, then asks the other.
+    for _ in 0..6 {
+        assert_eq!(client.get_stale("k").await.expect("stale read"), None);
+    }
+    assert_eq!(silent.requests().len(), 1, "asked once, then avoided");
+    assert_eq!(good.requests().len(), 6);
+}
+
+#[tokio::test]
+async fn a_leader_that_used_up_the_whole_budget_is_no_longer_the_first_one_asked() {
+    let frozen = leader_that_freezes().await;
+    let good = FakeServer::start(store_script(2)).await;
+    // One attempt may take the whole 300 ms budget.
+    let client = patient_client(&[&frozen.addr, &good.addr], 300, 10_000);
+    client
+        .put("k", "v1")
+        .await
+        .expect("the first leader answers");
+    assert_eq!(client.leader(), Some(frozen.addr.clone()));
+
+    let error = client.put("k", "v2").await.expect_err("no answer in time");
+    assert!(error.outcome_unknown(), "{error:?}");
+    assert_eq!(client.leader(), None, "the silent leader is forgotten");
+
+    // The next request starts at the other endpoint, although the frozen one is first.
+    assert_eq!(client.get("k").await.expect("get"), None);
+    assert_eq!(client.leader(), Some(good.addr.clone()));
+    assert_eq!(frozen.requests().len(), 2);
 }
 
 #[test]
@@ -347,6 +511,14 @@ fn connect_checks_endpoints_and_options() {
     assert!(matches!(
         Client::connect(["127.0.0.1:1"], bad_cluster),
         Err(Error::InvalidOptions { .. })
+    ));
+    let no_patience = ClientOptions {
+        attempt_timeout: Duration::ZERO,
+        ..ClientOptions::default()
+    };
+    assert!(matches!(
+        Client::connect(["127.0.0.1:1"], no_patience),
+        Err(Error::InvalidOptions { reason }) if reason == "the attempt timeout is zero"
     ));
     // A node that is down does not fail construction; duplicates are dropped.
     let client = Client::connect(

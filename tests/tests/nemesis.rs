@@ -84,16 +84,16 @@ fn sigstop_of_the_leader() {
         registers_with_directed_readers(1),
         Schedule::Repeat(Fault::PauseLeader),
     );
-    // Pauses longer than the clients' 2.5 s request timeout, so that a client can give up on
-    // the stopped leader and move to the new one (elected within ~0.3 s) while the pause lasts.
+    // Pauses longer than the clients' 2.5 s request timeout. A client waits for the stopped
+    // leader one attempt timeout (1 s), then leaves it for the other nodes, which elected a new
+    // leader within ~0.3 s; it no longer takes the stopped node for the leader, and its stale
+    // reads avoid it. So the workload is served inside the pauses too, nearly as fast as
+    // outside (the nemesis also checks that a write through the other nodes is acknowledged
+    // during every pause, `pause_writes_verified`).
     s.hold = (Duration::from_millis(4000), Duration::from_millis(6000));
-    // Typical: 1900 ok, 560 acknowledged writes. Inside the pauses the workload gets next to
-    // nothing (0 acknowledged writes, 2..150 ok): a client waits on the stopped leader for
-    // its whole request budget and keeps it as its leader hint after the timeout, so it never
-    // reaches the new leader. No minimum inside the faults until the client fails over;
-    // meanwhile the nemesis shows that the cluster itself serves during every pause (a write
-    // through the other nodes must be acknowledged, `pause_writes_verified`).
-    s.minimums = at_least(380, 110, 0, 0);
+    // Typical: 6600 ok, 2340 acknowledged writes; in the pauses 4400 and 1630. (Before the
+    // client left a silent leader, the pauses got 2..200 ok and no acknowledged write.)
+    s.minimums = at_least(1300, 460, 850, 320);
     let summary = scenario::run(s);
     assert!(summary.faults_injected > 0, "no fault was injected");
     assert!(
@@ -125,7 +125,8 @@ fn kill_9_loop_over_random_nodes() {
 #[test]
 fn random_acceptor_failures() {
     let mut s = Scenario::new("random acceptor failures", 3, registers(), Schedule::None);
-    s.acceptor_failures = Some((0.03, (100, 500)));
+    // Each replica fails about every 2 s of uptime (the probability is per second).
+    s.acceptor_failures = Some((0.5, (100, 500)));
     // The servers fail their acceptors all along, so the whole run is one fault window.
     // Typical: 740 ok, 290 acknowledged writes.
     s.minimums = at_least(150, 55, 150, 55);
