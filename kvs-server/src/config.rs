@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::acceptor_failures::FailMode;
 use crate::clients::ClientLimits;
 use crate::identity::InitialClusterState;
 use crate::node::NodeConfig;
@@ -50,9 +51,15 @@ pub struct DevArgs {
     /// Peer port of replica 1; replica N listens on this + N - 1.
     #[arg(long, default_value_t = 7001)]
     pub peer_port: u16,
-    /// Random acceptor failures: probability per message handled (0 disables).
+    /// Random acceptor failures: the chance that a replica fails within each second it is
+    /// up, drawn every 100 ms whatever the load (0 disables; 0.05 fails a replica about
+    /// once every 20 seconds).
     #[arg(long, default_value_t = 0.0)]
     pub acceptor_fail_prob: f64,
+    /// What a random acceptor failure loses: `crash` drops the memory and every log write
+    /// not yet durable; `amnesia` drops the memory only.
+    #[arg(long, value_enum, default_value_t = FailMode::Crash)]
+    pub acceptor_fail_mode: FailMode,
     /// How long a failed acceptor stays down, as MIN..MAX milliseconds.
     #[arg(long, default_value = "200..2000")]
     pub acceptor_down_ms: String,
@@ -105,9 +112,17 @@ pub struct ReplicaArgs {
     /// forgotten first. Every replica of a cluster must use the same value.
     #[arg(long)]
     pub sessions_max: Option<usize>,
-    /// Random acceptor failures: probability per message handled (0 disables).
+    /// Random acceptor failures: the chance that this replica fails within each second it
+    /// is up, drawn every 100 ms whatever the load (0, the default, disables; 0.05 fails it
+    /// about once every 20 seconds). A failed replica stays down for --acceptor-down-ms,
+    /// then rebuilds itself from disk and catches up from its peers.
     #[arg(long)]
     pub acceptor_fail_prob: Option<f64>,
+    /// What a random acceptor failure loses: `crash` (the default) drops the memory and
+    /// every log write not yet durable, as a real crash does; `amnesia` drops the memory
+    /// only, and the log writer still writes what it was handed.
+    #[arg(long, value_enum)]
+    pub acceptor_fail_mode: Option<FailMode>,
     /// How long a failed acceptor stays down, as MIN..MAX milliseconds.
     #[arg(long)]
     pub acceptor_down_ms: Option<String>,
@@ -156,6 +171,7 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     sessions_max: Option<usize>,
     acceptor_fail_prob: Option<f64>,
+    acceptor_fail_mode: Option<FailMode>,
     acceptor_down_ms: Option<String>,
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<String>,
@@ -196,6 +212,7 @@ impl ReplicaArgs {
             snapshot_every: self.snapshot_every.or(f.snapshot_every),
             sessions_max: self.sessions_max.or(f.sessions_max),
             acceptor_fail_prob: self.acceptor_fail_prob.or(f.acceptor_fail_prob),
+            acceptor_fail_mode: self.acceptor_fail_mode.or(f.acceptor_fail_mode),
             acceptor_down_ms: self.acceptor_down_ms.clone().or(f.acceptor_down_ms),
             heartbeat_ms: self.heartbeat_ms.or(f.heartbeat_ms),
             election_timeout_ms: self.election_timeout_ms.clone().or(f.election_timeout_ms),
@@ -225,11 +242,7 @@ impl ReplicaArgs {
         };
         let data_dir = a.data_dir.ok_or("missing --data-dir")?;
         let fail = a.acceptor_fail_prob.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&fail) || fail.is_nan() {
-            return Err(format!(
-                "--acceptor-fail-prob must be between 0 and 1, got {fail}"
-            ));
-        }
+        check_fail_prob(fail)?;
         let down = parse_range(
             a.acceptor_down_ms.as_deref().unwrap_or("200..2000"),
             "--acceptor-down-ms",
@@ -288,6 +301,7 @@ impl ReplicaArgs {
             snapshot_every,
             sessions_max,
             acceptor_fail_prob: fail,
+            acceptor_fail_mode: a.acceptor_fail_mode.unwrap_or_default(),
             acceptor_down_ms: down,
             heartbeat_interval_ms: heartbeat,
             election_timeout_ms: election,
@@ -296,6 +310,18 @@ impl ReplicaArgs {
             wal_segment_bytes_max: 64 * 1024 * 1024,
             unsafe_local_reads: a.unsafe_local_reads,
         })
+    }
+}
+
+/// Checks `--acceptor-fail-prob`: a probability per second, from 0 to 1.
+pub fn check_fail_prob(prob_per_sec: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&prob_per_sec) {
+        Ok(())
+    } else {
+        Err(format!(
+            "--acceptor-fail-prob is a probability per second, between 0 and 1, got \
+             {prob_per_sec}"
+        ))
     }
 }
 
@@ -386,6 +412,48 @@ mod tests {
         assert_eq!(c.initial_cluster_token, None);
         assert_eq!(c.election_timeout_ms, (1000, 2000));
         assert_eq!(c.snapshot_every, SNAPSHOT_EVERY_DEFAULT);
+        assert_eq!(c.acceptor_fail_prob, 0.0);
+        assert_eq!(c.acceptor_fail_mode, FailMode::Crash);
+    }
+
+    #[test]
+    fn acceptor_failure_settings_from_flags_and_file() {
+        let mut v = OK.to_vec();
+        v.extend_from_slice(&[
+            "--acceptor-fail-prob",
+            "0.05",
+            "--acceptor-fail-mode",
+            "amnesia",
+        ]);
+        let c = args(&v).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.acceptor_fail_prob, c.acceptor_fail_mode),
+            (0.05, FailMode::Amnesia)
+        );
+        let mut v = OK.to_vec();
+        v.extend_from_slice(&["--acceptor-fail-mode", "sometimes"]);
+        let err = args(&v).err().unwrap_or_default();
+        assert!(err.contains("possible values: crash, amnesia"), "{err}");
+        let mut v = OK.to_vec();
+        v.extend_from_slice(&["--acceptor-fail-prob", "NaN"]);
+        let err = args(&v).err().unwrap_or_default();
+        assert!(err.contains("probability per second"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("kvs.toml");
+        let toml = "acceptor_fail_prob = 0.1\nacceptor_fail_mode = \"amnesia\"\n";
+        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+        let p = path.to_string_lossy().to_string();
+        let mut v = OK.to_vec();
+        v.extend_from_slice(&["--config", &p]);
+        let c = args(&v).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.acceptor_fail_prob, c.acceptor_fail_mode),
+            (0.1, FailMode::Amnesia)
+        );
+        v.extend_from_slice(&["--acceptor-fail-mode", "crash"]);
+        let c = args(&v).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.acceptor_fail_mode, FailMode::Crash);
     }
 
     #[test]

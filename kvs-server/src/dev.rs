@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clients::ClientLimits;
-use crate::config::{parse_range, DevArgs, SNAPSHOT_EVERY_DEFAULT};
+use crate::config::{check_fail_prob, parse_range, DevArgs, SNAPSHOT_EVERY_DEFAULT};
 use crate::identity::{self, InitialClusterState};
 use crate::node::{self, NodeConfig};
 
@@ -20,12 +20,7 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
             args.nodes
         ));
     }
-    if !(0.0..=1.0).contains(&args.acceptor_fail_prob) {
-        return Err(format!(
-            "--acceptor-fail-prob must be between 0 and 1, got {}",
-            args.acceptor_fail_prob
-        ));
-    }
+    check_fail_prob(args.acceptor_fail_prob)?;
     let down = parse_range(&args.acceptor_down_ms, "--acceptor-down-ms")?;
     let port = |base: u16, i: u64| -> Result<u16, String> {
         base.checked_add((i - 1) as u16)
@@ -52,6 +47,7 @@ pub fn configs(args: &DevArgs) -> Result<Vec<NodeConfig>, String> {
             snapshot_every: SNAPSHOT_EVERY_DEFAULT,
             sessions_max: crate::state_machine::SESSIONS_MAX,
             acceptor_fail_prob: args.acceptor_fail_prob,
+            acceptor_fail_mode: args.acceptor_fail_mode,
             acceptor_down_ms: down,
             heartbeat_interval_ms: 100,
             election_timeout_ms: (1000, 2000),
@@ -104,6 +100,13 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     );
     for (i, e) in endpoints.iter().enumerate() {
         println!("  replica {}: clients at {e}", i + 1);
+    }
+    if args.acceptor_fail_prob > 0.0 {
+        println!(
+            "  random acceptor failures: each replica fails with probability {} per second \
+             ({} mode), down for {} ms",
+            args.acceptor_fail_prob, args.acceptor_fail_mode, args.acceptor_down_ms
+        );
     }
     println!();
     println!("Try it (kvs-client uses these endpoints by default):");

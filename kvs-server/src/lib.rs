@@ -1,6 +1,7 @@
 //! The replicated key-value store daemon: it drives `paxos_core` over framed TCP and owns
 //! the write-ahead log, the state machine and its snapshots.
 
+pub mod acceptor_failures;
 pub mod clients;
 pub mod config;
 pub mod dev;

@@ -20,6 +20,7 @@ use wire::{
     PeerReachability, ReadConsistency, Reply, Session, WriteOp,
 };
 
+use crate::acceptor_failures::{self, FailMode, FailureClock};
 use crate::clients::{self, ClientLimits, Outbox, Responder, ValueBytesSeen};
 use crate::identity::{self, IdentityStore, InitialClusterState, LinkEvent};
 use crate::peers;
@@ -54,8 +55,11 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Client sessions the state machine remembers (the same on every replica).
     pub sessions_max: usize,
-    /// Random acceptor failures: chance per peer message handled.
+    /// Random acceptor failures: the chance of failing within each second of uptime,
+    /// drawn on a timer (see [`crate::acceptor_failures`]); 0 disables.
     pub acceptor_fail_prob: f64,
+    /// What an injected acceptor failure loses.
+    pub acceptor_fail_mode: FailMode,
     /// How long a failed acceptor stays down, in ms (a random time in this range).
     pub acceptor_down_ms: (u64, u64),
     /// Consensus tuning (ids and members are filled in from the fields above).
@@ -140,6 +144,8 @@ const SNAPSHOT_LOG_BYTES_MAX: u64 = 32 * 1024 * 1024;
 struct FailureStats {
     failures: u64,
     recoveries: u64,
+    /// Log batches the storage thread had dropped when the last failure hit.
+    dropped_batches_at_failure: u64,
 }
 
 struct Node {
@@ -166,6 +172,8 @@ struct Node {
     outgoing: snapshot::transfer::Outgoing,
     down_until: Option<Instant>,
     failure_stats: FailureStats,
+    /// When the next injected acceptor failure comes.
+    failure_clock: FailureClock,
     rng: rand::rngs::StdRng,
     fatal: Option<String>,
     /// The role and ballot last logged, to log changes.
@@ -297,6 +305,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
     ));
     drop(events_tx);
 
+    let failure_clock = FailureClock::new(cfg.acceptor_fail_prob, Instant::now());
     let mut node = Node {
         last_snapshot_slot: sm.applied(),
         cfg,
@@ -317,6 +326,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
         outgoing,
         down_until: None,
         failure_stats: FailureStats::default(),
+        failure_clock,
         rng,
         fatal: None,
         last_role: (Role::Follower, paxos_core::Ballot::ZERO),
@@ -328,6 +338,9 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
 
     let mut sweep = tokio::time::interval(Duration::from_millis(500));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Injected failures are drawn on a timer of their own, whatever the load.
+    let mut failure_draws = tokio::time::interval(acceptor_failures::DRAW_INTERVAL);
+    failure_draws.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutting_down: Option<Instant> = None;
     loop {
         if let Some(reason) = node.fatal.take() {
@@ -366,6 +379,7 @@ pub async fn run(cfg: NodeConfig, mut shutdown: watch::Receiver<bool>) -> Result
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => node.on_timer().await,
+            _ = failure_draws.tick(), if node.failure_clock.enabled() => node.draw_failure(),
             _ = sweep.tick() => {
                 node.expire_pending();
                 if let Some(t) = shutting_down {
@@ -518,14 +532,6 @@ impl Node {
             Event::Peer { from, msg } => {
                 if self.is_down() {
                     return; // a failed acceptor hears nothing
-                }
-                if self.cfg.acceptor_fail_prob > 0.0
-                    && self
-                        .rng
-                        .random_bool(self.cfg.acceptor_fail_prob.clamp(0.0, 1.0))
-                {
-                    self.fail_acceptor();
-                    return;
                 }
                 match msg {
                     PeerMessage::Paxos(m) => {
@@ -1039,8 +1045,22 @@ impl Node {
         self.outbox.flush();
     }
 
-    /// The built-in fault mode: the acceptor loses everything it holds in memory and stays
-    /// down for a while.
+    /// Draws whether the acceptor fails now (the chance covers the time since the last
+    /// draw; a replica that is down does not draw).
+    fn draw_failure(&mut self) {
+        if self.is_down() {
+            return;
+        }
+        if self.failure_clock.draw(Instant::now(), &mut self.rng) {
+            self.fail_acceptor();
+        }
+    }
+
+    /// The built-in fault mode: the acceptor loses everything it holds in memory (and, in
+    /// [`FailMode::Crash`], every log record not yet reported durable) and stays down for
+    /// a while. No reply that depended on a lost record was sent: the core releases
+    /// Promise and Accepted only once their batch is reported durable, reports of a failed
+    /// incarnation are ignored, and clients are answered only for chosen commands.
     fn fail_acceptor(&mut self) {
         let (lo, hi) = self.cfg.acceptor_down_ms;
         let down_ms = if hi > lo {
@@ -1050,6 +1070,10 @@ impl Node {
         };
         self.failure_stats.failures += 1;
         self.incarnation += 1;
+        self.failure_stats.dropped_batches_at_failure = self.storage.dropped_batches();
+        if self.cfg.acceptor_fail_mode == FailMode::Crash {
+            self.storage.crash(self.incarnation);
+        }
         self.down_until = Some(Instant::now() + Duration::from_millis(down_ms));
         self.incoming = None;
         self.outgoing.cancel_all();
@@ -1057,12 +1081,15 @@ impl Node {
         tracing::warn!(
             id = self.cfg.id,
             down_ms,
+            mode = %self.cfg.acceptor_fail_mode,
             failures = self.failure_stats.failures,
-            "injected acceptor failure: in-memory state dropped"
+            "injected acceptor failure: in-memory state dropped (in crash mode, log records \
+             not yet durable too)"
         );
     }
 
-    /// Rebuilds the replica from disk: the durable log and the latest snapshot.
+    /// Rebuilds the replica from disk: the log, read back from its files, and the latest
+    /// snapshot.
     async fn recover_acceptor(&mut self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Err(e) = self.storage.send(StorageCmd::DurableState { reply: tx }) {
@@ -1100,12 +1127,19 @@ impl Node {
             }
         }
         self.down_until = None;
+        self.failure_clock.resume(Instant::now());
         self.failure_stats.recoveries += 1;
+        // The durable state came after every append queued before the failure was handled.
+        let lost_batches = self
+            .storage
+            .dropped_batches()
+            .saturating_sub(self.failure_stats.dropped_batches_at_failure);
         tracing::warn!(
             id = self.cfg.id,
             snapshot_slot = state.snapshot_slot,
             commit = state.commit,
             recoveries = self.failure_stats.recoveries,
+            lost_batches,
             "acceptor recovered from disk; catching up from peers"
         );
     }

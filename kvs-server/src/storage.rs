@@ -7,11 +7,16 @@
 //! bound.
 //!
 //! It keeps a mirror of the durable consensus state (promise, accepted values, commit
-//! index) so that it can rewrite the log after a snapshot without asking the event loop,
-//! and hand a recovering replica its durable state.
+//! index) so that it can rewrite the log after a snapshot without asking the event loop.
+//! A recovering replica is handed its durable state read back from the log files, which
+//! is checked against the mirror.
+//!
+//! Injected crashes ([`Storage::crash`]): every request carries the incarnation of the
+//! replica that issued it, and the writer drops, before they reach the file, the appends
+//! of an incarnation that crashed, so what was not yet durable is lost as in a real crash.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -35,7 +40,8 @@ pub enum StorageCmd {
         /// The snapshot's slot.
         slot: u64,
     },
-    /// Send back the durable state (after syncing everything queued before this request).
+    /// Send back the durable state, read back from the log files after syncing everything
+    /// queued before this request (appends dropped by [`Storage::crash`] excepted).
     DurableState {
         /// Where to send it.
         reply: tokio::sync::oneshot::Sender<RecoveredState>,
@@ -66,9 +72,19 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 pub struct Storage {
     tx: mpsc::Sender<StorageCmd>,
     thread: Option<thread::JoinHandle<()>>,
-    /// Bytes of records queued and not yet durable.
-    backlog: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     backlog_bytes_max: usize,
+}
+
+/// What the event loop and the writer thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes of records queued and not yet durable (or dropped).
+    backlog: AtomicUsize,
+    /// Appends of incarnations below this crashed: the writer drops them unwritten.
+    live_incarnation: AtomicU64,
+    /// How many appends were dropped that way.
+    dropped_batches: AtomicU64,
 }
 
 /// The bytes a batch of records holds in the queue.
@@ -89,7 +105,7 @@ pub fn open(
     options: WalOptions,
     on_event: impl Fn(StorageEvent) + Send + 'static,
 ) -> Result<(RecoveredState, Storage), String> {
-    let (wal, records) = Wal::open(dir, options).map_err(|e| e.to_string())?;
+    let (wal, records) = Wal::open(dir, options.clone()).map_err(|e| e.to_string())?;
     let mut state = RecoveredState::default();
     for (i, raw) in records.iter().enumerate() {
         let entry: PersistEntry = wire::decode(raw).map_err(|e| {
@@ -101,19 +117,23 @@ pub fn open(
         state.apply(entry);
     }
     let (tx, rx) = mpsc::channel();
-    let mirror = state.clone();
-    let backlog = Arc::new(AtomicUsize::new(0));
-    let writer_backlog = Arc::clone(&backlog);
+    let writer = Writer {
+        wal,
+        options,
+        mirror: state.clone(),
+        shared: Arc::new(Shared::default()),
+    };
+    let shared = Arc::clone(&writer.shared);
     let thread = thread::Builder::new()
         .name("kvs-wal".into())
-        .spawn(move || writer_loop(wal, mirror, rx, &writer_backlog, on_event))
+        .spawn(move || writer.run(rx, on_event))
         .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     Ok((
         state,
         Storage {
             tx,
             thread: Some(thread),
-            backlog,
+            shared,
             backlog_bytes_max: BACKLOG_BYTES_MAX,
         },
     ))
@@ -128,16 +148,33 @@ impl Storage {
             StorageCmd::Append { entries, .. } => batch_bytes(entries),
             _ => 0,
         };
-        self.backlog.fetch_add(bytes, Ordering::AcqRel);
+        self.shared.backlog.fetch_add(bytes, Ordering::AcqRel);
         self.tx.send(cmd).map_err(|_| {
-            self.backlog.fetch_sub(bytes, Ordering::AcqRel);
+            self.shared.backlog.fetch_sub(bytes, Ordering::AcqRel);
             "the log writer has stopped".to_string()
         })
     }
 
+    /// An injected crash of every incarnation below `incarnation`: their appends still
+    /// queued are dropped, never written nor reported durable, as a real crash loses what
+    /// was not on disk yet. An append the writer has begun writing completes (the crash
+    /// came just after it), so what survives is always a prefix of what was queued. Later
+    /// appends of `incarnation` and above are written as usual.
+    pub fn crash(&self, incarnation: u64) {
+        self.shared
+            .live_incarnation
+            .fetch_max(incarnation, Ordering::AcqRel);
+    }
+
+    /// How many appends [`Storage::crash`] has dropped so far (all of them, once a later
+    /// [`StorageCmd::DurableState`] was answered).
+    pub fn dropped_batches(&self) -> u64 {
+        self.shared.dropped_batches.load(Ordering::Acquire)
+    }
+
     /// Bytes of records queued and not yet durable.
     pub fn backlog_bytes(&self) -> usize {
-        self.backlog.load(Ordering::Acquire)
+        self.shared.backlog.load(Ordering::Acquire)
     }
 
     /// True while more than the bound of record bytes waits for the disk: take no new work
@@ -161,109 +198,166 @@ impl Storage {
     }
 }
 
-fn writer_loop(
-    mut wal: Wal,
-    mut mirror: RecoveredState,
-    rx: mpsc::Receiver<StorageCmd>,
-    backlog: &AtomicUsize,
-    on_event: impl Fn(StorageEvent),
-) {
-    let fatal = |e: WalError| StorageEvent::Fatal(format!("write-ahead log failed: {e}"));
-    while let Ok(first) = rx.recv() {
-        // Group commit: everything already queued goes into this one sync.
-        let mut cmds = vec![first];
-        while let Ok(c) = rx.try_recv() {
-            cmds.push(c);
-        }
-        let mut durable: Option<(u64, u64)> = None;
-        let mut unsynced = false;
-        // Bytes of this group's records, off the backlog once they are durable.
-        let mut group_bytes = 0;
-        for cmd in cmds {
-            match cmd {
-                StorageCmd::Append {
-                    incarnation,
-                    id,
-                    entries,
-                } => {
-                    group_bytes += batch_bytes(&entries);
-                    for e in entries {
-                        let raw = match wire::encode(&e) {
-                            Ok(r) => r,
-                            Err(err) => {
-                                on_event(StorageEvent::Fatal(format!(
-                                    "cannot encode a log record: {err}"
-                                )));
-                                return;
-                            }
-                        };
-                        if let Err(err) = wal.append(&raw) {
-                            on_event(fatal(err));
-                            return;
-                        }
-                        mirror.apply(e);
-                    }
-                    unsynced = true;
-                    // Report per incarnation; a newer incarnation supersedes an older one.
-                    durable = Some((incarnation, id));
-                }
-                StorageCmd::Compact { slot } => {
-                    if slot <= mirror.snapshot_slot {
-                        continue;
-                    }
-                    if let Err(err) = wal.sync() {
-                        on_event(fatal(err));
-                        return;
-                    }
-                    mirror.snapshot_slot = slot;
-                    mirror.accepted = mirror.accepted.split_off(&slot);
-                    mirror.commit = mirror.commit.max(slot);
-                    let mut raws = Vec::new();
-                    for e in mirror.to_entries() {
-                        match wire::encode(&e) {
-                            Ok(r) => raws.push(r),
-                            Err(err) => {
-                                on_event(StorageEvent::Fatal(format!(
-                                    "cannot encode a log record: {err}"
-                                )));
-                                return;
-                            }
-                        }
-                    }
-                    if let Err(err) = wal.rewrite(raws.iter()) {
-                        on_event(fatal(err));
-                        return;
-                    }
-                    unsynced = false;
-                }
-                StorageCmd::DurableState { reply } => {
-                    if unsynced {
-                        if let Err(err) = wal.sync() {
-                            on_event(fatal(err));
-                            return;
-                        }
-                        unsynced = false;
-                        backlog.fetch_sub(std::mem::take(&mut group_bytes), Ordering::AcqRel);
-                        if let Some((incarnation, id)) = durable.take() {
-                            on_event(StorageEvent::Durable { incarnation, id });
-                        }
-                    }
-                    let _ = reply.send(mirror.clone());
+/// The storage thread's state: the log, and the mirror of what it holds.
+struct Writer {
+    wal: Wal,
+    options: WalOptions,
+    mirror: RecoveredState,
+    shared: Arc<Shared>,
+}
+
+/// What the writer has done in the current group and not yet synced or reported.
+#[derive(Default)]
+struct Group {
+    /// The last batch written, to report durable after the sync.
+    durable: Option<(u64, u64)>,
+    unsynced: bool,
+    /// Bytes of this group's records, off the backlog once they are durable.
+    bytes: usize,
+}
+
+fn fatal(e: WalError) -> StorageEvent {
+    StorageEvent::Fatal(format!("write-ahead log failed: {e}"))
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<StorageCmd>, on_event: impl Fn(StorageEvent)) {
+        while let Ok(first) = rx.recv() {
+            // Group commit: everything already queued goes into this one sync.
+            let mut cmds = vec![first];
+            while let Ok(c) = rx.try_recv() {
+                cmds.push(c);
+            }
+            let mut group = Group::default();
+            for cmd in cmds {
+                if let Err(event) = self.handle(cmd, &mut group, &on_event) {
+                    on_event(event);
+                    return;
                 }
             }
-        }
-        if unsynced {
-            if let Err(err) = wal.sync() {
-                on_event(fatal(err));
+            if let Err(event) = self.finish_group(&mut group, &on_event) {
+                on_event(event);
                 return;
             }
         }
+    }
+
+    fn handle(
+        &mut self,
+        cmd: StorageCmd,
+        group: &mut Group,
+        on_event: &impl Fn(StorageEvent),
+    ) -> Result<(), StorageEvent> {
+        match cmd {
+            StorageCmd::Append {
+                incarnation,
+                id,
+                entries,
+            } => {
+                let bytes = batch_bytes(&entries);
+                if incarnation < self.shared.live_incarnation.load(Ordering::Acquire) {
+                    // Its replica crashed before this reached the disk: lost, unreported.
+                    self.shared.backlog.fetch_sub(bytes, Ordering::AcqRel);
+                    self.shared.dropped_batches.fetch_add(1, Ordering::AcqRel);
+                    return Ok(());
+                }
+                group.bytes += bytes;
+                for e in entries {
+                    let raw = wire::encode(&e).map_err(|err| {
+                        StorageEvent::Fatal(format!("cannot encode a log record: {err}"))
+                    })?;
+                    self.wal.append(&raw).map_err(fatal)?;
+                    self.mirror.apply(e);
+                }
+                group.unsynced = true;
+                // Report per incarnation; a newer incarnation supersedes an older one.
+                group.durable = Some((incarnation, id));
+            }
+            StorageCmd::Compact { slot } => {
+                if slot <= self.mirror.snapshot_slot {
+                    return Ok(());
+                }
+                self.wal.sync().map_err(fatal)?;
+                self.mirror.snapshot_slot = slot;
+                self.mirror.accepted = self.mirror.accepted.split_off(&slot);
+                self.mirror.commit = self.mirror.commit.max(slot);
+                let raws = encode_all(&self.mirror.to_entries())?;
+                self.wal.rewrite(raws.iter()).map_err(fatal)?;
+                group.unsynced = false;
+            }
+            StorageCmd::DurableState { reply } => {
+                self.finish_group(group, on_event)?;
+                let state = self.read_back()?;
+                let _ = reply.send(state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs what the group wrote and reports it durable.
+    fn finish_group(
+        &mut self,
+        group: &mut Group,
+        on_event: &impl Fn(StorageEvent),
+    ) -> Result<(), StorageEvent> {
+        if std::mem::take(&mut group.unsynced) {
+            self.wal.sync().map_err(fatal)?;
+        }
         // Off the backlog before the report, so the event loop woken by it sees the room.
-        backlog.fetch_sub(group_bytes, Ordering::AcqRel);
-        if let Some((incarnation, id)) = durable {
+        self.shared
+            .backlog
+            .fetch_sub(std::mem::take(&mut group.bytes), Ordering::AcqRel);
+        if let Some((incarnation, id)) = group.durable.take() {
             on_event(StorageEvent::Durable { incarnation, id });
         }
+        Ok(())
     }
+
+    /// Reopens the log and replays it from the files, as a restart would, after a sync.
+    /// The result must equal the mirror: a difference means the log on disk is not what
+    /// the replica was told is durable, and the node must stop.
+    fn read_back(&mut self) -> Result<RecoveredState, StorageEvent> {
+        let dir = self.wal.dir().to_path_buf();
+        let (wal, records) = Wal::open(&dir, self.options.clone())
+            .map_err(|e| StorageEvent::Fatal(format!("cannot reopen the write-ahead log: {e}")))?;
+        // Everything was synced, so the old handle holds nothing unwritten: replace it.
+        self.wal = wal;
+        let mut state = RecoveredState::default();
+        for (i, raw) in records.iter().enumerate() {
+            let entry: PersistEntry = wire::decode(raw).map_err(|e| {
+                StorageEvent::Fatal(format!(
+                    "log record {i} in {} cannot be decoded after reopening: {e}",
+                    dir.display()
+                ))
+            })?;
+            state.apply(entry);
+        }
+        state.snapshot_slot = self.mirror.snapshot_slot;
+        if state != self.mirror {
+            return Err(StorageEvent::Fatal(format!(
+                "the write-ahead log in {} read back differs from what was written: promise \
+                 {} vs {}, {} vs {} accepted records, commit {} vs {}",
+                dir.display(),
+                state.promised,
+                self.mirror.promised,
+                state.accepted.len(),
+                self.mirror.accepted.len(),
+                state.commit,
+                self.mirror.commit
+            )));
+        }
+        Ok(state)
+    }
+}
+
+fn encode_all(entries: &[PersistEntry]) -> Result<Vec<bytes::Bytes>, StorageEvent> {
+    entries
+        .iter()
+        .map(|e| {
+            wire::encode(e)
+                .map_err(|err| StorageEvent::Fatal(format!("cannot encode a log record: {err}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -366,6 +460,102 @@ mod tests {
         }
         assert_eq!(storage.backlog_bytes(), 0);
         assert!(!storage.is_backlogged());
+        storage.close();
+    }
+
+    /// The durable state the storage thread reports, read back from disk.
+    fn durable_state(storage: &Storage) -> RecoveredState {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(storage.send(StorageCmd::DurableState { reply: tx }).is_ok());
+        rx.blocking_recv()
+            .unwrap_or_else(|e| panic!("no durable state: {e}"))
+    }
+
+    fn append(incarnation: u64, id: u64, entries: Vec<PersistEntry>) -> StorageCmd {
+        StorageCmd::Append {
+            incarnation,
+            id,
+            entries,
+        }
+    }
+
+    #[test]
+    fn a_crash_drops_the_crashed_incarnations_queued_appends_before_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // The writer stalls in its first report until released, so later appends queue.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (stalled_tx, stalled_rx) = std::sync::mpsc::channel::<()>();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let (_, storage) = open(dir.path(), WalOptions::default(), move |e| {
+            let _ = stalled_tx.send(());
+            if let Ok(rx) = release_rx.lock() {
+                let _ = rx.recv(); // the first report waits; later ones pass
+            }
+            if let Ok(mut v) = seen.lock() {
+                v.push(format!("{e:?}"));
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let promise = PersistEntry::Promised(Ballot::new(1, 1));
+        assert!(storage.send(append(0, 1, vec![promise])).is_ok());
+        stalled_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the first batch was never reported: {e}"));
+        assert!(storage.send(append(0, 2, vec![accepted(0)])).is_ok());
+        assert!(storage.send(append(0, 3, vec![accepted(1)])).is_ok());
+        // Incarnation 0 crashes while batches 2 and 3 wait behind the stalled report.
+        storage.crash(1);
+        drop(release_tx);
+        let state = durable_state(&storage);
+        assert_eq!(state.promised, Ballot::new(1, 1));
+        assert!(
+            state.accepted.is_empty(),
+            "appends queued before the crash reached the disk: {state:?}"
+        );
+        assert_eq!(
+            storage.backlog_bytes(),
+            0,
+            "dropped appends leave the backlog"
+        );
+        assert_eq!(storage.dropped_batches(), 2);
+        // The next incarnation writes as usual.
+        assert!(storage.send(append(1, 1, vec![accepted(5)])).is_ok());
+        storage.close();
+        let reported = events.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(
+            reported,
+            vec![
+                "Durable { incarnation: 0, id: 1 }".to_string(),
+                "Durable { incarnation: 1, id: 1 }".to_string(),
+            ],
+            "a dropped batch is never reported durable"
+        );
+        let (state, storage) =
+            open(dir.path(), WalOptions::default(), |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        storage.close();
+        assert_eq!(state.promised, Ballot::new(1, 1));
+        assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn without_a_crash_a_failed_incarnations_appends_are_written() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (_, storage) =
+            open(dir.path(), WalOptions::default(), |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        assert!(storage.send(append(0, 1, vec![accepted(0)])).is_ok());
+        assert!(storage.send(append(0, 2, vec![accepted(1)])).is_ok());
+        // The durable state is read back from the files after a reopen, and matches.
+        let state = durable_state(&storage);
+        assert_eq!(
+            state.accepted.keys().copied().collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(storage.send(StorageCmd::Compact { slot: 1 }).is_ok());
+        let state = durable_state(&storage);
+        assert_eq!(state.accepted.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!((state.commit, state.snapshot_slot), (1, 1));
         storage.close();
     }
 

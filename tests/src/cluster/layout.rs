@@ -114,6 +114,9 @@ impl Layout {
         if let Some(p) = opts.acceptor_fail_prob {
             args.extend(["--acceptor-fail-prob".into(), p.to_string().into()]);
         }
+        if let Some(mode) = &opts.acceptor_fail_mode {
+            args.extend(["--acceptor-fail-mode".into(), mode.into()]);
+        }
         if let Some((min, max)) = opts.acceptor_down_ms {
             args.extend(["--acceptor-down-ms".into(), format!("{min}..{max}").into()]);
         }
@@ -201,6 +204,7 @@ mod tests {
         let l = layout(true);
         let opts = ClusterOptions {
             acceptor_fail_prob: Some(0.05),
+            acceptor_fail_mode: Some("amnesia".into()),
             acceptor_down_ms: Some((100, 500)),
             snapshot_every: Some(1000),
             extra_args: vec!["--log-level".into(), "debug".into()],
@@ -223,6 +227,8 @@ mod tests {
                 "1=127.0.0.1:6001,2=127.0.0.1:6002,3=127.0.0.1:6003",
                 "--acceptor-fail-prob",
                 "0.05",
+                "--acceptor-fail-mode",
+                "amnesia",
                 "--acceptor-down-ms",
                 "100..500",
                 "--snapshot-every",

@@ -12,8 +12,12 @@ pub struct ClusterOptions {
     /// Put a [`Proxy`](crate::proxy::Proxy) on every peer link and in front of every client
     /// address, which partitions and client cuts need. On by default.
     pub proxies: bool,
-    /// `--acceptor-fail-prob`: probability that an acceptor crashes at a random step.
+    /// `--acceptor-fail-prob`: probability that each acceptor fails within a second of
+    /// uptime.
     pub acceptor_fail_prob: Option<f64>,
+    /// `--acceptor-fail-mode`: what a failure loses, `crash` (the server's default) or
+    /// `amnesia`.
+    pub acceptor_fail_mode: Option<String>,
     /// `--acceptor-down-ms MIN..MAX`: how long a failed acceptor stays down.
     pub acceptor_down_ms: Option<(u64, u64)>,
     /// `--snapshot-every N`: snapshot the state machine every N applied commands.
@@ -35,6 +39,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             proxies: true,
             acceptor_fail_prob: None,
+            acceptor_fail_mode: None,
             acceptor_down_ms: None,
             snapshot_every: None,
             extra_args: Vec::new(),
