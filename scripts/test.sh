@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p kvs-client --no-default-features --all-targets -- -D warnings
 # The cluster tests run the real binaries, so build them first.
 cargo build --workspace --bins
 # The container chaos test runs on its own, at the end, so that its SKIPPED line (or its

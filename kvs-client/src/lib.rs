@@ -40,6 +40,12 @@
 //!   unknown: read the data to find out. A *new* write whose session was forgotten is not
 //!   affected: the client registers a new session and sends it under that.
 //!
+//! ## Features
+//!
+//! - `cli` (default): builds the `kvs-client` command-line tool, with its own dependencies
+//!   (argument parsing, JSON output, base64, the benchmark's histograms, an allocator).
+//!   The library needs none of them: depend on it with `default-features = false`.
+//!
 //! ## Example
 //!
 //! ```no_run
@@ -89,6 +95,7 @@
 //! # }
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod backoff;

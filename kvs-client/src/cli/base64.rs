@@ -1,53 +1,19 @@
 //! Standard base64 (RFC 4648, with padding), to show non-UTF-8 values in JSON output and
 //! to print retry tokens.
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+use ::base64::engine::general_purpose::STANDARD;
+use ::base64::Engine;
 
 /// Encodes `bytes` as standard base64 with `=` padding.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let index = (n >> (18 - 6 * i)) & 0x3f;
-                out.push(char::from(ALPHABET[index as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(bytes)
 }
 
-/// Decodes standard base64 with `=` padding; `None` if `text` is not that.
+/// Decodes standard base64 with `=` padding; `None` if `text` is not that (padding
+/// missing or misplaced, a character outside the alphabet, or bits left over that an
+/// encoder would have set to zero).
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (i, chunk) in bytes.chunks(4).enumerate() {
-        let last = i + 1 == bytes.len() / 4;
-        let padding = chunk.iter().rev().take_while(|&&b| b == b'=').count();
-        if padding > 2 || (padding > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &b in &chunk[..4 - padding] {
-            let index = ALPHABET.iter().position(|&a| a == b)?;
-            n = (n << 6) | index as u32;
-        }
-        n <<= 6 * padding as u32;
-        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&decoded[..3 - padding]);
-    }
-    Some(out)
+    STANDARD.decode(text).ok()
 }
 
 #[cfg(test)]

@@ -56,9 +56,13 @@ pub struct BenchArgs {
 
 /// The outcome of a run.
 pub struct BenchReport {
+    /// Operations done, failed ones included.
     pub ops: u64,
+    /// Operations that failed.
     pub errors: u64,
+    /// Wall-clock time of the measured part, in seconds.
     pub secs: f64,
+    /// Latency of every operation, in microseconds.
     pub hist: Histogram<u64>,
 }
 
@@ -102,13 +106,39 @@ pub async fn run(
         );
         return 2;
     }
+    let (report, last_error) = match measure(&clients_per_conn, &args, &value, per_client).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: a client task failed: {e}");
+            return 3;
+        }
+    };
+    print_report(&args, &report, json_out);
+    if let Some(e) = last_error {
+        eprintln!("last error: {e}");
+    }
+    if report.errors > 0 {
+        3
+    } else {
+        0
+    }
+}
+
+/// The measured part: `args.clients` closed-loop tasks of `per_client` operations each,
+/// spread over `clients` (one per connection). Returns the report and the last error seen.
+async fn measure(
+    clients: &[Client],
+    args: &BenchArgs,
+    value: &Bytes,
+    per_client: u64,
+) -> Result<(BenchReport, Option<String>), tokio::task::JoinError> {
     let total = per_client * args.clients;
     let done = Arc::new(AtomicU64::new(0));
     let progress = spawn_progress(done.clone(), total);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.clients {
-        let c = clients_per_conn[(i % args.conns) as usize].clone();
+        let c = clients[(i % args.conns) as usize].clone();
         let args = args.clone();
         let value = value.clone();
         let done = done.clone();
@@ -120,18 +150,11 @@ pub async fn run(
     let mut errors = 0;
     let mut last_error = None;
     for t in tasks {
-        match t.await {
-            Ok((h, e, last)) => {
-                let _ = hist.add(h);
-                errors += e;
-                if last.is_some() {
-                    last_error = last;
-                }
-            }
-            Err(e) => {
-                eprintln!("error: a client task failed: {e}");
-                return 3;
-            }
+        let (h, e, last) = t.await?;
+        let _ = hist.add(h);
+        errors += e;
+        if last.is_some() {
+            last_error = last;
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -145,15 +168,7 @@ pub async fn run(
         secs,
         hist,
     };
-    print_report(&args, &report, json_out);
-    if let Some(e) = last_error {
-        eprintln!("last error: {e}");
-    }
-    if errors > 0 {
-        3
-    } else {
-        0
-    }
+    Ok((report, last_error))
 }
 
 fn new_hist() -> Histogram<u64> {
