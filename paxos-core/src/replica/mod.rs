@@ -1,0 +1,455 @@
+//! A replica: proposer, acceptor and learner composed behind one sans-IO interface.
+//!
+//! The host feeds inputs (`handle_message`, `handle_timeout`, `handle_durable`, `propose`,
+//! `read`, `compact`, `install_snapshot`) and drains [`Output`]s with [`Replica::poll_output`]
+//! until it returns `None`. Nothing here reads a clock, a socket or OS randomness.
+//!
+//! # The durability gate
+//! Every change to acceptor state becomes a [`PersistEntry`]; entries are grouped into one
+//! [`Output::Persist`] batch per drain. A reply that depends on acceptor state (Promise,
+//! Accepted) is *held* inside the replica, tagged with the batch that must be durable first,
+//! and is released only by [`Replica::handle_durable`]. A host therefore cannot send a
+//! promise before it is on disk: it never sees the message until then. The same gate
+//! applies to the replica's own votes, so a leader counts itself only once its own log
+//! write is durable, while the Accepts to its peers go out at once (the leader writes its
+//! log in parallel with replication). Held replies are bounded by
+//! [`Config::held_replies_max`]: at the bound, the replica takes no work that would hold
+//! more, and never drops one already held.
+
+mod catch_up;
+mod durability;
+mod election;
+mod output;
+mod read_index;
+mod replication;
+mod routing;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::acceptor::Acceptor;
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::config::{Config, ConfigError};
+use crate::learner::Learner;
+use crate::message::Message;
+use crate::persist::{PersistEntry, RecoveredState};
+use crate::proposer::{ProposerState, Queue, Role};
+use crate::rng::Rng;
+use crate::value::Value;
+
+pub use output::{Output, ProposeError};
+
+/// How far beyond its commit index a replica accepts slot numbers from peers. A leader
+/// keeps at most [`Config::inflight_slots_max`] slots in flight, so correct replicas stay
+/// far inside this; a message naming a slot beyond it is ignored (a lagging replica that
+/// is further behind catches up first).
+pub const SLOT_SPAN_MAX: Slot = 1 << 20;
+
+/// Slot numbers and commit indexes at or above this are never legitimate.
+const SLOT_MAX: Slot = 1 << 62;
+
+/// Ballot rounds at or above this are never legitimate (an election adds one to a round).
+const ROUND_MAX: u64 = 1 << 62;
+
+/// Deliberate protocol bugs, compiled only into this crate's tests, that the simulator
+/// must catch.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum PlantedBug {
+    /// Accept values under ballots below the promise.
+    AcceptIgnoresPromise,
+    /// Release an Accepted before the accepted value is durable.
+    AcceptedBeforeDurable,
+    /// Forget the promised ballot when restarting from disk.
+    ForgetPromiseOnRestart,
+    /// Send a candidate's Prepares before its own promise is durable (so a crash can make
+    /// it campaign again under the same ballot).
+    PrepareBeforeOwnPromiseDurable,
+    /// Keep leading after a catch-up reply that carries a ballot above the leader's own.
+    LeaderIgnoresHigherCatchUp,
+    /// Record a value learned chosen without raising the promise to its ballot, and let an
+    /// Accept rewrite a slot known chosen.
+    ChosenDoesNotRaisePromise,
+}
+
+/// One member of a Multi-Paxos cluster: proposer, acceptor and learner.
+#[derive(Clone, Debug, Hash)]
+pub struct Replica {
+    config: Config,
+    quorum: usize,
+    rng: Rng,
+    acceptor: Acceptor,
+    learner: Learner,
+    proposer: ProposerState,
+    queue: Queue,
+    /// Consecutive elections lost; widens the election timeout (backoff against duels).
+    failed_elections: u32,
+    /// The highest round seen in any message, so a new ballot beats all of them.
+    round_seen: u64,
+    /// Who last acted as leader towards this replica, and when.
+    leader_seen: Option<(NodeId, u64)>,
+
+    persist_pending: Vec<PersistEntry>,
+    /// The id the pending batch will get; batches `1..persist_next_id` were handed out.
+    persist_next_id: u64,
+    persist_durable_id: u64,
+    commit_persisted: Slot,
+    /// The highest promise known to be on disk, and the batches that raise it when they
+    /// become durable: (batch id, promise).
+    promised_durable: Ballot,
+    promise_batches: VecDeque<(u64, Ballot)>,
+    /// Replies held until the batch they depend on is durable: (batch id, to, message).
+    /// Bounded by `config.held_replies_max` (see [`Replica::held_full`]).
+    held: VecDeque<(u64, NodeId, Message)>,
+    self_inbox: VecDeque<Message>,
+    outputs: VecDeque<Output>,
+
+    now_ms: u64,
+    election_deadline_ms: u64,
+    heartbeat_deadline_ms: u64,
+    snapshot_sent_ms: BTreeMap<NodeId, u64>,
+
+    #[cfg(test)]
+    bug: Option<PlantedBug>,
+}
+
+impl Replica {
+    /// A replica starting from nothing (a new cluster member with an empty log).
+    pub fn new(config: Config, seed: u64, now_ms: u64) -> Result<Self, ConfigError> {
+        Replica::recover(config, seed, now_ms, &RecoveredState::default())
+    }
+
+    /// A replica restarting from its durable state (replayed from its log by the host,
+    /// with `snapshot_slot` set to what the host's state-machine snapshot covers).
+    ///
+    /// The first drain re-delivers, as [`Output::Committed`], every recorded chosen slot
+    /// from the snapshot on, so the host can rebuild its state machine.
+    pub fn recover(
+        config: Config,
+        seed: u64,
+        now_ms: u64,
+        state: &RecoveredState,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let learner = Learner::recover(state);
+        let mut replica = Replica {
+            quorum: config.quorum(),
+            rng: Rng::new(seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            acceptor: Acceptor::recover(state),
+            commit_persisted: learner.commit(),
+            learner,
+            proposer: ProposerState::Follower,
+            queue: Queue::default(),
+            failed_elections: 0,
+            round_seen: state.promised.round,
+            leader_seen: None,
+            persist_pending: Vec::new(),
+            persist_next_id: 1,
+            persist_durable_id: 0,
+            promised_durable: state.promised,
+            promise_batches: VecDeque::new(),
+            held: VecDeque::new(),
+            self_inbox: VecDeque::new(),
+            outputs: VecDeque::new(),
+            now_ms,
+            election_deadline_ms: now_ms,
+            heartbeat_deadline_ms: now_ms,
+            snapshot_sent_ms: BTreeMap::new(),
+            config,
+            #[cfg(test)]
+            bug: None,
+        };
+        replica.election_deadline_ms = now_ms + replica.election_timeout_ms();
+        Ok(replica)
+    }
+
+    /// When a follower or candidate next starts an election (for the model checker, which
+    /// fires that timer directly).
+    #[cfg(test)]
+    pub(crate) fn election_deadline_ms(&self) -> u64 {
+        self.election_deadline_ms
+    }
+
+    #[cfg(test)]
+    pub(crate) fn plant_bug(&mut self, bug: PlantedBug) {
+        self.bug = Some(bug);
+        self.acceptor.ignore_promises = bug == PlantedBug::AcceptIgnoresPromise;
+        self.acceptor.chosen_keeps_promise = bug == PlantedBug::ChosenDoesNotRaisePromise;
+        if bug == PlantedBug::ForgetPromiseOnRestart {
+            self.acceptor.forget_promise();
+        }
+    }
+
+    // ----- status -----
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The proposer's current role.
+    pub fn role(&self) -> Role {
+        match self.proposer {
+            ProposerState::Follower => Role::Follower,
+            ProposerState::Candidate(_) => Role::Candidate,
+            ProposerState::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The ballot this replica leads or campaigns under, or else the one it promised.
+    pub fn ballot(&self) -> Ballot {
+        match &self.proposer {
+            ProposerState::Candidate(p) => p.ballot,
+            ProposerState::Leader(l) => l.ballot,
+            ProposerState::Follower => self.acceptor.promised(),
+        }
+    }
+
+    /// The acceptor's promised ballot.
+    pub fn promised(&self) -> Ballot {
+        self.acceptor.promised()
+    }
+
+    /// Every slot below this is known to be chosen.
+    pub fn commit_index(&self) -> Slot {
+        self.learner.commit()
+    }
+
+    /// Every slot below this has been handed to the host as [`Output::Committed`].
+    pub fn delivered_index(&self) -> Slot {
+        self.learner.delivered()
+    }
+
+    /// The first slot still in the log (earlier ones were compacted).
+    pub fn log_start(&self) -> Slot {
+        self.acceptor.log_start()
+    }
+
+    /// The replica believed to lead: this one, or the last that acted as leader recently.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        match &self.proposer {
+            ProposerState::Leader(_) => Some(self.config.id),
+            ProposerState::Candidate(_) => None,
+            ProposerState::Follower => self
+                .leader_seen
+                .filter(|(_, at)| self.now_ms < at + self.config.election_timeout_max_ms)
+                .map(|(id, _)| id),
+        }
+    }
+
+    /// Slots proposed by this leader and not yet chosen.
+    pub fn inflight_slots(&self) -> usize {
+        match &self.proposer {
+            ProposerState::Leader(l) => l.inflight.len(),
+            _ => 0,
+        }
+    }
+
+    /// Replies (Promise, Accepted, own Prepares) waiting for a persist batch to become
+    /// durable; at most about [`Config::held_replies_max`].
+    pub fn held_replies(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Commands waiting for a slot.
+    pub fn queued_commands(&self) -> usize {
+        self.queue.commands.len()
+    }
+
+    /// The acceptor's accepted ballot and value in `slot`, if it still holds one.
+    pub fn accepted(&self, slot: Slot) -> Option<&(Ballot, Value)> {
+        self.acceptor.get(slot)
+    }
+
+    // ----- inputs -----
+
+    /// Proposes a command. On the leader it is queued and given a slot (batched with others)
+    /// on the next [`Replica::poll_output`]; it is then chosen, or lost with a leadership
+    /// change (the host cannot tell which until it sees it committed or times out).
+    pub fn propose(&mut self, now_ms: u64, command: Bytes) -> Result<(), ProposeError> {
+        self.tick(now_ms);
+        if !matches!(self.proposer, ProposerState::Leader(_)) {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_hint(),
+            });
+        }
+        if self.queue.commands.len() >= self.config.queued_commands_max {
+            return Err(ProposeError::Busy);
+        }
+        self.queue.commands.push_back(command);
+        Ok(())
+    }
+
+    /// Asks to serve a linearizable read (read-index). On the leader the read waits for a
+    /// majority to confirm this replica still leads, in a round started after this call, and
+    /// for the state machine to reach the commit index; then [`Output::ReadReady`] comes out.
+    /// Many reads share one confirmation round.
+    pub fn read(&mut self, now_ms: u64, id: u64) -> Result<(), ProposeError> {
+        self.tick(now_ms);
+        self.request_read(id)
+    }
+
+    /// A message from replica `from` arrived. Messages from non-members are ignored, and
+    /// so are messages carrying values no correct replica sends (see [`SLOT_SPAN_MAX`]).
+    pub fn handle_message(&mut self, now_ms: u64, from: NodeId, message: Message) {
+        self.tick(now_ms);
+        if from == self.config.id || !self.config.members.contains(&from) {
+            return;
+        }
+        if !self.plausible(&message) {
+            return;
+        }
+        if self.held_full() && matches!(message, Message::Prepare { .. } | Message::Accept { .. }) {
+            // Its reply would wait for the disk behind too many others: ignore it as if it
+            // were lost on the way. The sender retries, and Paxos tolerates the loss.
+            return;
+        }
+        self.on_message(from, message);
+        self.pump();
+    }
+
+    /// Persist batches up to and including `id` are durable: release what waited on them.
+    pub fn handle_durable(&mut self, now_ms: u64, id: u64) {
+        self.tick(now_ms);
+        self.mark_durable(id);
+        self.pump();
+    }
+
+    /// The earliest time at which [`Replica::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> u64 {
+        let role_deadline = match self.proposer {
+            ProposerState::Leader(_) => self.heartbeat_deadline_ms,
+            ProposerState::Candidate(_) => {
+                self.heartbeat_deadline_ms.min(self.election_deadline_ms)
+            }
+            ProposerState::Follower => self.election_deadline_ms,
+        };
+        match self.learner.catchup_deadline() {
+            Some(d) => role_deadline.min(d),
+            None => role_deadline,
+        }
+    }
+
+    /// Time passed. Call when `now_ms` reaches [`Replica::poll_timeout`] (calling more
+    /// often is harmless).
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        if let Some(d) = self.learner.catchup_deadline() {
+            if self.now_ms >= d {
+                self.learner.catchup_done();
+            }
+        }
+        match &self.proposer {
+            ProposerState::Leader(_) => {
+                if self.now_ms >= self.heartbeat_deadline_ms {
+                    self.leader_tick();
+                }
+            }
+            ProposerState::Candidate(_) => {
+                if self.now_ms >= self.election_deadline_ms {
+                    self.failed_elections = self.failed_elections.saturating_add(1);
+                    self.start_election_unless_held_full();
+                } else if self.now_ms >= self.heartbeat_deadline_ms {
+                    self.resend_prepares();
+                }
+            }
+            ProposerState::Follower => {
+                if self.now_ms >= self.election_deadline_ms {
+                    self.start_election_unless_held_full();
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// The host's state machine is durably snapshotted up to `slot` (exclusive): forget the
+    /// log below it. `slot` is clipped to what was delivered.
+    pub fn compact(&mut self, slot: Slot) {
+        let slot = slot.min(self.learner.delivered());
+        self.acceptor.compact(slot);
+    }
+
+    /// The host durably installed a snapshot, received from a peer, covering every slot
+    /// below `slot`. Delivery continues from there. A snapshot not newer than what was
+    /// delivered is ignored.
+    pub fn install_snapshot(&mut self, now_ms: u64, slot: Slot) {
+        self.tick(now_ms);
+        if slot <= self.learner.delivered() {
+            return;
+        }
+        self.acceptor.compact(slot);
+        self.learner.install_snapshot(slot);
+        self.commit_persisted = self.commit_persisted.max(slot);
+    }
+
+    /// The next thing the host must do, or `None` when there is nothing left for now.
+    /// Batches queued proposals into slots and groups persistence before handing them out.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if self.outputs.is_empty() {
+            self.flush();
+        }
+        self.outputs.pop_front()
+    }
+
+    // ----- plumbing shared by the handlers -----
+
+    fn tick(&mut self, now_ms: u64) {
+        // Time never goes backwards for the core, even if the host's clock does.
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Turns the state changes of the inputs since the last drain into outputs, in the
+    /// order the host must carry them out: new slots and their Accepts, commit
+    /// announcements, one persist batch, committed values, then reads they unblock.
+    fn flush(&mut self) {
+        self.assign_slots();
+        self.pump();
+        self.retire_chosen();
+        self.emit_persist_batch();
+        while let Some((slot, value)) = self.learner.next_delivery(&self.acceptor) {
+            self.outputs.push_back(Output::Committed { slot, value });
+        }
+        self.release_reads();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::replica::test_support::*;
+
+    #[test]
+    fn recovery_redelivers_committed_slots_after_the_snapshot() {
+        let mut state = RecoveredState::default();
+        state.apply(PersistEntry::Promised(b(1, 1)));
+        for (slot, c) in [(0, "a"), (1, "b"), (2, "c")] {
+            state.apply(PersistEntry::Accepted {
+                slot,
+                ballot: b(1, 1),
+                value: cmd(c),
+            });
+        }
+        state.apply(PersistEntry::Committed { upto: 2 });
+        state.snapshot_slot = 1;
+        let mut r = match Replica::recover(Config::new(2, vec![1, 2, 3]), 3, 0, &state) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            drain(&mut r),
+            vec![Output::Committed {
+                slot: 1,
+                value: cmd("b"),
+            }]
+        );
+        assert_eq!(r.promised(), b(1, 1));
+        assert_eq!(r.commit_index(), 2);
+    }
+}
