@@ -9,6 +9,7 @@
 
 pub(crate) mod explore;
 pub(crate) mod script;
+pub(crate) mod walk;
 pub(crate) mod world;
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 
 use super::explore::{explore, replay, Limits, Report};
 use super::script::{checkpoints, Checkpoint};
-use super::world::Action;
+use std::time::Duration;
+
+use super::walk::{guided, shrink, WalkReport};
+use super::world::{Action, Budget, World};
 use crate::replica::PlantedBug;
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -75,10 +78,15 @@ fn mc_replay() {
     let bug = std::env::var("MC_BUG")
         .ok()
         .and_then(|b| planted().into_iter().find(|p| format!("{p:?}") == b));
-    let Some(cp) = checkpoints().into_iter().find(|c| c.name == name) else {
-        panic!("no checkpoint named {name}");
+    // fresh-5 is where the 5-replica guided walks start; every other name is a checkpoint.
+    let world = if name == "fresh-5" {
+        World::new(5, &["a", "x", "y"], WALK_BUDGET, bug)
+    } else {
+        let Some(cp) = checkpoints().into_iter().find(|c| c.name == name) else {
+            panic!("no checkpoint named {name}");
+        };
+        cp.world(bug).unwrap_or_else(|v| panic!("{v}"))
     };
-    let world = cp.world(bug).unwrap_or_else(|v| panic!("{v}"));
     let codes = std::env::var("MC_REPLAY").unwrap_or_default();
     let actions: Vec<Action> = codes.split_whitespace().filter_map(Action::parse).collect();
     let (text, violation) = replay(&world, &actions);
@@ -152,4 +160,85 @@ fn mc_finds_a_chosen_value_that_does_not_raise_the_promise() {
 #[test]
 fn mc_finds_an_accepted_sent_before_it_is_durable() {
     assert_found(PlantedBug::AcceptedBeforeDurable, &["fresh-3", "leader-3"]);
+}
+
+/// The adversary's budget for walks: more of everything than the exhaustive search affords.
+const WALK_BUDGET: Budget = Budget {
+    crashes: 3,
+    timeouts: 8,
+    duplicates: 2,
+    drops: 6,
+};
+
+/// Guided walks from a fresh cluster; `WALKS` raises their number for a deeper run.
+fn guided_run(nodes: usize, bug: Option<PlantedBug>, walks: u64) -> (World, WalkReport) {
+    let values: &[&'static str] = if nodes == 3 {
+        &["x", "y"]
+    } else {
+        &["a", "x", "y"]
+    };
+    let world = World::new(nodes, values, WALK_BUDGET, bug);
+    let walks = env_u64("WALKS").unwrap_or(walks);
+    let report = guided(&world, 1, walks, 20, Duration::from_secs(600));
+    (world, report)
+}
+
+/// The engine as it is survives guided walks from fresh 3- and 5-replica clusters.
+#[test]
+fn guided_walks_on_the_engine() {
+    for (nodes, walks) in [(3, 150_000), (5, 60_000)] {
+        let (world, report) = guided_run(nodes, None, walks);
+        eprintln!("guided walks, {nodes} fresh replicas: {report}");
+        if let Some((_, c)) = &report.violation {
+            let (text, _) = replay(&world, &c.actions);
+            panic!(
+                "{text}\nreplay: MC_CHECKPOINT=fresh-{nodes} MC_REPLAY=\"{}\" cargo test -p paxos-core mc_replay -- --nocapture",
+                c.codes()
+            );
+        }
+        assert_eq!(report.walks, env_u64("WALKS").unwrap_or(walks), "{report}");
+    }
+}
+
+/// Guided walks find a planted bug from a fresh 3-replica cluster, with no scripted
+/// prefix, and the schedule replays to the same violation.
+fn assert_walks_find(bug: PlantedBug) {
+    let (world, report) = guided_run(3, Some(bug), 2_000_000);
+    let Some((_, found)) = &report.violation else {
+        panic!("guided walks missed {bug:?}: {report}");
+    };
+    let c = shrink(&world, found);
+    assert!(c.actions.len() <= found.actions.len());
+    let (text, replayed) = replay(&world, &c.actions);
+    assert_eq!(
+        replayed.as_ref(),
+        Some(&c.violation),
+        "replay differs:\n{text}"
+    );
+    eprintln!(
+        "{bug:?} found by guided walks from fresh-3 ({report}), shrunk to {} actions:\n{text}replay: MC_CHECKPOINT=fresh-3 MC_BUG={bug:?} MC_REPLAY=\"{}\"",
+        c.actions.len(),
+        c.codes()
+    );
+}
+
+#[test]
+fn walks_find_a_reused_ballot_from_a_fresh_cluster() {
+    assert_walks_find(PlantedBug::PrepareBeforeOwnPromiseDurable);
+}
+
+#[test]
+fn walks_find_a_chosen_value_that_does_not_raise_the_promise_from_a_fresh_cluster() {
+    assert_walks_find(PlantedBug::ChosenDoesNotRaisePromise);
+}
+
+#[test]
+fn walks_find_the_older_planted_bugs_from_a_fresh_cluster() {
+    for bug in [
+        PlantedBug::AcceptIgnoresPromise,
+        PlantedBug::AcceptedBeforeDurable,
+        PlantedBug::ForgetPromiseOnRestart,
+    ] {
+        assert_walks_find(bug);
+    }
 }
