@@ -1,9 +1,10 @@
-//! The learner role: which slots are chosen, in-order delivery, and catch-up.
+//! The learner role: which slots are chosen, in-order delivery, and which are missing (the
+//! [`Replica`](crate::Replica) fetches those from a peer: catch-up).
 
 use std::collections::BTreeSet;
 
 use crate::acceptor::Acceptor;
-use crate::ballot::{Ballot, NodeId, Slot};
+use crate::ballot::{Ballot, Slot};
 use crate::persist::{PersistEntry, RecoveredState};
 use crate::value::Value;
 
@@ -17,8 +18,6 @@ pub struct Learner {
     delivered: Slot,
     /// Slots at or above `commit` known to be chosen (a leader learns them out of order).
     chosen_ahead: BTreeSet<Slot>,
-    /// An outstanding catch-up request: to whom, and when to give up on it.
-    catchup: Option<(NodeId, u64)>,
 }
 
 impl Learner {
@@ -116,26 +115,6 @@ impl Learner {
         self.commit = self.commit.max(slot);
         self.chosen_ahead = self.chosen_ahead.split_off(&slot);
         self.advance();
-    }
-
-    /// Whether a catch-up request to some peer is still outstanding at `now_ms`.
-    pub fn catchup_pending(&self, now_ms: u64) -> bool {
-        matches!(self.catchup, Some((_, deadline)) if now_ms < deadline)
-    }
-
-    /// Records a catch-up request sent to `peer`, outstanding until `deadline_ms`.
-    pub fn catchup_sent(&mut self, peer: NodeId, deadline_ms: u64) {
-        self.catchup = Some((peer, deadline_ms));
-    }
-
-    /// The deadline of the outstanding catch-up request, if any.
-    pub fn catchup_deadline(&self) -> Option<u64> {
-        self.catchup.map(|(_, d)| d)
-    }
-
-    /// A catch-up reply arrived (or the request expired).
-    pub fn catchup_done(&mut self) {
-        self.catchup = None;
     }
 }
 

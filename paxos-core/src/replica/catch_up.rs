@@ -2,6 +2,7 @@
 //! such requests (or asking the host to ship a snapshot for compacted slots), and learning
 //! from the replies.
 
+use super::timer::Timer;
 #[cfg(test)]
 use super::PlantedBug;
 use super::{Output, Replica};
@@ -10,12 +11,15 @@ use crate::message::Message;
 use crate::value::Entry;
 
 impl Replica {
+    /// Asks `from` for the chosen slots from this replica's commit index on, unless a
+    /// request is still outstanding ([`Timer::CatchUp`] gives one up after
+    /// `election_timeout_min_ms`).
     pub(super) fn request_catchup(&mut self, from: NodeId) {
-        if from == self.config.id || self.learner.catchup_pending(self.now_ms) {
+        if from == self.config.id || self.timers.is_pending(Timer::CatchUp, self.now_ms) {
             return;
         }
-        let deadline = self.now_ms + self.config.election_timeout_min_ms;
-        self.learner.catchup_sent(from, deadline);
+        let deadline_ms = self.now_ms + self.config.election_timeout_min_ms;
+        self.timers.set(Timer::CatchUp, deadline_ms);
         let from_slot = self.learner.commit();
         self.send(from, Message::CatchUpRequest { from_slot });
     }
@@ -60,7 +64,7 @@ impl Replica {
     /// which is false for a slot chosen under the higher ballot with another value. So a
     /// leader or candidate steps down *before* it records anything from a higher ballot.
     pub(super) fn on_catchup(&mut self, from: NodeId, entries: Vec<Entry>, commit: Slot) {
-        self.learner.catchup_done();
+        self.timers.stop(Timer::CatchUp);
         if let Some(highest) = entries.iter().map(|e| e.ballot).max() {
             self.observe(highest);
             #[cfg(test)]

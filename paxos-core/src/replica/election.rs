@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
+use super::timer::Timer;
 #[cfg(test)]
 use super::PlantedBug;
 use super::{Output, Replica};
@@ -155,7 +156,8 @@ impl Replica {
     }
 
     pub(super) fn reset_election_timer(&mut self) {
-        self.election_deadline_ms = self.now_ms + self.election_timeout_ms();
+        let deadline_ms = self.now_ms + self.election_timeout_ms();
+        self.timers.set(Timer::Election, deadline_ms);
     }
 
     pub(super) fn my_ballot(&self) -> Option<Ballot> {
@@ -185,6 +187,8 @@ impl Replica {
             });
         }
         self.proposer = ProposerState::Follower;
+        self.timers.stop(Timer::Heartbeat);
+        self.timers.stop(Timer::PrepareResend);
         self.reset_election_timer();
     }
 
@@ -200,6 +204,15 @@ impl Replica {
         if matches!(self.my_ballot(), Some(mine) if mine < ballot) {
             self.become_follower();
         }
+    }
+
+    /// [`Timer::Election`] expired: no leader was heard from for a whole election timeout
+    /// (a candidate counts that as an election lost, which widens its next timeout).
+    pub(super) fn on_election_timeout(&mut self) {
+        if matches!(self.proposer, ProposerState::Candidate(_)) {
+            self.failed_elections = self.failed_elections.saturating_add(1);
+        }
+        self.start_election_unless_held_full();
     }
 
     /// Starts an election, or, while too many replies wait for the disk (its Prepares would
@@ -234,7 +247,9 @@ impl Replica {
         });
         self.leader_seen = None;
         self.reset_election_timer();
-        self.heartbeat_deadline_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        self.timers.stop(Timer::Heartbeat);
+        let resend_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        self.timers.set(Timer::PrepareResend, resend_ms);
         // Invariant: no ballot is used twice, across restarts included. The round of a new
         // ballot comes from the durable promise after a restart, so this replica's own
         // promise of `ballot` must be on disk before any peer hears of `ballot`: a crash
@@ -257,7 +272,8 @@ impl Replica {
     }
 
     pub(super) fn resend_prepares(&mut self) {
-        self.heartbeat_deadline_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        let resend_ms = self.now_ms + self.config.heartbeat_interval_ms;
+        self.timers.set(Timer::PrepareResend, resend_ms);
         if self.held_full() {
             return; // the next heartbeat interval tries again
         }
@@ -323,7 +339,10 @@ impl Replica {
         });
         self.failed_elections = 0;
         self.leader_seen = Some((self.config.id, now));
-        self.heartbeat_deadline_ms = now + self.config.heartbeat_interval_ms;
+        self.timers.stop(Timer::Election);
+        self.timers.stop(Timer::PrepareResend);
+        self.timers
+            .set(Timer::Heartbeat, now + self.config.heartbeat_interval_ms);
         let commit = self.learner.commit();
         // Followers learn of the new leader at once, even when there is nothing to recover.
         self.broadcast_peers(&Message::Heartbeat {

@@ -25,6 +25,7 @@ mod replication;
 mod routing;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -39,6 +40,7 @@ use crate::persist::{PersistEntry, RecoveredState};
 use crate::proposer::{ProposerState, Queue, Role};
 use crate::rng::Rng;
 use crate::value::Value;
+use timer::{Timer, TimerTable};
 
 pub use output::{Output, ProposeError};
 
@@ -108,8 +110,10 @@ pub struct Replica {
     outputs: VecDeque<Output>,
 
     now_ms: u64,
-    election_deadline_ms: u64,
-    heartbeat_deadline_ms: u64,
+    timers: TimerTable,
+    /// When a snapshot was last offered to each peer (at most one per
+    /// [`Config::snapshot_resend_interval_ms`]): a rate limit, not a timer, since nothing
+    /// happens when it runs out.
     snapshot_sent_ms: BTreeMap<NodeId, u64>,
 
     #[cfg(test)]
@@ -155,22 +159,21 @@ impl Replica {
             self_inbox: VecDeque::new(),
             outputs: VecDeque::new(),
             now_ms,
-            election_deadline_ms: now_ms,
-            heartbeat_deadline_ms: now_ms,
+            timers: TimerTable::default(),
             snapshot_sent_ms: BTreeMap::new(),
             config,
             #[cfg(test)]
             bug: None,
         };
-        replica.election_deadline_ms = now_ms + replica.election_timeout_ms();
+        replica.reset_election_timer();
         Ok(replica)
     }
 
     /// When a follower or candidate next starts an election (for the model checker, which
-    /// fires that timer directly).
+    /// fires that timer directly); 0 for a leader, which runs no election timer.
     #[cfg(test)]
     pub(crate) fn election_deadline_ms(&self) -> u64 {
-        self.election_deadline_ms
+        self.timers.get(Timer::Election).unwrap_or(0)
     }
 
     #[cfg(test)]
@@ -323,48 +326,20 @@ impl Replica {
         self.pump();
     }
 
-    /// The earliest time at which [`Replica::handle_timeout`] has work to do.
+    /// The earliest time at which [`Replica::handle_timeout`] has work to do. Some timer is
+    /// always armed: a follower's or candidate's election timeout, or a leader's heartbeat.
     pub fn poll_timeout(&self) -> u64 {
-        let role_deadline = match self.proposer {
-            ProposerState::Leader(_) => self.heartbeat_deadline_ms,
-            ProposerState::Candidate(_) => {
-                self.heartbeat_deadline_ms.min(self.election_deadline_ms)
-            }
-            ProposerState::Follower => self.election_deadline_ms,
-        };
-        match self.learner.catchup_deadline() {
-            Some(d) => role_deadline.min(d),
-            None => role_deadline,
-        }
+        self.timers.next_deadline_ms().unwrap_or(u64::MAX)
     }
 
     /// Time passed. Call when `now_ms` reaches [`Replica::poll_timeout`] (calling more
-    /// often is harmless).
+    /// often is harmless). Every expired timer is handled, in a fixed order.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.tick(now_ms);
-        if let Some(d) = self.learner.catchup_deadline() {
-            if self.now_ms >= d {
-                self.learner.catchup_done();
-            }
-        }
-        match &self.proposer {
-            ProposerState::Leader(_) => {
-                if self.now_ms >= self.heartbeat_deadline_ms {
-                    self.leader_tick();
-                }
-            }
-            ProposerState::Candidate(_) => {
-                if self.now_ms >= self.election_deadline_ms {
-                    self.failed_elections = self.failed_elections.saturating_add(1);
-                    self.start_election_unless_held_full();
-                } else if self.now_ms >= self.heartbeat_deadline_ms {
-                    self.resend_prepares();
-                }
-            }
-            ProposerState::Follower => {
-                if self.now_ms >= self.election_deadline_ms {
-                    self.start_election_unless_held_full();
-                }
+        for timer in Timer::ALL {
+            if self.timers.is_expired(timer, self.now_ms) {
+                self.timers.stop(timer);
+                self.on_timer(timer);
             }
         }
         self.pump();
@@ -400,6 +375,17 @@ impl Replica {
     }
 
     // ----- plumbing shared by the handlers -----
+
+    /// What an expired timer sets off (it was stopped first; its handler re-arms it).
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            // The request is given up; the next gap found sends another.
+            Timer::CatchUp => {}
+            Timer::Election => self.on_election_timeout(),
+            Timer::Heartbeat => self.leader_tick(),
+            Timer::PrepareResend => self.resend_prepares(),
+        }
+    }
 
     fn tick(&mut self, now_ms: u64) {
         // Time never goes backwards for the core, even if the host's clock does.

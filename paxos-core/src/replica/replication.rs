@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::timer::Timer;
 #[cfg(test)]
 use super::PlantedBug;
 use super::Replica;
@@ -229,7 +230,8 @@ impl Replica {
             self.become_follower();
             return;
         }
-        self.heartbeat_deadline_ms = now + self.config.heartbeat_interval_ms;
+        self.timers
+            .set(Timer::Heartbeat, now + self.config.heartbeat_interval_ms);
         let ballot = l.ballot;
         let commit = self.learner.commit();
         l.commit_sent = commit;
