@@ -66,7 +66,7 @@ impl Replica {
     pub(super) fn on_catchup(&mut self, from: NodeId, entries: Vec<Entry>, commit: Slot) {
         self.timers.stop(Timer::CatchUp);
         if let Some(highest) = entries.iter().map(|e| e.ballot).max() {
-            self.observe(highest);
+            self.proposer.observe(highest);
             #[cfg(test)]
             let planted = self.bug == Some(PlantedBug::LeaderIgnoresHigherCatchUp);
             #[cfg(not(test))]

@@ -1,9 +1,8 @@
-//! Phase 1 and leadership changes: starting an election, answering and collecting
-//! promises, refusals, becoming leader (with recovery of the log suffix), and stepping down.
-
-use std::collections::{BTreeMap, BTreeSet};
-
-use bytes::Bytes;
+//! Phase 1 and leadership changes, as the replica carries them out: answering Prepares
+//! (the acceptor's side), starting an election, counting promises and refusals, taking
+//! the lead, and stepping down. The proposer decides each transition
+//! ([`Proposer`](crate::proposer::Proposer)); this module turns its decisions into
+//! messages, timers and outputs.
 
 use super::timer::Timer;
 #[cfg(test)]
@@ -11,14 +10,10 @@ use super::PlantedBug;
 use super::{Output, Replica};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::message::Message;
-use crate::proposer::{recovery_plan, InFlight, Leadership, Phase1, ProposerState, ReadIndex};
+use crate::proposer::{PromiseOutcome, RefusalOutcome, Role};
 use crate::value::Entry;
 
 impl Replica {
-    pub(super) fn observe(&mut self, ballot: Ballot) {
-        self.round_seen = self.round_seen.max(ballot.round);
-    }
-
     /// Whether to ignore a Prepare because a live leader other than its sender is known
     /// (leader stickiness: a replica that was cut off and comes back with a high ballot must
     /// not depose a leader that is doing fine).
@@ -26,19 +21,14 @@ impl Replica {
         if from == self.config.id || ballot <= self.acceptor.promised() {
             return false;
         }
-        if matches!(self.proposer, ProposerState::Leader(_)) {
-            return true;
-        }
-        match self.leader_seen {
-            Some((leader, at)) => {
-                leader != from && self.now_ms < at + self.config.election_timeout_min_ms
-            }
-            None => false,
-        }
+        self.proposer
+            .defends_leader_against(from, &self.config, self.now_ms)
     }
 
+    /// Phase 1a arrived (from a peer, or from this replica's own candidacy): promise, and
+    /// answer once the promise is durable, or refuse.
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
-        self.observe(ballot);
+        self.proposer.observe(ballot);
         if self.sticky_refuses(from, ballot) {
             // A refusal whose `promised` is below `refused` means "I follow a live leader".
             let promised = self.acceptor.promised();
@@ -67,7 +57,7 @@ impl Replica {
             Ok(accepted) => {
                 if from != self.config.id {
                     self.yield_to(ballot);
-                    if matches!(self.proposer, ProposerState::Follower) {
+                    if self.proposer.role() == Role::Follower {
                         self.reset_election_timer();
                     }
                 }
@@ -81,6 +71,7 @@ impl Replica {
         }
     }
 
+    /// Phase 1b arrived: count it towards this replica's candidacy.
     pub(super) fn on_promise(
         &mut self,
         from: NodeId,
@@ -89,119 +80,64 @@ impl Replica {
         accepted: Vec<Entry>,
     ) {
         let my_commit = self.learner.commit();
-        let ProposerState::Candidate(p) = &mut self.proposer else {
-            return;
-        };
-        if p.ballot != ballot {
-            return;
-        }
-        if let Some(higher) = accepted.iter().map(|e| e.ballot).find(|b| *b > ballot) {
-            // An acceptor never holds a record above its promise; a Promise that reports
-            // one comes from a broken or forged peer. Treat it as news of a higher ballot.
-            self.observe(higher);
-            self.become_follower();
-            return;
-        }
-        if commit > my_commit {
-            // A peer knows more chosen slots than this candidate: a leader must know the
-            // whole chosen prefix, so give up, catch up, and let the timer retry.
-            self.become_follower();
-            self.request_catchup(from);
-            return;
-        }
-        p.promises.insert(from, (commit, accepted));
-        if p.promises.len() >= self.quorum {
-            self.become_leader();
+        let promise = (commit, accepted);
+        match self
+            .proposer
+            .on_promise(from, ballot, promise, my_commit, self.quorum)
+        {
+            PromiseOutcome::Pending => {}
+            PromiseOutcome::Elected => self.become_leader(),
+            PromiseOutcome::Outranked(_) => self.become_follower(),
+            PromiseOutcome::Behind => {
+                // Give up, catch up, and let the election timer retry.
+                self.become_follower();
+                self.request_catchup(from);
+            }
         }
     }
 
+    /// A refusal arrived: the election may be lost, or a leader must re-run phase 1.
     pub(super) fn on_nack(&mut self, from: NodeId, refused: Ballot, promised: Ballot) {
-        self.observe(promised);
-        if self.my_ballot() != Some(refused) {
-            return; // about a ballot this replica no longer uses
-        }
-        let quorum = self.quorum;
-        let members = self.config.members.len();
-        match &mut self.proposer {
-            ProposerState::Candidate(p) => {
-                if promised > refused {
-                    self.failed_elections = self.failed_elections.saturating_add(1);
-                    self.become_follower();
-                } else {
-                    p.refusals.insert(from);
-                    if members - p.refusals.len() < quorum {
-                        self.failed_elections = self.failed_elections.saturating_add(1);
-                        self.become_follower();
-                    }
-                }
-            }
-            ProposerState::Leader(_) => {
-                if promised > refused {
-                    // Some acceptor promised a higher ballot (often a replica coming back
-                    // from a partition). Re-run phase 1 at once above it, rather than
-                    // stepping down: the followers still follow this replica.
-                    self.start_election();
-                }
-            }
-            ProposerState::Follower => {}
+        match self
+            .proposer
+            .on_refusal(from, refused, promised, &self.config)
+        {
+            RefusalOutcome::Ignored => {}
+            RefusalOutcome::Lost => self.become_follower(),
+            RefusalOutcome::Rerun => self.start_election(),
         }
     }
 
-    pub(super) fn election_timeout_ms(&mut self) -> u64 {
-        let min = self.config.election_timeout_min_ms;
-        let spread = self.config.election_timeout_max_ms - min;
-        // Each lost election doubles the window (up to 16x) so duelling candidates spread out.
-        let widen = 1u64 << self.failed_elections.min(4);
-        self.rng.range_inclusive(min, min + spread.max(1) * widen)
-    }
-
+    /// Arms [`Timer::Election`] a fresh random timeout from now.
     pub(super) fn reset_election_timer(&mut self) {
-        let deadline_ms = self.now_ms + self.election_timeout_ms();
+        let deadline_ms = self.now_ms + self.proposer.election_timeout_ms(&self.config);
         self.timers.set(Timer::Election, deadline_ms);
     }
 
-    pub(super) fn my_ballot(&self) -> Option<Ballot> {
-        match &self.proposer {
-            ProposerState::Candidate(p) => Some(p.ballot),
-            ProposerState::Leader(l) => Some(l.ballot),
-            ProposerState::Follower => None,
-        }
-    }
-
+    /// Stops campaigning or leading: aborts the reads and hands back the commands this
+    /// replica can no longer serve, and waits for a leader (or its own next election).
     pub(super) fn become_follower(&mut self) {
-        let hint = self.leader_hint_from_seen();
-        if let ProposerState::Leader(l) = &mut self.proposer {
-            let ids = l.reads.drain_all();
-            for id in ids {
-                self.outputs.push_back(Output::ReadAborted {
-                    id,
-                    leader_hint: hint,
-                });
-            }
+        let stepped = self.proposer.step_down();
+        let leader_hint = stepped.leader_hint;
+        for id in stepped.reads {
+            self.outputs
+                .push_back(Output::ReadAborted { id, leader_hint });
         }
-        if !self.queue.commands.is_empty() {
-            let commands: Vec<Bytes> = self.queue.commands.drain(..).collect();
+        if !stepped.commands.is_empty() {
             self.outputs.push_back(Output::ProposalsDropped {
-                commands,
-                leader_hint: hint,
+                commands: stepped.commands,
+                leader_hint,
             });
         }
-        self.proposer = ProposerState::Follower;
         self.timers.stop(Timer::Heartbeat);
         self.timers.stop(Timer::PrepareResend);
         self.reset_election_timer();
     }
 
-    pub(super) fn leader_hint_from_seen(&self) -> Option<NodeId> {
-        self.leader_seen
-            .map(|(id, _)| id)
-            .filter(|id| *id != self.config.id)
-    }
-
     /// Steps down if a higher ballot than the one this replica campaigns or leads under is
     /// active.
     pub(super) fn yield_to(&mut self, ballot: Ballot) {
-        if matches!(self.my_ballot(), Some(mine) if mine < ballot) {
+        if self.proposer.outranked_by(ballot) {
             self.become_follower();
         }
     }
@@ -209,9 +145,7 @@ impl Replica {
     /// [`Timer::Election`] expired: no leader was heard from for a whole election timeout
     /// (a candidate counts that as an election lost, which widens its next timeout).
     pub(super) fn on_election_timeout(&mut self) {
-        if matches!(self.proposer, ProposerState::Candidate(_)) {
-            self.failed_elections = self.failed_elections.saturating_add(1);
-        }
+        self.proposer.election_timed_out();
         self.start_election_unless_held_full();
     }
 
@@ -225,27 +159,18 @@ impl Replica {
         }
     }
 
+    /// Becomes a candidate under a new ballot: promises it to itself, and asks every peer
+    /// once that promise is durable.
     pub(super) fn start_election(&mut self) {
-        if let ProposerState::Leader(l) = &mut self.proposer {
-            let ids = l.reads.drain_all();
-            for id in ids {
-                self.outputs.push_back(Output::ReadAborted {
-                    id,
-                    leader_hint: None,
-                });
-            }
-        }
-        let round = self.round_seen.max(self.acceptor.promised().round) + 1;
-        self.round_seen = round;
-        let ballot = Ballot::new(round, self.config.id);
         let from_slot = self.learner.commit();
-        self.proposer = ProposerState::Candidate(Phase1 {
-            ballot,
-            from_slot,
-            promises: BTreeMap::new(),
-            refusals: BTreeSet::new(),
-        });
-        self.leader_seen = None;
+        let promised_round = self.acceptor.promised().round;
+        let (ballot, aborted) = self.proposer.start_candidacy(promised_round, from_slot);
+        for id in aborted {
+            self.outputs.push_back(Output::ReadAborted {
+                id,
+                leader_hint: None,
+            });
+        }
         self.reset_election_timer();
         self.timers.stop(Timer::Heartbeat);
         let resend_ms = self.now_ms + self.config.heartbeat_interval_ms;
@@ -255,7 +180,10 @@ impl Replica {
         // promise of `ballot` must be on disk before any peer hears of `ballot`: a crash
         // before that leaves no trace of it anywhere, and reusing it is then harmless.
         self.on_prepare(self.config.id, ballot, from_slot);
-        debug_assert!(self.acceptor.promised() == ballot, "own promise not taken");
+        debug_assert!(
+            self.acceptor.promised() == ballot,
+            "own promise of {ballot} not taken"
+        );
         let prepare = Message::Prepare { ballot, from_slot };
         for i in 0..self.config.members.len() {
             let to = self.config.members[i];
@@ -271,79 +199,44 @@ impl Replica {
         }
     }
 
+    /// [`Timer::PrepareResend`] expired: a candidate asks again the acceptors that have not
+    /// answered.
     pub(super) fn resend_prepares(&mut self) {
         let resend_ms = self.now_ms + self.config.heartbeat_interval_ms;
         self.timers.set(Timer::PrepareResend, resend_ms);
         if self.held_full() {
             return; // the next heartbeat interval tries again
         }
-        let ProposerState::Candidate(p) = &self.proposer else {
+        let Some((ballot, from_slot, missing)) = self.proposer.prepare_resend(&self.config.members)
+        else {
             return;
         };
-        let msg = Message::Prepare {
-            ballot: p.ballot,
-            from_slot: p.from_slot,
-        };
-        let missing: Vec<NodeId> = self
-            .config
-            .members
-            .iter()
-            .copied()
-            .filter(|m| !p.promises.contains_key(m) && !p.refusals.contains(m))
-            .collect();
+        let msg = Message::Prepare { ballot, from_slot };
         for to in missing {
             // Held like the first Prepares until this replica's own promise is durable.
             self.send_when_durable(to, msg.clone());
         }
     }
 
+    /// A majority promised: lead, re-proposing the recovered log suffix.
     pub(super) fn become_leader(&mut self) {
-        let ProposerState::Candidate(p) = &self.proposer else {
+        let commit = self.learner.commit();
+        let now = self.now_ms;
+        let Some((ballot, plan)) = self.proposer.lead(&self.config, commit, now) else {
             return;
         };
-        let ballot = p.ballot;
-        #[cfg(test)]
-        let planted = self.bug.is_some();
-        #[cfg(not(test))]
-        let planted = false;
+        // Invariant: a leader's ballot is its durable promise. Its own Prepares, hence
+        // every promise it counted, waited for its promise to be durable; and any higher
+        // promise would have made it step down.
         debug_assert!(
-            planted || self.promised_durable >= ballot,
-            "leading under {ballot} before this replica's promise of it is durable"
+            self.bug_planted() || self.promised_durable == ballot,
+            "leading under {ballot} with durable promise {}",
+            self.promised_durable
         );
-        let (plan, next_slot) = recovery_plan(
-            p.from_slot.max(self.learner.commit()),
-            p.promises.values().map(|(_, e)| e.as_slice()),
-        );
-        let now = self.now_ms;
-        let inflight: BTreeMap<Slot, InFlight> = plan
-            .iter()
-            .map(|(slot, value)| {
-                let f = InFlight {
-                    value: value.clone(),
-                    acks: BTreeSet::new(),
-                    sent_at_ms: now,
-                };
-                (*slot, f)
-            })
-            .collect();
-        let last_ack_ms = self.config.members.iter().map(|&m| (m, now)).collect();
-        self.proposer = ProposerState::Leader(Leadership {
-            ballot,
-            next_slot,
-            recovery_end: next_slot,
-            inflight_bytes: inflight.values().map(|f| f.value.payload_bytes()).sum(),
-            inflight,
-            reads: ReadIndex::default(),
-            last_ack_ms,
-            commit_sent: self.learner.commit(),
-        });
-        self.failed_elections = 0;
-        self.leader_seen = Some((self.config.id, now));
         self.timers.stop(Timer::Election);
         self.timers.stop(Timer::PrepareResend);
         self.timers
             .set(Timer::Heartbeat, now + self.config.heartbeat_interval_ms);
-        let commit = self.learner.commit();
         // Followers learn of the new leader at once, even when there is nothing to recover.
         self.broadcast_peers(&Message::Heartbeat {
             ballot,

@@ -37,7 +37,7 @@ use crate::config::{Config, ConfigError};
 use crate::learner::Learner;
 use crate::message::Message;
 use crate::persist::{PersistEntry, RecoveredState};
-use crate::proposer::{ProposerState, Queue, Role};
+use crate::proposer::{Proposer, Role};
 use crate::rng::Rng;
 use crate::value::Value;
 use timer::{Timer, TimerTable};
@@ -82,17 +82,9 @@ pub(crate) enum PlantedBug {
 pub struct Replica {
     config: Config,
     quorum: usize,
-    rng: Rng,
     acceptor: Acceptor,
     learner: Learner,
-    proposer: ProposerState,
-    queue: Queue,
-    /// Consecutive elections lost; widens the election timeout (backoff against duels).
-    failed_elections: u32,
-    /// The highest round seen in any message, so a new ballot beats all of them.
-    round_seen: u64,
-    /// Who last acted as leader towards this replica, and when.
-    leader_seen: Option<(NodeId, u64)>,
+    proposer: Proposer,
 
     persist_pending: Vec<PersistEntry>,
     /// The id the pending batch will get; batches `1..persist_next_id` were handed out.
@@ -141,15 +133,14 @@ impl Replica {
         let learner = Learner::recover(state);
         let mut replica = Replica {
             quorum: config.quorum(),
-            rng: Rng::new(seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             acceptor: Acceptor::recover(state),
             commit_persisted: learner.commit(),
             learner,
-            proposer: ProposerState::Follower,
-            queue: Queue::default(),
-            failed_elections: 0,
-            round_seen: state.promised.round,
-            leader_seen: None,
+            proposer: Proposer::new(
+                config.id,
+                Rng::new(seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                state.promised.round,
+            ),
             persist_pending: Vec::new(),
             persist_next_id: 1,
             persist_durable_id: 0,
@@ -200,20 +191,14 @@ impl Replica {
 
     /// The proposer's current role.
     pub fn role(&self) -> Role {
-        match self.proposer {
-            ProposerState::Follower => Role::Follower,
-            ProposerState::Candidate(_) => Role::Candidate,
-            ProposerState::Leader(_) => Role::Leader,
-        }
+        self.proposer.role()
     }
 
     /// The ballot this replica leads or campaigns under, or else the one it promised.
     pub fn ballot(&self) -> Ballot {
-        match &self.proposer {
-            ProposerState::Candidate(p) => p.ballot,
-            ProposerState::Leader(l) => l.ballot,
-            ProposerState::Follower => self.acceptor.promised(),
-        }
+        self.proposer
+            .ballot()
+            .unwrap_or_else(|| self.acceptor.promised())
     }
 
     /// The acceptor's promised ballot.
@@ -238,22 +223,12 @@ impl Replica {
 
     /// The replica believed to lead: this one, or the last that acted as leader recently.
     pub fn leader_hint(&self) -> Option<NodeId> {
-        match &self.proposer {
-            ProposerState::Leader(_) => Some(self.config.id),
-            ProposerState::Candidate(_) => None,
-            ProposerState::Follower => self
-                .leader_seen
-                .filter(|(_, at)| self.now_ms < at + self.config.election_timeout_max_ms)
-                .map(|(id, _)| id),
-        }
+        self.proposer.leader_hint(&self.config, self.now_ms)
     }
 
     /// Slots proposed by this leader and not yet chosen.
     pub fn inflight_slots(&self) -> usize {
-        match &self.proposer {
-            ProposerState::Leader(l) => l.inflight.len(),
-            _ => 0,
-        }
+        self.proposer.inflight_slots()
     }
 
     /// Replies (Promise, Accepted, own Prepares) waiting for a persist batch to become
@@ -264,7 +239,7 @@ impl Replica {
 
     /// Commands waiting for a slot.
     pub fn queued_commands(&self) -> usize {
-        self.queue.commands.len()
+        self.proposer.queued_commands()
     }
 
     /// The acceptor's accepted ballot and value in `slot`, if it still holds one.
@@ -279,15 +254,15 @@ impl Replica {
     /// change (the host cannot tell which until it sees it committed or times out).
     pub fn propose(&mut self, now_ms: u64, command: Bytes) -> Result<(), ProposeError> {
         self.tick(now_ms);
-        if !matches!(self.proposer, ProposerState::Leader(_)) {
+        if !self.proposer.is_leader() {
             return Err(ProposeError::NotLeader {
                 leader_hint: self.leader_hint(),
             });
         }
-        if self.queue.commands.len() >= self.config.queued_commands_max {
+        if self.proposer.queued_commands() >= self.config.queued_commands_max {
             return Err(ProposeError::Busy);
         }
-        self.queue.commands.push_back(command);
+        self.proposer.enqueue(command);
         Ok(())
     }
 
@@ -387,6 +362,15 @@ impl Replica {
         }
     }
 
+    /// Whether a planted bug may break the invariants this replica asserts (always false
+    /// outside this crate's tests).
+    fn bug_planted(&self) -> bool {
+        #[cfg(test)]
+        return self.bug.is_some();
+        #[cfg(not(test))]
+        return false;
+    }
+
     fn tick(&mut self, now_ms: u64) {
         // Time never goes backwards for the core, even if the host's clock does.
         self.now_ms = self.now_ms.max(now_ms);
@@ -404,6 +388,7 @@ impl Replica {
             self.outputs.push_back(Output::Committed { slot, value });
         }
         self.release_reads();
+        self.proposer.debug_check();
     }
 }
 

@@ -4,50 +4,39 @@
 use super::{Output, ProposeError, Replica};
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::message::Message;
-use crate::proposer::ProposerState;
 
 impl Replica {
     /// A read arrived (see [`Replica::read`]): queue it for the next confirmation round, or
     /// confirm it at once when this replica alone is a majority.
     pub(super) fn request_read(&mut self, id: u64) -> Result<(), ProposeError> {
         let commit = self.learner.commit();
-        let single = self.quorum == 1;
-        let ProposerState::Leader(l) = &mut self.proposer else {
-            return Err(ProposeError::NotLeader {
+        match self.proposer.read(id, commit, self.quorum) {
+            None => Err(ProposeError::NotLeader {
                 leader_hint: self.leader_hint(),
-            });
-        };
-        let index = commit.max(l.recovery_end);
-        if single {
-            l.reads.confirmed.push_back((id, index));
-        } else {
-            l.reads.waiting.push((id, index));
-            if !l.reads.round_open {
-                self.start_read_round();
+            }),
+            Some(start_round) => {
+                if start_round {
+                    self.start_read_round();
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
+    /// Starts a read round: a heartbeat to every peer asking it to confirm the round.
     pub(super) fn start_read_round(&mut self) {
         let commit = self.learner.commit();
-        let ProposerState::Leader(l) = &mut self.proposer else {
-            return;
-        };
-        l.reads.round += 1;
-        l.reads.round_open = true;
-        l.reads.round_acks.clear();
-        l.reads.round_acks.insert(self.config.id);
-        l.reads.in_round = std::mem::take(&mut l.reads.waiting);
-        let hb = Message::Heartbeat {
-            ballot: l.ballot,
-            commit,
-            read_round: l.reads.round,
-        };
-        l.commit_sent = l.commit_sent.max(commit);
-        self.broadcast_peers(&hb);
+        if let Some((ballot, read_round)) = self.proposer.start_read_round(commit) {
+            self.broadcast_peers(&Message::Heartbeat {
+                ballot,
+                commit,
+                read_round,
+            });
+        }
     }
 
+    /// A heartbeat acknowledgement: `from` still follows this leader, and confirms
+    /// `read_round`.
     pub(super) fn on_heartbeat_ack(
         &mut self,
         from: NodeId,
@@ -55,39 +44,19 @@ impl Replica {
         read_round: u64,
         _commit: Slot,
     ) {
-        let now = self.now_ms;
-        let ProposerState::Leader(l) = &mut self.proposer else {
-            return;
-        };
-        if l.ballot != ballot {
-            return;
-        }
-        l.last_ack_ms.insert(from, now);
-        if !l.reads.round_open || read_round != l.reads.round {
-            return;
-        }
-        l.reads.round_acks.insert(from);
-        if l.reads.round_acks.len() >= self.quorum {
-            l.reads.round_open = false;
-            let confirmed = std::mem::take(&mut l.reads.in_round);
-            l.reads.confirmed.extend(confirmed);
-            if !l.reads.waiting.is_empty() {
-                self.start_read_round();
-            }
+        let next_round =
+            self.proposer
+                .on_heartbeat_ack(from, ballot, read_round, self.quorum, self.now_ms);
+        if next_round {
+            self.start_read_round();
         }
     }
 
     /// Hands out every confirmed read whose index the state machine has reached.
     pub(super) fn release_reads(&mut self) {
         let delivered = self.learner.delivered();
-        if let ProposerState::Leader(l) = &mut self.proposer {
-            while let Some(&(id, index)) = l.reads.confirmed.front() {
-                if index > delivered {
-                    break;
-                }
-                l.reads.confirmed.pop_front();
-                self.outputs.push_back(Output::ReadReady { id });
-            }
+        while let Some(id) = self.proposer.pop_ready_read(delivered) {
+            self.outputs.push_back(Output::ReadReady { id });
         }
     }
 }

@@ -2,18 +2,17 @@
 //! and their retransmission, counting Accepted votes, commit announcements, and a
 //! follower's side of all of it (accepting, following, heartbeats).
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::timer::Timer;
 #[cfg(test)]
 use super::PlantedBug;
 use super::Replica;
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::message::Message;
-use crate::proposer::{InFlight, ProposerState};
+use crate::proposer::Beat;
 use crate::value::Value;
 
 impl Replica {
+    /// Phase 2a arrived: accept (and answer once durable), or refuse.
     pub(super) fn on_accept(
         &mut self,
         from: NodeId,
@@ -21,7 +20,7 @@ impl Replica {
         entries: Vec<(Slot, Value)>,
         commit: Slot,
     ) {
-        self.observe(ballot);
+        self.proposer.observe(ballot);
         let learner = &self.learner;
         match self.acceptor.accept(
             ballot,
@@ -54,9 +53,7 @@ impl Replica {
     /// `from` acts as leader under `ballot` (not below our promise): follow it.
     pub(super) fn follow(&mut self, from: NodeId, ballot: Ballot, commit: Slot) {
         self.yield_to(ballot);
-        if matches!(self.proposer, ProposerState::Follower) {
-            self.leader_seen = Some((from, self.now_ms));
-            self.failed_elections = 0;
+        if self.proposer.heard_from_leader(from, self.now_ms) {
             self.reset_election_timer();
         }
         if self.learner.on_commit_hint(&self.acceptor, ballot, commit) {
@@ -64,35 +61,23 @@ impl Replica {
         }
     }
 
+    /// Phase 2b arrived: the slots a majority accepted are chosen.
     pub(super) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
-        let now = self.now_ms;
-        let ProposerState::Leader(l) = &mut self.proposer else {
-            return;
-        };
-        if l.ballot != ballot {
-            return;
-        }
-        l.last_ack_ms.insert(from, now);
-        for slot in slots {
-            let Some(f) = l.inflight.get_mut(&slot) else {
-                continue;
-            };
-            f.acks.insert(from);
-            if f.acks.len() >= self.quorum {
-                if let Some(f) = l.inflight.remove(&slot) {
-                    l.inflight_bytes = l.inflight_bytes.saturating_sub(f.value.payload_bytes());
-                    self.learner.learn(
-                        &mut self.acceptor,
-                        slot,
-                        ballot,
-                        &f.value,
-                        &mut self.persist_pending,
-                    );
-                }
-            }
+        let chosen = self
+            .proposer
+            .on_accepted(from, ballot, slots, self.quorum, self.now_ms);
+        for (slot, value) in chosen {
+            self.learner.learn(
+                &mut self.acceptor,
+                slot,
+                ballot,
+                &value,
+                &mut self.persist_pending,
+            );
         }
     }
 
+    /// A leader's heartbeat: follow it and acknowledge (confirming its read round).
     pub(super) fn on_heartbeat(
         &mut self,
         from: NodeId,
@@ -118,7 +103,7 @@ impl Replica {
     /// A leader's message under a ballot below this acceptor's promise is answered with a
     /// Nack (so that leader learns it was superseded) and otherwise ignored.
     pub(super) fn refuse_stale(&mut self, from: NodeId, ballot: Ballot) -> bool {
-        self.observe(ballot);
+        self.proposer.observe(ballot);
         let promised = self.acceptor.promised();
         if ballot >= promised {
             return false;
@@ -133,6 +118,7 @@ impl Replica {
         true
     }
 
+    /// A leader's commit announcement: follow it; no reply.
     pub(super) fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot) {
         if self.refuse_stale(from, ballot) {
             return;
@@ -146,35 +132,11 @@ impl Replica {
         if self.held_full() {
             return;
         }
-        let ProposerState::Leader(l) = &mut self.proposer else {
-            return;
-        };
-        let mut entries = Vec::new();
-        while l.inflight.len() < self.config.inflight_slots_max
-            && (l.inflight.is_empty() || l.inflight_bytes < self.config.inflight_bytes_max)
+        let commit = self.learner.commit();
+        if let Some((ballot, entries)) =
+            self.proposer
+                .assign_slots(&self.config, commit, self.now_ms)
         {
-            let Some(value) = self
-                .queue
-                .next_batch(self.config.batch_bytes_max, self.config.batch_commands_max)
-            else {
-                break;
-            };
-            l.inflight_bytes += value.payload_bytes();
-            let slot = l.next_slot;
-            l.next_slot += 1;
-            l.inflight.insert(
-                slot,
-                InFlight {
-                    value: value.clone(),
-                    acks: BTreeSet::new(),
-                    sent_at_ms: self.now_ms,
-                },
-            );
-            entries.push((slot, value));
-        }
-        if !entries.is_empty() {
-            let ballot = l.ballot;
-            l.commit_sent = self.learner.commit();
             self.send_accepts(ballot, entries, None);
         }
     }
@@ -210,52 +172,30 @@ impl Replica {
         }
     }
 
+    /// [`Timer::Heartbeat`] expired: a leader that still has a majority sends heartbeats
+    /// and retransmits unacknowledged Accepts; one that lost it steps down.
     pub(super) fn leader_tick(&mut self) {
         let now = self.now_ms;
-        let ProposerState::Leader(l) = &mut self.proposer else {
-            return;
-        };
-        // Step down when a majority has not answered for a whole election timeout: clients
-        // are then told to go elsewhere instead of waiting on a leader that cannot commit.
-        let horizon = self.config.election_timeout_max_ms;
-        let alive = self
-            .config
-            .members
-            .iter()
-            .filter(|&&m| {
-                m == self.config.id || l.last_ack_ms.get(&m).is_some_and(|&t| t + horizon > now)
-            })
-            .count();
-        if alive < self.quorum {
-            self.become_follower();
-            return;
-        }
-        self.timers
-            .set(Timer::Heartbeat, now + self.config.heartbeat_interval_ms);
-        let ballot = l.ballot;
         let commit = self.learner.commit();
-        l.commit_sent = commit;
-        let hb = Message::Heartbeat {
-            ballot,
-            commit,
-            read_round: l.reads.round,
-        };
-        // Retransmit Accepts that some peer has not acknowledged for a heartbeat interval.
-        let mut resend: BTreeMap<NodeId, Vec<(Slot, Value)>> = BTreeMap::new();
-        for (&slot, f) in l.inflight.iter_mut() {
-            if f.sent_at_ms + self.config.heartbeat_interval_ms > now {
-                continue;
-            }
-            f.sent_at_ms = now;
-            for &m in &self.config.members {
-                if m != self.config.id && !f.acks.contains(&m) {
-                    resend.entry(m).or_default().push((slot, f.value.clone()));
+        match self.proposer.heartbeat(&self.config, commit, now) {
+            None => {}
+            Some(Beat::StepDown) => self.become_follower(),
+            Some(Beat::Send {
+                ballot,
+                read_round,
+                resend,
+            }) => {
+                self.timers
+                    .set(Timer::Heartbeat, now + self.config.heartbeat_interval_ms);
+                self.broadcast_peers(&Message::Heartbeat {
+                    ballot,
+                    commit,
+                    read_round,
+                });
+                for (to, entries) in resend {
+                    self.send_accepts(ballot, entries, Some(to));
                 }
             }
-        }
-        self.broadcast_peers(&hb);
-        for (to, entries) in resend {
-            self.send_accepts(ballot, entries, Some(to));
         }
     }
 
@@ -263,19 +203,8 @@ impl Replica {
     /// index that advanced is announced to the followers.
     pub(super) fn retire_chosen(&mut self) {
         let commit = self.learner.commit();
-        if let ProposerState::Leader(l) = &mut self.proposer {
-            let still = l.inflight.split_off(&commit);
-            let done = std::mem::replace(&mut l.inflight, still);
-            let done_bytes: usize = done.values().map(|f| f.value.payload_bytes()).sum();
-            l.inflight_bytes = l.inflight_bytes.saturating_sub(done_bytes);
-            if l.commit_sent < commit {
-                l.commit_sent = commit;
-                let announce = Message::Commit {
-                    ballot: l.ballot,
-                    commit,
-                };
-                self.broadcast_peers(&announce);
-            }
+        if let Some(ballot) = self.proposer.retire_chosen(commit) {
+            self.broadcast_peers(&Message::Commit { ballot, commit });
         }
     }
 }

@@ -1,0 +1,256 @@
+//! A leader's phase 2: the slots it proposed and the votes they collected, its lease on the
+//! followers (who answered lately), and what its heartbeat must retransmit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::read_index::ReadIndex;
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::config::Config;
+use crate::value::Value;
+
+/// A slot the leader proposed and is waiting to see chosen.
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct InFlight {
+    /// The value proposed.
+    pub value: Value,
+    /// Who acknowledged it (the leader itself once its own write is durable).
+    pub acks: BTreeSet<NodeId>,
+    /// When its Accept was last sent to the peers that have not acknowledged it.
+    pub sent_at_ms: u64,
+}
+
+/// A leader's state.
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct Leadership {
+    /// The ballot led under; equal to this replica's durable promise.
+    pub ballot: Ballot,
+    /// The next slot to give a batch.
+    pub next_slot: Slot,
+    /// The first slot after those re-proposed in recovery; a read must wait for it.
+    pub recovery_end: Slot,
+    /// Slots proposed and not yet known chosen.
+    pub inflight: BTreeMap<Slot, InFlight>,
+    /// Payload bytes of the slots in `inflight`.
+    pub inflight_bytes: usize,
+    /// Linearizable reads waiting for confirmation or for the state machine.
+    pub reads: ReadIndex,
+    /// When each peer last answered this leader.
+    pub last_ack_ms: BTreeMap<NodeId, u64>,
+    /// The commit index last announced to followers.
+    pub commit_sent: Slot,
+}
+
+/// Accepts to retransmit, by peer: the slots each has not acknowledged.
+pub(crate) type Resend = BTreeMap<NodeId, Vec<(Slot, Value)>>;
+
+impl Leadership {
+    /// A leader of `ballot` that re-proposes `plan` (the recovered log suffix, ending just
+    /// below `next_slot`) and counts every member as having just answered.
+    pub fn new(
+        ballot: Ballot,
+        (plan, next_slot): (&[(Slot, Value)], Slot),
+        members: &[NodeId],
+        commit: Slot,
+        now_ms: u64,
+    ) -> Self {
+        let mut leadership = Leadership {
+            ballot,
+            next_slot,
+            recovery_end: next_slot,
+            inflight: BTreeMap::new(),
+            inflight_bytes: 0,
+            reads: ReadIndex::default(),
+            last_ack_ms: members.iter().map(|&m| (m, now_ms)).collect(),
+            commit_sent: commit,
+        };
+        for (slot, value) in plan {
+            leadership.track(*slot, value.clone(), now_ms);
+        }
+        leadership
+    }
+
+    /// Whether another slot may be proposed under the in-flight limits of `config` (one
+    /// slot is always allowed, whatever its size).
+    pub fn has_room(&self, config: &Config) -> bool {
+        self.inflight.len() < config.inflight_slots_max
+            && (self.inflight.is_empty() || self.inflight_bytes < config.inflight_bytes_max)
+    }
+
+    /// Gives `value` the next free slot and tracks it as in flight.
+    pub fn propose(&mut self, value: Value, now_ms: u64) -> Slot {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.track(slot, value, now_ms);
+        slot
+    }
+
+    fn track(&mut self, slot: Slot, value: Value, now_ms: u64) {
+        // Invariant: a leader proposes one value per slot (which is why a commit
+        // announcement lets followers take their vote under this ballot as chosen).
+        debug_assert!(
+            slot < self.next_slot,
+            "slot {slot} beyond the next free slot"
+        );
+        self.inflight_bytes += value.payload_bytes();
+        let earlier = self.inflight.insert(
+            slot,
+            InFlight {
+                value,
+                acks: BTreeSet::new(),
+                sent_at_ms: now_ms,
+            },
+        );
+        debug_assert!(earlier.is_none(), "slot {slot} proposed twice");
+    }
+
+    fn untrack(&mut self, f: &InFlight) {
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(f.value.payload_bytes());
+    }
+
+    /// `from` accepted `slots` under this leader's ballot. Returns the slots this makes
+    /// chosen (a majority of `quorum` acknowledged them), with their values, in the order
+    /// given; they are no longer in flight.
+    pub fn on_accepted(
+        &mut self,
+        from: NodeId,
+        slots: Vec<Slot>,
+        quorum: usize,
+        now_ms: u64,
+    ) -> Vec<(Slot, Value)> {
+        self.last_ack_ms.insert(from, now_ms);
+        let mut chosen = Vec::new();
+        for slot in slots {
+            let Some(f) = self.inflight.get_mut(&slot) else {
+                continue;
+            };
+            f.acks.insert(from);
+            if f.acks.len() < quorum {
+                continue;
+            }
+            if let Some(f) = self.inflight.remove(&slot) {
+                self.untrack(&f);
+                chosen.push((slot, f.value));
+            }
+        }
+        chosen
+    }
+
+    /// Slots below `commit` were learned chosen (by votes or by catch-up): they are no
+    /// longer in flight. Returns whether `commit` is news to the followers, and records it
+    /// as announced.
+    pub fn retire_below(&mut self, commit: Slot) -> bool {
+        let still = self.inflight.split_off(&commit);
+        let done = std::mem::replace(&mut self.inflight, still);
+        for f in done.values() {
+            self.untrack(f);
+        }
+        if self.commit_sent >= commit {
+            return false;
+        }
+        self.commit_sent = commit;
+        true
+    }
+
+    /// Whether a majority (this replica included) answered within the last
+    /// `election_timeout_max_ms`: if not, the leader cannot commit and steps down, so
+    /// clients are told to go elsewhere instead of waiting on it.
+    pub fn majority_alive(&self, config: &Config, now_ms: u64) -> bool {
+        let horizon_ms = config.election_timeout_max_ms;
+        let alive = config
+            .members
+            .iter()
+            .filter(|&&m| {
+                m == config.id
+                    || self
+                        .last_ack_ms
+                        .get(&m)
+                        .is_some_and(|&t| t + horizon_ms > now_ms)
+            })
+            .count();
+        alive >= config.quorum()
+    }
+
+    /// The Accepts some peer has not acknowledged for a heartbeat interval, by peer; their
+    /// resend clock restarts now.
+    pub fn due_for_resend(&mut self, config: &Config, now_ms: u64) -> Resend {
+        let mut resend = Resend::new();
+        for (&slot, f) in self.inflight.iter_mut() {
+            if f.sent_at_ms + config.heartbeat_interval_ms > now_ms {
+                continue;
+            }
+            f.sent_at_ms = now_ms;
+            for &m in &config.members {
+                if m != config.id && !f.acks.contains(&m) {
+                    resend.entry(m).or_default().push((slot, f.value.clone()));
+                }
+            }
+        }
+        resend
+    }
+
+    /// Checks the leader's bookkeeping (debug builds): the in-flight byte count matches
+    /// the slots in flight, all of which lie below the next free slot.
+    pub fn debug_check(&self) {
+        debug_assert_eq!(
+            self.inflight_bytes,
+            self.inflight
+                .values()
+                .map(|f| f.value.payload_bytes())
+                .sum::<usize>(),
+            "in-flight bytes out of step with the slots in flight"
+        );
+        debug_assert!(
+            self.inflight
+                .keys()
+                .next_back()
+                .is_none_or(|&s| s < self.next_slot),
+            "a slot in flight at or above the next free slot"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn cmd(s: &'static str) -> Value {
+        Value::Commands(vec![Bytes::from_static(s.as_bytes())])
+    }
+
+    fn leader(plan: &[(Slot, Value)], next_slot: Slot) -> Leadership {
+        Leadership::new(Ballot::new(1, 1), (plan, next_slot), &[1, 2, 3], 0, 0)
+    }
+
+    #[test]
+    fn a_slot_is_chosen_once_a_majority_acknowledged_it() {
+        let mut l = leader(&[(0, Value::Noop)], 1);
+        assert_eq!(l.propose(cmd("x"), 5), 1);
+        assert_eq!(l.on_accepted(2, vec![0, 1], 2, 6), vec![]);
+        assert_eq!(
+            l.on_accepted(1, vec![1, 7], 2, 6),
+            vec![(1, cmd("x"))],
+            "an unknown slot is skipped"
+        );
+        assert_eq!((l.inflight.len(), l.inflight_bytes), (1, 0));
+        assert!(l.retire_below(1), "the new commit index is news");
+        assert!(!l.retire_below(1));
+        assert!(l.inflight.is_empty());
+        l.debug_check();
+    }
+
+    #[test]
+    fn a_leader_resends_what_a_peer_has_not_acknowledged_for_an_interval() {
+        let config = Config::new(1, vec![1, 2, 3]);
+        let mut l = leader(&[(0, cmd("a"))], 1);
+        let _ = l.on_accepted(2, vec![0], 2, 10);
+        assert!(l.due_for_resend(&config, 10).is_empty(), "not yet due");
+        let due = l.due_for_resend(&config, config.heartbeat_interval_ms);
+        assert_eq!(
+            due.into_iter().collect::<Vec<_>>(),
+            vec![(3, vec![(0, cmd("a"))])]
+        );
+        assert!(l.majority_alive(&config, config.election_timeout_max_ms));
+        assert!(!l.majority_alive(&config, 10 + config.election_timeout_max_ms));
+    }
+}

@@ -1,0 +1,503 @@
+//! The proposer role: elections (phase 1), proposals (phase 2), and read-index rounds.
+//!
+//! [`Proposer`] owns the role's state machine (follower, candidate, leader), every
+//! transition between those states, and the data each one keeps: a candidate's promises
+//! ([`candidate`]), a leader's slots in flight and its lease on the followers ([`leader`]),
+//! its reads ([`read_index`]) and the commands waiting for a slot ([`queue`]). It does no
+//! IO and knows nothing of the acceptor or the disk: each method returns what the
+//! [`Replica`](crate::Replica) must then send, persist, or tell its host.
+//!
+//! Transitions:
+//! - follower or candidate → candidate: [`Proposer::start_candidacy`] (an election timeout,
+//!   or a leader that learned of a higher promise re-running phase 1);
+//! - candidate → leader: [`Proposer::lead`], once [`Proposer::on_promise`] says
+//!   [`PromiseOutcome::Elected`];
+//! - any → follower: [`Proposer::step_down`] (a higher ballot, a lost election, a leader
+//!   that lost its majority).
+
+mod candidate;
+mod leader;
+mod queue;
+mod read_index;
+
+use bytes::Bytes;
+
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::config::Config;
+use crate::rng::Rng;
+use crate::value::{Entry, Value};
+use candidate::Candidacy;
+use leader::Leadership;
+use queue::Queue;
+
+pub use candidate::recovery_plan;
+pub(crate) use candidate::{PromiseOutcome, RefusalOutcome};
+pub(crate) use leader::Resend;
+
+/// The role a replica's proposer currently plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Role {
+    /// Follows a leader (or waits for one); proposes nothing.
+    Follower,
+    /// Running phase 1 to become leader.
+    Candidate,
+    /// Completed phase 1 with a majority; proposes values.
+    Leader,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        })
+    }
+}
+
+/// The proposer's state machine.
+#[derive(Clone, Debug, Hash)]
+enum State {
+    Follower,
+    Candidate(Candidacy),
+    Leader(Leadership),
+}
+
+/// What a leader's heartbeat timer calls for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// A majority has not answered for a whole election timeout: step down.
+    StepDown,
+    /// Send every peer a heartbeat (under `ballot`, asking to confirm `read_round`), and
+    /// retransmit to each peer the Accepts it has not acknowledged.
+    Send {
+        ballot: Ballot,
+        read_round: u64,
+        resend: Resend,
+    },
+}
+
+/// What a proposer that stopped campaigning or leading leaves behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SteppedDown {
+    /// Reads it can no longer confirm.
+    pub reads: Vec<u64>,
+    /// Commands that never got a slot (they are definitely not chosen).
+    pub commands: Vec<Bytes>,
+    /// Who may be leading now.
+    pub leader_hint: Option<NodeId>,
+}
+
+/// A proposer: its role and what it needs to play it.
+#[derive(Clone, Debug, Hash)]
+pub(crate) struct Proposer {
+    id: NodeId,
+    state: State,
+    queue: Queue,
+    /// Election jitter, seeded by the host.
+    rng: Rng,
+    /// Consecutive elections lost; widens the election timeout (backoff against duels).
+    failed_elections: u32,
+    /// The highest round seen in any message, so a new ballot beats all of them.
+    round_seen: u64,
+    /// Who last acted as leader towards this replica, and when.
+    leader_seen: Option<(NodeId, u64)>,
+}
+
+impl Proposer {
+    /// A follower of replica `id`; its first ballot will be above `round_seen`.
+    pub fn new(id: NodeId, rng: Rng, round_seen: u64) -> Self {
+        Proposer {
+            id,
+            state: State::Follower,
+            queue: Queue::default(),
+            rng,
+            failed_elections: 0,
+            round_seen,
+            leader_seen: None,
+        }
+    }
+
+    // ----- getters -----
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        match self.state {
+            State::Follower => Role::Follower,
+            State::Candidate(_) => Role::Candidate,
+            State::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The ballot campaigned or led under; `None` for a follower.
+    pub fn ballot(&self) -> Option<Ballot> {
+        match &self.state {
+            State::Candidate(c) => Some(c.ballot),
+            State::Leader(l) => Some(l.ballot),
+            State::Follower => None,
+        }
+    }
+
+    /// Whether this proposer leads.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.state, State::Leader(_))
+    }
+
+    /// Commands waiting for a slot.
+    pub fn queued_commands(&self) -> usize {
+        self.queue.commands.len()
+    }
+
+    /// Slots proposed by this leader and not yet chosen.
+    pub fn inflight_slots(&self) -> usize {
+        match &self.state {
+            State::Leader(l) => l.inflight.len(),
+            _ => 0,
+        }
+    }
+
+    /// The replica believed to lead at `now_ms`: this one, or the last that acted as
+    /// leader within `election_timeout_max_ms`.
+    pub fn leader_hint(&self, config: &Config, now_ms: u64) -> Option<NodeId> {
+        match &self.state {
+            State::Leader(_) => Some(self.id),
+            State::Candidate(_) => None,
+            State::Follower => self
+                .leader_seen
+                .filter(|(_, at)| now_ms < at + config.election_timeout_max_ms)
+                .map(|(id, _)| id),
+        }
+    }
+
+    /// Whether a live leader other than `from` is known at `now_ms` (this one, or one heard
+    /// from within `election_timeout_min_ms`): leader stickiness, so that a replica that
+    /// was cut off and comes back with a high ballot does not depose a leader doing fine.
+    pub fn defends_leader_against(&self, from: NodeId, config: &Config, now_ms: u64) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        match self.leader_seen {
+            Some((leader, at)) => leader != from && now_ms < at + config.election_timeout_min_ms,
+            None => false,
+        }
+    }
+
+    // ----- elections -----
+
+    /// Some message carried `ballot`: a new ballot must be above its round.
+    pub fn observe(&mut self, ballot: Ballot) {
+        self.round_seen = self.round_seen.max(ballot.round);
+    }
+
+    /// A fresh, random election timeout. Each lost election in a row doubles the window
+    /// (up to 16 times) so that duelling candidates spread out.
+    pub fn election_timeout_ms(&mut self, config: &Config) -> u64 {
+        let min = config.election_timeout_min_ms;
+        let spread = config.election_timeout_max_ms - min;
+        let widen = 1u64 << self.failed_elections.min(4);
+        self.rng.range_inclusive(min, min + spread.max(1) * widen)
+    }
+
+    /// Whether `ballot` is above the one this proposer campaigns or leads under (it must
+    /// then step down).
+    pub fn outranked_by(&self, ballot: Ballot) -> bool {
+        matches!(self.ballot(), Some(mine) if mine < ballot)
+    }
+
+    /// `leader` acted as leader at `now_ms`. A follower notes it (and its election backoff
+    /// ends); returns whether it did, so the caller restarts the election timer.
+    pub fn heard_from_leader(&mut self, leader: NodeId, now_ms: u64) -> bool {
+        if !matches!(self.state, State::Follower) {
+            return false;
+        }
+        self.leader_seen = Some((leader, now_ms));
+        self.failed_elections = 0;
+        true
+    }
+
+    /// The election timer expired; a candidate counts that as an election lost.
+    pub fn election_timed_out(&mut self) {
+        if matches!(self.state, State::Candidate(_)) {
+            self.failed_elections = self.failed_elections.saturating_add(1);
+        }
+    }
+
+    /// Becomes a candidate for the slots from `from_slot` on, under a ballot above every
+    /// round seen and above `promised_round` (this replica's own promise). Returns the
+    /// ballot, and the reads a leader re-running phase 1 can no longer confirm. Commands
+    /// waiting for a slot stay queued.
+    pub fn start_candidacy(&mut self, promised_round: u64, from_slot: Slot) -> (Ballot, Vec<u64>) {
+        let aborted = match &mut self.state {
+            State::Leader(l) => l.reads.drain_all(),
+            _ => Vec::new(),
+        };
+        let round = self.round_seen.max(promised_round) + 1;
+        self.round_seen = round;
+        let ballot = Ballot::new(round, self.id);
+        // Invariant: each candidacy's ballot is above every ballot this proposer used.
+        debug_assert!(
+            self.ballot().is_none_or(|b| b < ballot),
+            "ballot {ballot} not above the last one"
+        );
+        self.state = State::Candidate(Candidacy::new(ballot, from_slot));
+        self.leader_seen = None;
+        (ballot, aborted)
+    }
+
+    /// A promise of `ballot` from `from`, with its commit index and accepted entries;
+    /// `my_commit` is this replica's commit index.
+    pub fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        promise: (Slot, Vec<Entry>),
+        my_commit: Slot,
+        quorum: usize,
+    ) -> PromiseOutcome {
+        let State::Candidate(c) = &mut self.state else {
+            return PromiseOutcome::Pending;
+        };
+        if c.ballot != ballot {
+            return PromiseOutcome::Pending;
+        }
+        let outcome = c.on_promise(from, promise, my_commit, quorum);
+        if let PromiseOutcome::Outranked(higher) = outcome {
+            self.observe(higher);
+        }
+        outcome
+    }
+
+    /// `from` refused ballot `refused`, having promised `promised`. A refusal whose
+    /// `promised` is below `refused` means "I follow a live leader".
+    pub fn on_refusal(
+        &mut self,
+        from: NodeId,
+        refused: Ballot,
+        promised: Ballot,
+        config: &Config,
+    ) -> RefusalOutcome {
+        self.observe(promised);
+        if self.ballot() != Some(refused) {
+            return RefusalOutcome::Ignored; // about a ballot no longer in use
+        }
+        let outcome = match &mut self.state {
+            State::Candidate(_) if promised > refused => RefusalOutcome::Lost,
+            State::Candidate(c) => c.on_refusal(from, config.members.len(), config.quorum()),
+            // Some acceptor promised a higher ballot (often a replica coming back from a
+            // partition). Re-run phase 1 at once above it, rather than stepping down: the
+            // followers still follow this leader.
+            State::Leader(_) if promised > refused => RefusalOutcome::Rerun,
+            State::Leader(_) | State::Follower => RefusalOutcome::Ignored,
+        };
+        if outcome == RefusalOutcome::Lost {
+            self.failed_elections = self.failed_elections.saturating_add(1);
+        }
+        outcome
+    }
+
+    /// A candidate's Prepare (ballot, first slot) and the members that have not answered
+    /// it; `None` unless campaigning.
+    pub fn prepare_resend(&self, members: &[NodeId]) -> Option<(Ballot, Slot, Vec<NodeId>)> {
+        let State::Candidate(c) = &self.state else {
+            return None;
+        };
+        Some((c.ballot, c.from_slot, c.unanswered(members)))
+    }
+
+    /// A candidate whose ballot a majority promised becomes leader at `now_ms`. Returns its
+    /// ballot and the recovered log suffix to re-propose from the first slot not known
+    /// chosen (`commit`) on, gaps filled with no-ops; `None` unless campaigning.
+    pub fn lead(
+        &mut self,
+        config: &Config,
+        commit: Slot,
+        now_ms: u64,
+    ) -> Option<(Ballot, Vec<(Slot, Value)>)> {
+        let State::Candidate(c) = &self.state else {
+            return None;
+        };
+        debug_assert!(
+            c.promises.len() >= config.quorum(),
+            "leading without a majority"
+        );
+        let ballot = c.ballot;
+        let (plan, next_slot) = recovery_plan(
+            c.from_slot.max(commit),
+            c.promises.values().map(|(_, e)| e.as_slice()),
+        );
+        let leadership =
+            Leadership::new(ballot, (&plan, next_slot), &config.members, commit, now_ms);
+        self.state = State::Leader(leadership);
+        self.failed_elections = 0;
+        self.leader_seen = Some((self.id, now_ms));
+        Some((ballot, plan))
+    }
+
+    /// Stops campaigning or leading: becomes a follower. Returns the reads to abort and
+    /// the commands to hand back, with who may lead now.
+    pub fn step_down(&mut self) -> SteppedDown {
+        let leader_hint = self
+            .leader_seen
+            .map(|(id, _)| id)
+            .filter(|id| *id != self.id);
+        let reads = match &mut self.state {
+            State::Leader(l) => l.reads.drain_all(),
+            _ => Vec::new(),
+        };
+        let commands = self.queue.commands.drain(..).collect();
+        self.state = State::Follower;
+        SteppedDown {
+            reads,
+            commands,
+            leader_hint,
+        }
+    }
+
+    // ----- replication -----
+
+    /// Queues a client command for a slot (the caller checked this proposer leads and
+    /// the queue has room).
+    pub fn enqueue(&mut self, command: Bytes) {
+        debug_assert!(self.is_leader(), "a command queued on a {}", self.role());
+        self.queue.commands.push_back(command);
+    }
+
+    /// Gives queued commands slots, in batches, as far as the in-flight limits allow.
+    /// Returns the ballot and the new slots to send Accepts for; `None` unless leading.
+    pub fn assign_slots(
+        &mut self,
+        config: &Config,
+        commit: Slot,
+        now_ms: u64,
+    ) -> Option<(Ballot, Vec<(Slot, Value)>)> {
+        let State::Leader(l) = &mut self.state else {
+            return None;
+        };
+        let mut entries = Vec::new();
+        while l.has_room(config) {
+            let Some(value) = self
+                .queue
+                .next_batch(config.batch_bytes_max, config.batch_commands_max)
+            else {
+                break;
+            };
+            let slot = l.propose(value.clone(), now_ms);
+            entries.push((slot, value));
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        // The Accepts carry the commit index: it counts as announced.
+        l.commit_sent = commit;
+        Some((l.ballot, entries))
+    }
+
+    /// `from` accepted `slots` under `ballot`. Returns the slots now chosen, with their
+    /// values (nothing unless this proposer leads under `ballot`).
+    pub fn on_accepted(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        slots: Vec<Slot>,
+        quorum: usize,
+        now_ms: u64,
+    ) -> Vec<(Slot, Value)> {
+        match &mut self.state {
+            State::Leader(l) if l.ballot == ballot => l.on_accepted(from, slots, quorum, now_ms),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every slot below `commit` is chosen. Returns the ballot to announce `commit` under
+    /// if the followers have not heard of it yet; `None` otherwise or unless leading.
+    pub fn retire_chosen(&mut self, commit: Slot) -> Option<Ballot> {
+        let State::Leader(l) = &mut self.state else {
+            return None;
+        };
+        l.retire_below(commit).then_some(l.ballot)
+    }
+
+    /// The heartbeat timer expired at `now_ms`; `commit` is this replica's commit index.
+    /// `None` unless leading.
+    pub fn heartbeat(&mut self, config: &Config, commit: Slot, now_ms: u64) -> Option<Beat> {
+        let State::Leader(l) = &mut self.state else {
+            return None;
+        };
+        if !l.majority_alive(config, now_ms) {
+            return Some(Beat::StepDown);
+        }
+        l.commit_sent = commit;
+        Some(Beat::Send {
+            ballot: l.ballot,
+            read_round: l.reads.round,
+            resend: l.due_for_resend(config, now_ms),
+        })
+    }
+
+    // ----- reads -----
+
+    /// Read `id` arrived; `commit` is this replica's commit index. Returns whether a read
+    /// round must be started for it; `None` unless leading.
+    pub fn read(&mut self, id: u64, commit: Slot, quorum: usize) -> Option<bool> {
+        let State::Leader(l) = &mut self.state else {
+            return None;
+        };
+        // A new leader's commit index may lag what it re-proposed in recovery, some of
+        // which may already be chosen: the read waits for all of it.
+        let index = commit.max(l.recovery_end);
+        Some(l.reads.add(id, index, quorum == 1))
+    }
+
+    /// Starts a read round; its heartbeats carry `commit`, which counts as announced.
+    /// Returns the ballot and round number to send; `None` unless leading.
+    pub fn start_read_round(&mut self, commit: Slot) -> Option<(Ballot, u64)> {
+        let State::Leader(l) = &mut self.state else {
+            return None;
+        };
+        let round = l.reads.start_round(self.id);
+        l.commit_sent = l.commit_sent.max(commit);
+        Some((l.ballot, round))
+    }
+
+    /// `from` acknowledged this leader's heartbeat under `ballot` for read round `round`.
+    /// Returns whether the next read round must start.
+    pub fn on_heartbeat_ack(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        round: u64,
+        quorum: usize,
+        now_ms: u64,
+    ) -> bool {
+        match &mut self.state {
+            State::Leader(l) if l.ballot == ballot => {
+                l.last_ack_ms.insert(from, now_ms);
+                l.reads.on_ack(from, round, quorum)
+            }
+            _ => false,
+        }
+    }
+
+    /// The next confirmed read the state machine has caught up with (every slot below
+    /// `delivered` was handed out).
+    pub fn pop_ready_read(&mut self, delivered: Slot) -> Option<u64> {
+        match &mut self.state {
+            State::Leader(l) => l.reads.pop_ready(delivered),
+            _ => None,
+        }
+    }
+
+    /// Checks the proposer's own invariants (debug builds): a leader's bookkeeping adds
+    /// up, and a follower holds no commands (stepping down hands them back; a leader that
+    /// re-runs phase 1 keeps them for when it leads again).
+    pub fn debug_check(&self) {
+        if let State::Leader(l) = &self.state {
+            l.debug_check();
+        }
+        debug_assert!(
+            !matches!(self.state, State::Follower) || self.queue.commands.is_empty(),
+            "a follower holds queued commands"
+        );
+    }
+}
