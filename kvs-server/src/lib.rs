@@ -1,19 +1,37 @@
 //! The replicated key-value store daemon: it drives `paxos_core` over framed TCP and owns
 //! the write-ahead log, the state machine and its snapshots.
+//!
+//! Layers, each importing only from those below it:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`node`] | the replica: start-up, the event loop, request routing, outputs, snapshots, faults |
+//! | [`net`] | the listeners, client connections and peer links; they talk to the node through [`event`] |
+//! | [`event`] | the types the event loop receives |
+//! | [`storage`], [`wal`] | the write-ahead log, its record format and its writer thread |
+//! | [`snapshot`] | the snapshot file format, its files, and transfers between replicas |
+//! | [`state_machine`], [`sessions`] | the replicated map and exactly-once sessions |
+//! | [`identity`] | the durable identity of a data dir, and who may vote |
+//! | [`config`] | flags, config file and defaults, resolved into a [`config::NodeConfig`] |
+//! | [`error`] | [`error::ServerError`], why a replica cannot start or had to stop |
+#![forbid(unsafe_code)]
 
 pub mod acceptor_failures;
-pub mod clients;
 pub mod config;
 pub mod dev;
+pub mod dir_lock;
+pub mod error;
+pub mod event;
 pub mod identity;
-pub mod listener;
+pub mod net;
 pub mod node;
-pub mod peers;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod wal;
+
+pub use error::ServerError;
 
 /// Resolves when the process receives Ctrl-C (SIGINT) or SIGTERM.
 pub async fn wait_for_signal() {

@@ -1,17 +1,31 @@
 //! `kvs-server`: run one replica, or a whole local cluster with `kvs-server dev`.
+#![forbid(unsafe_code)]
 
-use clap::Parser;
-use kvs_server::config::{Cli, Command};
-use tokio::sync::watch;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use kvs_server::config::{defaults, Cli, Command};
+use kvs_server::ServerError;
+use tokio_util::sync::CancellationToken;
 
 // Many small, short-lived allocations (frames, commands, replies): mimalloc handles them
 // with less CPU than the system allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long a replica has, after SIGTERM or Ctrl-C, to stop gracefully (finish its
+/// requests in flight, write out its log, deliver its last answers).
+const STOP_MAX: Duration = Duration::from_secs(10);
+
+/// How long blocking work still running when the replica has stopped (a snapshot being
+/// written: harmless to abandon, its temporary file is removed at the next start) may
+/// delay the exit.
+const BLOCKING_FINISH_MAX: Duration = Duration::from_secs(2);
+
 fn init_logs(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(defaults::LOG_LEVEL));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -19,8 +33,9 @@ fn init_logs(filter: &str) {
         .init();
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,39 +43,40 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Some(Command::Dev(args)) => {
-                init_logs(&args.log_level);
-                kvs_server::dev::run(args).await
-            }
-            None => {
-                let merged = cli.replica.merged()?;
-                init_logs(merged.log_level.as_deref().unwrap_or("info"));
-                let cfg = cli.replica.resolve()?;
-                let (stop_tx, stop_rx) = watch::channel(false);
-                let mut node = tokio::spawn(kvs_server::node::run(cfg, stop_rx));
-                tokio::select! {
-                    r = &mut node => return r.map_err(|e| format!("replica task failed: {e}"))?,
-                    _ = kvs_server::wait_for_signal() => {}
-                }
-                // Graceful: in-flight requests get up to three seconds, then the log is synced.
-                let _ = stop_tx.send(true);
-                match tokio::time::timeout(std::time::Duration::from_secs(10), node).await {
-                    Ok(r) => r.map_err(|e| format!("replica task failed: {e}"))?,
-                    Err(_) => Err("the replica did not stop within 10 s".to_string()),
-                }
-            }
-        }
-    });
+    let result = runtime.block_on(run(cli, &matches));
+    runtime.shutdown_timeout(BLOCKING_FINISH_MAX);
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::from(1)
+            ExitCode::from(1)
         }
+    }
+}
+
+async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
+    if let Some(Command::Dev(args)) = cli.command {
+        init_logs(&args.log_level);
+        return kvs_server::dev::run(args).await;
+    }
+    let args = cli.replica.merged(matches)?;
+    init_logs(args.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL));
+    let cfg = args.resolve()?;
+    let shutdown = CancellationToken::new();
+    let mut node = tokio::spawn(kvs_server::node::run(cfg, shutdown.clone()));
+    tokio::select! {
+        r = &mut node => return r?,
+        _ = kvs_server::wait_for_signal() => {}
+    }
+    // Graceful: the replica finishes what it can within its bounds, then returns.
+    shutdown.cancel();
+    match tokio::time::timeout(STOP_MAX, node).await {
+        Ok(r) => r?,
+        Err(_) => Err(ServerError::StopTimeout {
+            secs: STOP_MAX.as_secs(),
+        }),
     }
 }

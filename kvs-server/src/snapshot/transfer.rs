@@ -2,7 +2,7 @@
 //!
 //! Sending ([`Outgoing`]): at most one transfer per peer at a time. Chunks are read from the
 //! snapshot file by a blocking thread and queued on the peer's snapshot lane
-//! ([`crate::peers::SnapshotLane`]), a small queue of its own that the link drains only when
+//! ([`crate::net::peers::SnapshotLane`]), a small queue of its own that the link drains only when
 //! no consensus message waits; the thread waits for room, so at most a few chunks are in
 //! memory. A transfer stops when it is cancelled (a newer snapshot supersedes it) or when the
 //! connection it streams over is lost.
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire::PeerMessage;
 
+use super::format;
 use crate::state_machine::StateMachine;
 
 /// Chunks received and not yet written to disk, at most; a receiver that falls further
@@ -137,13 +138,11 @@ fn stream(
         .metadata()
         .map_err(|e| format!("stat {}: {e}", path.display()))?
         .len();
-    // The slot is in the header, right after the 8-byte magic.
-    let mut header = [0u8; 16];
+    let mut header = [0u8; format::HEADER_BYTES];
     file.read_exact(&mut header)
         .map_err(|e| format!("read {}: {e}", path.display()))?;
-    let mut slot_bytes = [0u8; 8];
-    slot_bytes.copy_from_slice(&header[8..16]);
-    let slot = u64::from_le_bytes(slot_bytes);
+    let slot = format::header_slot(&header)
+        .ok_or_else(|| format!("{} is not a snapshot (bad magic)", path.display()))?;
     let runtime = tokio::runtime::Handle::current();
     let mut offset = 0u64;
     let mut pending = header.to_vec();
@@ -198,6 +197,7 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8], path: &Path) -> Result<us
 }
 
 /// A snapshot received completely, checked and decoded, waiting to be published.
+#[derive(Debug)]
 pub struct Received {
     /// Who sent it.
     pub from: NodeId,
@@ -343,8 +343,8 @@ fn check(path: &Path, from: NodeId) -> Result<StateMachine, String> {
     file.sync_all()
         .map_err(|e| format!("fsync {}: {e}", path.display()))?;
     let origin = PathBuf::from(format!("snapshot from replica {from}"));
-    super::decode_from(std::io::BufReader::with_capacity(1 << 20, file), &origin)
-        .map_err(|e| e.to_string())
+    let input = std::io::BufReader::with_capacity(super::file::FILE_BUFFER_BYTES, file);
+    format::decode_from(input, &origin).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -437,7 +437,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn chunks_in_order_are_written_checked_and_reported() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let bytes = super::super::encode(&StateMachine::new()).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = format::encode(&StateMachine::new()).unwrap_or_else(|e| panic!("{e}"));
         let total = bytes.len() as u64;
         let (report_tx, report_rx) = std::sync::mpsc::channel();
         let mut incoming = Incoming::start(dir.path(), 1, 4, total, move |r| {

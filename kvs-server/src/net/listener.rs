@@ -4,20 +4,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// The next accepted connection, or `None` once `shutdown` changes. Accept errors (such as
-/// running out of file descriptors) are logged and retried after a short pause rather than
-/// ending the listener.
+/// The pause after a failed accept (such as running out of file descriptors) before the
+/// next attempt.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The next accepted connection, or `None` once `shutdown` is cancelled. Accept errors are
+/// logged and retried after [`ACCEPT_RETRY_PAUSE`] rather than ending the listener.
 pub async fn accept(
     listener: &TcpListener,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
     what: &str,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.changed() => return None,
+            _ = shutdown.cancelled() => return None,
         };
         match accepted {
             Ok((stream, remote)) => {
@@ -26,7 +29,7 @@ pub async fn accept(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a {what} connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }
     }

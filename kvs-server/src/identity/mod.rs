@@ -93,7 +93,7 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Reading or writing the file or its directory failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -102,9 +102,10 @@ pub enum IdentityError {
     },
     /// The file is damaged: a bad checksum or a line that does not parse.
     #[error(
-        "{path} is damaged ({reason}); refusing to start: this replica cannot prove which \
+        "{} is damaged ({reason}); refusing to start: this replica cannot prove which \
          member it is. Restore the file from a backup, or replace this member (README: \
-         \"a replica whose disk was lost\")"
+         \"a replica whose disk was lost\")",
+        .path.display()
     )]
     Corrupt {
         /// The file.
@@ -112,9 +113,95 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
-    /// The flags disagree with the stored identity, or ask for something unsafe.
-    #[error("{0}")]
-    Refused(String),
+    /// The data dir is empty but `--initial-cluster-state` is `existing`: this member lost
+    /// its data, and with it its promises.
+    #[error(
+        "data dir {} is empty, but --initial-cluster-state is existing: member {member_id} \
+         of cluster \"{cluster}\" has lost its data, and with it the promises it made to \
+         the other members, so it must not vote. Leave it stopped: the cluster keeps serving \
+         on the other members while a majority of them is up. Replace this member (README: \
+         \"a replica whose disk was lost\") rather than restarting it empty; its peers \
+         refuse an empty data dir under its id. If this is the first start of a new \
+         cluster, use --initial-cluster-state new",
+        .dir.display()
+    )]
+    LostData {
+        /// The empty data dir.
+        dir: PathBuf,
+        /// `--id`.
+        member_id: u64,
+        /// `--cluster-id`.
+        cluster: String,
+    },
+    /// The flags disagree with the identity stored in the data dir, which wins.
+    #[error(
+        "{mismatch}; the data dir's identity ({}) wins over flags: fix the flags, or use \
+         another data dir",
+        .file.display()
+    )]
+    FlagsDisagree {
+        /// The identity file.
+        file: PathBuf,
+        /// What differs.
+        mismatch: Mismatch,
+    },
+    /// A peer refused this replica: it knows this member by another data dir, so this
+    /// replica's promises are lost and it must not vote.
+    #[error("peer {peer} refused this replica: {refusal}")]
+    ReplacedAtPeer {
+        /// The refusing peer.
+        peer: u64,
+        /// Its refusal.
+        refusal: wire::HandshakeRefusal,
+    },
+    /// An updated identity could not be written durably. Retrying is not safe (after a
+    /// failed fsync the kernel may have dropped the data), so the replica stops.
+    #[error("cannot record the cluster identity: {}: {source}", .path.display())]
+    Record {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What differs between the flags and a stored identity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// `--id` names another member.
+    #[error("--id is {flag}, but this data dir belongs to member {stored}")]
+    Member {
+        /// `--id`.
+        flag: u64,
+        /// The stored member id.
+        stored: u64,
+    },
+    /// `--cluster-id` names another cluster.
+    #[error("--cluster-id is \"{flag}\", but this data dir belongs to cluster \"{stored}\"")]
+    Cluster {
+        /// `--cluster-id`.
+        flag: String,
+        /// The stored cluster name.
+        stored: String,
+    },
+    /// `--peers` lists other members.
+    #[error(
+        "--peers lists members {flag:?}, but this data dir's cluster has members {stored:?} \
+         (only in --peers: {:?}; missing from --peers: {:?})",
+        only(flag, stored),
+        only(stored, flag)
+    )]
+    Members {
+        /// The ids of `--peers`.
+        flag: Vec<u64>,
+        /// The stored member ids.
+        stored: Vec<u64>,
+    },
+}
+
+/// The ids in `a` that are not in `b`.
+fn only(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().filter(|i| !b.contains(i)).copied().collect()
 }
 
 /// What the flags say about the cluster, to bootstrap or check an identity with.
@@ -316,7 +403,7 @@ pub fn has_data(dir: &Path) -> Result<bool, IdentityError> {
     if dir.join(crate::snapshot::FILE_NAME).exists() {
         return Ok(true);
     }
-    let wal = dir.join("wal");
+    let wal = dir.join(crate::storage::WAL_DIR_NAME);
     match std::fs::read_dir(&wal) {
         Ok(mut entries) => Ok(entries.next().transpose().map_err(io(wal))?.is_some()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -337,7 +424,11 @@ pub fn open(dir: &Path, flags: &Bootstrap) -> Result<(Identity, Opened), Identit
     }
     let legacy = has_data(dir)?;
     if !legacy && flags.state == Some(InitialClusterState::Existing) {
-        return Err(IdentityError::Refused(lost_data_message(dir, flags)));
+        return Err(IdentityError::LostData {
+            dir: dir.to_path_buf(),
+            member_id: flags.member_id,
+            cluster: flags.cluster_name.clone(),
+        });
     }
     let token = flags.token.as_deref().unwrap_or(&flags.cluster_name);
     let mut identity = Identity {
@@ -359,67 +450,41 @@ pub fn open(dir: &Path, flags: &Bootstrap) -> Result<(Identity, Opened), Identit
     Ok((identity, how))
 }
 
-fn lost_data_message(dir: &Path, flags: &Bootstrap) -> String {
-    format!(
-        "data dir {} is empty, but --initial-cluster-state is existing: member {} of cluster \
-         \"{}\" has lost its data, and with it the promises it made to the other members, so \
-         it must not vote. Leave it stopped: the cluster keeps serving on the other members \
-         while a majority of them is up. Replace this member (README: \"a replica whose disk \
-         was lost\") rather than restarting it empty; its peers refuse an empty data dir \
-         under its id. If this is the first start of a new cluster, use \
-         --initial-cluster-state new",
-        dir.display(),
-        flags.member_id,
-        flags.cluster_name
-    )
-}
-
 fn check_stored(stored: &Identity, flags: &Bootstrap, dir: &Path) -> Result<(), IdentityError> {
-    let file = dir.join(FILE_NAME);
-    let refuse = |what: String| {
-        Err(IdentityError::Refused(format!(
-            "{what}; the data dir's identity ({}) wins over flags: fix the flags, or use \
-             another data dir",
-            file.display()
-        )))
+    let mismatch = if stored.member_id != flags.member_id {
+        Mismatch::Member {
+            flag: flags.member_id,
+            stored: stored.member_id,
+        }
+    } else if stored.cluster_name != flags.cluster_name {
+        Mismatch::Cluster {
+            flag: flags.cluster_name.clone(),
+            stored: stored.cluster_name.clone(),
+        }
+    } else if stored.members != flags.members {
+        Mismatch::Members {
+            flag: flags.members.clone(),
+            stored: stored.members.clone(),
+        }
+    } else {
+        return Ok(());
     };
-    if stored.member_id != flags.member_id {
-        return refuse(format!(
-            "--id is {}, but this data dir belongs to member {}",
-            flags.member_id, stored.member_id
-        ));
-    }
-    if stored.cluster_name != flags.cluster_name {
-        return refuse(format!(
-            "--cluster-id is \"{}\", but this data dir belongs to cluster \"{}\"",
-            flags.cluster_name, stored.cluster_name
-        ));
-    }
-    if stored.members != flags.members {
-        let only = |a: &[u64], b: &[u64]| -> Vec<u64> {
-            a.iter().filter(|i| !b.contains(i)).copied().collect()
-        };
-        return refuse(format!(
-            "--peers lists members {:?}, but this data dir's cluster has members {:?} \
-             (only in --peers: {:?}; missing from --peers: {:?})",
-            flags.members,
-            stored.members,
-            only(&flags.members, &stored.members),
-            only(&stored.members, &flags.members)
-        ));
-    }
-    Ok(())
+    Err(IdentityError::FlagsDisagree {
+        file: dir.join(FILE_NAME),
+        mismatch,
+    })
 }
 
 /// What the peer links report to the replica about identities.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum LinkEvent {
     /// A peer accepted this replica's handshake, so it has recorded this directory's
     /// instance durably (acceptance is sent only after that).
     Admitted(u64),
-    /// This replica must stop: a peer knows this member by another data directory, or the
-    /// identity file could not be written.
-    Fatal(String),
+    /// This replica must stop: a peer knows this member by another data directory
+    /// ([`IdentityError::ReplacedAtPeer`]), or the identity file could not be written
+    /// ([`IdentityError::Record`]).
+    Fatal(IdentityError),
 }
 
 /// The identity of a running replica, shared by its peer links: it records the instances
@@ -485,13 +550,16 @@ impl IdentityStore {
                 let mut next = identity.clone();
                 next.known.insert(peer, instance);
                 self.replace(&mut identity, next)
-                    .map_err(|message| wire::HandshakeRefusal::Other { code: 0, message })
+                    .map_err(|e| wire::HandshakeRefusal::Other {
+                        code: 0,
+                        message: e.to_string(),
+                    })
             }
         }
     }
 
     /// Marks this directory as allowed to vote, durably.
-    pub fn mark_joined(&self) -> Result<(), String> {
+    pub fn mark_joined(&self) -> Result<(), IdentityError> {
         let mut identity = self.lock();
         let mut next = identity.clone();
         next.joined = true;
@@ -499,239 +567,33 @@ impl IdentityStore {
     }
 
     /// Writes `next` and makes it current. A failed write stops the replica: after a failed
-    /// fsync the kernel may have dropped the data, so retrying is not safe.
-    fn replace(&self, current: &mut Identity, next: Identity) -> Result<(), String> {
+    /// fsync the kernel may have dropped the data, so retrying is not safe. The error is
+    /// returned, and reported to the replica as [`LinkEvent::Fatal`].
+    fn replace(&self, current: &mut Identity, next: Identity) -> Result<(), IdentityError> {
         match next.write(&self.dir) {
             Ok(()) => {
                 *current = next;
                 Ok(())
             }
             Err(e) => {
-                let message = format!("cannot record the cluster identity: {e}");
-                self.report(LinkEvent::Fatal(message.clone()));
-                Err(message)
+                let (path, source) = match e {
+                    IdentityError::Io { path, source } => (path, source),
+                    other => (
+                        self.dir.join(FILE_NAME),
+                        std::io::Error::other(other.to_string()),
+                    ),
+                };
+                // The replica hears of it too (an io::Error cannot be cloned: its kind and
+                // text are).
+                self.report(LinkEvent::Fatal(IdentityError::Record {
+                    path: path.clone(),
+                    source: std::io::Error::new(source.kind(), source.to_string()),
+                }));
+                Err(IdentityError::Record { path, source })
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flags(state: Option<InitialClusterState>) -> Bootstrap {
-        Bootstrap {
-            cluster_name: "kvs".into(),
-            member_id: 2,
-            members: vec![1, 2, 3],
-            token: None,
-            state,
-        }
-    }
-
-    fn sample() -> Identity {
-        Identity {
-            cluster_name: "prod east".into(),
-            cluster_uid: cluster_uid("prod east", &[1, 2, 3], "t"),
-            member_id: 2,
-            instance: Uid([0x5a; 16]),
-            members: vec![1, 2, 3],
-            joined: true,
-            known: [(1, Uid([1; 16])), (3, Uid([3; 16]))].into(),
-        }
-    }
-
-    fn tmp() -> tempfile::TempDir {
-        tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[test]
-    fn file_roundtrips_and_reads_well() {
-        let dir = tmp();
-        let id = sample();
-        id.write(dir.path()).unwrap();
-        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id.clone()));
-        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert!(
-            text.starts_with("kvs-identity 1\ncluster_name prod east\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nknown 3 03030303030303030303030303030303\n"));
-        assert!(!dir.path().join(TEMP_NAME).exists());
-    }
-
-    #[test]
-    fn every_damage_is_caught() {
-        let text = sample().encode();
-        // Every single flipped bit, and every truncation, is refused.
-        for i in 0..text.len() {
-            let mut bytes = text.clone().into_bytes();
-            bytes[i] ^= 0x01;
-            if let Ok(t) = String::from_utf8(bytes) {
-                assert!(Identity::decode(&t).is_err(), "flipped byte {i}");
-            }
-            assert!(Identity::decode(&text[..i]).is_err(), "cut at {i}");
-        }
-        let dir = tmp();
-        std::fs::write(dir.path().join(FILE_NAME), &text[..text.len() - 3]).unwrap();
-        let err = Identity::read(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("is damaged"), "{err}");
-        assert!(err.contains("replace this member"), "{err}");
-        std::fs::write(dir.path().join(FILE_NAME), b"\xff\xfe").unwrap();
-        assert!(matches!(
-            Identity::read(dir.path()),
-            Err(IdentityError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn a_well_checksummed_but_odd_file_is_refused() {
-        let with_crc = |body: &str| {
-            let crc = crc32c::crc32c(body.as_bytes());
-            format!("{body}crc32c {crc:08x}\n")
-        };
-        let good = sample().encode();
-        let body = &good[..good.rfind("crc32c").unwrap()];
-        assert!(Identity::decode(&with_crc(body)).is_ok());
-        let odd = body.replace("joined true", "joined maybe");
-        assert!(Identity::decode(&with_crc(&odd))
-            .unwrap_err()
-            .contains("joined"));
-        let odd = body.replace("members 1,2,3", "members 3,1");
-        assert!(Identity::decode(&with_crc(&odd)).is_err());
-        let odd = format!("{body}color blue\n");
-        assert!(Identity::decode(&with_crc(&odd))
-            .unwrap_err()
-            .contains("unknown field"));
-        let odd = body.replace("member_id 2\n", "");
-        assert!(Identity::decode(&with_crc(&odd))
-            .unwrap_err()
-            .contains("member_id is missing"));
-    }
-
-    #[test]
-    fn cluster_uid_is_stable_and_depends_on_every_input() {
-        let base = cluster_uid("kvs", &[1, 2, 3], "kvs");
-        // Pinned: the id is stored, so it must never change between builds.
-        assert_eq!(
-            base.to_string(),
-            cluster_uid("kvs", &[1, 2, 3], "kvs").to_string()
-        );
-        assert_eq!(base.to_string(), "ae04ddb3aa518bc8b9b7e13f7012cd20");
-        assert_ne!(base, cluster_uid("kvs2", &[1, 2, 3], "kvs"));
-        assert_ne!(base, cluster_uid("kvs", &[1, 2, 4], "kvs"));
-        assert_ne!(base, cluster_uid("kvs", &[1, 2, 3], "other"));
-        assert_ne!(cluster_uid("a", &[12], ""), cluster_uid("a", &[1, 2], ""));
-    }
-
-    #[test]
-    fn empty_dir_with_new_bootstraps_unjoined_and_durably() {
-        let dir = tmp();
-        let (id, how) = open(dir.path(), &flags(None)).unwrap();
-        assert_eq!(how, Opened::Bootstrapped);
-        assert!(!id.joined);
-        assert_eq!(id.join_quorum(), 2);
-        assert_eq!(id.cluster_uid, cluster_uid("kvs", &[1, 2, 3], "kvs"));
-        // On disk before anything else happens; a restart reads the same instance.
-        let (again, how) = open(dir.path(), &flags(Some(InitialClusterState::Existing))).unwrap();
-        assert_eq!((again, how), (id.clone(), Opened::Stored));
-        // A wiped directory gets another instance.
-        let other = tmp();
-        let (fresh, _) = open(other.path(), &flags(None)).unwrap();
-        assert_ne!(fresh.instance, id.instance);
-    }
-
-    #[test]
-    fn empty_dir_with_existing_is_refused_with_what_to_do() {
-        let dir = tmp();
-        let err = open(dir.path(), &flags(Some(InitialClusterState::Existing)))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("has lost its data"), "{err}");
-        assert!(err.contains("must not vote"), "{err}");
-        assert!(err.contains("Replace this member"), "{err}");
-        assert!(!dir.path().join(FILE_NAME).exists());
-    }
-
-    #[test]
-    fn a_directory_of_an_earlier_version_is_adopted_as_joined() {
-        let dir = tmp();
-        std::fs::create_dir(dir.path().join("wal")).unwrap();
-        // An empty log directory is no data.
-        assert!(!has_data(dir.path()).unwrap());
-        std::fs::write(dir.path().join("wal").join("00000001.wal"), b"x").unwrap();
-        let (id, how) = open(dir.path(), &flags(Some(InitialClusterState::Existing))).unwrap();
-        assert_eq!(how, Opened::Adopted);
-        assert!(id.joined);
-        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
-    }
-
-    #[test]
-    fn store_records_instances_once_and_refuses_another() {
-        let dir = tmp();
-        let (id, _) = open(dir.path(), &flags(None)).unwrap();
-        let own = id.instance;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let store = IdentityStore::new(dir.path().to_path_buf(), id, tx);
-        store.admit(1, Uid([1; 16])).unwrap();
-        store.admit(1, Uid([1; 16])).unwrap();
-        // Recorded durably before the admission returned.
-        let on_disk = Identity::read(dir.path()).unwrap().unwrap();
-        assert_eq!(on_disk.known.get(&1), Some(&Uid([1; 16])));
-        assert_eq!(
-            store.admit(1, Uid([9; 16])),
-            Err(wire::HandshakeRefusal::MemberReplaced {
-                node_id: 1,
-                known: Uid([1; 16]),
-                got: Uid([9; 16]),
-            })
-        );
-        // Nobody else may connect as this member, not even with its instance.
-        assert!(store.admit(2, own).is_err());
-        store.mark_joined().unwrap();
-        assert!(Identity::read(dir.path()).unwrap().unwrap().joined);
-        assert!(rx.try_recv().is_err());
-        // A failed write refuses the peer and stops the replica.
-        drop(dir);
-        assert!(matches!(
-            store.admit(3, Uid([3; 16])),
-            Err(wire::HandshakeRefusal::Other { .. })
-        ));
-        assert!(matches!(rx.try_recv(), Ok(LinkEvent::Fatal(_))));
-    }
-
-    #[test]
-    fn single_member_cluster_is_joined_at_once() {
-        let dir = tmp();
-        let mut f = flags(None);
-        f.members = vec![2];
-        let (id, _) = open(dir.path(), &f).unwrap();
-        assert!(id.joined);
-        assert_eq!(id.join_quorum(), 0);
-    }
-
-    #[test]
-    fn flags_that_disagree_with_the_stored_identity_are_refused_by_name() {
-        let dir = tmp();
-        open(dir.path(), &flags(None)).unwrap();
-        let mut f = flags(None);
-        f.members = vec![1, 2, 4];
-        let err = open(dir.path(), &f).unwrap_err().to_string();
-        assert!(
-            err.contains("--peers lists members [1, 2, 4], but this data dir's cluster has members [1, 2, 3] (only in --peers: [4]; missing from --peers: [3])"),
-            "{err}"
-        );
-        let mut f = flags(None);
-        f.cluster_name = "other".into();
-        let err = open(dir.path(), &f).unwrap_err().to_string();
-        assert!(err.contains("belongs to cluster \"kvs\""), "{err}");
-        let mut f = flags(None);
-        f.member_id = 1;
-        let err = open(dir.path(), &f).unwrap_err().to_string();
-        assert!(err.contains("belongs to member 2"), "{err}");
-        // A new token after bootstrap is ignored: the stored identity wins.
-        let mut f = flags(Some(InitialClusterState::New));
-        f.token = Some("another".into());
-        assert_eq!(open(dir.path(), &f).unwrap().1, Opened::Stored);
-    }
-}
+mod tests;

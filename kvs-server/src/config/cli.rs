@@ -1,0 +1,164 @@
+//! The command line: `kvs-server [FLAGS]` runs one replica, `kvs-server dev` a local cluster.
+//! [`ReplicaArgs`] is also the schema of the `--config` TOML file (same names with
+//! underscores).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use super::defaults;
+use crate::acceptor_failures::FailMode;
+use crate::identity::InitialClusterState;
+
+/// The replicated key-value store daemon.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvs-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Run a local development cluster instead of one replica.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of one replica.
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a whole cluster on loopback in this process, for trying the store out.
+    Dev(DevArgs),
+}
+
+/// `kvs-server dev` settings.
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Where the replicas keep their data (one folder each); kept across restarts.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// How many replicas (1 to 7).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Client port of replica 1; replica N listens on this + N - 1.
+    #[arg(long, default_value_t = 6001)]
+    pub client_port: u16,
+    /// Peer port of replica 1; replica N listens on this + N - 1.
+    #[arg(long, default_value_t = 7001)]
+    pub peer_port: u16,
+    /// Random acceptor failures: the chance that a replica fails within each second it is
+    /// up, drawn every 100 ms whatever the load (0 disables; 0.05 fails a replica about
+    /// once every 20 seconds).
+    #[arg(long, default_value_t = defaults::ACCEPTOR_FAIL_PROB_PER_SEC)]
+    pub acceptor_fail_prob: f64,
+    /// What a random acceptor failure loses: `crash` drops the memory and every log write
+    /// not yet durable; `amnesia` drops the memory only.
+    #[arg(long, value_enum, default_value_t = FailMode::default())]
+    pub acceptor_fail_mode: FailMode,
+    /// How long a failed acceptor stays down, as MIN..MAX milliseconds.
+    #[arg(long, default_value = defaults::ACCEPTOR_DOWN_MS)]
+    pub acceptor_down_ms: String,
+    /// Log filter (e.g. info, debug, kvs_server=debug).
+    #[arg(long, default_value = defaults::LOG_LEVEL, env = "KVS_LOG")]
+    pub log_level: String,
+}
+
+/// Settings of one replica. Every flag can also come from the `--config` TOML file (same
+/// names with underscores); flags (and `KVS_LOG`) win. A setting given nowhere takes its
+/// default from [`defaults`] when resolved.
+///
+/// The one struct is both the flags (clap) and the file (serde): the file is read into it,
+/// then the flags given are laid over it ([`super::ReplicaArgs::merged`]), so a new setting
+/// is one new field here.
+#[derive(Args, Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This replica's id (a member of --peers).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every member as ID=HOST:PORT, comma-separated, this replica included: where to
+    /// reach each for replication. This replica listens on its own entry.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Where to listen for clients, HOST:PORT.
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Client addresses of the members as ID=HOST:PORT, so followers can point clients to
+    /// the leader.
+    #[arg(long)]
+    pub client_addrs: Option<String>,
+    /// Where the write-ahead log and snapshots live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Peers and clients must present this cluster id.
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// How to start with an empty data dir: `new` bootstraps (or joins the bootstrap of) a
+    /// new cluster; `existing` refuses, since a member of a running cluster that lost its
+    /// data must not vote. Ignored once the data dir holds an identity.
+    #[arg(long, value_enum)]
+    pub initial_cluster_state: Option<InitialClusterState>,
+    /// Mixed into the cluster identity at bootstrap (default: the cluster id), so that a
+    /// cluster re-created on the same members is a different cluster. Ignored once the data
+    /// dir holds an identity.
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
+    /// Snapshot and compact the log every this many applied slots.
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// Client sessions remembered for exactly-once writes; the least recently active one is
+    /// forgotten first. Every replica of a cluster must use the same value.
+    #[arg(long)]
+    pub sessions_max: Option<usize>,
+    /// Random acceptor failures: the chance that this replica fails within each second it
+    /// is up, drawn every 100 ms whatever the load (0, the default, disables; 0.05 fails it
+    /// about once every 20 seconds). A failed replica stays down for --acceptor-down-ms,
+    /// then rebuilds itself from disk and catches up from its peers.
+    #[arg(long)]
+    pub acceptor_fail_prob: Option<f64>,
+    /// What a random acceptor failure loses: `crash` (the default) drops the memory and
+    /// every log write not yet durable, as a real crash does; `amnesia` drops the memory
+    /// only, and the log writer still writes what it was handed.
+    #[arg(long, value_enum)]
+    pub acceptor_fail_mode: Option<FailMode>,
+    /// How long a failed acceptor stays down, as MIN..MAX milliseconds.
+    #[arg(long)]
+    pub acceptor_down_ms: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long)]
+    pub heartbeat_ms: Option<u64>,
+    /// Election timeout range as MIN..MAX milliseconds.
+    #[arg(long)]
+    pub election_timeout_ms: Option<String>,
+    /// How long a request may wait for consensus before it is answered with a timeout.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Most client connections served at once.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest frame accepted from a client or peer, in bytes.
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Bytes of answers one client connection may hold before its requests are not read.
+    #[arg(long)]
+    pub client_held_bytes_max: Option<usize>,
+    /// A client connection that takes none of its answers for this long is closed.
+    #[arg(long)]
+    pub client_stall_timeout_ms: Option<u64>,
+    /// Log filter (e.g. info, debug, kvs_server=debug).
+    #[arg(long, env = "KVS_LOG")]
+    pub log_level: Option<String>,
+    /// TESTING ONLY, UNSAFE: answer linearizable reads from local state without confirming
+    /// leadership. Exists so the test suite can show that its checker catches stale reads.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub unsafe_local_reads: bool,
+}

@@ -1,0 +1,8 @@
+//! The replica's network: the client listener and its connections ([`clients`]), and the
+//! links between replicas ([`peers`]). Tasks here never touch the consensus state: they
+//! hand what they read to the event loop ([`crate::event::Event`]) and write what it gives
+//! them.
+
+pub mod clients;
+pub mod listener;
+pub mod peers;

@@ -1,0 +1,389 @@
+//! Links between replicas.
+//!
+//! A replica sends only on the connections it dials (one per peer) and receives only on
+//! the connections it accepts. Every direction of every link is therefore its own TCP
+//! connection, and cutting one (a one-way partition) affects one direction only.
+//!
+//! Every connection opens with the handshake: the dialing replica presents its identity
+//! (cluster identity, data dir instance, members, `--sessions-max`), the accepting replica
+//! checks it ([`wire::check_hello`]) and the instance against the one it recorded for that
+//! member ([`IdentityStore::admit`]), and only then accepts. So a refusal is seen on both
+//! sides: the accepting side logs it at warn, and the dialing side logs the reason it was
+//! given at warn. A refusal saying that this member is known by another data dir stops
+//! this replica ([`LinkEvent::Fatal`]): its promises are lost and it must not vote.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use paxos_core::NodeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wire::{
+    HandshakeExpectation, HandshakeRefusal, Hello, PeerMessage, PeerReachability, PeerRole,
+    WireError,
+};
+
+use crate::event::Event;
+use crate::identity::{IdentityError, IdentityStore, LinkEvent};
+use crate::snapshot::transfer::Outgoing;
+
+/// How many messages may wait for a peer link; beyond that they are dropped (the consensus
+/// core retransmits what matters).
+pub const PEER_QUEUE_MAX: usize = 8192;
+
+/// How many snapshot chunks may wait for a peer link, in a queue of their own: a transfer
+/// waits for room rather than growing memory, and never crowds out consensus messages,
+/// which are always written first.
+pub const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
+
+/// The snapshot side of a peer link: chunks to send, and a count of the connections made,
+/// so that a transfer can stop when the connection it was streaming over is gone.
+pub struct SnapshotLane {
+    /// Chunks to send when no consensus message waits.
+    pub chunks: mpsc::Receiver<PeerMessage>,
+    /// Goes up every time the link connects or is lost.
+    pub epoch: Arc<AtomicU64>,
+}
+
+/// The shortest pause before redialling a peer; it doubles per failure up to
+/// [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// The longest pause before redialling a peer.
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// How long connecting to a peer, and each side of a peer handshake, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Frames = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// The event loop's side of the links to its peers: where to queue messages for each, and
+/// whether each is reachable.
+#[derive(Default)]
+pub struct Links {
+    queues: BTreeMap<NodeId, mpsc::Sender<PeerMessage>>,
+    reachable: BTreeMap<NodeId, Arc<AtomicBool>>,
+}
+
+impl Links {
+    /// Queues `msg` for `to`, dropping it if the link's queue is full or `to` is unknown
+    /// (best effort: the consensus core retransmits what matters).
+    pub fn send(&self, to: NodeId, msg: PeerMessage) {
+        if let Some(tx) = self.queues.get(&to) {
+            let _ = tx.try_send(msg);
+        }
+    }
+
+    /// Whether each peer's outbound link is connected, in id order.
+    pub fn reachability(&self) -> Vec<PeerReachability> {
+        self.reachable
+            .iter()
+            .map(|(&id, flag)| PeerReachability {
+                id,
+                reachable: flag.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// What the outbound links of a replica share.
+pub struct Dialer {
+    /// What this replica presents in every handshake.
+    pub hello: Hello,
+    /// Records instances and reports refusals.
+    pub store: Arc<IdentityStore>,
+    /// Ends the links.
+    pub shutdown: CancellationToken,
+    /// Where the link tasks run.
+    pub tasks: TaskTracker,
+}
+
+/// Starts one outbound link per peer in `peers` (every member but `me`), and returns the
+/// event loop's handle on them and the snapshot transfers that stream over them.
+pub fn dial_all(
+    me: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+    dialer: &Dialer,
+) -> (Links, Outgoing) {
+    let mut links = Links::default();
+    let mut outgoing = Outgoing::default();
+    for (&peer, addr) in peers.iter().filter(|(&id, _)| id != me) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        let (chunks_tx, chunks) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
+        let epoch = Arc::new(AtomicU64::new(0));
+        outgoing.add_peer(peer, chunks_tx, Arc::clone(&epoch));
+        let reachable = Arc::new(AtomicBool::new(false));
+        let link = Outbound {
+            to: peer,
+            addr: addr.clone(),
+            hello: dialer.hello.clone(),
+            store: Arc::clone(&dialer.store),
+            reachable: Arc::clone(&reachable),
+            shutdown: dialer.shutdown.clone(),
+        };
+        dialer
+            .tasks
+            .spawn(link.run(rx, SnapshotLane { chunks, epoch }));
+        links.queues.insert(peer, tx);
+        links.reachable.insert(peer, reachable);
+    }
+    (links, outgoing)
+}
+
+/// One outbound link: keeps a connection to peer `to` at `addr`, opened with `hello`.
+struct Outbound {
+    to: NodeId,
+    addr: String,
+    hello: Hello,
+    store: Arc<IdentityStore>,
+    reachable: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl Outbound {
+    /// Connects (again and again) and sends what arrives on `rx` and on the snapshot lane,
+    /// until shutdown or until the event loop is gone. Each accepted handshake is reported
+    /// as [`LinkEvent::Admitted`].
+    async fn run(self, mut rx: mpsc::Receiver<PeerMessage>, lane: SnapshotLane) {
+        let SnapshotLane { mut chunks, epoch } = lane;
+        let mut backoff = BACKOFF_MIN;
+        let mut last_refusal: Option<String> = None;
+        while !self.shutdown.is_cancelled() {
+            let connected = tokio::select! {
+                c = connect(&self.addr, &self.hello) => c,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let mut framed = match connected {
+                Ok(f) => f,
+                Err(e) => {
+                    self.reachable.store(false, Ordering::Relaxed);
+                    self.refused(&e, &mut last_refusal);
+                    // Messages queued while the peer is unreachable are stale by the time
+                    // it is back; the core resends what is still needed.
+                    while rx.try_recv().is_ok() {}
+                    while chunks.try_recv().is_ok() {}
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            tracing::debug!(peer = self.to, addr = %self.addr, "connected to peer");
+            backoff = BACKOFF_MIN;
+            last_refusal = None;
+            epoch.fetch_add(1, Ordering::AcqRel);
+            self.reachable.store(true, Ordering::Relaxed);
+            self.store.report(LinkEvent::Admitted(self.to));
+            let ended = self.pump(&mut framed, &mut rx, &mut chunks).await;
+            self.reachable.store(false, Ordering::Relaxed);
+            // A transfer streaming over the lost connection stops (its chunks are dropped).
+            epoch.fetch_add(1, Ordering::AcqRel);
+            while chunks.try_recv().is_ok() {}
+            if ended == Pump::Stop {
+                return;
+            }
+            tracing::debug!(peer = self.to, addr = %self.addr, "peer link lost; reconnecting");
+        }
+    }
+
+    /// Writes queued messages to one connection until it breaks (`Reconnect`), or until
+    /// shutdown or the event loop is gone (`Stop`).
+    async fn pump(
+        &self,
+        framed: &mut Frames,
+        rx: &mut mpsc::Receiver<PeerMessage>,
+        chunks: &mut mpsc::Receiver<PeerMessage>,
+    ) -> Pump {
+        loop {
+            // Consensus messages first; a snapshot chunk only when none waits.
+            let first = tokio::select! {
+                biased;
+                m = rx.recv() => m,
+                c = chunks.recv() => c,
+                _ = self.shutdown.cancelled() => return Pump::Stop,
+                // The receiving side never writes; a read returning means it hung up.
+                r = framed.next() => {
+                    if r.is_none() || matches!(r, Some(Err(_))) {
+                        return Pump::Reconnect;
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = first else {
+                return Pump::Stop; // the node is gone
+            };
+            // One write syscall per burst: feed everything queued, then flush once.
+            let mut failed = feed(framed, &first).await.is_err();
+            while !failed {
+                match rx.try_recv() {
+                    Ok(m) => failed = feed(framed, &m).await.is_err(),
+                    Err(_) => break,
+                }
+            }
+            if failed || SinkExt::<bytes::Bytes>::flush(framed).await.is_err() {
+                return Pump::Reconnect;
+            }
+        }
+    }
+
+    /// Logs why a connection failed: a refusal at warn (once until it changes, the link
+    /// retries every second), anything else at debug. A peer that knows this member by
+    /// another data dir stops this replica.
+    fn refused(&self, error: &WireError, last: &mut Option<String>) {
+        let (to, addr) = (self.to, &self.addr);
+        let WireError::PeerRefused(refusal) = error else {
+            tracing::debug!(peer = to, %addr, %error, "cannot reach peer");
+            return;
+        };
+        let text = refusal.to_string();
+        if last.as_deref() != Some(text.as_str()) {
+            tracing::warn!(peer = to, %addr, reason = %text, "peer refused our handshake");
+            *last = Some(text);
+        }
+        if let HandshakeRefusal::MemberReplaced { .. } = refusal {
+            self.store
+                .report(LinkEvent::Fatal(IdentityError::ReplacedAtPeer {
+                    peer: to,
+                    refusal: refusal.clone(),
+                }));
+        }
+    }
+}
+
+/// How a connection of an outbound link ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Pump {
+    /// The connection broke: dial again.
+    Reconnect,
+    /// Shutdown, or the event loop is gone: the link ends.
+    Stop,
+}
+
+async fn feed(framed: &mut Frames, msg: &PeerMessage) -> Result<(), WireError> {
+    let bytes = wire::encode(msg)?;
+    framed.feed(bytes).await.map_err(WireError::from)
+}
+
+async fn connect(addr: &str, hello: &Hello) -> Result<Frames, WireError> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| WireError::HandshakeTimeout {
+            timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+        })??;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(
+        stream,
+        wire::frame_codec_with_max(wire::FRAME_BYTES_MAX_CEILING)
+            .unwrap_or_else(|_| wire::frame_codec()),
+    );
+    wire::client_handshake(&mut framed, hello, HANDSHAKE_TIMEOUT).await?;
+    Ok(framed)
+}
+
+/// What the inbound side of the links needs: accepted connections must meet `expect` and
+/// present an instance `store` admits; what they carry goes to the event loop on `events`.
+pub struct Acceptor {
+    /// This replica's id, told in the handshake.
+    pub my_id: NodeId,
+    /// What a connecting replica must present.
+    pub expect: HandshakeExpectation,
+    /// Records and checks instances.
+    pub store: Arc<IdentityStore>,
+    /// The event loop's inbox.
+    pub events: mpsc::Sender<Event>,
+    /// Largest frame accepted from a peer.
+    pub frame_bytes_max: usize,
+    /// Ends the listener and its connections.
+    pub shutdown: CancellationToken,
+}
+
+/// Accepts peer connections until shutdown; each is served by a task on `tasks`.
+pub async fn listen(listener: TcpListener, acceptor: Arc<Acceptor>, tasks: TaskTracker) {
+    while let Some((stream, remote)) =
+        super::listener::accept(&listener, &acceptor.shutdown, "peer").await
+    {
+        let acceptor = Arc::clone(&acceptor);
+        tasks.spawn(async move { acceptor.receive(stream, remote).await });
+    }
+}
+
+impl Acceptor {
+    /// Runs the handshake on one accepted connection, then forwards its messages.
+    async fn receive(&self, stream: TcpStream, remote: SocketAddr) {
+        let codec = wire::frame_codec_with_max(self.frame_bytes_max)
+            .unwrap_or_else(|_| wire::frame_codec());
+        let mut framed = Framed::new(stream, codec);
+        let Some(from) = self.handshake(&mut framed, remote).await else {
+            return;
+        };
+        loop {
+            let frame = tokio::select! {
+                f = framed.next() => f,
+                _ = self.shutdown.cancelled() => return,
+            };
+            let bytes = match frame {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    // A reset or an abrupt close is what partitions and restarts look like.
+                    tracing::info!(peer = from, %remote, error = %e, "peer connection ended");
+                    return;
+                }
+                None => return,
+            };
+            let msg = match wire::decode::<PeerMessage>(&bytes) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    tracing::warn!(peer = from, %remote, error = %e, "closing a peer connection: undecodable message");
+                    return;
+                }
+            };
+            if self.events.send(Event::Peer { from, msg }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The handshake of an accepted connection: the peer's id if it is a replica whose
+    /// hello and instance are accepted.
+    async fn handshake(&self, framed: &mut Frames, remote: SocketAddr) -> Option<NodeId> {
+        let admit = |hello: &Hello| {
+            let claim = match (hello.role, &hello.identity) {
+                (PeerRole::Replica(id), Some(identity)) => Some((id, identity.instance)),
+                _ => None, // check_hello already refused a replica without an identity
+            };
+            let store = Arc::clone(&self.store);
+            async move {
+                let Some((id, instance)) = claim else {
+                    return Ok(());
+                };
+                tokio::task::spawn_blocking(move || store.admit(id, instance))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(HandshakeRefusal::Other {
+                            code: 0,
+                            message: format!("the accepting node failed: {e}"),
+                        })
+                    })
+            }
+        };
+        let handshake =
+            wire::server_handshake_with(framed, &self.expect, self.my_id, HANDSHAKE_TIMEOUT, admit);
+        match handshake.await {
+            Ok(hello) => match hello.role {
+                PeerRole::Replica(from) => Some(from),
+                _ => None,
+            },
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "refused a peer connection");
+                None
+            }
+        }
+    }
+}

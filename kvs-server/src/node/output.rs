@@ -1,0 +1,148 @@
+//! Carrying out the consensus core's outputs, in the order it hands them out: messages to
+//! peers, records to make durable, chosen values to apply (answering the clients that wait
+//! for them), reads confirmed or aborted, proposals dropped, snapshots to ship.
+
+use paxos_core::{NodeId, Output, Value};
+use wire::{Command, ErrorReply, PeerMessage, Reply, WriteOp};
+
+use super::pending::key_of;
+use super::Node;
+use crate::error::ServerError;
+use crate::storage::StorageCmd;
+
+impl Node {
+    /// Carries out every output of the core, then wakes the client connections that have
+    /// answers (one write per connection per turn of the loop).
+    pub(super) fn drain(&mut self) {
+        if self.faults.is_down() {
+            self.outbox.flush();
+            return;
+        }
+        while let Some(out) = self.replica.poll_output() {
+            self.carry_out(out);
+            if self.fatal.is_some() {
+                break;
+            }
+        }
+        self.log_role_change();
+        self.outbox.flush();
+    }
+
+    fn carry_out(&mut self, out: Output) {
+        match out {
+            Output::Send { to, message } => self.links.send(to, PeerMessage::Paxos(message)),
+            Output::Persist { id, entries } => {
+                let cmd = StorageCmd::Append {
+                    incarnation: self.faults.incarnation(),
+                    id,
+                    entries,
+                };
+                if let Err(e) = self.storage.send(cmd) {
+                    self.fatal = Some(ServerError::Storage(e));
+                }
+            }
+            Output::Committed { slot, value } => self.apply(slot, value),
+            Output::ReadReady { id } => {
+                if let Some((key, responder)) = self.pending.take_read(id) {
+                    responder.respond(Ok(Reply::Value {
+                        value: self.sm.get_bytes(&key),
+                        stale: false,
+                    }));
+                }
+            }
+            Output::ReadAborted { id, leader_hint } => {
+                if let Some((_, responder)) = self.pending.take_read(id) {
+                    responder.respond(Err(self.not_leader(leader_hint)));
+                }
+            }
+            Output::ProposalsDropped {
+                commands,
+                leader_hint,
+            } => self.proposals_dropped(&commands, leader_hint),
+            Output::SendSnapshot { to } => self.ship_snapshot(to),
+        }
+    }
+
+    /// Proposals the core will never give a slot: their clients may retry elsewhere.
+    fn proposals_dropped(&mut self, commands: &[bytes::Bytes], leader_hint: Option<NodeId>) {
+        let answer = Err(self.not_leader(leader_hint));
+        for raw in commands {
+            let Ok(c) = Command::decode(raw) else {
+                continue;
+            };
+            self.pending.answer_write(key_of(&c.session), &answer);
+        }
+    }
+
+    /// Applies the value chosen in `slot`, answers the clients waiting here for its
+    /// commands, and takes a snapshot when one is due.
+    fn apply(&mut self, slot: u64, value: Value) {
+        if let Value::Commands(cmds) = value {
+            for raw in cmds {
+                self.snapshots.note_applied(raw.len());
+                match Command::decode(&raw) {
+                    Ok(c) => self.apply_command(slot, c),
+                    Err(e) => {
+                        // Every replica skips the same bytes, so they stay in agreement.
+                        tracing::error!(slot, error = %e, "skipping an undecodable command");
+                    }
+                }
+            }
+        }
+        self.sm.finish_slot(slot);
+        if self
+            .snapshots
+            .due(self.sm.applied(), self.cfg.id, self.cfg.snapshot_every)
+        {
+            self.take_snapshot();
+        }
+    }
+
+    fn apply_command(&mut self, slot: u64, c: Command) {
+        match &c.op {
+            WriteOp::Put { value, .. } => self.values.observe(value.len()),
+            WriteOp::Cas { new, .. } => self.values.observe(new.len()),
+            _ => {}
+        }
+        let applied = self.sm.apply(slot, c);
+        self.pending
+            .answer_write(key_of(&applied.session), &applied.reply);
+    }
+
+    /// The answer for a request this replica cannot serve: where the leader is, if known.
+    pub(super) fn not_leader(&self, hint: Option<NodeId>) -> ErrorReply {
+        match hint.filter(|&h| h != self.cfg.id) {
+            Some(l) => ErrorReply::NotLeader {
+                leader: Some(l),
+                leader_addr: self.cfg.client_addrs.get(&l).cloned(),
+            },
+            None => ErrorReply::Unavailable {
+                reason: "no leader elected yet".into(),
+            },
+        }
+    }
+
+    /// The answer for a proposal or read the core refused.
+    pub(super) fn propose_error(&self, e: paxos_core::ProposeError) -> ErrorReply {
+        match e {
+            paxos_core::ProposeError::NotLeader { leader_hint } => self.not_leader(leader_hint),
+            paxos_core::ProposeError::Busy => ErrorReply::Busy,
+        }
+    }
+
+    /// Logs a change of role.
+    fn log_role_change(&mut self) {
+        let role = (self.replica.role(), self.replica.ballot());
+        if role.0 != self.seen.role.0 {
+            tracing::info!(
+                id = self.cfg.id,
+                role = %role.0,
+                ballot = %role.1,
+                leader = ?self.replica.leader_hint(),
+                commit = self.replica.commit_index(),
+                "role changed"
+            );
+        }
+        self.seen.role = role;
+    }
+}

@@ -1,0 +1,186 @@
+//! The requests a replica has taken and not answered yet: writes waiting for their command
+//! to be chosen and applied, and linearizable reads waiting for the leader to confirm it
+//! still leads. Each entry keeps the [`Responder`]s of its request, answered exactly once:
+//! with the result, with `NotLeader` when the proposal is dropped, with `Timeout` when it
+//! waited too long, or when the replica stops or fails.
+//!
+//! Time is a parameter (`now`), so the table is tested without clocks or sockets.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use wire::{ErrorReply, Reply, Session};
+
+use crate::net::clients::answers::Responder;
+
+/// A write is found by its session: `(client id, seq)`. A write without a session has
+/// client id [`wire::NO_CLIENT_ID`] and a random tag as its seq.
+pub(crate) type SessionKey = (u64, u64);
+
+/// The key of `session`.
+pub(crate) fn key_of(session: &Session) -> SessionKey {
+    (session.client_id, session.seq)
+}
+
+/// A write whose command was proposed.
+struct PendingWrite {
+    /// The first request and every retry of it that arrived while it was in flight.
+    responders: Vec<Responder>,
+    since: Instant,
+}
+
+/// A linearizable read waiting for the core's `ReadReady`.
+struct PendingRead {
+    key: Bytes,
+    responder: Responder,
+    since: Instant,
+}
+
+/// The pending-request table of one replica.
+#[derive(Default)]
+pub(crate) struct Pending {
+    writes: HashMap<SessionKey, PendingWrite>,
+    reads: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+}
+
+impl Pending {
+    /// True when no request waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.reads.is_empty()
+    }
+
+    /// Requests waiting: `(writes, reads)`.
+    pub(crate) fn len(&self) -> (usize, usize) {
+        (self.writes.len(), self.reads.len())
+    }
+
+    /// A session for a command without one: the reserved client id and a random tag that no
+    /// pending write uses.
+    pub(crate) fn sessionless_tag(&self, rng: &mut impl Rng) -> Session {
+        loop {
+            let tag = Session {
+                client_id: wire::NO_CLIENT_ID,
+                seq: rng.random(),
+            };
+            if !self.writes.contains_key(&key_of(&tag)) {
+                return tag;
+            }
+        }
+    }
+
+    /// If the write `key` is already in flight here (the request is a retry), `responder`
+    /// waits with it and `None` is returned; otherwise the responder is handed back.
+    pub(crate) fn join_write(
+        &mut self,
+        key: SessionKey,
+        responder: Responder,
+    ) -> Option<Responder> {
+        match self.writes.get_mut(&key) {
+            Some(write) => {
+                write.responders.push(responder);
+                None
+            }
+            None => Some(responder),
+        }
+    }
+
+    /// Records a write just proposed.
+    pub(crate) fn insert_write(&mut self, key: SessionKey, responder: Responder, now: Instant) {
+        let previous = self.writes.insert(
+            key,
+            PendingWrite {
+                responders: vec![responder],
+                since: now,
+            },
+        );
+        debug_assert!(previous.is_none(), "a write proposed twice: {key:?}");
+    }
+
+    /// Answers the write `key` (every request waiting for it) with `answer`; false if no
+    /// such write waits here.
+    pub(crate) fn answer_write(
+        &mut self,
+        key: SessionKey,
+        answer: &Result<Reply, ErrorReply>,
+    ) -> bool {
+        let Some(write) = self.writes.remove(&key) else {
+            return false;
+        };
+        for r in write.responders {
+            r.respond(answer.clone());
+        }
+        true
+    }
+
+    /// The id for the next linearizable read.
+    pub(crate) fn next_read_id(&mut self) -> u64 {
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        id
+    }
+
+    /// Records a read of `key` handed to the core as `id`.
+    pub(crate) fn insert_read(&mut self, id: u64, key: Bytes, responder: Responder, now: Instant) {
+        let read = PendingRead {
+            key,
+            responder,
+            since: now,
+        };
+        let previous = self.reads.insert(id, read);
+        debug_assert!(previous.is_none(), "read id {id} used twice");
+    }
+
+    /// Takes the read `id`: its key and its responder.
+    pub(crate) fn take_read(&mut self, id: u64) -> Option<(Bytes, Responder)> {
+        self.reads.remove(&id).map(|r| (r.key, r.responder))
+    }
+
+    /// Answers `Timeout` to every request that has waited longer than `limit` at `now`
+    /// (a write's outcome is then unknown). Returns how many were answered.
+    pub(crate) fn expire(&mut self, now: Instant, limit: Duration) -> usize {
+        let waited_too_long = |since: Instant| now.saturating_duration_since(since) > limit;
+        let writes: Vec<SessionKey> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| waited_too_long(w.since))
+            .map(|(k, _)| *k)
+            .collect();
+        let reads: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| waited_too_long(r.since))
+            .map(|(id, _)| *id)
+            .collect();
+        let expired = writes.len() + reads.len();
+        for key in writes {
+            self.answer_write(key, &Err(ErrorReply::Timeout));
+        }
+        for id in reads {
+            if let Some((_, responder)) = self.take_read(id) {
+                responder.respond(Err(ErrorReply::Timeout));
+            }
+        }
+        expired
+    }
+
+    /// Answers everything still waiting: writes with `Timeout` (they may still be chosen),
+    /// reads with `Unavailable` (a read that is not served has no effect).
+    pub(crate) fn fail_all(&mut self) {
+        for (_, write) in self.writes.drain() {
+            for r in write.responders {
+                r.respond(Err(ErrorReply::Timeout));
+            }
+        }
+        for (_, read) in self.reads.drain() {
+            read.responder.respond(Err(ErrorReply::Unavailable {
+                reason: "the replica stopped before confirming the read".into(),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

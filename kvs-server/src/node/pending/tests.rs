@@ -1,0 +1,116 @@
+use super::*;
+use crate::net::clients::answers::Probe;
+use rand::SeedableRng;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn written() -> Result<Reply, ErrorReply> {
+    Ok(Reply::Written)
+}
+
+#[test]
+fn a_write_and_its_retries_are_answered_once_each_when_applied() {
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let now = Instant::now();
+    let key = (7, 1);
+    assert!(
+        pending.join_write(key, probe.responder(1)).is_some(),
+        "not in flight yet"
+    );
+    pending.insert_write(key, probe.responder(1), now);
+    // Two retries of the same write join it instead of proposing it again.
+    assert!(pending.join_write(key, probe.responder(2)).is_none());
+    assert!(pending.join_write(key, probe.responder(3)).is_none());
+    assert_eq!(pending.len(), (1, 0));
+    assert!(pending.answer_write(key, &written()));
+    assert!(!pending.answer_write(key, &written()), "answered once");
+    let mut ids: Vec<u64> = probe.answers().into_iter().map(|(id, _)| id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert!(pending.is_empty());
+    assert_eq!(probe.inflight(), 0);
+}
+
+#[test]
+fn reads_are_numbered_and_taken_once() {
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let now = Instant::now();
+    let (a, b) = (pending.next_read_id(), pending.next_read_id());
+    assert_ne!(a, b);
+    pending.insert_read(a, Bytes::from_static(b"k"), probe.responder(10), now);
+    pending.insert_read(b, Bytes::from_static(b"j"), probe.responder(11), now);
+    let (key, responder) = pending.take_read(a).unwrap_or_else(|| panic!("read {a}"));
+    assert_eq!(&key[..], b"k");
+    assert!(pending.take_read(a).is_none());
+    responder.respond(Ok(Reply::Value {
+        value: None,
+        stale: false,
+    }));
+    assert_eq!(probe.answers().len(), 1);
+    assert_eq!(pending.len(), (0, 1));
+}
+
+#[test]
+fn requests_that_waited_past_the_limit_time_out_and_the_others_wait_on() {
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let start = Instant::now();
+    pending.insert_write((1, 1), probe.responder(1), start);
+    let read = pending.next_read_id();
+    pending.insert_read(read, Bytes::from_static(b"k"), probe.responder(2), start);
+    pending.insert_write((1, 2), probe.responder(3), start + Duration::from_secs(5));
+    assert_eq!(
+        pending.expire(start + LIMIT, LIMIT),
+        0,
+        "at the limit, not past it"
+    );
+    let later = start + LIMIT + Duration::from_millis(1);
+    assert_eq!(pending.expire(later, LIMIT), 2);
+    let mut answers = probe.answers();
+    answers.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        answers,
+        vec![(1, Err(ErrorReply::Timeout)), (2, Err(ErrorReply::Timeout))]
+    );
+    assert_eq!(pending.len(), (1, 0), "the younger write still waits");
+}
+
+#[test]
+fn a_stopping_replica_answers_everything_that_waits() {
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let now = Instant::now();
+    pending.insert_write((1, 1), probe.responder(1), now);
+    let read = pending.next_read_id();
+    pending.insert_read(read, Bytes::from_static(b"k"), probe.responder(2), now);
+    pending.fail_all();
+    let mut answers = probe.answers();
+    answers.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        answers[0],
+        (1, Err(ErrorReply::Timeout)),
+        "a write may still be chosen"
+    );
+    assert!(
+        matches!(answers[1], (2, Err(ErrorReply::Unavailable { .. }))),
+        "a read had no effect: {answers:?}"
+    );
+    assert!(pending.is_empty());
+    assert_eq!(probe.inflight(), 0);
+}
+
+#[test]
+fn a_sessionless_tag_is_never_one_in_flight() {
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let first = pending.sessionless_tag(&mut rng.clone());
+    assert_eq!(first.client_id, wire::NO_CLIENT_ID);
+    pending.insert_write(key_of(&first), probe.responder(1), Instant::now());
+    // The same random sequence would draw `first` again: it is skipped.
+    let second = pending.sessionless_tag(&mut rng);
+    assert_ne!(second, first);
+    assert_eq!(second.client_id, wire::NO_CLIENT_ID);
+}

@@ -1,0 +1,216 @@
+//! Routing a client request: answered at once (status, stale reads, settled retries,
+//! refusals), or handed to the consensus core (linearizable reads, writes) and recorded in
+//! the pending-request table until the core's outputs answer it.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use wire::{ClientRequest, Command, ErrorReply, Op, ReadConsistency, Reply, Session, WriteOp};
+
+use super::pending::key_of;
+use super::Node;
+use crate::net::clients::answers::Responder;
+
+/// Where a valid request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The replica's status, answered at once.
+    Status,
+    /// A read answered from the local state, as stale as it may be.
+    ReadStale(Bytes),
+    /// A linearizable read answered from the local state without confirming leadership:
+    /// the planted bug of `--unsafe-local-reads`, for the checker to catch.
+    ReadLocalUnsafe(Bytes),
+    /// A linearizable read: the leader confirms it still leads, then answers.
+    ReadIndex(Bytes),
+    /// A write, proposed to the log; with the client's session if it gave one for a
+    /// change (registrations and writes without a session get a tag instead).
+    Write(Option<Session>, WriteOp),
+    /// Refused at once.
+    Refuse(ErrorReply),
+}
+
+/// Where `req` goes. Pure: the caller has already checked the request's sizes.
+pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
+    let write = match req.op {
+        Op::Status => return Route::Status,
+        Op::Get {
+            key,
+            consistency: ReadConsistency::Stale,
+        } => return Route::ReadStale(key),
+        Op::Get { key, .. } if unsafe_local_reads => return Route::ReadLocalUnsafe(key),
+        Op::Get { key, .. } => return Route::ReadIndex(key),
+        Op::Put { key, value } => WriteOp::Put { key, value },
+        Op::Delete { key } => WriteOp::Delete { key },
+        Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
+        Op::RegisterSession => WriteOp::RegisterSession,
+    };
+    let changes_a_key = !matches!(write, WriteOp::RegisterSession);
+    match req.session {
+        Some(session) if changes_a_key && session.client_id == wire::NO_CLIENT_ID => {
+            Route::Refuse(ErrorReply::Invalid {
+                reason: format!("client id {} is reserved", wire::NO_CLIENT_ID),
+            })
+        }
+        Some(session) if changes_a_key => Route::Write(Some(session), write),
+        // A registration, or a write without a session: no session-table entry, only a
+        // tag to find this client when the command is applied.
+        _ => Route::Write(None, write),
+    }
+}
+
+impl Node {
+    /// Takes a client request: answers it, or hands it to the core and records it.
+    pub(super) fn on_client(&mut self, req: ClientRequest, responder: Responder) {
+        if let Err(e) = wire::validate(&req.op) {
+            responder.respond(Err(e));
+            return;
+        }
+        if self.faults.is_down() && !matches!(req.op, Op::Status) {
+            responder.respond(Err(ErrorReply::Unavailable {
+                reason: "this replica is recovering from an injected acceptor failure".into(),
+            }));
+            return;
+        }
+        match route(req, self.cfg.unsafe_local_reads) {
+            Route::Status => responder.respond(Ok(Reply::Status(Box::new(self.status())))),
+            Route::ReadStale(key) => responder.respond(Ok(Reply::Value {
+                value: self.sm.get_bytes(&key),
+                stale: true,
+            })),
+            Route::ReadLocalUnsafe(key) => responder.respond(Ok(Reply::Value {
+                value: self.sm.get_bytes(&key),
+                stale: false,
+            })),
+            Route::ReadIndex(key) => self.start_read(key, responder),
+            Route::Write(session, op) => self.propose_write(session, op, responder),
+            Route::Refuse(e) => responder.respond(Err(e)),
+        }
+    }
+
+    /// Asks the core to confirm leadership for a read of `key`.
+    fn start_read(&mut self, key: Bytes, responder: Responder) {
+        let id = self.pending.next_read_id();
+        match self.replica.read(self.now_ms(), id) {
+            Ok(()) => self.pending.insert_read(id, key, responder, Instant::now()),
+            Err(e) => responder.respond(Err(self.propose_error(e))),
+        }
+    }
+
+    /// Proposes a write, unless its answer is already settled or it is a retry of a write
+    /// in flight here (which then waits with it).
+    fn propose_write(&mut self, session: Option<Session>, op: WriteOp, responder: Responder) {
+        let session = match session {
+            Some(session) => {
+                // Answered without the log when applying could not change the answer.
+                if let Some(answer) = self.sm.settled(&session) {
+                    responder.respond(answer);
+                    return;
+                }
+                session
+            }
+            None => self.pending.sessionless_tag(&mut self.rng),
+        };
+        let key = key_of(&session);
+        let Some(responder) = self.pending.join_write(key, responder) else {
+            return; // a retry of a write still in flight here
+        };
+        let raw = match (Command { session, op }).encode() {
+            Ok(raw) => raw,
+            Err(e) => {
+                responder.respond(Err(ErrorReply::Invalid {
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        };
+        match self.replica.propose(self.now_ms(), raw) {
+            Ok(()) => self.pending.insert_write(key, responder, Instant::now()),
+            Err(e) => responder.respond(Err(self.propose_error(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(session: Option<Session>, op: Op) -> ClientRequest {
+        ClientRequest { id: 1, session, op }
+    }
+
+    fn key() -> Bytes {
+        Bytes::from_static(b"k")
+    }
+
+    const SESSION: Session = Session {
+        client_id: 5,
+        seq: 9,
+    };
+
+    #[test]
+    fn reads_go_where_their_consistency_says() {
+        let stale = Op::Get {
+            key: key(),
+            consistency: ReadConsistency::Stale,
+        };
+        let linearizable = Op::Get {
+            key: key(),
+            consistency: ReadConsistency::Linearizable,
+        };
+        assert_eq!(route(req(None, Op::Status), false), Route::Status);
+        assert_eq!(route(req(None, stale), false), Route::ReadStale(key()));
+        assert_eq!(
+            route(req(None, linearizable.clone()), false),
+            Route::ReadIndex(key())
+        );
+        assert_eq!(
+            route(req(Some(SESSION), linearizable), true),
+            Route::ReadLocalUnsafe(key())
+        );
+    }
+
+    #[test]
+    fn a_write_keeps_its_session_and_a_registration_gets_none() {
+        let put = || Op::Put {
+            key: key(),
+            value: Bytes::from_static(b"v"),
+        };
+        let as_write = WriteOp::Put {
+            key: key(),
+            value: Bytes::from_static(b"v"),
+        };
+        assert_eq!(
+            route(req(Some(SESSION), put()), false),
+            Route::Write(Some(SESSION), as_write.clone())
+        );
+        assert_eq!(route(req(None, put()), false), Route::Write(None, as_write));
+        assert_eq!(
+            route(req(Some(SESSION), Op::RegisterSession), false),
+            Route::Write(None, WriteOp::RegisterSession),
+            "a registration is not a write of the session it names"
+        );
+        assert_eq!(
+            route(req(None, Op::Delete { key: key() }), false),
+            Route::Write(None, WriteOp::Delete { key: key() })
+        );
+    }
+
+    #[test]
+    fn the_reserved_client_id_is_refused_for_a_change() {
+        let reserved = Session {
+            client_id: wire::NO_CLIENT_ID,
+            seq: 1,
+        };
+        let routed = route(req(Some(reserved), Op::Delete { key: key() }), false);
+        assert!(
+            matches!(&routed, Route::Refuse(ErrorReply::Invalid { reason }) if reason.contains("reserved")),
+            "{routed:?}"
+        );
+        // A registration never uses the session it carries.
+        assert_eq!(
+            route(req(Some(reserved), Op::RegisterSession), false),
+            Route::Write(None, WriteOp::RegisterSession)
+        );
+    }
+}
