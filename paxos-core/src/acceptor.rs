@@ -91,6 +91,12 @@ impl Acceptor {
             self.promised = ballot;
             persist.push(PersistEntry::Promised(ballot));
         }
+        // Invariant: a promise only grows, and an acceptor that promised `ballot` holds it.
+        debug_assert_eq!(
+            self.promised, ballot,
+            "promised {} for {ballot}",
+            self.promised
+        );
         Ok(self
             .log
             .range(from_slot..)
@@ -151,7 +157,12 @@ impl Acceptor {
             if matches!(held, Some((b, v)) if *b == ballot && v == value) {
                 continue; // a retransmission of what is already recorded
             }
-            debug_assert!(ballot <= self.promised, "record above the promise");
+            // Invariant: no record above the promise (accepting implies promising).
+            debug_assert!(
+                ballot <= self.promised,
+                "record under {ballot} above the promise {}",
+                self.promised
+            );
             self.log.insert(*slot, (ballot, value.clone()));
             persist.push(PersistEntry::Accepted {
                 slot: *slot,
@@ -194,6 +205,11 @@ impl Acceptor {
             // A vote under the chosen ballot or a later one holds the chosen value already.
             Some((b, _)) if *b >= ballot => {}
             _ => {
+                debug_assert!(
+                    !raise || ballot <= self.promised,
+                    "chosen record under {ballot} above the promise {}",
+                    self.promised
+                );
                 self.log.insert(slot, (ballot, value.clone()));
                 persist.push(PersistEntry::Accepted {
                     slot,
@@ -211,6 +227,10 @@ impl Acceptor {
         }
         self.log = self.log.split_off(&upto);
         self.log_start = upto;
+        debug_assert!(
+            self.log.keys().next().is_none_or(|&s| s >= upto),
+            "a record below the log start"
+        );
     }
 }
 

@@ -68,21 +68,39 @@ impl Learner {
         if slot < self.commit {
             return;
         }
+        let commit_before = self.commit;
         acceptor.record_chosen(slot, ballot, value, persist);
         self.chosen_ahead.insert(slot);
-        self.advance();
+        self.advance(commit_before);
     }
 
-    fn advance(&mut self) {
+    /// Moves the commit index over the slots learned chosen just above it.
+    fn advance(&mut self, commit_before: Slot) {
         while self.chosen_ahead.remove(&self.commit) {
             self.commit += 1;
         }
+        // Invariant: the commit index never decreases, never falls behind what was
+        // delivered, and every slot learned ahead of it lies above it.
+        debug_assert!(
+            self.commit >= commit_before,
+            "commit index went back from {commit_before} to {}",
+            self.commit
+        );
+        debug_assert!(
+            self.delivered <= self.commit,
+            "delivered past the commit index"
+        );
+        debug_assert!(
+            self.chosen_ahead.first().is_none_or(|&s| s > self.commit),
+            "a slot learned ahead lies at or below the commit index"
+        );
     }
 
     /// The leader of `ballot` says every slot below `upto` is chosen. The slots this acceptor
     /// accepted under that same ballot hold the chosen value (a leader proposes one value per
     /// slot). Returns true if slots are still missing and must be fetched.
     pub fn on_commit_hint(&mut self, acceptor: &Acceptor, ballot: Ballot, upto: Slot) -> bool {
+        let commit_before = self.commit;
         while self.commit < upto {
             let known = self.chosen_ahead.remove(&self.commit)
                 || matches!(acceptor.get(self.commit), Some((b, _)) if *b == ballot);
@@ -91,7 +109,7 @@ impl Learner {
             }
             self.commit += 1;
         }
-        self.advance();
+        self.advance(commit_before);
         self.commit < upto
     }
 
@@ -103,6 +121,10 @@ impl Learner {
         let slot = self.delivered;
         let (_, value) = acceptor.get(slot)?;
         self.delivered += 1;
+        debug_assert!(
+            self.delivered <= self.commit,
+            "delivered past the commit index"
+        );
         Some((slot, value.clone()))
     }
 
@@ -111,10 +133,11 @@ impl Learner {
         if slot <= self.delivered {
             return;
         }
+        let commit_before = self.commit;
         self.delivered = slot;
         self.commit = self.commit.max(slot);
         self.chosen_ahead = self.chosen_ahead.split_off(&slot);
-        self.advance();
+        self.advance(commit_before);
     }
 }
 

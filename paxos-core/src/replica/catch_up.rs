@@ -81,7 +81,7 @@ impl Replica {
                 e.slot,
                 e.ballot,
                 &e.value,
-                &mut self.persist_pending,
+                &mut self.durability.pending,
             );
         }
         if self.learner.commit() < commit {

@@ -45,7 +45,7 @@ impl Replica {
         let from_slot = from_slot.max(commit);
         match self
             .acceptor
-            .prepare(ballot, from_slot, &mut self.persist_pending)
+            .prepare(ballot, from_slot, &mut self.durability.pending)
         {
             Err(promised) => self.send(
                 from,
@@ -229,9 +229,9 @@ impl Replica {
         // every promise it counted, waited for its promise to be durable; and any higher
         // promise would have made it step down.
         debug_assert!(
-            self.bug_planted() || self.promised_durable == ballot,
+            self.bug_planted() || self.durability.promised_durable() == ballot,
             "leading under {ballot} with durable promise {}",
-            self.promised_durable
+            self.durability.promised_durable()
         );
         self.timers.stop(Timer::Election);
         self.timers.stop(Timer::PrepareResend);

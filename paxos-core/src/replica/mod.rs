@@ -5,7 +5,7 @@
 //! until it returns `None`. Nothing here reads a clock, a socket or OS randomness.
 //!
 //! # The durability gate
-//! Every change to acceptor state becomes a [`PersistEntry`]; entries are grouped into one
+//! Every change to acceptor state becomes a [`PersistEntry`](crate::PersistEntry); entries are grouped into one
 //! [`Output::Persist`] batch per drain. A reply that depends on acceptor state (Promise,
 //! Accepted) is *held* inside the replica, tagged with the batch that must be durable first,
 //! and is released only by [`Replica::handle_durable`]. A host therefore cannot send a
@@ -19,6 +19,7 @@
 mod catch_up;
 mod durability;
 mod election;
+mod invariants;
 mod output;
 mod read_index;
 mod replication;
@@ -36,10 +37,11 @@ use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError};
 use crate::learner::Learner;
 use crate::message::Message;
-use crate::persist::{PersistEntry, RecoveredState};
+use crate::persist::RecoveredState;
 use crate::proposer::{Proposer, Role};
 use crate::rng::Rng;
 use crate::value::Value;
+use durability::Durability;
 use timer::{Timer, TimerTable};
 
 pub use output::{Output, ProposeError};
@@ -86,18 +88,9 @@ pub struct Replica {
     learner: Learner,
     proposer: Proposer,
 
-    persist_pending: Vec<PersistEntry>,
-    /// The id the pending batch will get; batches `1..persist_next_id` were handed out.
-    persist_next_id: u64,
-    persist_durable_id: u64,
-    commit_persisted: Slot,
-    /// The highest promise known to be on disk, and the batches that raise it when they
-    /// become durable: (batch id, promise).
-    promised_durable: Ballot,
-    promise_batches: VecDeque<(u64, Ballot)>,
-    /// Replies held until the batch they depend on is durable: (batch id, to, message).
-    /// Bounded by `config.held_replies_max` (see [`Replica::held_full`]).
-    held: VecDeque<(u64, NodeId, Message)>,
+    /// Persist batches, and the replies that wait for them (bounded by
+    /// `config.held_replies_max`, see [`Replica::held_full`]).
+    durability: Durability,
     self_inbox: VecDeque<Message>,
     outputs: VecDeque<Output>,
 
@@ -131,22 +124,17 @@ impl Replica {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let learner = Learner::recover(state);
+        let durability = Durability::new(state.promised, learner.commit());
         let mut replica = Replica {
             quorum: config.quorum(),
             acceptor: Acceptor::recover(state),
-            commit_persisted: learner.commit(),
             learner,
             proposer: Proposer::new(
                 config.id,
                 Rng::new(seed ^ config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
                 state.promised.round,
             ),
-            persist_pending: Vec::new(),
-            persist_next_id: 1,
-            persist_durable_id: 0,
-            promised_durable: state.promised,
-            promise_batches: VecDeque::new(),
-            held: VecDeque::new(),
+            durability,
             self_inbox: VecDeque::new(),
             outputs: VecDeque::new(),
             now_ms,
@@ -234,7 +222,7 @@ impl Replica {
     /// Replies (Promise, Accepted, own Prepares) waiting for a persist batch to become
     /// durable; at most about [`Config::held_replies_max`].
     pub fn held_replies(&self) -> usize {
-        self.held.len()
+        self.durability.held_len()
     }
 
     /// Commands waiting for a slot.
@@ -292,6 +280,7 @@ impl Replica {
         }
         self.on_message(from, message);
         self.pump();
+        self.debug_check();
     }
 
     /// Persist batches up to and including `id` are durable: release what waited on them.
@@ -299,6 +288,7 @@ impl Replica {
         self.tick(now_ms);
         self.mark_durable(id);
         self.pump();
+        self.debug_check();
     }
 
     /// The earliest time at which [`Replica::handle_timeout`] has work to do. Some timer is
@@ -318,6 +308,7 @@ impl Replica {
             }
         }
         self.pump();
+        self.debug_check();
     }
 
     /// The host's state machine is durably snapshotted up to `slot` (exclusive): forget the
@@ -337,7 +328,7 @@ impl Replica {
         }
         self.acceptor.compact(slot);
         self.learner.install_snapshot(slot);
-        self.commit_persisted = self.commit_persisted.max(slot);
+        self.durability.snapshot_installed(slot);
     }
 
     /// The next thing the host must do, or `None` when there is nothing left for now.
@@ -384,11 +375,15 @@ impl Replica {
         self.pump();
         self.retire_chosen();
         self.emit_persist_batch();
+        let mut next_slot = self.learner.delivered();
         while let Some((slot, value)) = self.learner.next_delivery(&self.acceptor) {
+            // Invariant: slots are delivered in order, without gaps, each once.
+            debug_assert_eq!(slot, next_slot, "slot {slot} delivered out of order");
+            next_slot += 1;
             self.outputs.push_back(Output::Committed { slot, value });
         }
         self.release_reads();
-        self.proposer.debug_check();
+        self.debug_check();
     }
 }
 

@@ -26,7 +26,7 @@ impl Replica {
             ballot,
             &entries,
             |slot| learner.is_chosen(slot),
-            &mut self.persist_pending,
+            &mut self.durability.pending,
         ) {
             Err(promised) => self.send(
                 from,
@@ -72,7 +72,7 @@ impl Replica {
                 slot,
                 ballot,
                 &value,
-                &mut self.persist_pending,
+                &mut self.durability.pending,
             );
         }
     }
