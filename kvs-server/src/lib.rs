@@ -9,6 +9,7 @@
 //! | [`net`] | the listeners, client connections and peer links; they talk to the node through [`event`] |
 //! | [`event`] | the types the event loop receives |
 //! | [`storage`], [`wal`] | the write-ahead log, its record format and its writer thread |
+//! | [`disk`] | the narrow file-system interface under them, real or simulated (power cuts, faults) |
 //! | [`snapshot`] | the snapshot file format, its files, and transfers between replicas |
 //! | [`state_machine`], [`sessions`] | the replicated map and exactly-once sessions |
 //! | [`identity`] | the durable identity of a data dir, and who may vote |
@@ -20,6 +21,7 @@ pub mod acceptor_failures;
 pub mod config;
 pub mod dev;
 pub mod dir_lock;
+pub mod disk;
 pub mod error;
 pub mod event;
 pub mod identity;

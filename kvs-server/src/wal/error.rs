@@ -125,6 +125,9 @@ pub enum Corruption {
     /// The chained checksum fails: the payload changed, or the record is misplaced or replayed.
     #[error("checksum mismatch")]
     ChecksumMismatch,
+    /// A sync marker whose content does not match where it stands.
+    #[error("sync marker does not match its position")]
+    BadSyncMarker,
 }
 
 /// Builds a closure that wraps an `io::Error` with what was done and to which path.

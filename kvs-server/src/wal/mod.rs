@@ -18,7 +18,7 @@
 //! | offset | size | field                                                              |
 //! |-------:|-----:|--------------------------------------------------------------------|
 //! |      0 |    8 | magic `b"KVS-WAL\0"`                                               |
-//! |      8 |    2 | format version, `1`                                                |
+//! |      8 |    2 | format version, `2` (`1`: the first format, read but not written)  |
 //! |     10 |    2 | flags: bit 0 = SUPERSEDES (written by `rewrite`), others must be 0 |
 //! |     12 |    8 | sequence number, equal to the one in the file name                 |
 //! |     20 |    4 | chain seed: last record CRC of the previous segment, or 0          |
@@ -33,6 +33,17 @@
 //! |        |      | from a payload cut off by a crash                                |
 //! |      8 |    4 | `crc` = CRC32C(previous `crc` ‖ `len` ‖ payload), as 4 LE bytes each |
 //! |     12 |  len | payload                                                          |
+//!
+//! # Sync markers (format 2)
+//!
+//! The first append after a `sync` that wrote records in the active segment is preceded by
+//! a **sync marker**: a record whose length field is `0x8000_0000 | 28` (the high bit is
+//! never set in a record's length) and whose 28-byte payload is `b"KVS-SYNC"`, the marker's
+//! own offset in the file (u64), the segment's sequence number (u64) and a CRC32C of those
+//! 24 bytes. It is chained like any record and is not returned by `open`. A marker is
+//! written only after the fdatasync before it returned, so it proves that everything before
+//! it in the segment was synced, and may have been acknowledged; and because it checks
+//! itself and names its own position, it can be recognised past a damaged record.
 //!
 //! The "previous `crc`" of a segment's first record is its header's chain seed, so the
 //! checksums form one chain through the whole log: a swapped, replayed or misplaced
@@ -49,14 +60,25 @@
 //! # Recovery
 //!
 //! A defective record (header or payload cut off by end of file, failed length check,
-//! length above the cap, checksum mismatch) is a **torn tail** only in the last segment
-//! and only if it runs into end of file or is followed by nothing but zero bytes: it
-//! was never fsynced, so never acknowledged. `open` truncates it, fsyncs, logs a warning
-//! with file and offset, and carries on. A last segment shorter than a header or all
-//! zeros is likewise recreated. Every other defect (a bad record followed by more data,
-//! any defect in an earlier segment, a bad segment header, a missing segment, a broken
-//! chain) may have hit acknowledged data: `open` returns [`WalError::Corrupt`] with the
-//! file and byte offset and never truncates.
+//! length above the cap, checksum mismatch) in the **last** segment is a **torn tail**
+//! unless a valid sync marker stands anywhere after it in the file: without one, the
+//! defect lies in writes that were never reported durable, whatever a power cut left of
+//! them (the last write torn at a sector boundary, later sectors landed while earlier ones
+//! did not, zeros or data after the damage). `open` truncates it, fsyncs, logs a warning
+//! with file and offset, and carries on. A last segment shorter than a header or all zeros
+//! is likewise recreated. With a marker after it, the damaged record was synced: that,
+//! and every defect in an earlier segment, a bad segment header, a missing segment, a
+//! broken chain, or a marker that does not match its place, is [`WalError::Corrupt`] with
+//! the file and byte offset, and nothing is truncated.
+//!
+//! What recovery cannot tell apart: the **last** group commit before a crash, synced and
+//! acknowledged, then damaged at rest before the next group commit wrote its marker, looks
+//! exactly like a torn unsynced one, and is truncated. Telling them apart would take a
+//! second fsync per group commit.
+//!
+//! A last segment of the first format (no markers) keeps that format's rule: torn only if
+//! cut off by end of file or followed by nothing but zero bytes; the log then goes on in a
+//! new segment of the current format.
 #![warn(missing_docs)]
 
 mod dir;
@@ -69,22 +91,27 @@ mod segment;
 mod writer;
 
 #[cfg(test)]
+mod power_cuts;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+
+use crate::disk::{self, SharedDisk};
 
 pub use error::{Corruption, WalError};
 pub use options::{WalOptions, SEGMENT_BYTES_MAX_DEFAULT, WRITE_BUFFER_BYTES_DEFAULT};
 pub use record::PAYLOAD_BYTES_MAX;
 
-use record::RecordHeader;
+use record::{marker_payload, RecordHeader};
 use recovery::SealedSegment;
-use segment::{segment_file_name, SegmentHeader};
+use segment::{segment_file_name, SegmentHeader, SEGMENT_FORMAT_VERSION};
 use writer::SegmentWriter;
 
 /// An open write-ahead log. Owned by one writer; not internally synchronised.
 #[derive(Debug)]
 pub struct Wal {
+    disk: SharedDisk,
     dir: PathBuf,
     options: WalOptions,
     /// Segments before the active one, oldest first.
@@ -94,6 +121,11 @@ pub struct Wal {
     chain_crc: u32,
     /// Set by any I/O error in a mutating operation; never cleared.
     poisoned: bool,
+    /// Records of the active segment were synced since the last sync marker: the next
+    /// append writes one first (see the module docs).
+    marker_due: bool,
+    /// Records were appended since the last sync.
+    batch_open: bool,
     /// Test hook: the next fdatasync fails after the flush, as a failing disk would.
     #[cfg(test)]
     fail_next_sync: bool,
@@ -107,15 +139,28 @@ impl Wal {
     /// [`WalError::Corrupt`] (see the module docs). The returned `Wal` appends after the
     /// last valid record. Call once at startup, before anything else touches `dir`.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Vec<Vec<u8>>), WalError> {
-        dir::ensure_dir(dir)?;
-        let recovered = recovery::recover(dir, &options)?;
+        Wal::open_on(disk::real(), dir, options)
+    }
+
+    /// [`Wal::open`] on `disk` (the real file system, or a simulated disk in tests).
+    pub fn open_on(
+        disk: SharedDisk,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, Vec<Vec<u8>>), WalError> {
+        dir::ensure_dir(&*disk, dir)?;
+        let recovered = recovery::recover(&*disk, dir, &options)?;
+        let marker_due = recovered.active.has_records();
         let wal = Wal {
+            disk,
             dir: dir.to_path_buf(),
             options,
             sealed: recovered.sealed,
             active: recovered.active,
             chain_crc: recovered.chain_crc,
             poisoned: false,
+            marker_due,
+            batch_open: false,
             #[cfg(test)]
             fail_next_sync: false,
         };
@@ -134,9 +179,16 @@ impl Wal {
             if wal.active.len_bytes() >= wal.options.segment_bytes_max && wal.active.has_records() {
                 wal.roll_over()?;
             }
+            if std::mem::take(&mut wal.marker_due) {
+                let marker = marker_payload(wal.active.len_bytes(), wal.active.sequence());
+                let header = RecordHeader::for_marker(wal.chain_crc, &marker);
+                wal.active.append_record(&header, &marker)?;
+                wal.chain_crc = header.crc;
+            }
             let header = RecordHeader::for_payload(wal.chain_crc, len_bytes, payload);
             wal.active.append_record(&header, payload)?;
             wal.chain_crc = header.crc;
+            wal.batch_open = true;
             Ok(())
         })
     }
@@ -157,7 +209,11 @@ impl Wal {
                     source: std::io::Error::other("injected fdatasync failure"),
                 });
             }
-            wal.active.sync()
+            wal.active.sync()?;
+            if std::mem::take(&mut wal.batch_open) {
+                wal.marker_due = true;
+            }
+            Ok(())
         })
     }
 
@@ -184,10 +240,12 @@ impl Wal {
             // the chain value is continuous for anyone inspecting the files.
             chain_seed: self.chain_crc,
             supersedes: true,
+            version: SEGMENT_FORMAT_VERSION,
         };
         let buffer_bytes = self.options.write_buffer_bytes;
-        let mut writer =
-            self.poison_on_error(|wal| SegmentWriter::create_temp(&wal.dir, header, buffer_bytes))?;
+        let mut writer = self.poison_on_error(|wal| {
+            SegmentWriter::create_temp(&*wal.disk, &wal.dir, header, buffer_bytes)
+        })?;
         let mut chain = header.chain_seed;
         for payload in payloads {
             let payload = payload.as_ref();
@@ -197,7 +255,7 @@ impl Wal {
                     // Unpublished, so harmless; `open` would delete it anyway.
                     let temp_path = writer.path().to_path_buf();
                     drop(writer);
-                    self.poison_on_error(|_| dir::remove_file(&temp_path))?;
+                    self.poison_on_error(|wal| dir::remove_file(&*wal.disk, &temp_path))?;
                     return Err(too_large);
                 }
             };
@@ -206,7 +264,7 @@ impl Wal {
             chain = record.crc;
         }
         self.poison_on_error(|wal| {
-            writer.publish(&wal.dir)?;
+            writer.publish(&*wal.disk, &wal.dir)?;
             // From here on the new segment is the log.
             let obsolete: Vec<u64> = wal
                 .sealed
@@ -217,10 +275,12 @@ impl Wal {
             wal.active = writer;
             wal.sealed.clear();
             wal.chain_crc = chain;
+            wal.batch_open = false;
+            wal.marker_due = wal.active.has_records();
             for sequence in obsolete {
-                dir::remove_file(&wal.dir.join(segment_file_name(sequence)))?;
+                dir::remove_file(&*wal.disk, &wal.dir.join(segment_file_name(sequence)))?;
             }
-            dir::sync_dir(&wal.dir)
+            dir::sync_dir(&*wal.disk, &wal.dir)
         })
     }
 
@@ -253,9 +313,13 @@ impl Wal {
             sequence: self.active.sequence() + 1,
             chain_seed: self.chain_crc,
             supersedes: false,
+            version: SEGMENT_FORMAT_VERSION,
         };
-        let next = recovery::create_segment(&self.dir, header, &self.options)?;
+        let next = recovery::create_segment(&*self.disk, &self.dir, header, &self.options)?;
         let previous = std::mem::replace(&mut self.active, next);
+        // The sealed segment was synced whole; nothing in the new one needs confirming.
+        self.marker_due = false;
+        self.batch_open = false;
         self.sealed.push(SealedSegment {
             sequence: previous.sequence(),
             len_bytes: previous.len_bytes(),

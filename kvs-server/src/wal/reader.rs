@@ -1,12 +1,13 @@
 //! Reading one segment during recovery, and telling a torn tail from corruption.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
+use crate::disk::{Disk, DiskFile, Open};
+
 use super::error::{corrupt, io_err, Corruption, WalError};
-use super::record::{RecordHeader, RECORD_HEADER_BYTES};
-use super::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::record::{is_marker_at, marker_within, RecordHeader, RECORD_HEADER_BYTES};
+use super::segment::{SegmentHeader, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -21,19 +22,25 @@ pub(crate) enum HeaderRead {
 }
 
 /// Reads the header of the last segment, which alone may be [`HeaderRead::Blank`].
-pub(crate) fn read_last_segment_header(path: &Path, sequence: u64) -> Result<HeaderRead, WalError> {
-    let mut file = File::open(path).map_err(io_err("open", path))?;
-    let len_bytes = file.metadata().map_err(io_err("stat", path))?.len();
+pub(crate) fn read_last_segment_header(
+    disk: &dyn Disk,
+    path: &Path,
+    sequence: u64,
+) -> Result<HeaderRead, WalError> {
+    let (mut file, len_bytes) = open_file(disk, path, 0)?;
     if len_bytes < SEGMENT_HEADER_BYTES as u64 || rest_is_zero(&mut file, path)? {
         return Ok(HeaderRead::Blank);
     }
-    read_segment_header(path, sequence).map(HeaderRead::Valid)
+    read_segment_header(disk, path, sequence).map(HeaderRead::Valid)
 }
 
 /// Reads and checks the header of segment `sequence` at `path`.
-pub(crate) fn read_segment_header(path: &Path, sequence: u64) -> Result<SegmentHeader, WalError> {
-    let mut file = File::open(path).map_err(io_err("open", path))?;
-    let len_bytes = file.metadata().map_err(io_err("stat", path))?.len();
+pub(crate) fn read_segment_header(
+    disk: &dyn Disk,
+    path: &Path,
+    sequence: u64,
+) -> Result<SegmentHeader, WalError> {
+    let (mut file, len_bytes) = open_file(disk, path, 0)?;
     if len_bytes < SEGMENT_HEADER_BYTES as u64 {
         let reason = Corruption::TruncatedSegmentHeader { len_bytes };
         return Err(corrupt(path, 0, reason));
@@ -80,26 +87,30 @@ struct Defect {
     incomplete: bool,
 }
 
-/// Reads every record of a segment, pushing payloads to `payloads`.
+/// Reads every record of a segment after its header, pushing the payloads (sync markers
+/// are checked and skipped).
 ///
-/// The rule: a defective record is a torn tail only in the last segment, and only if it
-/// is cut off by end of file or followed by nothing but zero bytes (a crash mid-append
-/// leaves exactly that; an acknowledged record was fsynced and is followed by data or
-/// nothing). Anything else is [`WalError::Corrupt`].
+/// The rule for a defective record: in a sealed segment, always corruption (it was synced
+/// at roll-over). In the last segment of the current format, it is a torn tail unless a
+/// valid sync marker stands anywhere after it: a marker is written at the start of a group
+/// commit, only once the previous one's fdatasync returned, so a marker after the defect
+/// proves the defective record was synced, and possibly acknowledged. Without one, the
+/// defect lies in writes never reported durable, whatever a power cut left of them (torn
+/// sectors, later sectors landed before earlier ones). In a last segment of the first
+/// format (no markers) the older rule holds: torn only if cut off by end of file or
+/// followed by nothing but zero bytes.
 pub(crate) fn scan_records(
+    disk: &dyn Disk,
     path: &Path,
-    chain_seed: u32,
+    header: &SegmentHeader,
     is_last: bool,
     payloads: &mut Vec<Vec<u8>>,
 ) -> Result<ScannedSegment, WalError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let file_len_bytes = file.metadata().map_err(io_err("stat", path))?.len();
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let markers = header.version >= SEGMENT_FORMAT_VERSION;
     let mut offset = SEGMENT_HEADER_BYTES as u64;
-    reader
-        .seek(SeekFrom::Start(offset))
-        .map_err(io_err("seek", path))?;
-    let mut chain = chain_seed;
+    let (file, file_len_bytes) = open_file(disk, path, offset)?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let mut chain = header.chain_seed;
     loop {
         let remaining_bytes = file_len_bytes.saturating_sub(offset);
         if remaining_bytes == 0 {
@@ -109,17 +120,30 @@ pub(crate) fn scan_records(
                 torn: None,
             });
         }
-        let defect = match read_record(&mut reader, path, remaining_bytes, chain)? {
-            RecordRead::Valid { header, payload } => {
-                payloads.push(payload);
-                chain = header.crc;
-                offset += RECORD_HEADER_BYTES as u64 + u64::from(header.len_bytes);
+        let defect = match read_record(&mut reader, path, remaining_bytes, chain, markers)? {
+            RecordRead::Valid {
+                header: record,
+                payload,
+            } => {
+                if record.is_marker() {
+                    if !is_marker_at(&payload, offset, header.sequence) {
+                        return Err(corrupt(path, offset, Corruption::BadSyncMarker));
+                    }
+                } else {
+                    payloads.push(payload);
+                }
+                chain = record.crc;
+                offset += RECORD_HEADER_BYTES as u64 + u64::from(record.payload_len());
                 continue;
             }
             RecordRead::Defective(defect) => defect,
         };
-        // The reader now sits just past the defective record (or at end of file).
-        let torn = is_last && (defect.incomplete || rest_is_zero(&mut reader, path)?);
+        let torn = is_last
+            && if markers {
+                !synced_after(disk, path, offset, header.sequence)?
+            } else {
+                defect.incomplete || rest_is_zero(&mut reader, path)?
+            };
         if !torn {
             return Err(corrupt(path, offset, defect.reason));
         }
@@ -131,12 +155,27 @@ pub(crate) fn scan_records(
     }
 }
 
-/// Reads the record at the reader's position, given how many bytes the file has left.
+/// Whether a sync marker stands anywhere after `defect_at` in the segment.
+fn synced_after(
+    disk: &dyn Disk,
+    path: &Path,
+    defect_at: u64,
+    sequence: u64,
+) -> Result<bool, WalError> {
+    let (mut file, len_bytes) = open_file(disk, path, defect_at + 1)?;
+    let mut rest = Vec::with_capacity(len_bytes.saturating_sub(defect_at) as usize);
+    file.read_to_end(&mut rest).map_err(io_err("read", path))?;
+    Ok(marker_within(&rest, defect_at + 1, sequence))
+}
+
+/// Reads one record at the reader's position, with at most `remaining_bytes` left in the
+/// file.
 fn read_record(
     reader: &mut impl Read,
     path: &Path,
     remaining_bytes: u64,
     prev_crc: u32,
+    markers: bool,
 ) -> Result<RecordRead, WalError> {
     if remaining_bytes < RECORD_HEADER_BYTES as u64 {
         return Ok(RecordRead::Defective(Defect {
@@ -149,24 +188,24 @@ fn read_record(
         .read_exact(&mut header_bytes)
         .map_err(io_err("read", path))?;
     let header = RecordHeader::decode(&header_bytes);
-    if let Err(reason) = header.validate_length() {
+    if let Err(reason) = header.validate_length(markers) {
         return Ok(RecordRead::Defective(Defect {
             reason,
             incomplete: false,
         }));
     }
     let available_bytes = remaining_bytes - RECORD_HEADER_BYTES as u64;
-    if u64::from(header.len_bytes) > available_bytes {
+    let payload_len = header.payload_len();
+    if u64::from(payload_len) > available_bytes {
         return Ok(RecordRead::Defective(Defect {
             reason: Corruption::TruncatedPayload {
-                len_bytes: header.len_bytes,
+                len_bytes: payload_len,
                 available_bytes,
             },
             incomplete: true,
         }));
     }
-    // Bounded by PAYLOAD_BYTES_MAX and by the bytes actually in the file.
-    let mut payload = vec![0u8; header.len_bytes as usize];
+    let mut payload = vec![0u8; payload_len as usize];
     reader
         .read_exact(&mut payload)
         .map_err(io_err("read", path))?;
@@ -194,4 +233,25 @@ fn rest_is_zero(reader: &mut impl Read, path: &Path) -> Result<bool, WalError> {
             return Ok(false);
         }
     }
+}
+
+/// A file read sequentially from an offset, through the [`Disk`] interface.
+struct FileReader {
+    file: Box<dyn DiskFile>,
+    offset: u64,
+}
+
+impl Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(self.offset, buf)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Opens `path` for reading from `offset`; returns the reader and the file's length.
+fn open_file(disk: &dyn Disk, path: &Path, offset: u64) -> Result<(FileReader, u64), WalError> {
+    let mut file = disk.open(path, Open::Read).map_err(io_err("open", path))?;
+    let len_bytes = file.len().map_err(io_err("stat", path))?;
+    Ok((FileReader { file, offset }, len_bytes))
 }

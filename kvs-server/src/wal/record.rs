@@ -68,9 +68,35 @@ impl RecordHeader {
     }
 
     /// Whether the length can be trusted enough to read that many bytes.
-    pub fn validate_length(&self) -> Result<(), Corruption> {
+    /// A sync marker (see [`MARKER_LEN_FIELD`]).
+    pub fn is_marker(&self) -> bool {
+        self.len_bytes == MARKER_LEN_FIELD
+    }
+
+    /// Bytes of payload that follow the header.
+    pub fn payload_len(&self) -> u32 {
+        if self.is_marker() {
+            MARKER_PAYLOAD_BYTES as u32
+        } else {
+            self.len_bytes
+        }
+    }
+
+    /// The header of the sync marker `payload`, chained from `prev_crc`.
+    pub fn for_marker(prev_crc: u32, payload: &[u8; MARKER_PAYLOAD_BYTES]) -> Self {
+        Self {
+            len_bytes: MARKER_LEN_FIELD,
+            len_check: length_check(MARKER_LEN_FIELD),
+            crc: chained_crc(prev_crc, MARKER_LEN_FIELD, payload),
+        }
+    }
+
+    pub fn validate_length(&self, markers: bool) -> Result<(), Corruption> {
         if self.len_check != length_check(self.len_bytes) {
             return Err(Corruption::LengthCheckMismatch);
+        }
+        if markers && self.is_marker() {
+            return Ok(());
         }
         if self.len_bytes > PAYLOAD_BYTES_MAX {
             return Err(Corruption::LengthTooLarge {
@@ -87,4 +113,51 @@ impl RecordHeader {
         }
         Ok(())
     }
+}
+
+/// The length field of a sync marker: the high bit (never set in a record's length, which
+/// is at most [`PAYLOAD_BYTES_MAX`]) and the marker's payload size.
+pub(crate) const MARKER_LEN_FIELD: u32 = 0x8000_0000 | MARKER_PAYLOAD_BYTES as u32;
+
+/// A sync marker's payload: magic, its own offset, the segment's sequence, a checksum.
+pub(crate) const MARKER_PAYLOAD_BYTES: usize = 28;
+
+const MARKER_MAGIC: [u8; 8] = *b"KVS-SYNC";
+
+/// The payload of the sync marker written at `offset` of segment `sequence`.
+pub(crate) fn marker_payload(offset: u64, sequence: u64) -> [u8; MARKER_PAYLOAD_BYTES] {
+    let mut bytes = [0u8; MARKER_PAYLOAD_BYTES];
+    bytes[0..8].copy_from_slice(&MARKER_MAGIC);
+    bytes[8..16].copy_from_slice(&offset.to_le_bytes());
+    bytes[16..24].copy_from_slice(&sequence.to_le_bytes());
+    let check = crc32c::crc32c(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&check.to_le_bytes());
+    bytes
+}
+
+/// Whether `payload` is the sync marker that belongs at `offset` of segment `sequence`:
+/// checked on its own, without the chain, so that it can be recognised past a damaged
+/// record.
+pub(crate) fn is_marker_at(payload: &[u8], offset: u64, sequence: u64) -> bool {
+    payload.len() == MARKER_PAYLOAD_BYTES && payload == marker_payload(offset, sequence)
+}
+
+/// Whether a valid sync marker of segment `sequence` stands anywhere in `bytes`, which
+/// start at `base` in the file: proof that everything before it was synced.
+pub(crate) fn marker_within(bytes: &[u8], base: u64, sequence: u64) -> bool {
+    let mut field = [0u8; 8];
+    field[0..4].copy_from_slice(&MARKER_LEN_FIELD.to_le_bytes());
+    field[4..8].copy_from_slice(&length_check(MARKER_LEN_FIELD).to_le_bytes());
+    let need = super::record::RECORD_HEADER_BYTES + MARKER_PAYLOAD_BYTES;
+    if bytes.len() < need {
+        return false;
+    }
+    (0..=bytes.len() - need).any(|i| {
+        bytes[i..i + 8] == field
+            && is_marker_at(
+                &bytes[i + super::record::RECORD_HEADER_BYTES..i + need],
+                base + i as u64,
+                sequence,
+            )
+    })
 }

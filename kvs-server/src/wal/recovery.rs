@@ -1,14 +1,14 @@
 //! `Wal::open`'s work: find the live segments, replay them, repair a torn tail.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 
 use super::dir;
 use super::error::{corrupt, io_err, Corruption, WalError};
 use super::options::WalOptions;
 use super::reader::{read_last_segment_header, read_segment_header, scan_records, HeaderRead};
-use super::segment::{segment_file_name, SegmentHeader};
+use super::segment::{segment_file_name, SegmentHeader, SEGMENT_FORMAT_VERSION};
 use super::writer::SegmentWriter;
+use crate::disk::{Disk, Open};
 
 /// A sealed (no longer appended to) segment, tracked for size accounting and deletion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,23 +38,28 @@ struct LiveSegments {
 }
 
 /// Replays the log in `dir` (which exists) and leaves it ready for appending.
-pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered, WalError> {
-    let listing = dir::list(dir)?;
-    remove_temp_files(dir, &listing.temp_paths)?;
+pub(crate) fn recover(
+    disk: &dyn Disk,
+    dir: &Path,
+    options: &WalOptions,
+) -> Result<Recovered, WalError> {
+    let listing = dir::list(disk, dir)?;
+    remove_temp_files(disk, dir, &listing.temp_paths)?;
     let Some(&last_sequence) = listing.segment_sequences.last() else {
         let genesis = SegmentHeader {
             sequence: 1,
             chain_seed: 0,
             supersedes: false,
+            version: SEGMENT_FORMAT_VERSION,
         };
         return Ok(Recovered {
             payloads: Vec::new(),
             sealed: Vec::new(),
-            active: create_segment(dir, genesis, options)?,
+            active: create_segment(disk, dir, genesis, options)?,
             chain_crc: 0,
         });
     };
-    let live = find_live_segments(dir, &listing.segment_sequences, last_sequence)?;
+    let live = find_live_segments(disk, dir, &listing.segment_sequences, last_sequence)?;
     check_contiguous(dir, &live)?;
 
     let mut payloads = Vec::new();
@@ -64,7 +69,7 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered, Wal
         let path = dir.join(segment_file_name(sequence));
         check_chain_seed(&path, index == 0, header, chain)?;
         // Not the last segment: any defect is an error, so nothing is ever torn here.
-        let scanned = scan_records(&path, header.chain_seed, false, &mut payloads)?;
+        let scanned = scan_records(disk, &path, &header, false, &mut payloads)?;
         chain = scanned.chain_end;
         sealed.push(SealedSegment {
             sequence,
@@ -83,12 +88,13 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered, Wal
                 sequence,
                 chain_seed: chain,
                 supersedes: false,
+                version: SEGMENT_FORMAT_VERSION,
             };
-            create_segment(dir, header, options)?
+            create_segment(disk, dir, header, options)?
         }
         HeaderRead::Valid(header) => {
             check_chain_seed(&path, live.sealed.is_empty(), header, chain)?;
-            let scanned = scan_records(&path, header.chain_seed, true, &mut payloads)?;
+            let scanned = scan_records(disk, &path, &header, true, &mut payloads)?;
             chain = scanned.chain_end;
             if let Some(reason) = scanned.torn {
                 tracing::warn!(
@@ -97,14 +103,30 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered, Wal
                     %reason,
                     "truncating torn WAL tail (never acknowledged)"
                 );
-                truncate(&path, scanned.valid_end)?;
+                truncate(disk, &path, scanned.valid_end)?;
             }
-            let buffer_bytes = options.write_buffer_bytes;
-            SegmentWriter::open_existing(path, sequence, scanned.valid_end, buffer_bytes)?
+            if header.version == SEGMENT_FORMAT_VERSION {
+                let buffer_bytes = options.write_buffer_bytes;
+                SegmentWriter::open_existing(disk, path, sequence, scanned.valid_end, buffer_bytes)?
+            } else {
+                // A segment of the first format takes no sync markers: the log goes on in
+                // a new segment of the current one.
+                sealed.push(SealedSegment {
+                    sequence,
+                    len_bytes: scanned.valid_end,
+                });
+                let next = SegmentHeader {
+                    sequence: sequence + 1,
+                    chain_seed: chain,
+                    supersedes: false,
+                    version: SEGMENT_FORMAT_VERSION,
+                };
+                create_segment(disk, dir, next, options)?
+            }
         }
     };
     // Only now that the live log has replayed cleanly: finish an interrupted rewrite.
-    remove_stale_segments(dir, &live.stale)?;
+    remove_stale_segments(disk, dir, &live.stale)?;
     Ok(Recovered {
         payloads,
         sealed,
@@ -141,12 +163,13 @@ fn check_chain_seed(
 /// before it is stale. Headers are read newest first, stopping there, so stale segments
 /// are never read at all (a half-deleted one must not stop the node).
 fn find_live_segments(
+    disk: &dyn Disk,
     dir: &Path,
     sequences: &[u64],
     last_sequence: u64,
 ) -> Result<LiveSegments, WalError> {
     let last_path = dir.join(segment_file_name(last_sequence));
-    let last_read = read_last_segment_header(&last_path, last_sequence)?;
+    let last_read = read_last_segment_header(disk, &last_path, last_sequence)?;
     let mut sealed = Vec::new();
     let mut base_index = sequences.len() - 1;
     let last_supersedes = matches!(last_read, HeaderRead::Valid(h) if h.supersedes);
@@ -154,7 +177,7 @@ fn find_live_segments(
         base_index = 0;
         for (index, &sequence) in sequences.iter().enumerate().rev().skip(1) {
             let path = dir.join(segment_file_name(sequence));
-            let header = read_segment_header(&path, sequence)?;
+            let header = read_segment_header(disk, &path, sequence)?;
             sealed.push((sequence, header));
             if header.supersedes {
                 base_index = index;
@@ -189,47 +212,51 @@ fn check_contiguous(dir: &Path, live: &LiveSegments) -> Result<(), WalError> {
 }
 
 /// Temp files are segments that were never published: nothing in them was acknowledged.
-fn remove_temp_files(dir: &Path, temp_paths: &[std::path::PathBuf]) -> Result<(), WalError> {
+fn remove_temp_files(
+    disk: &dyn Disk,
+    dir: &Path,
+    temp_paths: &[std::path::PathBuf],
+) -> Result<(), WalError> {
     if temp_paths.is_empty() {
         return Ok(());
     }
     for path in temp_paths {
         tracing::info!(path = %path.display(), "removing unpublished WAL segment");
-        dir::remove_file(path)?;
+        dir::remove_file(disk, path)?;
     }
-    dir::sync_dir(dir)
+    dir::sync_dir(disk, dir)
 }
 
-fn remove_stale_segments(dir: &Path, stale: &[u64]) -> Result<(), WalError> {
+fn remove_stale_segments(disk: &dyn Disk, dir: &Path, stale: &[u64]) -> Result<(), WalError> {
     if stale.is_empty() {
         return Ok(());
     }
     for &sequence in stale {
         let path = dir.join(segment_file_name(sequence));
         tracing::info!(path = %path.display(), "removing WAL segment superseded by a rewrite");
-        dir::remove_file(&path)?;
+        dir::remove_file(disk, &path)?;
     }
-    dir::sync_dir(dir)
+    dir::sync_dir(disk, dir)
 }
 
 /// Cuts a torn tail off, durably: later appends must not land behind garbage.
-fn truncate(path: &Path, len_bytes: u64) -> Result<(), WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
+fn truncate(disk: &dyn Disk, path: &Path, len_bytes: u64) -> Result<(), WalError> {
+    let mut file = disk
+        .open(path, Open::Write)
         .map_err(io_err("open for truncation", path))?;
-    file.set_len(len_bytes).map_err(io_err("truncate", path))?;
+    file.truncate(len_bytes).map_err(io_err("truncate", path))?;
     // fsync, not fdatasync: the change is to the file's size.
     file.sync_all().map_err(io_err("fsync", path))
 }
 
 /// Creates and publishes a segment with no records.
 pub(crate) fn create_segment(
+    disk: &dyn Disk,
     dir: &Path,
     header: SegmentHeader,
     options: &WalOptions,
 ) -> Result<SegmentWriter, WalError> {
-    let mut writer = SegmentWriter::create_temp(dir, header, options.write_buffer_bytes)?;
-    writer.publish(dir)?;
+    let mut writer = SegmentWriter::create_temp(disk, dir, header, options.write_buffer_bytes)?;
+    writer.publish(disk, dir)?;
     Ok(writer)
 }

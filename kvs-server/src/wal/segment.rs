@@ -8,8 +8,13 @@ pub(crate) const SEGMENT_HEADER_BYTES: usize = 28;
 /// First 8 bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"KVS-WAL\0";
 
-/// The only format version this code reads and writes.
-pub(crate) const SEGMENT_FORMAT_VERSION: u16 = 1;
+/// The format version this code writes: records, and sync markers between group commits.
+pub(crate) const SEGMENT_FORMAT_VERSION: u16 = 2;
+
+/// The first format, without sync markers: still read (a torn tail is recognised by the
+/// older rule), never written; a log whose last segment is of this version continues in a
+/// new segment of the current version.
+pub(crate) const SEGMENT_FORMAT_VERSION_V1: u16 = 1;
 
 /// Header flag: this segment holds the whole log as of its creation (written by
 /// `rewrite`), so every segment with a smaller sequence number is obsolete.
@@ -31,6 +36,8 @@ pub(crate) struct SegmentHeader {
     pub chain_seed: u32,
     /// See [`FLAG_SUPERSEDES`].
     pub supersedes: bool,
+    /// [`SEGMENT_FORMAT_VERSION`], or [`SEGMENT_FORMAT_VERSION_V1`] for an older segment.
+    pub version: u16,
 }
 
 impl SegmentHeader {
@@ -38,7 +45,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        bytes[8..10].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        bytes[8..10].copy_from_slice(&self.version.to_le_bytes());
         let flags = if self.supersedes { FLAG_SUPERSEDES } else { 0 };
         bytes[10..12].copy_from_slice(&flags.to_le_bytes());
         bytes[12..20].copy_from_slice(&self.sequence.to_le_bytes());
@@ -55,7 +62,7 @@ impl SegmentHeader {
             return Err(Corruption::BadMagic);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != SEGMENT_FORMAT_VERSION {
+        if version != SEGMENT_FORMAT_VERSION && version != SEGMENT_FORMAT_VERSION_V1 {
             return Err(Corruption::UnsupportedVersion(version));
         }
         let stored_crc = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
@@ -72,6 +79,7 @@ impl SegmentHeader {
             sequence: u64::from_le_bytes(sequence),
             chain_seed: u32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]),
             supersedes: flags & FLAG_SUPERSEDES != 0,
+            version,
         })
     }
 }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
-use super::record::{chained_crc, length_check, RecordHeader, RECORD_HEADER_BYTES};
+use super::record::{
+    chained_crc, length_check, marker_payload, RecordHeader, MARKER_PAYLOAD_BYTES,
+    RECORD_HEADER_BYTES,
+};
 use super::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::writer::SegmentWriter;
 use super::{Corruption, Wal, WalError, WalOptions, PAYLOAD_BYTES_MAX};
@@ -105,13 +108,30 @@ fn expect_corrupt(result: Result<Vec<Vec<u8>>, WalError>) -> (PathBuf, u64, Corr
     }
 }
 
-/// Writes `count` records into one segment and returns its path.
+/// Writes `count` records into one segment as one group commit, followed by the sync
+/// marker the next group commit would start with (so the records are known to have been
+/// synced, and damage to any of them is corruption), and returns its path.
 fn single_segment_log(dir: &Path, count: usize) -> PathBuf {
     write_log(dir, &payloads(count), options(1 << 20));
-    let paths = segment_paths(dir);
-    assert_eq!(paths.len(), 1);
-    paths[0].clone()
+    let path = segment_paths(dir)[0].clone();
+    append_bytes(&path, &marker_after(&payloads(count), file_len(&path)));
+    path
 }
+
+/// The bytes of the sync marker at `offset` of segment 1, chained after `records`.
+fn marker_after(records: &[Vec<u8>], offset: u64) -> Vec<u8> {
+    let mut prev = 0;
+    for record in records {
+        prev = chained_crc(prev, record.len() as u32, record);
+    }
+    let marker = marker_payload(offset, 1);
+    let mut bytes = RecordHeader::for_marker(prev, &marker).encode().to_vec();
+    bytes.extend_from_slice(&marker);
+    bytes
+}
+
+/// Bytes of a sync marker record.
+const MARKER: u64 = RECORD_HEADER + MARKER_PAYLOAD_BYTES as u64;
 
 // ---- round trips -------------------------------------------------------------------
 
@@ -174,13 +194,25 @@ fn append_after_reopen_continues_the_chain() {
     wal.sync().expect("sync");
     drop(wal);
     assert_eq!(reopen(tmp.path()).expect("reopen"), records);
-    // The 4th record (first appended after reopen) chains from the 3rd one's CRC.
+    // The first append after reopen starts with a sync marker (the 3 records before it
+    // were synced), chained from the 3rd record's CRC; the 4th record chains from it.
     let first = fs::read(&segment_paths(tmp.path())[0]).expect("read");
-    let crc_at = |index: u64| {
-        let at = (record_offset(index, 10) + 8) as usize;
+    let crc_at = |at: u64| {
+        let at = (at + 8) as usize;
         u32::from_le_bytes([first[at], first[at + 1], first[at + 2], first[at + 3]])
     };
-    assert_eq!(crc_at(3), chained_crc(crc_at(2), 10, &records[3]));
+    let marker_at = record_offset(3, 10);
+    let marker = marker_payload(marker_at, 1);
+    let marker_crc = chained_crc(
+        crc_at(record_offset(2, 10)),
+        super::record::MARKER_LEN_FIELD,
+        &marker,
+    );
+    assert_eq!(crc_at(marker_at), marker_crc);
+    assert_eq!(
+        crc_at(marker_at + MARKER),
+        chained_crc(marker_crc, 10, &records[3])
+    );
 }
 
 #[test]
@@ -250,6 +282,8 @@ fn fourth_record(payload: &[u8]) -> Vec<u8> {
     for record in payloads(3) {
         prev = chained_crc(prev, 10, &record);
     }
+    let marker = marker_payload(record_offset(3, 10), 1);
+    prev = chained_crc(prev, super::record::MARKER_LEN_FIELD, &marker);
     let len_bytes = payload.len() as u32;
     let mut bytes = RecordHeader::for_payload(prev, len_bytes, payload)
         .encode()
@@ -412,8 +446,8 @@ fn replayed_record_in_the_middle_is_corrupt() {
     let mut bytes = fs::read(&path).expect("read");
     let first = record_offset(0, 10) as usize;
     let copy = bytes[first..first + 22].to_vec();
-    let insert_at = record_offset(2, 10) as usize;
-    bytes.splice(insert_at..insert_at, copy);
+    let at = record_offset(2, 10) as usize;
+    bytes[at..at + 22].copy_from_slice(&copy);
     fs::write(&path, bytes).expect("write");
     let (_, offset, reason) = expect_corrupt(reopen(tmp.path()));
     assert_eq!(offset, record_offset(2, 10));
@@ -445,16 +479,46 @@ fn enlarged_length_in_last_record_is_corrupt_not_torn() {
 }
 
 #[test]
-fn garbage_checksum_followed_by_data_is_corrupt() {
+fn garbage_followed_by_data_but_no_sync_marker_is_torn() {
+    // What a power cut leaves when a later sector of an unsynced group commit landed and
+    // an earlier one did not: nothing proves the damaged record was ever synced.
+    let mut tail = fourth_record(b"unsynced!");
+    tail[8] ^= 0xff;
+    tail.extend_from_slice(b"more data of the same group commit");
+    assert_tail_is_torn(&tail);
+}
+
+#[test]
+fn garbage_followed_by_a_sync_marker_is_corrupt() {
+    // A sync marker after the damage proves it was synced: possibly acknowledged.
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = single_segment_log(tmp.path(), 3);
+    let marker_at = record_offset(3, 10);
     let mut tail = fourth_record(b"maybe-ack");
     tail[8] ^= 0xff;
-    tail.extend_from_slice(b"more data");
+    let next_marker_at = marker_at + MARKER + tail.len() as u64;
+    let mut marker = RecordHeader::for_marker(0, &marker_payload(next_marker_at, 1))
+        .encode()
+        .to_vec();
+    marker.extend_from_slice(&marker_payload(next_marker_at, 1));
+    tail.extend_from_slice(&marker);
     append_bytes(&path, &tail);
     let (_, offset, reason) = expect_corrupt(reopen(tmp.path()));
-    assert_eq!(offset, record_offset(3, 10));
+    assert_eq!(offset, marker_at + MARKER);
     assert_eq!(reason, Corruption::ChecksumMismatch);
+}
+
+#[test]
+fn a_marker_out_of_place_is_not_proof() {
+    // A marker copied elsewhere (or forged in a payload) names another offset.
+    let mut tail = fourth_record(b"unsynced!");
+    tail[8] ^= 0xff;
+    let mut marker = RecordHeader::for_marker(0, &marker_payload(28, 1))
+        .encode()
+        .to_vec();
+    marker.extend_from_slice(&marker_payload(28, 1));
+    tail.extend_from_slice(&marker);
+    assert_tail_is_torn(&tail);
 }
 
 #[test]
@@ -470,9 +534,9 @@ fn bad_segment_magic_is_corrupt() {
 fn unsupported_segment_version_is_corrupt() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let path = single_segment_log(tmp.path(), 2);
-    patch(&path, 8, &2u16.to_le_bytes());
+    patch(&path, 8, &3u16.to_le_bytes());
     let (_, offset, reason) = expect_corrupt(reopen(tmp.path()));
-    assert_eq!((offset, reason), (0, Corruption::UnsupportedVersion(2)));
+    assert_eq!((offset, reason), (0, Corruption::UnsupportedVersion(3)));
 }
 
 #[test]
@@ -626,8 +690,10 @@ fn crash_before_rename_leaves_the_old_log() {
         sequence: 4,
         chain_seed: 0,
         supersedes: true,
+        version: super::segment::SEGMENT_FORMAT_VERSION,
     };
-    let mut temp = SegmentWriter::create_temp(tmp.path(), header, 64).expect("temp");
+    let mut temp =
+        SegmentWriter::create_temp(&crate::disk::RealDisk, tmp.path(), header, 64).expect("temp");
     let record = RecordHeader::for_payload(0, 3, b"new");
     temp.append_record(&record, b"new").expect("append");
     temp.flush().expect("flush");
@@ -774,4 +840,37 @@ proptest! {
         prop_assert_eq!(&again[..replayed.len()], &replayed[..]);
         prop_assert_eq!(&again[replayed.len()], b"after");
     }
+}
+
+#[test]
+fn a_log_of_the_first_format_is_read_and_continued_in_a_new_segment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write_log(tmp.path(), &payloads(3), options(1 << 20));
+    let path = segment_paths(tmp.path())[0].clone();
+    // Rewrite the header as version 1 (no sync markers), with its checksum.
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    header.copy_from_slice(&fs::read(&path).expect("read")[..SEGMENT_HEADER_BYTES]);
+    header[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..24]);
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    patch(&path, 0, &header);
+    // The older torn rule applies to it: garbage followed by data is corrupt there.
+    let (mut wal, replayed) = Wal::open(tmp.path(), options(1 << 20)).expect("open v1");
+    assert_eq!(replayed, payloads(3));
+    assert_eq!(
+        wal.segment_count(),
+        2,
+        "continues in a segment of the current format"
+    );
+    wal.append(b"after").expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    let mut expected = payloads(3);
+    expected.push(b"after".to_vec());
+    assert_eq!(reopen(tmp.path()).expect("reopen"), expected);
+    let mut tail = fourth_record(b"v1-tail");
+    tail[8] ^= 0xff;
+    tail.extend_from_slice(b"data");
+    append_bytes(&path, &tail);
+    assert!(matches!(reopen(tmp.path()), Err(WalError::Corrupt { .. })));
 }

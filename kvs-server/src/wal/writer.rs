@@ -3,9 +3,9 @@
 //! A hand-rolled buffer rather than `BufWriter`, because `BufWriter` flushes on drop: after
 //! a failed write or fsync (a poisoned WAL) nothing more may reach the file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::disk::{Disk, DiskFile, Open};
 
 use super::dir;
 use super::error::{io_err, WalError};
@@ -17,7 +17,7 @@ use super::segment::{segment_file_name, temp_file_name, SegmentHeader, SEGMENT_H
 pub(crate) struct SegmentWriter {
     path: PathBuf,
     sequence: u64,
-    file: File,
+    file: Box<dyn DiskFile>,
     buffer: Vec<u8>,
     buffer_bytes_max: usize,
     /// Bytes in the file plus bytes still buffered.
@@ -30,16 +30,14 @@ impl SegmentWriter {
     /// Starts a segment under its temporary name. `open` ignores and deletes temp files,
     /// so the segment does not exist for recovery until [`publish`](Self::publish).
     pub fn create_temp(
+        disk: &dyn Disk,
         dir: &Path,
         header: SegmentHeader,
         buffer_bytes_max: usize,
     ) -> Result<Self, WalError> {
         let path = dir.join(temp_file_name(header.sequence));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
+        let file = disk
+            .open(&path, Open::Truncate)
             .map_err(io_err("create", &path))?;
         let mut writer = Self {
             path,
@@ -57,13 +55,14 @@ impl SegmentWriter {
     /// Makes a temp segment durable and visible: fsync its contents, rename it to its
     /// final name, fsync the directory. Renaming only after the fsync means a published
     /// segment is never torn in what it held at publication.
-    pub fn publish(&mut self, dir: &Path) -> Result<(), WalError> {
+    pub fn publish(&mut self, disk: &dyn Disk, dir: &Path) -> Result<(), WalError> {
         self.flush()?;
         self.file.sync_all().map_err(io_err("fsync", &self.path))?;
         let final_path = dir.join(segment_file_name(self.sequence));
-        fs::rename(&self.path, &final_path).map_err(io_err("rename", &self.path))?;
+        disk.rename(&self.path, &final_path)
+            .map_err(io_err("rename", &self.path))?;
         self.path = final_path;
-        dir::sync_dir(dir)?;
+        dir::sync_dir(disk, dir)?;
         self.unsynced = false;
         Ok(())
     }
@@ -71,14 +70,14 @@ impl SegmentWriter {
     /// Continues an existing segment whose valid contents end at `len_bytes` (the file
     /// has already been truncated there).
     pub fn open_existing(
+        disk: &dyn Disk,
         path: PathBuf,
         sequence: u64,
         len_bytes: u64,
         buffer_bytes_max: usize,
     ) -> Result<Self, WalError> {
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
+        let file = disk
+            .open(&path, Open::Write)
             .map_err(io_err("open for append", &path))?;
         Ok(Self {
             path,
@@ -105,10 +104,7 @@ impl SegmentWriter {
         }
         if bytes.len() >= self.buffer_bytes_max {
             // Large payloads go straight to the file rather than through a copy.
-            return self
-                .file
-                .write_all(bytes)
-                .map_err(io_err("write", &self.path));
+            return self.file.append(bytes).map_err(io_err("write", &self.path));
         }
         self.buffer.extend_from_slice(bytes);
         Ok(())
@@ -118,7 +114,7 @@ impl SegmentWriter {
     pub fn flush(&mut self) -> Result<(), WalError> {
         if !self.buffer.is_empty() {
             self.file
-                .write_all(&self.buffer)
+                .append(&self.buffer)
                 .map_err(io_err("write", &self.path))?;
             self.buffer.clear();
         }
