@@ -15,7 +15,7 @@
 //! replica that issued it, and the writer drops, before they reach the file, the appends
 //! of an incarnation that crashed, so what was not yet durable is lost as in a real crash.
 
-mod record;
+pub mod record;
 mod writer;
 
 #[cfg(test)]

@@ -212,3 +212,85 @@ fn undecodable_record_refuses_to_start() {
     let text = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(text.contains("refusing to start"), "{text}");
 }
+
+/// Appends `entries` to the log in `dir` as an earlier release wrote them (in the network
+/// encoding).
+fn write_legacy(dir: &std::path::Path, entries: &[PersistEntry]) {
+    let (mut wal, _) = Wal::open(dir, WalOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    for e in entries {
+        let raw = wire::encode(e).unwrap_or_else(|err| panic!("{err}"));
+        assert!(wal.append(&raw).is_ok());
+    }
+    assert!(wal.sync().is_ok());
+}
+
+/// The first byte of every record in the log in `dir`.
+fn record_versions(dir: &std::path::Path) -> Vec<u8> {
+    let (_, records) = Wal::open(dir, WalOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    records.iter().map(|r| r[0]).collect()
+}
+
+#[test]
+fn a_log_of_an_earlier_release_is_read_then_rewritten_in_the_current_format() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut old = vec![PersistEntry::Promised(Ballot::new(1, 1))];
+    old.extend((0..4).map(accepted));
+    old.push(PersistEntry::Committed { upto: 4 });
+    write_legacy(dir.path(), &old);
+    let (state, storage) =
+        open(dir.path(), WalOptions::default(), |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state.promised, Ballot::new(1, 1));
+    assert_eq!((state.accepted.len(), state.commit), (4, 4));
+    // New records go on in the current format, after the old ones.
+    assert!(storage.send(append(0, 1, vec![accepted(4)])).is_ok());
+    storage.close();
+    let versions = record_versions(dir.path());
+    assert!(versions[..6].iter().all(|v| *v <= 2), "{versions:?}");
+    assert_eq!(versions[6], record::RECORD_VERSION);
+    let (state, storage) =
+        open(dir.path(), WalOptions::default(), |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state.accepted.len(), 5);
+    // Compaction rewrites the log, in the current format only.
+    assert!(storage.send(StorageCmd::Compact { slot: 2 }).is_ok());
+    storage.close();
+    let versions = record_versions(dir.path());
+    assert!(
+        versions.iter().all(|v| *v == record::RECORD_VERSION),
+        "{versions:?}"
+    );
+    let (state, storage) =
+        open(dir.path(), WalOptions::default(), |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    storage.close();
+    assert_eq!(
+        state.accepted.keys().copied().collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+}
+
+#[test]
+fn a_record_of_an_unknown_version_refuses_to_start_and_names_it() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    {
+        let (mut wal, _) =
+            Wal::open(dir.path(), WalOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let mut raw = record::encode(&accepted(0)).unwrap_or_default();
+        assert!(wal.append(&raw).is_ok());
+        raw[0] = 0x17;
+        assert!(wal.append(&raw).is_ok());
+        assert!(wal.sync().is_ok());
+    }
+    let err = open(dir.path(), WalOptions::default(), |_| {}).err();
+    assert!(
+        matches!(
+            &err,
+            Some(StorageError::Undecodable {
+                index: 1,
+                source: RecordError::UnknownVersion(0x17),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let text = err.map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("version 0x17"), "{text}");
+}

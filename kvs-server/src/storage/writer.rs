@@ -15,6 +15,8 @@ pub(super) struct Writer {
     options: WalOptions,
     mirror: RecoveredState,
     shared: Arc<Shared>,
+    /// The encoding of the record being appended, reused from one record to the next.
+    scratch: Vec<u8>,
 }
 
 /// What the writer has done in the current group and not yet synced or reported.
@@ -39,6 +41,7 @@ impl Writer {
             options,
             mirror,
             shared: Arc::new(Shared::default()),
+            scratch: Vec::new(),
         }
     }
 
@@ -89,9 +92,10 @@ impl Writer {
                 }
                 group.bytes += bytes;
                 for e in entries {
-                    let raw = record::encode(&e)
+                    self.scratch.clear();
+                    record::encode_into(&e, &mut self.scratch)
                         .map_err(|err| StorageEvent::Fatal(StorageError::Encode(err)))?;
-                    self.wal.append(&raw).map_err(fatal)?;
+                    self.wal.append(&self.scratch).map_err(fatal)?;
                     self.mirror.apply(e);
                 }
                 group.unsynced = true;
@@ -167,7 +171,7 @@ impl Writer {
     }
 }
 
-fn encode_all(entries: &[PersistEntry]) -> Result<Vec<bytes::Bytes>, StorageEvent> {
+fn encode_all(entries: &[PersistEntry]) -> Result<Vec<Vec<u8>>, StorageEvent> {
     entries
         .iter()
         .map(|e| record::encode(e).map_err(|err| StorageEvent::Fatal(StorageError::Encode(err))))
