@@ -5,7 +5,7 @@
 //! [`encode`] and read back by [`decode`]. The encoding library (bincode, unmaintained) is
 //! called from this file only, so it can be replaced in one place.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
@@ -76,6 +76,28 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, WireError> {
         });
     }
     Ok(Bytes::from(buf))
+}
+
+/// Encodes one message as a frame payload like [`encode`], into `buf`'s spare capacity.
+///
+/// `buf` is emptied first and is empty again on return; the payload is split off it, so
+/// once every copy of an earlier payload is dropped, `buf` writes the next one into the same
+/// allocation. For a sender that encodes many messages (and shares each payload between
+/// several destinations, as [`Bytes`] clones) this saves an allocation and the regrowth of a
+/// fresh buffer per message.
+pub fn encode_into<T: Serialize>(msg: &T, buf: &mut BytesMut) -> Result<Bytes, WireError> {
+    buf.clear();
+    bincode::serde::encode_into_std_write(msg, &mut buf.writer(), bincode::config::standard())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    if buf.len() > FRAME_BYTES_MAX_CEILING {
+        let size = buf.len();
+        buf.clear();
+        return Err(WireError::TooLarge {
+            size,
+            max: FRAME_BYTES_MAX_CEILING,
+        });
+    }
+    Ok(buf.split().freeze())
 }
 
 /// Decodes one message from a frame payload: a pure function that never panics.
@@ -150,6 +172,28 @@ mod tests {
         let mut near = vec![0xfc];
         near.extend_from_slice(&(60_000u32).to_le_bytes());
         assert!(decode::<bytes::Bytes>(&near).is_err());
+    }
+
+    #[test]
+    fn encode_into_matches_encode_and_reuses_the_buffer() {
+        let mut buf = BytesMut::new();
+        let first = encode_into(&vec![7u64; 100], &mut buf).unwrap();
+        assert_eq!(first, encode(&vec![7u64; 100]).unwrap());
+        assert!(buf.is_empty());
+        drop(first);
+        // Payloads dropped before the next one is encoded: the same allocation serves.
+        let mut addresses = std::collections::BTreeSet::new();
+        for i in 0..100u64 {
+            let payload = encode_into(&vec![i; 100], &mut buf).unwrap();
+            assert_eq!(decode::<Vec<u64>>(&payload).unwrap(), vec![i; 100]);
+            addresses.insert(payload.as_ptr() as usize);
+        }
+        assert!(addresses.len() <= 2, "{} allocations", addresses.len());
+        assert!(matches!(
+            encode_into(&vec![0u8; FRAME_BYTES_MAX_CEILING + 1], &mut buf),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -98,6 +98,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod codec;
@@ -113,7 +114,7 @@ pub use client::{
     KEY_BYTES_MAX, NO_CLIENT_ID, SESSION_WINDOW, VALUE_BYTES_MAX,
 };
 pub use codec::{
-    decode, encode, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,
+    decode, encode, encode_into, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,
     FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_MIN,
 };
 pub use command::{Command, WriteOp};

@@ -4,5 +4,6 @@
 //! them.
 
 pub mod clients;
+pub mod frames;
 pub mod listener;
 pub mod peers;

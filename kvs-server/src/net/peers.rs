@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use paxos_core::NodeId;
+use paxos_core::{Message, NodeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -30,6 +31,7 @@ use wire::{
     WireError,
 };
 
+use super::frames::PeerFrames;
 use crate::event::Event;
 use crate::identity::{IdentityError, IdentityStore, LinkEvent};
 use crate::snapshot::transfer::Outgoing;
@@ -46,8 +48,8 @@ pub const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
 /// The snapshot side of a peer link: chunks to send, and a count of the connections made,
 /// so that a transfer can stop when the connection it was streaming over is gone.
 pub struct SnapshotLane {
-    /// Chunks to send when no consensus message waits.
-    pub chunks: mpsc::Receiver<PeerMessage>,
+    /// Chunks to send (encoded) when no consensus message waits.
+    pub chunks: mpsc::Receiver<Bytes>,
     /// Goes up every time the link connects or is lost.
     pub epoch: Arc<AtomicU64>,
 }
@@ -63,19 +65,27 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 type Frames = Framed<TcpStream, LengthDelimitedCodec>;
 
 /// The event loop's side of the links to its peers: where to queue messages for each, and
-/// whether each is reachable.
+/// whether each is reachable. Messages are encoded here, once per message however many
+/// peers it goes to ([`PeerFrames`]); the links only write frames.
 #[derive(Default)]
 pub struct Links {
-    queues: BTreeMap<NodeId, mpsc::Sender<PeerMessage>>,
+    queues: BTreeMap<NodeId, mpsc::Sender<Bytes>>,
     reachable: BTreeMap<NodeId, Arc<AtomicBool>>,
+    frames: PeerFrames,
 }
 
 impl Links {
-    /// Queues `msg` for `to`, dropping it if the link's queue is full or `to` is unknown
-    /// (best effort: the consensus core retransmits what matters).
-    pub fn send(&self, to: NodeId, msg: PeerMessage) {
-        if let Some(tx) = self.queues.get(&to) {
-            let _ = tx.try_send(msg);
+    /// Queues `message` for `to`, dropping it if the link's queue is full or `to` is
+    /// unknown (best effort: the consensus core retransmits what matters).
+    pub fn send(&mut self, to: NodeId, message: Message) {
+        let Some(tx) = self.queues.get(&to) else {
+            return;
+        };
+        match self.frames.frame(message) {
+            Ok(frame) => {
+                let _ = tx.try_send(frame);
+            }
+            Err(e) => tracing::error!(peer = to, error = %e, "cannot encode a message to a peer"),
         }
     }
 
@@ -149,7 +159,7 @@ impl Outbound {
     /// Connects (again and again) and sends what arrives on `rx` and on the snapshot lane,
     /// until shutdown or until the event loop is gone. Each accepted handshake is reported
     /// as [`LinkEvent::Admitted`].
-    async fn run(self, mut rx: mpsc::Receiver<PeerMessage>, lane: SnapshotLane) {
+    async fn run(self, mut rx: mpsc::Receiver<Bytes>, lane: SnapshotLane) {
         let SnapshotLane { mut chunks, epoch } = lane;
         let mut backoff = BACKOFF_MIN;
         let mut last_refusal: Option<String> = None;
@@ -198,8 +208,8 @@ impl Outbound {
     async fn pump(
         &self,
         framed: &mut Frames,
-        rx: &mut mpsc::Receiver<PeerMessage>,
-        chunks: &mut mpsc::Receiver<PeerMessage>,
+        rx: &mut mpsc::Receiver<Bytes>,
+        chunks: &mut mpsc::Receiver<Bytes>,
     ) -> Pump {
         loop {
             // Consensus messages first; a snapshot chunk only when none waits.
@@ -220,14 +230,14 @@ impl Outbound {
                 return Pump::Stop; // the node is gone
             };
             // One write syscall per burst: feed everything queued, then flush once.
-            let mut failed = feed(framed, &first).await.is_err();
+            let mut failed = framed.feed(first).await.is_err();
             while !failed {
                 match rx.try_recv() {
-                    Ok(m) => failed = feed(framed, &m).await.is_err(),
+                    Ok(frame) => failed = framed.feed(frame).await.is_err(),
                     Err(_) => break,
                 }
             }
-            if failed || SinkExt::<bytes::Bytes>::flush(framed).await.is_err() {
+            if failed || SinkExt::<Bytes>::flush(framed).await.is_err() {
                 return Pump::Reconnect;
             }
         }
@@ -264,11 +274,6 @@ enum Pump {
     Reconnect,
     /// Shutdown, or the event loop is gone: the link ends.
     Stop,
-}
-
-async fn feed(framed: &mut Frames, msg: &PeerMessage) -> Result<(), WireError> {
-    let bytes = wire::encode(msg)?;
-    framed.feed(bytes).await.map_err(WireError::from)
 }
 
 async fn connect(addr: &str, hello: &Hello) -> Result<Frames, WireError> {

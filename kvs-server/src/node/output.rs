@@ -3,7 +3,7 @@
 //! for them), reads confirmed or aborted, proposals dropped, snapshots to ship.
 
 use paxos_core::{NodeId, Output, Value};
-use wire::{Command, ErrorReply, PeerMessage, Reply, WriteOp};
+use wire::{Command, ErrorReply, Reply, WriteOp};
 
 use super::pending::key_of;
 use super::Node;
@@ -30,7 +30,7 @@ impl Node {
 
     fn carry_out(&mut self, out: Output) {
         match out {
-            Output::Send { to, message } => self.links.send(to, PeerMessage::Paxos(message)),
+            Output::Send { to, message } => self.links.send(to, message),
             Output::Persist { id, entries } => {
                 let cmd = StorageCmd::Append {
                     incarnation: self.faults.incarnation(),
@@ -63,14 +63,21 @@ impl Node {
         }
     }
 
-    /// Proposals the core will never give a slot: their clients may retry elsewhere.
+    /// Proposals the core will never give a slot: their clients may retry elsewhere. Each
+    /// is found by its bytes ([`super::pending`]); decoding is only the fallback for bytes
+    /// the table does not know (their write has been answered already, or the core handed
+    /// back a copy).
     fn proposals_dropped(&mut self, commands: &[bytes::Bytes], leader_hint: Option<NodeId>) {
         let answer = Err(self.not_leader(leader_hint));
         for raw in commands {
-            let Ok(c) = Command::decode(raw) else {
-                continue;
+            let key = match self.pending.proposal(raw) {
+                Some(key) => key,
+                None => match Command::decode(raw) {
+                    Ok(c) => key_of(&c.session),
+                    Err(_) => continue,
+                },
             };
-            self.pending.answer_write(key_of(&c.session), &answer);
+            self.pending.answer_write(key, &answer);
         }
     }
 

@@ -4,6 +4,12 @@
 //! with the result, with `NotLeader` when the proposal is dropped, with `Timeout` when it
 //! waited too long, or when the replica stops or fails.
 //!
+//! A write's session travels beside its proposal: the table indexes each pending write by
+//! the address of the command bytes it proposed, so that when the core hands proposals
+//! back undecided (`ProposalsDropped`, the same [`Bytes`] it was given) their writes are
+//! found without decoding them again. The entry keeps a clone of those bytes, so no other
+//! command can take their address while it waits.
+//!
 //! Time is a parameter (`now`), so the table is tested without clocks or sockets.
 
 use std::collections::HashMap;
@@ -29,6 +35,15 @@ struct PendingWrite {
     /// The first request and every retry of it that arrived while it was in flight.
     responders: Vec<Responder>,
     since: Instant,
+    /// The command proposed (see the module docs).
+    proposed: Bytes,
+}
+
+/// Where a proposal's bytes are: their address and length.
+type ProposalId = (usize, usize);
+
+fn proposal_id(raw: &Bytes) -> ProposalId {
+    (raw.as_ptr() as usize, raw.len())
 }
 
 /// A linearizable read waiting for the core's `ReadReady`.
@@ -42,6 +57,8 @@ struct PendingRead {
 #[derive(Default)]
 pub(crate) struct Pending {
     writes: HashMap<SessionKey, PendingWrite>,
+    /// The write of each pending proposal.
+    proposals: HashMap<ProposalId, SessionKey>,
     reads: HashMap<u64, PendingRead>,
     next_read_id: u64,
 }
@@ -87,16 +104,35 @@ impl Pending {
         }
     }
 
-    /// Records a write just proposed.
-    pub(crate) fn insert_write(&mut self, key: SessionKey, responder: Responder, now: Instant) {
-        let previous = self.writes.insert(
-            key,
-            PendingWrite {
-                responders: vec![responder],
-                since: now,
-            },
+    /// Records a write just proposed as the command `proposed`.
+    pub(crate) fn insert_write(
+        &mut self,
+        key: SessionKey,
+        responder: Responder,
+        proposed: Bytes,
+        now: Instant,
+    ) {
+        debug_assert!(
+            !proposed.is_empty(),
+            "an empty command has no address of its own"
         );
+        let by_address = self.proposals.insert(proposal_id(&proposed), key);
+        debug_assert!(by_address.is_none(), "two pending commands at one address");
+        let write = PendingWrite {
+            responders: vec![responder],
+            since: now,
+            proposed,
+        };
+        let previous = self.writes.insert(key, write);
         debug_assert!(previous.is_none(), "a write proposed twice: {key:?}");
+    }
+
+    /// The write that proposed `raw` (the very bytes, as the core hands them back), if it
+    /// still waits.
+    pub(crate) fn proposal(&self, raw: &Bytes) -> Option<SessionKey> {
+        let key = *self.proposals.get(&proposal_id(raw))?;
+        let write = self.writes.get(&key)?;
+        (proposal_id(&write.proposed) == proposal_id(raw)).then_some(key)
     }
 
     /// Answers the write `key` (every request waiting for it) with `answer`; false if no
@@ -109,6 +145,7 @@ impl Pending {
         let Some(write) = self.writes.remove(&key) else {
             return false;
         };
+        self.proposals.remove(&proposal_id(&write.proposed));
         for r in write.responders {
             r.respond(answer.clone());
         }
@@ -169,6 +206,7 @@ impl Pending {
     /// Answers everything still waiting: writes with `Timeout` (they may still be chosen),
     /// reads with `Unavailable` (a read that is not served has no effect).
     pub(crate) fn fail_all(&mut self) {
+        self.proposals.clear();
         for (_, write) in self.writes.drain() {
             for r in write.responders {
                 r.respond(Err(ErrorReply::Timeout));

@@ -124,8 +124,12 @@ impl Node {
                 return;
             }
         };
-        match self.replica.propose(self.now_ms(), raw) {
-            Ok(()) => self.pending.insert_write(key, responder, Instant::now()),
+        // The core takes the bytes; the table keeps a clone to know them when they come
+        // back undecided.
+        match self.replica.propose(self.now_ms(), raw.clone()) {
+            Ok(()) => self
+                .pending
+                .insert_write(key, responder, raw, Instant::now()),
             Err(e) => responder.respond(Err(self.propose_error(e))),
         }
     }

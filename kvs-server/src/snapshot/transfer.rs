@@ -2,7 +2,7 @@
 //!
 //! Sending ([`Outgoing`]): at most one transfer per peer at a time. Chunks are read from the
 //! snapshot file by a blocking thread and queued on the peer's snapshot lane
-//! ([`crate::net::peers::SnapshotLane`]), a small queue of its own that the link drains only when
+//! ([`crate::net::peers::SnapshotLane`], encoded), a small queue of its own that the link drains only when
 //! no consensus message waits; the thread waits for room, so at most a few chunks are in
 //! memory. A transfer stops when it is cancelled (a newer snapshot supersedes it) or when the
 //! connection it streams over is lost.
@@ -34,7 +34,7 @@ const INCOMING_QUEUE_CHUNKS: usize = 16;
 
 /// Where one peer's snapshot chunks go.
 struct Lane {
-    tx: mpsc::Sender<PeerMessage>,
+    tx: mpsc::Sender<Bytes>,
     epoch: Arc<AtomicU64>,
 }
 
@@ -66,7 +66,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// Registers the snapshot lane of `peer`: its chunk queue and its link's epoch.
-    pub fn add_peer(&mut self, peer: NodeId, tx: mpsc::Sender<PeerMessage>, epoch: Arc<AtomicU64>) {
+    pub fn add_peer(&mut self, peer: NodeId, tx: mpsc::Sender<Bytes>, epoch: Arc<AtomicU64>) {
         self.lanes.insert(peer, Lane { tx, epoch });
     }
 
@@ -127,7 +127,7 @@ impl Outgoing {
 /// connection the chunks went over is gone). Returns the bytes sent.
 fn stream(
     path: &Path,
-    tx: &mpsc::Sender<PeerMessage>,
+    tx: &mpsc::Sender<Bytes>,
     epoch: &AtomicU64,
     cancel: &CancellationToken,
 ) -> Result<u64, String> {
@@ -165,6 +165,7 @@ fn stream(
             offset,
             data: Bytes::from(buf),
         };
+        let chunk = wire::encode(&chunk).map_err(|e| format!("cannot encode a chunk: {e}"))?;
         if epoch.load(Ordering::Acquire) != started_epoch {
             return Err("the peer link was lost".into());
         }
@@ -362,9 +363,13 @@ mod tests {
         path
     }
 
-    async fn next_chunk(rx: &mut mpsc::Receiver<PeerMessage>) -> Option<(u64, u64)> {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some(PeerMessage::SnapshotChunk { slot, offset, .. })) => Some((slot, offset)),
+    async fn next_chunk(rx: &mut mpsc::Receiver<Bytes>) -> Option<(u64, u64)> {
+        let frame = match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(frame)) => frame,
+            _ => return None,
+        };
+        match wire::decode(&frame) {
+            Ok(PeerMessage::SnapshotChunk { slot, offset, .. }) => Some((slot, offset)),
             _ => None,
         }
     }

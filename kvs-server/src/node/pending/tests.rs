@@ -8,6 +8,11 @@ fn written() -> Result<Reply, ErrorReply> {
     Ok(Reply::Written)
 }
 
+/// A command's bytes, in an allocation of their own.
+fn command(n: u8) -> Bytes {
+    Bytes::from(vec![n; 16])
+}
+
 #[test]
 fn a_write_and_its_retries_are_answered_once_each_when_applied() {
     let probe = Probe::new();
@@ -18,7 +23,7 @@ fn a_write_and_its_retries_are_answered_once_each_when_applied() {
         pending.join_write(key, probe.responder(1)).is_some(),
         "not in flight yet"
     );
-    pending.insert_write(key, probe.responder(1), now);
+    pending.insert_write(key, probe.responder(1), command(1), now);
     // Two retries of the same write join it instead of proposing it again.
     assert!(pending.join_write(key, probe.responder(2)).is_none());
     assert!(pending.join_write(key, probe.responder(3)).is_none());
@@ -57,10 +62,15 @@ fn requests_that_waited_past_the_limit_time_out_and_the_others_wait_on() {
     let probe = Probe::new();
     let mut pending = Pending::default();
     let start = Instant::now();
-    pending.insert_write((1, 1), probe.responder(1), start);
+    pending.insert_write((1, 1), probe.responder(1), command(1), start);
     let read = pending.next_read_id();
     pending.insert_read(read, Bytes::from_static(b"k"), probe.responder(2), start);
-    pending.insert_write((1, 2), probe.responder(3), start + Duration::from_secs(5));
+    pending.insert_write(
+        (1, 2),
+        probe.responder(3),
+        command(2),
+        start + Duration::from_secs(5),
+    );
     assert_eq!(
         pending.expire(start + LIMIT, LIMIT),
         0,
@@ -82,7 +92,7 @@ fn a_stopping_replica_answers_everything_that_waits() {
     let probe = Probe::new();
     let mut pending = Pending::default();
     let now = Instant::now();
-    pending.insert_write((1, 1), probe.responder(1), now);
+    pending.insert_write((1, 1), probe.responder(1), command(1), now);
     let read = pending.next_read_id();
     pending.insert_read(read, Bytes::from_static(b"k"), probe.responder(2), now);
     pending.fail_all();
@@ -108,9 +118,33 @@ fn a_sessionless_tag_is_never_one_in_flight() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let first = pending.sessionless_tag(&mut rng.clone());
     assert_eq!(first.client_id, wire::NO_CLIENT_ID);
-    pending.insert_write(key_of(&first), probe.responder(1), Instant::now());
+    pending.insert_write(
+        key_of(&first),
+        probe.responder(1),
+        command(1),
+        Instant::now(),
+    );
     // The same random sequence would draw `first` again: it is skipped.
     let second = pending.sessionless_tag(&mut rng);
     assert_ne!(second, first);
     assert_eq!(second.client_id, wire::NO_CLIENT_ID);
+}
+
+#[test]
+fn a_dropped_proposal_is_found_by_its_bytes_not_by_their_content() {
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let now = Instant::now();
+    let (a, b) = (command(1), command(1));
+    pending.insert_write((1, 1), probe.responder(1), a.clone(), now);
+    pending.insert_write((1, 2), probe.responder(2), b.clone(), now);
+    // The core hands back the bytes it was given (clones share the address).
+    assert_eq!(pending.proposal(&a.clone()), Some((1, 1)));
+    assert_eq!(pending.proposal(&b), Some((1, 2)));
+    // Equal bytes elsewhere are another command.
+    assert_eq!(pending.proposal(&command(1)), None);
+    assert!(pending.answer_write((1, 1), &written()));
+    assert_eq!(pending.proposal(&a), None, "answered: forgotten");
+    pending.fail_all();
+    assert_eq!(pending.proposal(&b), None);
 }
