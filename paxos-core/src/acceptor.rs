@@ -14,7 +14,9 @@ use crate::value::{Entry, Value};
 /// An acceptor: promises ballots and accepts values.
 #[derive(Clone, Debug, Default, Hash)]
 pub struct Acceptor {
+    /// The highest ballot promised. Invariant: no record in `log` is above it.
     promised: Ballot,
+    /// The accepted ballot and value of each slot from `log_start` on.
     log: BTreeMap<Slot, (Ballot, Value)>,
     /// Slots below this were compacted away (they are chosen and in the host's snapshot).
     log_start: Slot,

@@ -14,9 +14,11 @@ use crate::value::Value;
 /// commit index.
 #[derive(Clone, Debug, Default, Hash)]
 pub struct Learner {
+    /// Every slot below this is chosen. Invariant: it never decreases.
     commit: Slot,
+    /// Every slot below this was handed to the host. Invariant: at most `commit`.
     delivered: Slot,
-    /// Slots at or above `commit` known to be chosen (a leader learns them out of order).
+    /// Slots above `commit` known to be chosen (a leader learns them out of order).
     chosen_ahead: BTreeSet<Slot>,
 }
 

@@ -84,6 +84,7 @@ impl Leadership {
         slot
     }
 
+    /// Records `value` as proposed in `slot` at `now_ms`.
     fn track(&mut self, slot: Slot, value: Value, now_ms: u64) {
         // Invariant: a leader proposes one value per slot (which is why a commit
         // announcement lets followers take their vote under this ballot as chosen).
@@ -103,6 +104,7 @@ impl Leadership {
         debug_assert!(earlier.is_none(), "slot {slot} proposed twice");
     }
 
+    /// `f` left the in-flight set (chosen).
     fn untrack(&mut self, f: &InFlight) {
         self.inflight_bytes = self.inflight_bytes.saturating_sub(f.value.payload_bytes());
     }

@@ -1,19 +1,20 @@
 //! The proposer role: elections (phase 1), proposals (phase 2), and read-index rounds.
 //!
-//! [`Proposer`] owns the role's state machine (follower, candidate, leader), every
-//! transition between those states, and the data each one keeps: a candidate's promises
-//! ([`candidate`]), a leader's slots in flight and its lease on the followers ([`leader`]),
-//! its reads ([`read_index`]) and the commands waiting for a slot ([`queue`]). It does no
-//! IO and knows nothing of the acceptor or the disk: each method returns what the
-//! [`Replica`](crate::Replica) must then send, persist, or tell its host.
+//! The crate's `Proposer` owns the role's state machine (follower, candidate, leader),
+//! every transition between those states, and the data each one keeps: a candidate's
+//! promises (`candidate.rs`), a leader's slots in flight and its lease on the followers
+//! (`leader.rs`), its reads (`read_index.rs`) and the commands waiting for a slot
+//! (`queue.rs`). It does no IO and knows nothing of the acceptor or the disk: each method
+//! returns what the [`Replica`](crate::Replica) must then send, persist, or tell its host.
 //!
 //! Transitions:
-//! - follower or candidate → candidate: [`Proposer::start_candidacy`] (an election timeout,
-//!   or a leader that learned of a higher promise re-running phase 1);
-//! - candidate → leader: [`Proposer::lead`], once [`Proposer::on_promise`] says
-//!   [`PromiseOutcome::Elected`];
-//! - any → follower: [`Proposer::step_down`] (a higher ballot, a lost election, a leader
-//!   that lost its majority).
+//! - follower or candidate → candidate: `start_candidacy` (an election timeout), and
+//!   leader → candidate when a leader learns of a higher promise and re-runs phase 1;
+//! - candidate → leader: `lead`, once `on_promise` reports a majority;
+//! - any → follower: `step_down` (a higher ballot, a lost election, a leader that lost
+//!   its majority).
+//!
+//! Public here are the [`Role`] a replica reports and the pure [`recovery_plan`].
 
 mod candidate;
 mod leader;
@@ -59,8 +60,11 @@ impl std::fmt::Display for Role {
 /// The proposer's state machine.
 #[derive(Clone, Debug, Hash)]
 enum State {
+    /// Follows a leader, or waits for one.
     Follower,
+    /// Runs phase 1.
     Candidate(Candidacy),
+    /// Proposes values.
     Leader(Leadership),
 }
 
@@ -72,8 +76,11 @@ pub(crate) enum Beat {
     /// Send every peer a heartbeat (under `ballot`, asking to confirm `read_round`), and
     /// retransmit to each peer the Accepts it has not acknowledged.
     Send {
+        /// The leader's ballot.
         ballot: Ballot,
+        /// The newest read round, for the followers to confirm.
         read_round: u64,
+        /// The Accepts each peer has not acknowledged for a heartbeat interval.
         resend: Resend,
     },
 }
@@ -92,8 +99,11 @@ pub(crate) struct SteppedDown {
 /// A proposer: its role and what it needs to play it.
 #[derive(Clone, Debug, Hash)]
 pub(crate) struct Proposer {
+    /// This replica's id: the node of every ballot it uses.
     id: NodeId,
+    /// The role and its data.
     state: State,
+    /// Commands waiting for a slot (only a leader or a re-running leader holds any).
     queue: Queue,
     /// Election jitter, seeded by the host.
     rng: Rng,

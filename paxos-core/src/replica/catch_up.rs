@@ -24,6 +24,9 @@ impl Replica {
         self.send(from, Message::CatchUpRequest { from_slot });
     }
 
+    /// `from` asks for the chosen slots from `from_slot` on: send what this replica knows
+    /// chosen (about one batch at most), or, if it compacted some of them away, have the
+    /// host ship a snapshot (at most once per `snapshot_resend_interval_ms` per peer).
     pub(super) fn on_catchup_request(&mut self, from: NodeId, from_slot: Slot) {
         if from_slot < self.acceptor.log_start() {
             let due = self

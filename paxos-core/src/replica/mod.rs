@@ -5,16 +5,25 @@
 //! until it returns `None`. Nothing here reads a clock, a socket or OS randomness.
 //!
 //! # The durability gate
-//! Every change to acceptor state becomes a [`PersistEntry`](crate::PersistEntry); entries are grouped into one
-//! [`Output::Persist`] batch per drain. A reply that depends on acceptor state (Promise,
-//! Accepted) is *held* inside the replica, tagged with the batch that must be durable first,
-//! and is released only by [`Replica::handle_durable`]. A host therefore cannot send a
-//! promise before it is on disk: it never sees the message until then. The same gate
-//! applies to the replica's own votes, so a leader counts itself only once its own log
-//! write is durable, while the Accepts to its peers go out at once (the leader writes its
-//! log in parallel with replication). Held replies are bounded by
+//! Every change to acceptor state becomes a [`PersistEntry`](crate::PersistEntry); entries
+//! are grouped into one [`Output::Persist`] batch per drain. A reply that depends on
+//! acceptor state (Promise, Accepted) is *held* inside the replica, tagged with the batch
+//! that must be durable first, and is released only by [`Replica::handle_durable`]. A host
+//! therefore cannot send a promise before it is on disk: it never sees the message until
+//! then. The same gate applies to the replica's own votes, so a leader counts itself only
+//! once its own log write is durable, while the Accepts to its peers go out at once (the
+//! leader writes its log in parallel with replication). Held replies are bounded by
 //! [`Config::held_replies_max`]: at the bound, the replica takes no work that would hold
 //! more, and never drops one already held.
+//!
+//! # Where things are
+//! The proposer decides every role change ([`Proposer`](crate::proposer)); the child
+//! modules carry its decisions out, one responsibility each: `routing` (the plausibility
+//! check and dispatch of peer messages, sending), `election` (phase 1, stepping down),
+//! `replication` (phase 2, heartbeats, commit announcements), `read_index` (linearizable
+//! reads), `catch_up` (lagging replicas and snapshot offers), `durability` (persist
+//! batches and held replies), `timer` (the [`Timer`] kinds and their deadlines) and
+//! `invariants` (what is asserted after every input).
 
 mod catch_up;
 mod durability;
@@ -80,21 +89,48 @@ pub(crate) enum PlantedBug {
 }
 
 /// One member of a Multi-Paxos cluster: proposer, acceptor and learner.
+///
+/// Its methods, by kind:
+/// - constructors: [`Replica::new`] (an empty log), [`Replica::recover`] (from disk);
+/// - getters, which change nothing: [`id`](Replica::id), [`config`](Replica::config),
+///   [`role`](Replica::role), [`ballot`](Replica::ballot),
+///   [`promised`](Replica::promised), [`commit_index`](Replica::commit_index),
+///   [`delivered_index`](Replica::delivered_index), [`log_start`](Replica::log_start),
+///   [`leader_hint`](Replica::leader_hint), [`inflight_slots`](Replica::inflight_slots),
+///   [`held_replies`](Replica::held_replies),
+///   [`queued_commands`](Replica::queued_commands), [`accepted`](Replica::accepted);
+/// - inputs: [`handle_message`](Replica::handle_message),
+///   [`handle_timeout`](Replica::handle_timeout),
+///   [`handle_durable`](Replica::handle_durable), [`propose`](Replica::propose),
+///   [`read`](Replica::read), [`compact`](Replica::compact),
+///   [`install_snapshot`](Replica::install_snapshot);
+/// - outputs: after every input, drain [`poll_output`](Replica::poll_output) until it
+///   returns `None` and carry out each output in order; then ask
+///   [`poll_timeout`](Replica::poll_timeout) when to call `handle_timeout` next.
 #[derive(Clone, Debug, Hash)]
 pub struct Replica {
+    /// The configuration in force (validated).
     config: Config,
+    /// How many members make a majority.
     quorum: usize,
+    /// The promise and the accepted values: the state that must survive a crash.
     acceptor: Acceptor,
+    /// The commit index and what was delivered to the host.
     learner: Learner,
+    /// The role (follower, candidate, leader) and what it needs to play it.
     proposer: Proposer,
 
     /// Persist batches, and the replies that wait for them (bounded by
     /// `config.held_replies_max`, see [`Replica::held_full`]).
     durability: Durability,
+    /// Messages this replica sent itself (its own votes), handled before the next drain.
     self_inbox: VecDeque<Message>,
+    /// Outputs not yet drained by the host, in order.
     outputs: VecDeque<Output>,
 
+    /// The latest time any input carried (time never goes back for the core).
     now_ms: u64,
+    /// The deadline of each timer.
     timers: TimerTable,
     /// When a snapshot was last offered to each peer (at most one per
     /// [`Config::snapshot_resend_interval_ms`]): a rate limit, not a timer, since nothing
@@ -362,6 +398,7 @@ impl Replica {
         return false;
     }
 
+    /// An input arrived at `now_ms`.
     fn tick(&mut self, now_ms: u64) {
         // Time never goes backwards for the core, even if the host's clock does.
         self.now_ms = self.now_ms.max(now_ms);

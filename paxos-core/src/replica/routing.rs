@@ -53,6 +53,7 @@ impl Replica {
         }
     }
 
+    /// Sends `message` to `to`: an output for a peer, the self-inbox for this replica.
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
         if to == self.config.id {
             self.self_inbox.push_back(message);
@@ -61,6 +62,7 @@ impl Replica {
         }
     }
 
+    /// Sends `message` to every member, this replica included.
     pub(super) fn broadcast(&mut self, message: &Message) {
         for i in 0..self.config.members.len() {
             let to = self.config.members[i];
@@ -68,6 +70,7 @@ impl Replica {
         }
     }
 
+    /// Sends `message` to every member but this replica.
     pub(super) fn broadcast_peers(&mut self, message: &Message) {
         for i in 0..self.config.members.len() {
             let to = self.config.members[i];
@@ -84,6 +87,7 @@ impl Replica {
         }
     }
 
+    /// Hands `message` from `from` to the handler of its kind.
     pub(super) fn on_message(&mut self, from: NodeId, message: Message) {
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),

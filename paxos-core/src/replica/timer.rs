@@ -34,6 +34,7 @@ impl Timer {
         Timer::PrepareResend,
     ];
 
+    /// The timer's place in a [`TimerTable`].
     fn index(self) -> usize {
         match self {
             Timer::CatchUp => 0,
@@ -47,6 +48,7 @@ impl Timer {
 /// The deadline of every timer, in the host's milliseconds; `None` when it is stopped.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct TimerTable {
+    /// Indexed by [`Timer::index`].
     deadlines_ms: [Option<u64>; Timer::COUNT],
 }
 
