@@ -243,3 +243,79 @@ async fn a_client_that_stops_taking_answers_is_closed_after_the_stall_timeout() 
         "nothing is queued on a closed connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_a_connection_delivers_its_last_answer_then_closes_cleanly() {
+    use super::{listen, ClientLimits, ClientService};
+    use crate::event::Event;
+    use futures::{SinkExt, StreamExt};
+    use tokio_util::task::TaskTracker;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (events, mut inbox) = tokio::sync::mpsc::channel(16);
+    let outbox = Outbox::default();
+    let service = ClientService {
+        my_id: 1,
+        events,
+        outbox: outbox.clone(),
+        limits: ClientLimits::default(),
+        values: ValueBytesSeen::default(),
+    };
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(listen(
+        listener,
+        "kvs".into(),
+        service,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut client = tokio_util::codec::Framed::new(stream, wire::frame_codec());
+    let hello = wire::Hello::new("kvs", wire::PeerRole::Client);
+    wire::client_handshake(&mut client, &hello, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = wire::ClientRequest {
+        id: 7,
+        session: None,
+        op: wire::Op::Status,
+    };
+    let frame = wire::encode(&request).unwrap_or_else(|e| panic!("{e}"));
+    client.send(frame).await.unwrap_or_else(|e| panic!("{e}"));
+    let Some(Event::Client { responder, .. }) = inbox.recv().await else {
+        panic!("the request did not reach the event loop");
+    };
+
+    // Shutdown with the request in flight: the connection waits for its answer.
+    shutdown.cancel();
+    tasks.close();
+    let early = tokio::time::timeout(Duration::from_millis(200), tasks.wait()).await;
+    assert!(
+        early.is_err(),
+        "the connection ended before its last answer"
+    );
+    responder.respond(Ok(wire::Reply::Written));
+    outbox.flush();
+    let answer = tokio::time::timeout(Duration::from_secs(5), client.next()).await;
+    let frame = match answer {
+        Ok(Some(Ok(frame))) => frame,
+        other => panic!("no answer: {other:?}"),
+    };
+    let response: ClientResponse = wire::decode(&frame).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (response.id, response.result),
+        (7, Ok(wire::Reply::Written))
+    );
+    // Then a clean close (end of stream, not a reset), and the task is gone.
+    let end = tokio::time::timeout(Duration::from_secs(5), client.next()).await;
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the connection task did not end"));
+}
