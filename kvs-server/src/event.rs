@@ -11,7 +11,7 @@ use std::time::Instant;
 use paxos_core::NodeId;
 use wire::{ClientRequest, PeerMessage};
 
-use crate::net::clients::answers::Responder;
+use crate::answers::Responder;
 use crate::snapshot::transfer::Received;
 use crate::snapshot::SnapshotError;
 use crate::state_machine::Delta;

@@ -8,6 +8,7 @@
 //! | [`node`] | the replica: start-up, the event loop, request routing, outputs, snapshots, faults |
 //! | [`net`] | the listeners, client connections and peer links; they talk to the node through [`event`] |
 //! | [`event`] | the types the event loop receives |
+//! | [`answers`] | the way back to a client: a responder per request, answers queued per connection |
 //! | [`storage`], [`wal`] | the write-ahead log, its record format and its writer thread |
 //! | [`disk`] | the narrow file-system interface under them, real or simulated (power cuts, faults) |
 //! | [`snapshot`] | the snapshot file format, its files, and transfers between replicas |
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acceptor_failures;
+pub mod answers;
 pub mod config;
 pub mod dev;
 pub mod dir_lock;

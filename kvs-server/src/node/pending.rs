@@ -19,7 +19,7 @@ use bytes::Bytes;
 use rand::Rng;
 use wire::{ErrorReply, Reply, Session};
 
-use crate::net::clients::answers::Responder;
+use crate::answers::Responder;
 
 /// A write is found by its session: `(client id, seq)`. A write without a session has
 /// client id [`wire::NO_CLIENT_ID`] and a random tag as its seq.

@@ -9,7 +9,7 @@ use wire::{ClientRequest, Command, ErrorReply, Op, ReadConsistency, Reply, Sessi
 
 use super::pending::key_of;
 use super::Node;
-use crate::net::clients::answers::Responder;
+use crate::answers::Responder;
 
 /// Where a valid request goes.
 #[derive(Debug, PartialEq, Eq)]

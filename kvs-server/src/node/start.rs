@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paxos_core::{Ballot, RecoveredState, Replica, Role};
+use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -23,8 +24,9 @@ use crate::error::ServerError;
 use crate::event::{Event, Report};
 use crate::identity::{self, IdentityStore, LinkEvent};
 use crate::net::clients::{self, ClientService, Outbox, ValueBytesSeen};
-use crate::net::peers::{self, Acceptor, Dialer};
+use crate::net::peers::{self, Acceptor, Dialer, Links};
 use crate::snapshot;
+use crate::snapshot::transfer::Outgoing;
 use crate::state_machine::StateMachine;
 use crate::storage::{self, Storage, WAL_DIR_NAME};
 use crate::wal::WalOptions;
@@ -74,90 +76,176 @@ pub(super) async fn start(
     let store = Arc::new(open_identity(&cfg, link_tx)?);
     let (reports_tx, reports) = mpsc::unbounded_channel::<Report>();
     let (sm, state, storage) = recover(&cfg, reports_tx.clone())?;
-    let mut rng = rand::rngs::StdRng::from_os_rng();
-    let replica = Replica::recover(paxos_config, rng.random(), 0, &state)?;
-
-    let (peer_listener, client_listener) = bind(&cfg).await?;
-    let tasks = TaskTracker::new();
-    let links_stop = CancellationToken::new();
-    let (inbox_tx, inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
-    let own = store.snapshot().wire(cfg.sessions_max);
-    let dialer = Dialer {
-        hello: wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, own.clone()),
-        store: Arc::clone(&store),
-        shutdown: links_stop.clone(),
-        tasks: tasks.clone(),
-    };
-    let (links, outgoing) = peers::dial_all(cfg.id, &cfg.peers, &dialer);
-    let acceptor = Acceptor {
-        my_id: cfg.id,
-        expect: wire::HandshakeExpectation::replicas_of(cfg.cluster_id.clone(), own),
-        store: Arc::clone(&store),
-        events: inbox_tx.clone(),
-        frame_bytes_max: wire::FRAME_BYTES_MAX_CEILING,
-        shutdown: links_stop.clone(),
-    };
-    tasks.spawn(peers::listen(
-        peer_listener,
-        Arc::new(acceptor),
-        tasks.clone(),
-    ));
-    if !store.snapshot().joined && !join(&store, &mut link_rx, shutdown).await? {
-        storage.close();
-        links_stop.cancel();
-        tasks.close();
-        let _ = tokio::time::timeout(LINKS_FINISH_MAX, tasks.wait()).await;
-        return Ok(None);
-    }
-    let outbox = Outbox::default();
-    let values = ValueBytesSeen::default();
-    note_values(&sm, &values);
-    let service = ClientService {
-        my_id: cfg.id,
-        events: inbox_tx,
-        outbox: outbox.clone(),
-        limits: cfg.limits.clone(),
-        values: values.clone(),
-    };
-    let listen = clients::listen(
-        client_listener,
-        cfg.cluster_id.clone(),
-        service,
-        shutdown.clone(),
-        tasks.clone(),
-    );
-    tasks.spawn(listen);
-    let now = Instant::now();
-    let node = Node {
-        faults: Faults::new(cfg.acceptor_fail_prob, now),
-        snapshots: Snapshots::new(sm.applied(), outgoing),
-        cfg,
-        replica,
+    let mut rng = StdRng::from_os_rng();
+    let core = Core {
+        replica: Replica::recover(paxos_config, rng.random(), 0, &state)?,
         sm,
         storage,
-        start: now,
-        pending: Pending::default(),
-        links,
-        outbox,
-        values,
         reports: reports_tx,
         rng,
-        fatal: None,
-        seen: Seen {
-            role: (Role::Follower, Ballot::ZERO),
-            storage_backlogged: false,
-        },
     };
+
+    let (peer_listener, client_listener) = bind(&cfg).await?;
+    let (inbox_tx, inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
+    let peers = PeerNetwork::start(&cfg, &store, peer_listener, inbox_tx.clone());
+    if !store.snapshot().joined && !join(&store, &mut link_rx, shutdown).await? {
+        core.storage.close();
+        peers.stop().await;
+        return Ok(None);
+    }
+    let clients = ClientSide::start(
+        &cfg,
+        &core.sm,
+        client_listener,
+        inbox_tx,
+        shutdown,
+        &peers.tasks,
+    );
+    let node = Node::assemble(cfg, core, clients, peers.links, peers.outgoing);
     Ok(Some(Started {
         node,
         inbox,
         reports,
         links: link_rx,
         _store: store,
-        links_stop,
-        tasks,
+        links_stop: peers.links_stop,
+        tasks: peers.tasks,
         _lock: lock,
     }))
+}
+
+/// The peer side of the network: the links dialled to every peer, and the listener for
+/// theirs, on tasks of their own.
+struct PeerNetwork {
+    links: Links,
+    outgoing: Outgoing,
+    /// Ends the links and the peer listener.
+    links_stop: CancellationToken,
+    /// Every network task (the client side joins it).
+    tasks: TaskTracker,
+}
+
+impl PeerNetwork {
+    fn start(
+        cfg: &NodeConfig,
+        store: &Arc<IdentityStore>,
+        listener: TcpListener,
+        inbox: mpsc::Sender<Event>,
+    ) -> PeerNetwork {
+        let tasks = TaskTracker::new();
+        let links_stop = CancellationToken::new();
+        let own = store.snapshot().wire(cfg.sessions_max);
+        let dialer = Dialer {
+            hello: wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, own.clone()),
+            store: Arc::clone(store),
+            shutdown: links_stop.clone(),
+            tasks: tasks.clone(),
+        };
+        let (links, outgoing) = peers::dial_all(cfg.id, &cfg.peers, &dialer);
+        let acceptor = Acceptor {
+            my_id: cfg.id,
+            expect: wire::HandshakeExpectation::replicas_of(cfg.cluster_id.clone(), own),
+            store: Arc::clone(store),
+            events: inbox,
+            frame_bytes_max: wire::FRAME_BYTES_MAX_CEILING,
+            shutdown: links_stop.clone(),
+        };
+        tasks.spawn(peers::listen(listener, Arc::new(acceptor), tasks.clone()));
+        PeerNetwork {
+            links,
+            outgoing,
+            links_stop,
+            tasks,
+        }
+    }
+
+    /// Ends the links (a replica that stops before it joined).
+    async fn stop(self) {
+        self.links_stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(LINKS_FINISH_MAX, self.tasks.wait()).await;
+    }
+}
+
+/// The client side of the network, as the event loop sees it.
+struct ClientSide {
+    outbox: Outbox,
+    values: ValueBytesSeen,
+}
+
+impl ClientSide {
+    /// Starts serving clients on `listener` (tasks on `tasks`, until `shutdown`).
+    fn start(
+        cfg: &NodeConfig,
+        sm: &StateMachine,
+        listener: TcpListener,
+        inbox: mpsc::Sender<Event>,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> ClientSide {
+        let outbox = Outbox::default();
+        let values = ValueBytesSeen::default();
+        note_values(sm, &values);
+        let service = ClientService {
+            my_id: cfg.id,
+            events: inbox,
+            outbox: outbox.clone(),
+            limits: cfg.limits.clone(),
+            values: values.clone(),
+        };
+        let cluster = cfg.cluster_id.clone();
+        tasks.spawn(clients::listen(
+            listener,
+            cluster,
+            service,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        ClientSide { outbox, values }
+    }
+}
+
+/// The state the event loop owns, recovered from disk.
+struct Core {
+    replica: Replica,
+    sm: StateMachine,
+    storage: Storage,
+    /// Where the storage thread and snapshot work report.
+    reports: mpsc::UnboundedSender<Report>,
+    rng: StdRng,
+}
+
+impl Node {
+    /// The node of a replica just started.
+    fn assemble(
+        cfg: NodeConfig,
+        core: Core,
+        clients: ClientSide,
+        links: Links,
+        outgoing: Outgoing,
+    ) -> Node {
+        let now = Instant::now();
+        Node {
+            faults: Faults::new(cfg.acceptor_fail_prob, now),
+            snapshots: Snapshots::new(core.sm.applied(), outgoing),
+            cfg,
+            replica: core.replica,
+            sm: core.sm,
+            storage: core.storage,
+            start: now,
+            pending: Pending::default(),
+            links,
+            outbox: clients.outbox,
+            values: clients.values,
+            reports: core.reports,
+            rng: core.rng,
+            fatal: None,
+            seen: Seen {
+                role: (Role::Follower, Ballot::ZERO),
+                storage_backlogged: false,
+            },
+        }
+    }
 }
 
 /// Opens (or bootstraps) the data dir's identity and says how, see [`crate::identity`].

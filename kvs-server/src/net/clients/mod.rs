@@ -18,7 +18,6 @@
 //! sends is read and discarded for a moment, so the close is a FIN, not a reset. Every
 //! connection task is spawned on the node's [`TaskTracker`], which the node waits on.
 
-pub mod answers;
 mod writer;
 
 use std::net::SocketAddr;
@@ -35,10 +34,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::{ClientRequest, ErrorReply, HandshakeExpectation};
 
-pub use answers::{Outbox, Responder, ValueBytesSeen};
+pub use crate::answers::{Outbox, Responder, ValueBytesSeen};
 
+use crate::answers::ConnectionOut;
 use crate::event::Event;
-use answers::ConnectionOut;
 
 /// Limits on client traffic.
 #[derive(Clone, Debug)]

@@ -1,6 +1,6 @@
-use super::answers::ConnectionOut;
-use super::answers::{Outbox, Responder, ValueBytesSeen, ANSWER_OVERHEAD_BYTES};
 use super::writer::write_answers;
+use crate::answers::ConnectionOut;
+use crate::answers::{Outbox, Responder, ValueBytesSeen, ANSWER_OVERHEAD_BYTES};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

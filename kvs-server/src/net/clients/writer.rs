@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::SinkExt;
 use wire::ClientResponse;
 
-use super::answers::{answer_bytes, ConnectionOut};
+use crate::answers::{answer_bytes, ConnectionOut};
 
 /// The writer flushes after this many answer bytes, so the bytes a connection holds go
 /// down as the client takes them and a stall is noticed within one flush.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::net::clients::answers::Probe;
+use crate::answers::Probe;
 use rand::SeedableRng;
 
 const LIMIT: Duration = Duration::from_secs(10);

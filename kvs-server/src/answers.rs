@@ -2,8 +2,9 @@
 //! answers of each connection ([`ConnectionOut`]), and the [`Outbox`] that wakes the
 //! connections' writers once per turn of the event loop.
 //!
-//! This module knows nothing of the event loop: the loop holds [`Responder`]s, and the
-//! connection tasks ([`super`]) read requests and write what is queued here.
+//! This module knows nothing of the event loop nor of sockets: the loop holds
+//! [`Responder`]s, and the connection tasks ([`crate::net::clients`]) read requests and write
+//! what is queued here. It sits below both, so neither imports the other.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +19,7 @@ pub(crate) const ANSWER_OVERHEAD_BYTES: usize = 1024;
 
 /// The largest value this replica's store may answer with: the largest value written
 /// since it started, or found in a snapshot it loaded. Every request in flight reserves
-/// this much of its connection's [`super::ClientLimits::held_bytes_max`], since its answer may
+/// this much of its connection's [`crate::net::clients::ClientLimits::held_bytes_max`], since its answer may
 /// carry such a value.
 #[derive(Clone, Debug, Default)]
 pub struct ValueBytesSeen(Arc<AtomicUsize>);
@@ -36,7 +37,7 @@ impl ValueBytesSeen {
 }
 
 /// The bytes an answer holds while it waits to be written.
-pub(super) fn answer_bytes(resp: &ClientResponse) -> usize {
+pub(crate) fn answer_bytes(resp: &ClientResponse) -> usize {
     let carried = match &resp.result {
         Ok(wire::Reply::Value { value: Some(v), .. }) => v.len(),
         Ok(wire::Reply::Mismatch { current: Some(v) }) => v.len(),
@@ -48,23 +49,23 @@ pub(super) fn answer_bytes(resp: &ClientResponse) -> usize {
 /// Answers waiting to be written to one client connection.
 #[derive(Debug)]
 pub(crate) struct ConnectionOut {
-    pub(super) queue: Mutex<Vec<ClientResponse>>,
+    pub(crate) queue: Mutex<Vec<ClientResponse>>,
     /// Wakes the connection's writer.
-    pub(super) wake: Notify,
+    pub(crate) wake: Notify,
     /// Wakes the connection's reader when it may have room again.
-    pub(super) room: Notify,
+    pub(crate) room: Notify,
     /// The connection is already on the outbox's list of connections to wake.
-    pub(super) listed: AtomicBool,
+    pub(crate) listed: AtomicBool,
     /// Requests of this connection not yet answered.
-    pub(super) inflight: AtomicUsize,
+    pub(crate) inflight: AtomicUsize,
     /// Bytes of the answers queued or being written ([`answer_bytes`]).
-    pub(super) held_bytes: AtomicUsize,
+    pub(crate) held_bytes: AtomicUsize,
     /// The reader has stopped: the writer ends once every request is answered.
-    pub(super) closing: AtomicBool,
+    pub(crate) closing: AtomicBool,
     /// Cancelled when the writer has ended (the socket failed or the client stalled):
     /// answers are no longer queued and the reader stops.
-    pub(super) closed: CancellationToken,
-    pub(super) outbox: Outbox,
+    pub(crate) closed: CancellationToken,
+    pub(crate) outbox: Outbox,
 }
 
 impl ConnectionOut {
@@ -82,7 +83,7 @@ impl ConnectionOut {
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, Vec<ClientResponse>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<ClientResponse>> {
         // A panic elsewhere cannot leave a Vec of answers inconsistent.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -90,7 +91,7 @@ impl ConnectionOut {
     /// True if the connection holds too much to take another request: the answers
     /// waiting, plus `reserve_bytes` for each request in flight and for the next one. An
     /// idle connection always has room, however large one answer may be.
-    pub(super) fn is_full(&self, reserve_bytes: usize, held_bytes_max: usize) -> bool {
+    pub(crate) fn is_full(&self, reserve_bytes: usize, held_bytes_max: usize) -> bool {
         let held = self.held_bytes.load(Ordering::Acquire);
         let inflight = self.inflight.load(Ordering::Acquire);
         if held == 0 && inflight == 0 {
@@ -102,7 +103,7 @@ impl ConnectionOut {
 
     /// Waits until the connection has room for another request. False if the connection
     /// closed or the server is shutting down meanwhile.
-    pub(super) async fn wait_for_room(
+    pub(crate) async fn wait_for_room(
         &self,
         values: &ValueBytesSeen,
         held_bytes_max: usize,
@@ -123,7 +124,7 @@ impl ConnectionOut {
 
     /// Ends the connection's output: what is queued is dropped (the socket is gone) and
     /// nothing more is queued.
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut queue = self.lock();
         queue.clear();
         self.held_bytes.store(0, Ordering::Release);
@@ -133,7 +134,7 @@ impl ConnectionOut {
     }
 
     /// `bytes` of answers have left for the socket.
-    pub(super) fn written(&self, bytes: usize) {
+    pub(crate) fn written(&self, bytes: usize) {
         let previous = self.held_bytes.fetch_sub(bytes, Ordering::AcqRel);
         debug_assert!(previous >= bytes, "more bytes written than held");
         self.room.notify_one();
@@ -161,7 +162,7 @@ impl Outbox {
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, Vec<Arc<ConnectionOut>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Arc<ConnectionOut>>> {
         self.listed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -198,7 +199,7 @@ impl Responder {
 
     /// Answers the request and wakes its connection's writer at once: for answers given
     /// outside the event loop, which flushes the outbox only at the end of its turns.
-    pub(super) fn respond_now(self, result: Result<wire::Reply, ErrorReply>) {
+    pub(crate) fn respond_now(self, result: Result<wire::Reply, ErrorReply>) {
         let conn = self.conn.clone();
         self.respond(result);
         conn.wake.notify_one();
