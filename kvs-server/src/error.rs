@@ -92,6 +92,27 @@ pub enum ServerError {
         /// The bound, in seconds.
         secs: u64,
     },
+    /// The log or the snapshot holds damage to data that may have been acknowledged.
+    #[error(
+        "{source}\n  This replica may have lost promises and votes it gave, so it must not vote \
+         until it is repaired from its peers. Run\n    kvs-server repair --data-dir {}\n  \
+         (it moves the damaged files aside and deletes nothing), then start this replica again \
+         with the same flags: it relearns the log from its peers and votes again once that is \
+         safe. Every other member must be reachable for the repair to finish.",
+        .dir.display()
+    )]
+    Damaged {
+        /// The data dir.
+        dir: PathBuf,
+        /// What is damaged.
+        source: Box<ServerError>,
+    },
+    /// `kvs-server repair` was pointed at a directory that is not a member's data dir.
+    #[error("{} holds no IDENTITY file: not a replica's data dir, nothing to repair", .dir.display())]
+    NotAMemberDir {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// Replicas of a dev cluster failed.
     #[error("{}", describe(.0))]
     Replicas(Vec<(NodeId, ServerError)>),

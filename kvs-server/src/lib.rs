@@ -14,6 +14,7 @@
 //! | [`snapshot`] | the snapshot file format, its files, and transfers between replicas |
 //! | [`state_machine`], [`sessions`] | the replicated map and exactly-once sessions |
 //! | [`identity`] | the durable identity of a data dir, and who may vote |
+//! | [`repair`] | a data dir with a damaged log or snapshot: moved aside, repaired from peers |
 //! | [`config`] | flags, config file and defaults, resolved into a [`config::NodeConfig`] |
 //! | [`error`] | [`error::ServerError`], why a replica cannot start or had to stop |
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod event;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod repair;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;

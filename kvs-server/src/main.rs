@@ -58,9 +58,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
-    if let Some(Command::Dev(args)) = cli.command {
-        init_logs(&args.log_level);
-        return kvs_server::dev::run(args).await;
+    match cli.command {
+        Some(Command::Dev(args)) => {
+            init_logs(&args.log_level);
+            return kvs_server::dev::run(args).await;
+        }
+        Some(Command::Repair(args)) => return repair(&args.data_dir),
+        None => {}
     }
     let args = cli.replica.merged(matches)?;
     init_logs(args.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL));
@@ -79,4 +83,25 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
             secs: STOP_MAX.as_secs(),
         }),
     }
+}
+
+/// `kvs-server repair --data-dir DIR`.
+fn repair(dir: &std::path::Path) -> Result<(), ServerError> {
+    let _lock = kvs_server::dir_lock::DirLock::acquire(dir)?;
+    let done = kvs_server::repair::prepare(dir)?;
+    match &done.log_moved_to {
+        Some(p) => println!("moved the damaged log aside to {}", p.display()),
+        None => println!("no log to move aside"),
+    }
+    if let Some(p) = &done.snapshot_moved_to {
+        println!("moved the unreadable snapshot aside to {}", p.display());
+    }
+    println!(
+        "marked {} for repair ({}). Start this replica again with its usual flags: it votes \
+         for nothing until it has relearned the log from its peers (every other member must \
+         be reachable), then removes the mark and votes again.",
+        dir.display(),
+        kvs_server::repair::MARK_NAME
+    );
+    Ok(())
 }

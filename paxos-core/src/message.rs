@@ -90,6 +90,20 @@ pub enum Message {
         /// The sender's commit index, so the requester knows whether to ask again.
         commit: Slot,
     },
+    /// Repairing replica → all: my durable state was damaged; tell me your promise, and
+    /// where your log ends if you lead. (See [`Replica::recover_for_repair`](crate::Replica::recover_for_repair).)
+    RepairQuery,
+    /// Reply to a repair query.
+    RepairInfo {
+        /// The sender's promised ballot (meaningless when `repairing`).
+        promised: Ballot,
+        /// If the sender leads (phase 1 complete): its ballot and the next slot it will
+        /// give a value to. Every slot it re-proposed in its recovery lies below that.
+        leading: Option<(Ballot, Slot)>,
+        /// The sender is repairing too: it campaigns for nothing, so its promise does not
+        /// matter to the asker.
+        repairing: bool,
+    },
 }
 
 impl Message {
@@ -106,6 +120,8 @@ impl Message {
             Message::HeartbeatAck { .. } => "heartbeat-ack",
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::CatchUp { .. } => "catch-up",
+            Message::RepairQuery => "repair-query",
+            Message::RepairInfo { .. } => "repair-info",
         }
     }
 }

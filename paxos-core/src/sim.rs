@@ -764,7 +764,7 @@ impl Sim {
                 Output::ReadAborted { id: read, .. } => {
                     self.nodes[i].reads.remove(&read);
                 }
-                Output::ProposalsDropped { .. } => {}
+                Output::ProposalsDropped { .. } | Output::Repaired => {}
                 Output::SendSnapshot { to } => {
                     let n = &self.nodes[i];
                     let (slot, values) = n.snapshot.clone();

@@ -33,6 +33,18 @@ pub struct Cli {
 pub enum Command {
     /// Start a whole cluster on loopback in this process, for trying the store out.
     Dev(DevArgs),
+    /// Prepare a replica whose log or snapshot is damaged for repair from its peers: moves
+    /// the damaged files aside (deleting nothing) and marks the data dir; start the replica
+    /// again with its usual flags afterwards.
+    Repair(RepairArgs),
+}
+
+/// `kvs-server repair` settings.
+#[derive(Args, Debug, Clone)]
+pub struct RepairArgs {
+    /// The damaged replica's data dir (it must not be running).
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 /// `kvs-server dev` settings.

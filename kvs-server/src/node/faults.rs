@@ -142,8 +142,15 @@ impl Node {
         state.snapshot_slot = sm.applied();
         self.replace_state_machine(sm);
         let seed = self.rng.random();
-        self.replica = Replica::recover(self.cfg.paxos_config(), seed, self.now_ms(), &state)
-            .map_err(ServerError::Rebuild)?;
+        let config = self.cfg.paxos_config();
+        let now = self.now_ms();
+        // A replica still under repair repairs again after an injected failure.
+        self.replica = if crate::repair::is_marked(&self.cfg.data_dir) {
+            Replica::recover_for_repair(config, seed, now, &state)
+        } else {
+            Replica::recover(config, seed, now, &state)
+        }
+        .map_err(ServerError::Rebuild)?;
         let faults = &mut self.faults;
         faults.down_until = None;
         faults.clock.resume(Instant::now());

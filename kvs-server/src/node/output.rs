@@ -60,6 +60,13 @@ impl Node {
                 leader_hint,
             } => self.proposals_dropped(&commands, leader_hint),
             Output::SendSnapshot { to } => self.ship_snapshot(to),
+            Output::Repaired => {
+                if let Err(e) = crate::repair::finish(&self.cfg.data_dir) {
+                    self.fatal = Some(e);
+                } else {
+                    tracing::info!("repaired from peers: this replica votes again");
+                }
+            }
         }
     }
 

@@ -75,10 +75,19 @@ pub(super) async fn start(
     let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let store = Arc::new(open_identity(&cfg, link_tx)?);
     let (reports_tx, reports) = mpsc::unbounded_channel::<Report>();
-    let (sm, state, storage) = recover(&cfg, reports_tx.clone())?;
+    let (sm, state, storage) = recover(&cfg, reports_tx.clone()).map_err(|e| damaged(&cfg, e))?;
     let mut rng = StdRng::from_os_rng();
+    let replica = if crate::repair::is_marked(&cfg.data_dir) {
+        tracing::warn!(
+            data_dir = %cfg.data_dir.display(),
+            "repairing: this replica votes for nothing until it has relearned the log from its peers"
+        );
+        Replica::recover_for_repair(paxos_config, rng.random(), 0, &state)?
+    } else {
+        Replica::recover(paxos_config, rng.random(), 0, &state)?
+    };
     let core = Core {
-        replica: Replica::recover(paxos_config, rng.random(), 0, &state)?,
+        replica,
         sm,
         storage,
         reports: reports_tx,
@@ -282,6 +291,25 @@ fn open_identity(
         ),
     }
     Ok(IdentityStore::new(cfg.data_dir.clone(), ident, links))
+}
+
+/// A damaged log or snapshot becomes [`ServerError::Damaged`], which names the repair.
+fn damaged(cfg: &NodeConfig, e: ServerError) -> ServerError {
+    let is_damage = matches!(
+        &e,
+        ServerError::Storage(storage::StorageError::Open(
+            crate::wal::WalError::Corrupt { .. }
+        )) | ServerError::Storage(storage::StorageError::Undecodable { .. })
+            | ServerError::Snapshot(_)
+    );
+    if is_damage {
+        ServerError::Damaged {
+            dir: cfg.data_dir.clone(),
+            source: Box::new(e),
+        }
+    } else {
+        e
+    }
 }
 
 /// Recovery: the state machine from the snapshot, then the consensus state from the log

@@ -295,3 +295,92 @@ fn an_accept_for_a_known_chosen_slot_does_not_change_it() {
         );
     }
 }
+
+// ----- 4. A node that lost its durable state votes only once repaired -----
+
+/// Node 1 leads 1.1 and gets `x` chosen in slot 0 by nodes 1 and 2; node 3 hears nothing.
+/// Node 2's disk is damaged: it loses everything, including its vote for `x`. Node 3
+/// campaigns under 1.3. If node 2 promised at once (reporting nothing) node 3 would lead
+/// with nodes 2 and 3, never see `x`, and get `y` chosen in slot 0. A repairing node 2
+/// stays silent, so node 3 needs node 1, which reports `x`.
+fn damaged_voter(s: &mut Script) -> Step {
+    s.cut(1, 3)?;
+    s.timeout(1)?;
+    s.durable(1)?;
+    s.cut(1, 3)?;
+    s.deliver(1, 2, "prepare")?;
+    s.durable(2)?;
+    s.deliver(2, 1, "promise")?;
+    s.durable(1)?;
+    s.propose(1)?; // x
+    s.cut(1, 3)?;
+    s.deliver(1, 2, "accept")?;
+    s.durable(2)?;
+    s.durable(1)?;
+    s.deliver(2, 1, "accepted")?; // x chosen by nodes 1 and 2
+    s.cut(1, 3)?;
+    s.cut(1, 2)?;
+    s.cut(2, 1)?;
+    s.corrupt(2)?; // node 2 forgets its promise and its vote
+    s.timeout(3)?; // 1.3
+    s.durable(3)?;
+    s.drop_kind(3, 1, "prepare")?; // node 1 is slow to hear of it
+    s.deliver(3, 2, "prepare")?;
+    s.durable(2)?;
+    s.deliver(2, 3, "promise")?;
+    s.durable(3)?;
+    s.propose(3)?; // y, if node 3 leads
+    s.deliver(3, 2, "accept")?;
+    s.durable(2)?;
+    s.durable(3)?;
+    Ok(())
+}
+
+#[test]
+fn a_damaged_node_votes_only_once_repaired() {
+    let s = expect_safe(damaged_voter, 3, &["x", "y"]);
+    assert_ne!(
+        s.w.replica(3).map(|r| r.role()),
+        Some(Role::Leader),
+        "node 3 could not lead without node 1: {}",
+        s.w.describe()
+    );
+    assert!(
+        s.w.replica(2).is_some_and(|r| r.repairing()),
+        "node 2 is still repairing: {}",
+        s.w.describe()
+    );
+    assert_eq!(
+        s.w.delivered.get(&0).map(|v| format!("{v:?}")),
+        Some("Commands([b\"x\"])".into())
+    );
+}
+
+#[test]
+fn the_checks_catch_a_damaged_node_that_votes_at_once() {
+    let v = expect_caught(damaged_voter, 3, &["x", "y"], PlantedBug::RepairSkipped);
+    assert!(
+        v.0.contains("was chosen under") || v.0.contains("agreement"),
+        "{v}"
+    );
+}
+
+/// Repair finishes: once node 1 leads again and every peer answered, node 2 catches up
+/// to the leader's log, makes its promise durable, and votes again.
+#[test]
+fn a_damaged_node_finishes_its_repair_and_votes_again() {
+    let steps = |s: &mut Script| -> Step {
+        damaged_voter(s)?;
+        s.settle()
+    };
+    let s = expect_safe(steps, 3, &["x", "y"]);
+    let mut s = s;
+    // Node 1 still leads 1.1 (it never heard of 1.3): heartbeats and repair queries flow.
+    for _ in 0..6 {
+        let _ = s.timeout(1);
+        let _ = s.timeout(2);
+        let _ = s.settle();
+    }
+    let r2 = s.w.replica(2).map(|r| (r.repairing(), r.commit_index()));
+    assert_eq!(r2, Some((false, 1)), "{}", s.w.describe());
+}

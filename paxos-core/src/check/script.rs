@@ -11,6 +11,7 @@ const UNLIMITED: Budget = Budget {
     timeouts: 1_000,
     duplicates: 1_000,
     drops: 1_000,
+    corruptions: 1_000,
 };
 
 /// A world driven by hand. Steps whose message is not in flight are skipped (the fixed
@@ -62,6 +63,10 @@ impl Script {
 
     pub(crate) fn crash(&mut self, id: NodeId) -> Step {
         self.act(Action::Crash(id))
+    }
+
+    pub(crate) fn corrupt(&mut self, id: NodeId) -> Step {
+        self.act(Action::Corrupt(id))
     }
 
     pub(crate) fn restart(&mut self, id: NodeId) -> Step {
@@ -299,6 +304,26 @@ pub(crate) fn overlapping_leaders(s: &mut Script) -> Step {
     Ok(())
 }
 
+/// Node 1 leads 1.1 and `x` is chosen in slot 0 by nodes 1 and 2, while node 3 heard
+/// nothing (every message to it was lost).
+fn chosen_by_two(s: &mut Script) -> Step {
+    s.cut(1, 3)?;
+    s.timeout(1)?;
+    s.durable(1)?;
+    s.cut(1, 3)?;
+    s.deliver(1, 2, "prepare")?;
+    s.durable(2)?;
+    s.deliver(2, 1, "promise")?;
+    s.durable(1)?;
+    s.propose(1)?;
+    s.cut(1, 3)?;
+    s.deliver(1, 2, "accept")?;
+    s.durable(2)?;
+    s.durable(1)?;
+    s.deliver(2, 1, "accepted")?;
+    s.cut(1, 3)
+}
+
 /// The checkpoints the model checker explores from.
 pub(crate) fn checkpoints() -> Vec<Checkpoint> {
     vec![
@@ -313,6 +338,7 @@ pub(crate) fn checkpoints() -> Vec<Checkpoint> {
                 timeouts: 2,
                 duplicates: 0,
                 drops: 0,
+                corruptions: 0,
             },
             depth_ci: 9,
         },
@@ -327,6 +353,7 @@ pub(crate) fn checkpoints() -> Vec<Checkpoint> {
                 timeouts: 2,
                 duplicates: 1,
                 drops: 0,
+                corruptions: 0,
             },
             depth_ci: 7,
         },
@@ -341,6 +368,7 @@ pub(crate) fn checkpoints() -> Vec<Checkpoint> {
                 timeouts: 2,
                 duplicates: 1,
                 drops: 0,
+                corruptions: 0,
             },
             depth_ci: 7,
         },
@@ -355,8 +383,24 @@ pub(crate) fn checkpoints() -> Vec<Checkpoint> {
                 timeouts: 1,
                 duplicates: 1,
                 drops: 0,
+                corruptions: 0,
             },
             depth_ci: 6,
+        },
+        Checkpoint {
+            name: "chosen-by-two-3",
+            what: "x chosen by nodes 1 and 2 under 1.1, node 3 unaware; a disk may be damaged",
+            nodes: 3,
+            values: &["x", "y"],
+            prefix: chosen_by_two,
+            budget: Budget {
+                crashes: 0,
+                timeouts: 2,
+                duplicates: 0,
+                drops: 0,
+                corruptions: 1,
+            },
+            depth_ci: 7,
         },
         Checkpoint {
             name: "overlapping-leaders-5",
@@ -369,6 +413,7 @@ pub(crate) fn checkpoints() -> Vec<Checkpoint> {
                 timeouts: 1,
                 duplicates: 0,
                 drops: 0,
+                corruptions: 0,
             },
             depth_ci: 6,
         },

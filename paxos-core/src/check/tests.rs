@@ -168,6 +168,7 @@ const WALK_BUDGET: Budget = Budget {
     timeouts: 8,
     duplicates: 2,
     drops: 6,
+    corruptions: 0,
 };
 
 /// Guided walks from a fresh cluster; `WALKS` raises their number for a deeper run.
@@ -241,4 +242,41 @@ fn walks_find_the_older_planted_bugs_from_a_fresh_cluster() {
     ] {
         assert_walks_find(bug);
     }
+}
+
+/// Walks where disks get damaged: a node loses its whole durable state and must repair.
+fn repair_walks(nodes: usize, bug: Option<PlantedBug>, walks: u64) -> (World, WalkReport) {
+    let values: &[&'static str] = if nodes == 3 {
+        &["x", "y"]
+    } else {
+        &["a", "x", "y"]
+    };
+    let budget = Budget {
+        corruptions: 2,
+        ..WALK_BUDGET
+    };
+    let world = World::new(nodes, values, budget, bug);
+    let walks = env_u64("WALKS").unwrap_or(walks);
+    let report = guided(&world, 7, walks, 20, Duration::from_secs(600));
+    (world, report)
+}
+
+/// A node whose disk is damaged (all durable state lost) repairs before it votes again:
+/// guided walks with up to two damaged disks find nothing on the engine.
+#[test]
+fn guided_walks_with_damaged_disks_on_the_engine() {
+    for (nodes, walks) in [(3, 60_000), (5, 25_000)] {
+        let (world, report) = repair_walks(nodes, None, walks);
+        eprintln!("guided walks with damaged disks, {nodes} replicas: {report}");
+        if let Some((_, c)) = &report.violation {
+            let c = shrink(&world, c);
+            let (text, _) = replay(&world, &c.actions);
+            panic!("{text}");
+        }
+    }
+}
+
+#[test]
+fn mc_finds_a_damaged_node_that_votes_without_repair() {
+    assert_found(PlantedBug::RepairSkipped, &["chosen-by-two-3"]);
 }

@@ -35,7 +35,8 @@ fn kind(a: &Action) -> usize {
         Action::Drop(_) => 3,
         Action::Durable(_) => 4,
         Action::Timeout(_) => 5,
-        Action::Crash(_) => 6,
+        // A damaged disk is a kind of crash: it shares the crash weight.
+        Action::Crash(_) | Action::Corrupt(_) => 6,
         Action::Restart(_) => 7,
         Action::Propose(_) => 8,
     }

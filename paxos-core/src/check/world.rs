@@ -56,6 +56,9 @@ pub(crate) enum Action {
     Restart(NodeId),
     /// A client proposes the next value at this node (enabled only where it leads).
     Propose(NodeId),
+    /// The node's disk is damaged beyond its torn tail: it crashes, loses its whole durable
+    /// state, and restarts repairing (the worst a damaged log can do).
+    Corrupt(NodeId),
 }
 
 impl Action {
@@ -71,6 +74,7 @@ impl Action {
             Action::Crash(n) => format!("c{n}"),
             Action::Restart(n) => format!("r{n}"),
             Action::Propose(n) => format!("p{n}"),
+            Action::Corrupt(n) => format!("z{n}"),
         }
     }
 
@@ -89,6 +93,7 @@ impl Action {
             "c" => Action::Crash(n),
             "r" => Action::Restart(n),
             "p" => Action::Propose(n),
+            "z" => Action::Corrupt(n),
             _ => return None,
         })
     }
@@ -101,6 +106,8 @@ pub(crate) struct Budget {
     pub timeouts: u32,
     pub duplicates: u32,
     pub drops: u32,
+    /// Damaged disks (see [`Action::Corrupt`]).
+    pub corruptions: u32,
 }
 
 /// A broken invariant, with what shows it.
@@ -126,6 +133,8 @@ pub(crate) struct Node {
     pub applied: Vec<Value>,
     pub now_ms: u64,
     pub incarnation: u32,
+    /// Restarts must repair: the node's disk was damaged and it has not finished repairing.
+    pub repairing: bool,
 }
 
 /// A whole cluster, its network and the adversary's remaining budget.
@@ -196,6 +205,7 @@ impl World {
                 applied: Vec::new(),
                 now_ms: 0,
                 incarnation: 0,
+                repairing: false,
             });
         }
         for &id in &members {
@@ -284,6 +294,9 @@ impl World {
                     }
                     if self.budget.crashes > 0 {
                         out.push(Action::Crash(n.id));
+                    }
+                    if self.budget.corruptions > 0 {
+                        out.push(Action::Corrupt(n.id));
                     }
                     if !self.values.is_empty() && r.role() == Role::Leader {
                         out.push(Action::Propose(n.id));
@@ -374,6 +387,19 @@ impl World {
                 self.log(|| format!("restart node {id} from disk"));
                 self.boot(id)
             }
+            Action::Corrupt(id) => {
+                self.budget.corruptions = self.budget.corruptions.saturating_sub(1);
+                let k = self.idx(id);
+                let n = &mut self.nodes[k];
+                n.replica = None;
+                n.pending.clear();
+                n.applied.clear();
+                n.durable = RecoveredState::default();
+                n.incarnation += 1;
+                n.repairing = true;
+                self.log(|| format!("node {id}: disk damaged, durable state lost; repairing"));
+                self.boot(id)
+            }
             Action::Propose(id) => {
                 let k = self.idx(id);
                 let now = self.nodes[k].now_ms;
@@ -397,7 +423,13 @@ impl World {
         let members = self.members();
         let n = &self.nodes[k];
         let seed = id * 1_000 + u64::from(n.incarnation);
-        let mut r = match Replica::recover(model_config(id, &members), seed, n.now_ms, &n.durable) {
+        let config = model_config(id, &members);
+        let booted = if n.repairing && self.bug != Some(PlantedBug::RepairSkipped) {
+            Replica::recover_for_repair(config, seed, n.now_ms, &n.durable)
+        } else {
+            Replica::recover(config, seed, n.now_ms, &n.durable)
+        };
+        let mut r = match booted {
             Ok(r) => r,
             Err(e) => return Err(Violation(format!("model config refused: {e}"))),
         };
@@ -524,6 +556,10 @@ impl World {
                     self.nodes[k].pending.push_back((batch, entries));
                 }
                 Output::Committed { slot, value } => self.deliver(id, slot, value)?,
+                Output::Repaired => {
+                    self.log(|| format!("node {id} repaired"));
+                    self.nodes[k].repairing = false;
+                }
                 Output::ReadReady { .. }
                 | Output::ReadAborted { .. }
                 | Output::ProposalsDropped { .. }

@@ -149,6 +149,14 @@ impl Proposer {
         }
     }
 
+    /// A leader's ballot and the next slot it will give a batch.
+    pub fn leading(&self) -> Option<(Ballot, Slot)> {
+        match &self.state {
+            State::Leader(l) => Some((l.ballot, l.next_slot)),
+            _ => None,
+        }
+    }
+
     /// Whether this proposer leads.
     pub fn is_leader(&self) -> bool {
         matches!(self.state, State::Leader(_))

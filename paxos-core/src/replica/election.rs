@@ -145,6 +145,10 @@ impl Replica {
     /// [`Timer::Election`] expired: no leader was heard from for a whole election timeout
     /// (a candidate counts that as an election lost, which widens its next timeout).
     pub(super) fn on_election_timeout(&mut self) {
+        if self.repair.is_some() {
+            // A repairing replica campaigns for nothing.
+            return;
+        }
         self.proposer.election_timed_out();
         self.start_election_unless_held_full();
     }

@@ -54,7 +54,8 @@ impl Replica {
         let role = self.proposer.role();
         let armed = |t: Timer| self.timers.get(t).is_some();
         let (election, heartbeat, prepare_resend) = match role {
-            Role::Follower => (true, false, false),
+            // A repairing replica campaigns for nothing.
+            Role::Follower => (self.repair.is_none(), false, false),
             Role::Candidate => (true, false, true),
             Role::Leader => (false, true, false),
         };

@@ -31,6 +31,7 @@ mod election;
 mod invariants;
 mod output;
 mod read_index;
+mod repair;
 mod replication;
 mod routing;
 #[cfg(test)]
@@ -81,6 +82,8 @@ pub(crate) enum PlantedBug {
     /// Send a candidate's Prepares before its own promise is durable (so a crash can make
     /// it campaign again under the same ballot).
     PrepareBeforeOwnPromiseDurable,
+    /// Start a replica with damaged durable state as an ordinary voter, without repair.
+    RepairSkipped,
     /// Keep leading after a catch-up reply that carries a ballot above the leader's own.
     LeaderIgnoresHigherCatchUp,
     /// Record a value learned chosen without raising the promise to its ballot, and let an
@@ -136,6 +139,8 @@ pub struct Replica {
     /// [`Config::snapshot_resend_interval_ms`]): a rate limit, not a timer, since nothing
     /// happens when it runs out.
     snapshot_sent_ms: BTreeMap<NodeId, u64>,
+    /// Set while this replica repairs damaged durable state: it votes for nothing.
+    repair: Option<repair::Repair>,
 
     #[cfg(test)]
     bug: Option<PlantedBug>,
@@ -176,6 +181,7 @@ impl Replica {
             now_ms,
             timers: TimerTable::default(),
             snapshot_sent_ms: BTreeMap::new(),
+            repair: None,
             config,
             #[cfg(test)]
             bug: None,
@@ -323,6 +329,7 @@ impl Replica {
     pub fn handle_durable(&mut self, now_ms: u64, id: u64) {
         self.tick(now_ms);
         self.mark_durable(id);
+        self.try_finish_repair();
         self.pump();
         self.debug_check();
     }
@@ -386,6 +393,7 @@ impl Replica {
             Timer::Election => self.on_election_timeout(),
             Timer::Heartbeat => self.leader_tick(),
             Timer::PrepareResend => self.resend_prepares(),
+            Timer::Repair => self.repair_tick(),
         }
     }
 

@@ -65,6 +65,10 @@ pub enum Output {
         /// The lagging replica.
         to: NodeId,
     },
+    /// A replica started with [`Replica::recover_for_repair`](crate::Replica::recover_for_repair)
+    /// is repaired: what it needed is durable, and it votes again from now on. The host
+    /// may now durably clear its "repairing" mark (until then, a restart must repair again).
+    Repaired,
 }
 
 /// Why a proposal or read was refused.

@@ -50,6 +50,13 @@ impl Replica {
                         .iter()
                         .all(|e| ballot_ok(&e.ballot) && e.slot < SLOT_MAX)
             }
+            Message::RepairQuery => true,
+            Message::RepairInfo {
+                promised, leading, ..
+            } => {
+                ballot_ok(promised)
+                    && leading.is_none_or(|(b, next)| ballot_ok(&b) && commit_ok(&next))
+            }
         }
     }
 
@@ -89,6 +96,10 @@ impl Replica {
 
     /// Hands `message` from `from` to the handler of its kind.
     pub(super) fn on_message(&mut self, from: NodeId, message: Message) {
+        if self.repair.is_some() {
+            self.on_message_repairing(from, message);
+            return;
+        }
         match message {
             Message::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot),
             Message::Promise {
@@ -116,6 +127,8 @@ impl Replica {
             } => self.on_heartbeat_ack(from, ballot, read_round, commit),
             Message::CatchUpRequest { from_slot } => self.on_catchup_request(from, from_slot),
             Message::CatchUp { entries, commit } => self.on_catchup(from, entries, commit),
+            Message::RepairQuery => self.on_repair_query(from),
+            Message::RepairInfo { .. } => {}
         }
     }
 }

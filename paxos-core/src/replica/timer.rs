@@ -20,11 +20,13 @@ pub(crate) enum Timer {
     Heartbeat,
     /// A candidate resends its Prepare to the acceptors that have not answered.
     PrepareResend,
+    /// A repairing replica asks its peers again, and for the chosen values it lacks.
+    Repair,
 }
 
 impl Timer {
     /// How many kinds of timer there are.
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 
     /// Every timer, in the order an expired one is handled.
     pub(crate) const ALL: [Timer; Timer::COUNT] = [
@@ -32,6 +34,7 @@ impl Timer {
         Timer::Election,
         Timer::Heartbeat,
         Timer::PrepareResend,
+        Timer::Repair,
     ];
 
     /// The timer's place in a [`TimerTable`].
@@ -41,6 +44,7 @@ impl Timer {
             Timer::Election => 1,
             Timer::Heartbeat => 2,
             Timer::PrepareResend => 3,
+            Timer::Repair => 4,
         }
     }
 }
