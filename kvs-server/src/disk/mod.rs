@@ -88,3 +88,54 @@ pub type SharedDisk = Arc<dyn Disk>;
 pub fn real() -> SharedDisk {
     Arc::new(RealDisk)
 }
+
+/// A [`DiskFile`] read as a stream from an offset.
+#[derive(Debug)]
+pub struct FileReader {
+    file: Box<dyn DiskFile>,
+    offset: u64,
+}
+
+impl FileReader {
+    /// Reads `file` from `offset` on.
+    pub fn new(file: Box<dyn DiskFile>, offset: u64) -> FileReader {
+        FileReader { file, offset }
+    }
+}
+
+impl io::Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(self.offset, buf)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// A [`DiskFile`] written as a stream, appending.
+#[derive(Debug)]
+pub struct FileWriter {
+    file: Box<dyn DiskFile>,
+}
+
+impl FileWriter {
+    /// Appends to `file`.
+    pub fn new(file: Box<dyn DiskFile>) -> FileWriter {
+        FileWriter { file }
+    }
+
+    /// The file, to sync it.
+    pub fn into_inner(self) -> Box<dyn DiskFile> {
+        self.file
+    }
+}
+
+impl io::Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.append(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -22,6 +22,8 @@ mod format;
 pub mod transfer;
 
 #[cfg(test)]
+mod power_cuts;
+#[cfg(test)]
 mod tests;
 
 use std::io;
