@@ -163,9 +163,19 @@ pub fn install_incoming(dir: &Path, origin: &Path) -> Result<StateMachine, Snaps
 /// Makes a received snapshot file, already fsynced and checked ([`transfer::Incoming`]),
 /// the current snapshot: rename over the previous one, fsync the directory.
 pub fn publish_incoming(dir: &Path, incoming: &Path) -> Result<(), SnapshotError> {
+    publish_incoming_on(&disk::RealDisk, dir, incoming)
+}
+
+/// [`publish_incoming`] on `disk`.
+pub fn publish_incoming_on(
+    disk: &dyn Disk,
+    dir: &Path,
+    incoming: &Path,
+) -> Result<(), SnapshotError> {
     let path = dir.join(FILE_NAME);
-    fs::rename(incoming, &path).map_err(io_err("rename", &path))?;
-    sync_dir(&disk::RealDisk, dir)
+    disk.rename(incoming, &path)
+        .map_err(io_err("rename", &path))?;
+    sync_dir(disk, dir)
 }
 
 /// Reads the snapshot in `dir`, if there is one. Leftover temporary files (of snapshots

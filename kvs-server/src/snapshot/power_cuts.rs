@@ -5,7 +5,8 @@
 //! its fsync, between the rename and the directory fsync. After each cut the snapshot is
 //! read back: it must be exactly the last one whose write returned `Ok`, or the one being
 //! written when the power went (once its rename was made durable), never an error and
-//! never a mix. `SNAPSHOT_POWER_CUT_SEEDS` sets the number of seeds.
+//! never a mix. The same holds while a snapshot received from a peer is written, fsynced,
+//! checked and published. `SNAPSHOT_POWER_CUT_SEEDS` sets the number of seeds.
 
 use std::path::Path;
 
@@ -115,6 +116,87 @@ fn snapshots_survive_power_cuts_while_they_are_published() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let failures: Vec<String> = (0..seeds).filter_map(|s| run_seed(s).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed; first ones:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// One seed of a received snapshot: chunks written as the transfer writes them, fsynced and
+/// checked, then published over the current snapshot, with a cut armed anywhere in there.
+fn run_install_seed(seed: u64) -> Result<(), String> {
+    let disk = SimDisk::new(seed);
+    let dir = Path::new("/data");
+    disk.create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut old = StateMachine::new();
+    for slot in 0..20 {
+        put(&mut old, slot, slot % 7, 100);
+    }
+    write_file_on(&disk, dir, &old).map_err(|e| format!("seed {seed}: {e}"))?;
+    let mut new = StateMachine::new();
+    for slot in 0..40 + seed % 50 {
+        put(&mut new, slot, slot % 13, 200 + (seed % 300) as usize);
+    }
+    let bytes = encode(&new).unwrap_or_default();
+    disk.cut_after(1 + seed % 40);
+    let path = dir.join(format!("{}.{seed}", super::INCOMING_NAME));
+    let (tx, rx) = tokio::sync::mpsc::channel(bytes.len() / 700 + 2);
+    for chunk in bytes.chunks(700) {
+        let _ = tx.try_send(Bytes::copy_from_slice(chunk));
+    }
+    drop(tx);
+    let total = bytes.len() as u64;
+    let published = super::transfer::write_chunks(&disk, &path, rx, total)
+        .map_err(|e| e.to_string())
+        .and_then(|complete| {
+            if !complete {
+                return Err("incomplete".into());
+            }
+            super::transfer::check(&disk, &path, 2)
+        })
+        .and_then(|_| {
+            super::file::publish_incoming_on(&disk, dir, &path).map_err(|e| e.to_string())
+        })
+        .is_ok();
+    if !disk.is_down() {
+        disk.power_cut();
+    }
+    disk.power_on();
+    let back = read_file_on(&disk, dir)
+        .map_err(|e| format!("seed {seed}: unreadable after a cut while installing: {e}"))?
+        .map(|b| encode(&b).unwrap_or_default());
+    let old_bytes = encode(&old).unwrap_or_default();
+    match back {
+        Some(b) if b == bytes => Ok(()),
+        Some(b) if b == old_bytes && !published => Ok(()),
+        Some(_) => Err(format!(
+            "seed {seed}: after a cut while installing, the snapshot is {}",
+            if published {
+                "not the published one"
+            } else {
+                "neither the old nor the new one"
+            }
+        )),
+        None => Err(format!("seed {seed}: the snapshot vanished")),
+    }
+}
+
+#[test]
+fn received_snapshots_survive_power_cuts_while_they_are_installed() {
+    let seeds: u64 = std::env::var("SNAPSHOT_POWER_CUT_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let failures: Vec<String> = (0..seeds)
+        .filter_map(|s| run_install_seed(s).err())
+        .collect();
     assert!(
         failures.is_empty(),
         "{} of {seeds} seeds failed; first ones:\n{}",

@@ -14,7 +14,7 @@
 //! the state in.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use wire::PeerMessage;
 
 use super::format;
+use crate::disk::{Disk, Open};
 use crate::state_machine::StateMachine;
 
 /// Chunks received and not yet written to disk, at most; a receiver that falls further
@@ -252,8 +253,9 @@ impl Incoming {
         let path = dir.join(format!("{}.{seq}", super::INCOMING_NAME));
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE_CHUNKS);
         tokio::task::spawn_blocking(move || {
-            let result = match write_chunks(&path, rx, total) {
-                Ok(true) => check(&path, from),
+            let disk = &crate::disk::RealDisk;
+            let result = match write_chunks(disk, &path, rx, total) {
+                Ok(true) => check(disk, &path, from),
                 Ok(false) => {
                     let _ = std::fs::remove_file(&path);
                     return; // dropped before complete
@@ -323,15 +325,21 @@ impl Incoming {
 }
 
 /// Writes chunks to `path` until `total` bytes; false if the chunks stopped before.
-fn write_chunks(path: &Path, mut rx: mpsc::Receiver<Bytes>, total: u64) -> Result<bool, String> {
-    let mut file =
-        std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+pub(crate) fn write_chunks(
+    disk: &dyn Disk,
+    path: &Path,
+    mut rx: mpsc::Receiver<Bytes>,
+    total: u64,
+) -> Result<bool, String> {
+    let mut file = disk
+        .open(path, Open::Truncate)
+        .map_err(|e| format!("create {}: {e}", path.display()))?;
     let mut written = 0u64;
     while written < total {
         let Some(data) = rx.blocking_recv() else {
             return Ok(false);
         };
-        file.write_all(&data)
+        file.append(&data)
             .map_err(|e| format!("write {}: {e}", path.display()))?;
         written += data.len() as u64;
     }
@@ -339,12 +347,17 @@ fn write_chunks(path: &Path, mut rx: mpsc::Receiver<Bytes>, total: u64) -> Resul
 }
 
 /// fsyncs and decodes a received snapshot file (the decoder checks its checksum).
-fn check(path: &Path, from: NodeId) -> Result<StateMachine, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+pub(crate) fn check(disk: &dyn Disk, path: &Path, from: NodeId) -> Result<StateMachine, String> {
+    let mut file = disk
+        .open(path, Open::Read)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
     file.sync_all()
         .map_err(|e| format!("fsync {}: {e}", path.display()))?;
     let origin = PathBuf::from(format!("snapshot from replica {from}"));
-    let input = std::io::BufReader::with_capacity(super::file::FILE_BUFFER_BYTES, file);
+    let input = std::io::BufReader::with_capacity(
+        super::file::FILE_BUFFER_BYTES,
+        crate::disk::FileReader::new(file, 0),
+    );
     format::decode_from(input, &origin).map_err(|e| e.to_string())
 }
 
