@@ -73,18 +73,35 @@ pub fn prepare(dir: &Path) -> Result<Prepared, ServerError> {
     sync_dir(dir)?;
     let wal = dir.join(WAL_DIR_NAME);
     if wal.exists() {
-        let aside = dir.join(format!("{WAL_DIR_NAME}.damaged-{stamp}"));
+        let aside = aside_path(dir, WAL_DIR_NAME, stamp);
         fs::rename(&wal, &aside).map_err(io("move aside", &wal))?;
         prepared.log_moved_to = Some(aside);
     }
     if crate::snapshot::read_file(dir).is_err() {
         let snap = dir.join(crate::snapshot::FILE_NAME);
-        let aside = dir.join(format!("{}.damaged-{stamp}", crate::snapshot::FILE_NAME));
+        let aside = aside_path(dir, crate::snapshot::FILE_NAME, stamp);
         fs::rename(&snap, &aside).map_err(io("move aside", &snap))?;
         prepared.snapshot_moved_to = Some(aside);
     }
     sync_dir(dir)?;
     Ok(prepared)
+}
+
+/// A name for damaged `name` that nothing in `dir` has yet, so moving it aside never
+/// replaces an earlier one: `NAME.damaged-SECS`, then `NAME.damaged-SECS-2`, ...
+fn aside_path(dir: &Path, name: &str, stamp: u64) -> PathBuf {
+    let mut n = 1u32;
+    loop {
+        let candidate = if n == 1 {
+            dir.join(format!("{name}.damaged-{stamp}"))
+        } else {
+            dir.join(format!("{name}.damaged-{stamp}-{n}"))
+        };
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
 }
 
 /// The repair is over: removes the mark, durably.
@@ -120,5 +137,31 @@ mod tests {
         assert!(p.snapshot_moved_to.is_some_and(|p| p.exists()));
         finish(dir).unwrap_or_else(|e| panic!("{e}"));
         assert!(!is_marked(dir));
+    }
+
+    #[test]
+    fn a_second_repair_in_the_same_second_keeps_both_damaged_copies() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        fs::write(dir.join(crate::identity::FILE_NAME), "x").unwrap_or_else(|e| panic!("{e}"));
+        let mut moved = Vec::new();
+        for content in ["one", "two"] {
+            fs::create_dir(dir.join(WAL_DIR_NAME)).unwrap_or_else(|e| panic!("{e}"));
+            fs::write(dir.join(crate::snapshot::FILE_NAME), content)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let p = prepare(dir).unwrap_or_else(|e| panic!("{e}"));
+            moved.push((p.log_moved_to, p.snapshot_moved_to));
+        }
+        assert_ne!(moved[0], moved[1]);
+        for (log, snap) in &moved {
+            assert!(log.as_ref().is_some_and(|p| p.exists()));
+            assert!(snap.as_ref().is_some_and(|p| p.exists()));
+        }
+        let kept: Vec<String> = moved
+            .iter()
+            .filter_map(|(_, s)| s.as_ref())
+            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        assert_eq!(kept, ["one", "two"]);
     }
 }
