@@ -113,6 +113,7 @@ impl Started {
             mut inbox,
             links_stop,
             tasks,
+            clients_stop,
             ..
         } = self;
         node.pending.fail_all();
@@ -129,6 +130,9 @@ impl Started {
         let id = node.cfg.id;
         node.storage.close();
         links_stop.cancel();
+        // After a fatal error nobody asked the clients to stop: the listener would keep
+        // accepting connections it can no longer serve.
+        clients_stop.cancel();
         tasks.close();
         if tokio::time::timeout(TASKS_FINISH_MAX, tasks.wait())
             .await

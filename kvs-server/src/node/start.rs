@@ -53,6 +53,9 @@ pub(super) struct Started {
     pub(super) links_stop: CancellationToken,
     /// Every network task: listeners, client connections, peer links.
     pub(super) tasks: TaskTracker,
+    /// Ends the client listener and connections: on shutdown (a child of its token), or
+    /// when the replica stops for any other reason (a fatal error).
+    pub(super) clients_stop: CancellationToken,
     pub(super) _lock: DirLock,
 }
 
@@ -102,12 +105,13 @@ pub(super) async fn start(
         peers.stop().await;
         return Ok(None);
     }
+    let clients_stop = shutdown.child_token();
     let clients = ClientSide::start(
         &cfg,
         &core.sm,
         client_listener,
         inbox_tx,
-        shutdown,
+        &clients_stop,
         &peers.tasks,
     );
     let node = Node::assemble(cfg, core, clients, peers.links, peers.outgoing);
@@ -119,6 +123,7 @@ pub(super) async fn start(
         _store: store,
         links_stop: peers.links_stop,
         tasks: peers.tasks,
+        clients_stop,
         _lock: lock,
     }))
 }
