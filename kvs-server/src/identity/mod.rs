@@ -47,7 +47,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -356,17 +355,25 @@ impl Identity {
 
     /// Reads the identity of `dir`: `None` if it has no identity file.
     pub fn read(dir: &Path) -> Result<Option<Identity>, IdentityError> {
+        Identity::read_on(&crate::disk::RealDisk, dir)
+    }
+
+    /// [`Identity::read`] on `disk`.
+    pub fn read_on(
+        disk: &dyn crate::disk::Disk,
+        dir: &Path,
+    ) -> Result<Option<Identity>, IdentityError> {
         let path = dir.join(FILE_NAME);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let bytes = match disk.read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(IdentityError::Corrupt {
-                    path,
-                    reason: "not UTF-8".into(),
-                })
-            }
             Err(source) => return Err(IdentityError::Io { path, source }),
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Err(IdentityError::Corrupt {
+                path,
+                reason: "not UTF-8".into(),
+            });
         };
         Identity::decode(&text)
             .map(Some)
@@ -376,20 +383,25 @@ impl Identity {
     /// Writes the identity of `dir` durably: a temporary file, fsync, rename, fsync of
     /// the directory. When this returns `Ok`, a crash cannot lose it.
     pub fn write(&self, dir: &Path) -> Result<(), IdentityError> {
+        self.write_on(&crate::disk::RealDisk, dir)
+    }
+
+    /// [`Identity::write`] on `disk`.
+    pub fn write_on(&self, disk: &dyn crate::disk::Disk, dir: &Path) -> Result<(), IdentityError> {
         let tmp = dir.join(TEMP_NAME);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| IdentityError::Io { path, source }
         };
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(self.encode().as_bytes()).map_err(io(&tmp))?;
+        let mut file = disk
+            .open(&tmp, crate::disk::Open::Truncate)
+            .map_err(io(&tmp))?;
+        file.append(self.encode().as_bytes()).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         drop(file);
         let path = dir.join(FILE_NAME);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))
+        disk.rename(&tmp, &path).map_err(io(&path))?;
+        disk.sync_dir(dir).map_err(io(dir))
     }
 }
 

@@ -240,3 +240,41 @@ fn flags_that_disagree_with_the_stored_identity_are_refused_by_name() {
     f.token = Some("another".into());
     assert_eq!(open(dir.path(), &f).unwrap().1, Opened::Stored);
 }
+
+/// Seeded power cuts while the identity is rewritten (temp file, fsync, rename, directory
+/// fsync): it reads back as the old or the new one, never damaged or missing.
+#[test]
+fn the_identity_survives_power_cuts_while_it_is_rewritten() {
+    use crate::disk::{Disk, SimDisk};
+    let dir = Path::new("/data");
+    let mut failures = Vec::new();
+    for seed in 0..500u64 {
+        let disk = SimDisk::new(seed);
+        let _ = disk.create_dir_all(dir);
+        let mut old = sample();
+        old.joined = false;
+        if let Err(e) = old.write_on(&disk, dir) {
+            failures.push(format!("seed {seed}: first write: {e}"));
+            continue;
+        }
+        let new = sample();
+        disk.cut_after(1 + seed % 6);
+        let done = new.write_on(&disk, dir).is_ok();
+        if !disk.is_down() {
+            disk.power_cut();
+        }
+        disk.power_on();
+        match Identity::read_on(&disk, dir) {
+            Ok(Some(back)) if back == new => {}
+            Ok(Some(back)) if back == old && !done => {}
+            other => failures.push(format!(
+                "seed {seed}: read back {other:?} (write done: {done})"
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}",
+        failures[..failures.len().min(5)].join("\n")
+    );
+}
