@@ -248,10 +248,15 @@ async fn a_second_process_claiming_a_member_is_refused_by_the_real_peers() {
             format!("the impostor's output does not show a refused join:\n{out}"),
         );
     }
-    for id in [1, 3] {
-        if !log_contains(&cluster, id, "node 2 is known here by data dir instance") {
-            fail(&cluster, format!("node {id} did not refuse the impostor"));
-        }
+    // The impostor stops at the first refusal, so the other peer may see its connection
+    // close before its own handshake check runs: at least one real peer must have refused
+    // it by name, and neither may have let it join (its own output shows it never did).
+    let refused: Vec<u64> = [1, 3]
+        .into_iter()
+        .filter(|&id| log_contains(&cluster, id, "node 2 is known here by data dir instance"))
+        .collect();
+    if refused.is_empty() {
+        fail(&cluster, "no real peer refused the impostor".to_string());
     }
     // The real node 2 is untouched and still a voter: a write needs it once node 3 is gone.
     cluster.kill(3).or_fail(&cluster, "kill 3");
