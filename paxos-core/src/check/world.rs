@@ -4,7 +4,8 @@
 //! schedules drive. Every action is one thing a hostile environment may do: deliver any
 //! in-flight message (once, or keeping a copy for a later duplicate), drop one, make the
 //! oldest pending persist batch of a node durable, fire a node's timer, crash a node (it
-//! loses everything not reported durable), restart it from its durable state, or propose
+//! loses everything not reported durable), damage its disk (it loses its whole durable state
+//! and restarts repairing), restart it from its durable state, or propose
 //! the next client value at a leader. Each node has a clock of its own that only its timer
 //! actions move, so any drift between clocks is covered.
 //!
