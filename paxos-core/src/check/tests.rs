@@ -13,7 +13,12 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-const STATES_MAX: usize = 30_000_000;
+/// Distinct states a search may reach before it stops as truncated (`MC_STATES_MAX` changes
+/// it). The next level's worlds are kept whole in memory, a few KiB each: 3 million keeps
+/// a search within a few GiB instead of running the machine out of memory.
+fn states_max() -> usize {
+    env_u64("MC_STATES_MAX").map_or(3_000_000, |n| n as usize)
+}
 
 fn run(cp: &Checkpoint, bug: Option<PlantedBug>, depth: usize) -> Report {
     let world = match cp.world(bug) {
@@ -24,7 +29,7 @@ fn run(cp: &Checkpoint, bug: Option<PlantedBug>, depth: usize) -> Report {
         &world,
         Limits {
             depth_max: depth,
-            states_max: STATES_MAX,
+            states_max: states_max(),
         },
     )
 }
