@@ -3,7 +3,7 @@
 //! invariants are checked after every step; each is run twice, on the engine as it is
 //! (nothing may break) and with the bug put back (the checks must catch it).
 
-use super::script::{overlapping_leaders, Script, Step};
+use super::script::{chosen_by_two, overlapping_leaders, Script, Step};
 use super::world::Violation;
 use crate::replica::PlantedBug;
 use crate::{Ballot, Message, Role};
@@ -304,21 +304,7 @@ fn an_accept_for_a_known_chosen_slot_does_not_change_it() {
 /// with nodes 2 and 3, never see `x`, and get `y` chosen in slot 0. A repairing node 2
 /// stays silent, so node 3 needs node 1, which reports `x`.
 fn damaged_voter(s: &mut Script) -> Step {
-    s.cut(1, 3)?;
-    s.timeout(1)?;
-    s.durable(1)?;
-    s.cut(1, 3)?;
-    s.deliver(1, 2, "prepare")?;
-    s.durable(2)?;
-    s.deliver(2, 1, "promise")?;
-    s.durable(1)?;
-    s.propose(1)?; // x
-    s.cut(1, 3)?;
-    s.deliver(1, 2, "accept")?;
-    s.durable(2)?;
-    s.durable(1)?;
-    s.deliver(2, 1, "accepted")?; // x chosen by nodes 1 and 2
-    s.cut(1, 3)?;
+    chosen_by_two(s)?; // x chosen by nodes 1 and 2; node 3 heard nothing
     s.cut(1, 2)?;
     s.cut(2, 1)?;
     s.corrupt(2)?; // node 2 forgets its promise and its vote

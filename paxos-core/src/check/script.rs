@@ -306,7 +306,7 @@ pub(crate) fn overlapping_leaders(s: &mut Script) -> Step {
 
 /// Node 1 leads 1.1 and `x` is chosen in slot 0 by nodes 1 and 2, while node 3 heard
 /// nothing (every message to it was lost).
-fn chosen_by_two(s: &mut Script) -> Step {
+pub(crate) fn chosen_by_two(s: &mut Script) -> Step {
     s.cut(1, 3)?;
     s.timeout(1)?;
     s.durable(1)?;
