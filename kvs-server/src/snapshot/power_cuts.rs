@@ -109,24 +109,25 @@ fn run_seed(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn snapshots_survive_power_cuts_while_they_are_published() {
+/// Runs `seed_run` for every seed (`SNAPSHOT_POWER_CUT_SEEDS`, 500 by default) and fails
+/// with the first failures.
+fn all_seeds(seed_run: fn(u64) -> Result<(), String>) {
     let seeds: u64 = std::env::var("SNAPSHOT_POWER_CUT_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let failures: Vec<String> = (0..seeds).filter_map(|s| run_seed(s).err()).collect();
+    let failures: Vec<String> = (0..seeds).filter_map(|s| seed_run(s).err()).collect();
     assert!(
         failures.is_empty(),
         "{} of {seeds} seeds failed; first ones:\n{}",
         failures.len(),
-        failures
-            .iter()
-            .take(6)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        failures[..failures.len().min(6)].join("\n")
     );
+}
+
+#[test]
+fn snapshots_survive_power_cuts_while_they_are_published() {
+    all_seeds(run_seed);
 }
 
 /// One seed of a received snapshot: chunks written as the transfer writes them, fsynced and
@@ -190,22 +191,5 @@ fn run_install_seed(seed: u64) -> Result<(), String> {
 
 #[test]
 fn received_snapshots_survive_power_cuts_while_they_are_installed() {
-    let seeds: u64 = std::env::var("SNAPSHOT_POWER_CUT_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    let failures: Vec<String> = (0..seeds)
-        .filter_map(|s| run_install_seed(s).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed; first ones:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(6)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    all_seeds(run_install_seed);
 }

@@ -178,14 +178,25 @@ const WALK_BUDGET: Budget = Budget {
 
 /// Guided walks from a fresh cluster; `WALKS` raises their number for a deeper run.
 fn guided_run(nodes: usize, bug: Option<PlantedBug>, walks: u64) -> (World, WalkReport) {
+    guided_with(nodes, WALK_BUDGET, 1, bug, walks)
+}
+
+/// `walks` guided walks (`WALKS` overrides) from `nodes` fresh replicas under `budget`.
+fn guided_with(
+    nodes: usize,
+    budget: Budget,
+    seed: u64,
+    bug: Option<PlantedBug>,
+    walks: u64,
+) -> (World, WalkReport) {
     let values: &[&'static str] = if nodes == 3 {
         &["x", "y"]
     } else {
         &["a", "x", "y"]
     };
-    let world = World::new(nodes, values, WALK_BUDGET, bug);
+    let world = World::new(nodes, values, budget, bug);
     let walks = env_u64("WALKS").unwrap_or(walks);
-    let report = guided(&world, 1, walks, 20, Duration::from_secs(600));
+    let report = guided(&world, seed, walks, 20, Duration::from_secs(600));
     (world, report)
 }
 
@@ -251,19 +262,11 @@ fn walks_find_the_older_planted_bugs_from_a_fresh_cluster() {
 
 /// Walks where disks get damaged: a node loses its whole durable state and must repair.
 fn repair_walks(nodes: usize, bug: Option<PlantedBug>, walks: u64) -> (World, WalkReport) {
-    let values: &[&'static str] = if nodes == 3 {
-        &["x", "y"]
-    } else {
-        &["a", "x", "y"]
-    };
     let budget = Budget {
         corruptions: 2,
         ..WALK_BUDGET
     };
-    let world = World::new(nodes, values, budget, bug);
-    let walks = env_u64("WALKS").unwrap_or(walks);
-    let report = guided(&world, 7, walks, 20, Duration::from_secs(600));
-    (world, report)
+    guided_with(nodes, budget, 7, bug, walks)
 }
 
 /// A node whose disk is damaged (all durable state lost) repairs before it votes again:
