@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::FRAME_BYTES_MAX_DEFAULT;
+use crate::membership::{check_addr, MemberChange, MemberList};
 use crate::status::NodeStatus;
 
 /// Longest key, in bytes (4 KiB). Keys are at least one byte long.
@@ -110,6 +111,24 @@ pub enum Op {
     /// Sent without a session. Retrying it is harmless: at worst it registers a session
     /// nobody uses, which the cluster forgets in time.
     RegisterSession,
+    /// Lists the members of the cluster. Answered with [`Reply::Members`] by the leader;
+    /// a follower that knows the leader answers [`ErrorReply::NotLeader`], one that knows
+    /// none answers with its own view (applied slots and lags unknown). Version 3.
+    MemberList,
+    /// Changes the membership: one change at a time, agreed through the replicated log.
+    /// Answered with [`Reply::MemberChanged`] once the change is chosen, by the leader
+    /// only. Sent without a session: `expected` makes a retry safe (a change already made
+    /// is refused as [`ErrorReply::StaleConfig`]). Version 3.
+    MemberChange {
+        /// The id of the latest configuration the client saw ([`MemberList::config_id`]);
+        /// the change is refused if the configuration is another (compare-and-swap).
+        expected: u64,
+        /// The change.
+        change: MemberChange,
+        /// Skip the check that the voters answering the leader lately stay a majority
+        /// after the change (to remove members that are down for good).
+        force: bool,
+    },
 }
 
 impl Op {
@@ -120,7 +139,7 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => Some(key),
-            Op::Status | Op::RegisterSession => None,
+            Op::Status | Op::RegisterSession | Op::MemberList | Op::MemberChange { .. } => None,
         }
     }
 
@@ -174,6 +193,16 @@ pub enum Reply {
     SessionRegistered {
         /// The id to put in every [`Session`] of this session's writes.
         client_id: u64,
+    },
+    /// The answer to [`Op::MemberList`].
+    Members(Box<MemberList>),
+    /// The answer to [`Op::MemberChange`]: the change is chosen and applied.
+    MemberChanged {
+        /// The id of the configuration the change made.
+        config_id: u64,
+        /// The first slot the new configuration governs (it takes effect a fixed number
+        /// of slots after the one it was chosen in).
+        effective_from_slot: u64,
     },
 }
 
@@ -238,6 +267,113 @@ pub enum ErrorReply {
         /// The write's sequence number.
         seq: u64,
     },
+    /// Another membership change is waiting, in flight, or not in effect yet: one change
+    /// at a time. Nothing changed; retry once it has taken effect.
+    #[error("another membership change is in progress; retry once it has taken effect")]
+    ChangeInProgress,
+    /// The membership change named another configuration than the latest: another change
+    /// came first. Nothing changed; list the members and decide again.
+    #[error(
+        "stale configuration: the change expected configuration {expected}, the latest is \
+         {current}; list the members and try again"
+    )]
+    StaleConfig {
+        /// The configuration the change named.
+        expected: u64,
+        /// The latest configuration.
+        current: u64,
+    },
+    /// The learner to promote lags behind the leader (or has not answered it lately):
+    /// promoting it could stall the cluster. Nothing changed; wait for it to catch up.
+    #[error("{}", learner_not_ready(*.id, *.lag, *.allowed))]
+    LearnerNotReady {
+        /// The learner.
+        id: u64,
+        /// How many slots it is behind the leader's commit index; `None` if it has not
+        /// answered the leader lately.
+        lag: Option<u64>,
+        /// The most it may lag to be promoted.
+        allowed: u64,
+    },
+    /// After the change, the voters that answered the leader lately would not be a
+    /// majority, and the cluster would stop. Nothing changed; force it to override.
+    #[error(
+        "refused: after this change only {live} live voters would remain where {needed} are \
+         needed for a majority (use --force to override)"
+    )]
+    WouldLoseQuorum {
+        /// Voters after the change that answered the leader lately.
+        live: u64,
+        /// Voters needed for a majority after the change.
+        needed: u64,
+    },
+    /// The id is not a member. Nothing changed.
+    #[error("node {id} is not a member")]
+    UnknownMember {
+        /// The id.
+        id: u64,
+    },
+    /// The id to add is a member already (or was one: ids are never reused). Nothing
+    /// changed.
+    #[error("node {id} is already a member")]
+    MemberExists {
+        /// The id.
+        id: u64,
+    },
+    /// The learner to promote is a voter already. Nothing changed.
+    #[error("node {id} is already a voter")]
+    AlreadyVoter {
+        /// The id.
+        id: u64,
+    },
+    /// Removing the last voter would leave nobody to agree on anything. Nothing changed.
+    #[error("node {id} is the last voter and cannot be removed")]
+    LastVoter {
+        /// The id.
+        id: u64,
+    },
+    /// The membership would exceed its limits. Nothing changed.
+    #[error("a membership holds at most {voters_max} voters and {learners_max} learners")]
+    TooManyMembers {
+        /// The most voters.
+        voters_max: u64,
+        /// The most learners.
+        learners_max: u64,
+    },
+}
+
+fn learner_not_ready(id: u64, lag: Option<u64>, allowed: u64) -> String {
+    match lag {
+        Some(lag) => format!(
+            "learner {id} is not ready: it is {lag} slots behind the leader (at most {allowed} \
+             allowed); wait for it to catch up"
+        ),
+        None => format!(
+            "learner {id} is not ready: it has not answered the leader lately (is it running \
+             and reachable?)"
+        ),
+    }
+}
+
+impl ErrorReply {
+    /// Whether this error refuses a membership change for what the change is (a stale or
+    /// busy configuration, a lagging learner, a lost quorum, an id that is or is not a
+    /// member): nothing changed, and resending the same change cannot help before the
+    /// cluster changes.
+    pub fn is_membership_refusal(&self) -> bool {
+        matches!(
+            self,
+            ErrorReply::ChangeInProgress
+                | ErrorReply::StaleConfig { .. }
+                | ErrorReply::LearnerNotReady { .. }
+                | ErrorReply::WouldLoseQuorum { .. }
+                | ErrorReply::UnknownMember { .. }
+                | ErrorReply::MemberExists { .. }
+                | ErrorReply::AlreadyVoter { .. }
+                | ErrorReply::LastVoter { .. }
+                | ErrorReply::TooManyMembers { .. }
+        )
+    }
 }
 
 fn leader_hint(leader: Option<u64>, leader_addr: Option<&str>) -> String {
@@ -270,8 +406,33 @@ pub fn validate(op: &Op) -> Result<(), ErrorReply> {
             }
             check_size("value", new, VALUE_BYTES_MAX)
         }
-        Op::Get { .. } | Op::Delete { .. } | Op::Status | Op::RegisterSession => Ok(()),
+        Op::MemberChange { change, .. } => validate_change(change),
+        Op::Get { .. } | Op::Delete { .. } | Op::Status | Op::RegisterSession | Op::MemberList => {
+            Ok(())
+        }
     }
+}
+
+/// A member id must not be 0, and the addresses of a new member must be `HOST:PORT`.
+fn validate_change(change: &MemberChange) -> Result<(), ErrorReply> {
+    let invalid = |reason: String| Err(ErrorReply::Invalid { reason });
+    if change.id() == 0 {
+        return invalid("member id 0 is reserved; use 1 or more".to_owned());
+    }
+    if let MemberChange::Add {
+        peer_addr,
+        client_addr,
+        ..
+    } = change
+    {
+        if let Err(e) = check_addr(peer_addr) {
+            return invalid(format!("peer address: {e}"));
+        }
+        if let Err(e) = check_addr(client_addr) {
+            return invalid(format!("client address: {e}"));
+        }
+    }
+    Ok(())
 }
 
 fn check_size(what: &str, bytes: &Bytes, max: usize) -> Result<(), ErrorReply> {

@@ -104,6 +104,7 @@ pub mod client;
 pub mod codec;
 pub mod command;
 pub mod handshake;
+pub mod membership;
 pub mod peer;
 pub mod status;
 
@@ -121,9 +122,10 @@ pub use command::{Command, WriteOp};
 pub use error::WireError;
 pub use handshake::{
     check_hello, check_identity, client_handshake, server_handshake, server_handshake_with,
-    Accepted, HandshakeExpectation, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity,
-    Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT, IDENTITY_MEMBERS_MAX, MAGIC,
-    PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    Accepted, ClusterInfo, HandshakeExpectation, HandshakeRefusal, Hello, HelloReply, PeerRole,
+    ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT, IDENTITY_MEMBERS_MAX,
+    MAGIC, PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
+pub use membership::{MemberAddrs, MemberChange, MemberInfo, MemberList};
 pub use peer::{PeerMessage, SNAPSHOT_CHUNK_BYTES};
 pub use status::{BallotInfo, NodeRole, NodeStatus, PeerReachability};

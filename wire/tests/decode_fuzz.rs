@@ -32,6 +32,14 @@ fn any_op() -> impl Strategy<Value = Op> {
             .prop_map(|(key, expected, new)| Op::Cas { key, expected, new }),
         Just(Op::Status),
         Just(Op::RegisterSession),
+        Just(Op::MemberList),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(expected, id, force)| {
+            Op::MemberChange {
+                expected,
+                change: wire::MemberChange::Remove { id },
+                force,
+            }
+        }),
     ]
 }
 

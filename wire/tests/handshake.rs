@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use wire::handshake::layout;
 use wire::{
-    client_handshake, frame_codec, server_handshake, server_handshake_with, Accepted,
+    client_handshake, frame_codec, server_handshake, server_handshake_with, Accepted, ClusterInfo,
     HandshakeExpectation, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid,
     WireError, PROTOCOL_VERSION,
 };
@@ -73,7 +73,8 @@ async fn replica_and_client_are_accepted_and_frames_follow() {
         c.unwrap(),
         Accepted {
             node_id: SERVER_ID,
-            version: PROTOCOL_VERSION
+            version: PROTOCOL_VERSION,
+            cluster: None,
         }
     );
     assert_eq!(s.unwrap(), hello);
@@ -158,12 +159,82 @@ async fn higher_version_is_refused_with_the_supported_range() {
         HandshakeRefusal::UnsupportedVersion {
             got: PROTOCOL_VERSION + 1,
             min: 2,
-            max: 2,
+            max: 3,
         },
     )
     .await;
-    assert!(text.contains("unsupported protocol version 3"), "{text}");
-    assert!(text.contains("supports versions 2 to 2"), "{text}");
+    assert!(text.contains("unsupported protocol version 4"), "{text}");
+    assert!(text.contains("supports versions 2 to 3"), "{text}");
+}
+
+/// A replica of version 2 (before membership changes) is refused by version: its peer
+/// messages do not carry them. A client of version 2 is still served.
+#[tokio::test]
+async fn a_version_2_replica_is_refused_and_a_version_2_client_served() {
+    let mut old = replica_hello(2, identity());
+    old.version = 2;
+    let text = refused(
+        old,
+        identity_port(),
+        HandshakeRefusal::UnsupportedVersion {
+            got: 2,
+            min: 3,
+            max: 3,
+        },
+    )
+    .await;
+    assert!(text.contains("supports versions 3 to 3"), "{text}");
+    let mut client = Hello::new("prod", PeerRole::Client);
+    client.version = 2;
+    let (c, s, _, _) = run(client.clone(), client_port()).await;
+    assert_eq!(c.unwrap().version, 2);
+    assert_eq!(s.unwrap(), client);
+}
+
+/// A joining replica presents only its instance and session-table size; a member that
+/// takes joining replicas accepts it (if its id is a member) and tells it the cluster's
+/// identity. A node that takes none refuses it.
+#[tokio::test]
+async fn a_joining_replica_is_told_the_cluster_identity() {
+    let cluster = ClusterInfo {
+        cluster_uid: Uid([7; 16]),
+        members: vec![1, 2, 3],
+        voters: vec![1, 2, 3],
+    };
+    let port = HandshakeExpectation::members_of("prod", identity(), [1, 2, 3, 4], cluster.clone());
+    let hello = replica_hello(4, ReplicaIdentity::joining(Uid([9; 16]), 1000));
+    let (c, s, _, _) = run(hello.clone(), port.clone()).await;
+    assert_eq!(c.unwrap().cluster, Some(cluster.clone()));
+    assert_eq!(s.unwrap(), hello);
+    // A member dialling with its full identity is not told anything.
+    let mut member = identity();
+    member.instance = Uid([5; 16]);
+    let (c, _, _, _) = run(replica_hello(2, member), port.clone()).await;
+    assert_eq!(c.unwrap().cluster, None);
+    // Not a member (yet): refused by id.
+    refused(
+        replica_hello(5, ReplicaIdentity::joining(Uid([9; 16]), 1000)),
+        port.clone(),
+        HandshakeRefusal::UnknownNode { node_id: 5 },
+    )
+    .await;
+    // Another --sessions-max: refused, named.
+    refused(
+        replica_hello(4, ReplicaIdentity::joining(Uid([9; 16]), 7)),
+        port,
+        HandshakeRefusal::SessionsMaxMismatch {
+            expected: 1000,
+            got: 7,
+        },
+    )
+    .await;
+    // A node that takes no joining replica (one joining itself) refuses it.
+    let hello = replica_hello(2, ReplicaIdentity::joining(Uid([9; 16]), 1000));
+    let (c, _, _, _) = run(hello, identity_port()).await;
+    assert!(matches!(
+        c,
+        Err(WireError::PeerRefused(HandshakeRefusal::Malformed { .. }))
+    ));
 }
 
 /// A node of the previous version (1, before replica identities) is refused with a reason
@@ -179,7 +250,7 @@ async fn previous_version_is_refused_both_ways() {
         HandshakeRefusal::UnsupportedVersion {
             got: 1,
             min: 2,
-            max: 2,
+            max: 3,
         },
     )
     .await;
@@ -203,7 +274,7 @@ async fn previous_version_is_refused_both_ways() {
     let text = c.unwrap_err().to_string();
     assert_eq!(
         text,
-        "the peer refused our handshake: unsupported protocol version 2: the accepting node \
+        "the peer refused our handshake: unsupported protocol version 3: the accepting node \
          supports versions 1 to 1"
     );
 }
@@ -214,6 +285,7 @@ fn identity() -> ReplicaIdentity {
         instance: Uid([1; 16]),
         members: vec![1, 2, 3],
         sessions_max: 1000,
+        joining: false,
     }
 }
 
@@ -388,7 +460,7 @@ async fn future_hello_with_an_unknown_body_is_refused_by_version() {
     let want = HandshakeRefusal::UnsupportedVersion {
         got: 9,
         min: 2,
-        max: 2,
+        max: 3,
     };
     assert!(
         matches!(s, Err(WireError::Refused(ref r)) if *r == want),
@@ -524,6 +596,7 @@ fn hello_and_reply_records_roundtrip() {
         HelloReply::Accepted(Accepted {
             node_id: 5,
             version: 1,
+            cluster: None,
         }),
         HelloReply::Refused(HandshakeRefusal::BadMagic {
             got: b"\x16\x03\x01\x00".to_vec(),

@@ -108,9 +108,11 @@ where
         };
         match verdict {
             Ok(hello) => {
+                let joining = hello.identity.as_ref().is_some_and(|i| i.joining);
                 let reply = HelloReply::Accepted(Accepted {
                     node_id,
                     version: hello.version,
+                    cluster: expected.cluster.clone().filter(|_| joining),
                 });
                 io.write_all(&reply.encode()).await.map_err(closed_or_io)?;
                 io.flush().await.map_err(closed_or_io)?;

@@ -8,7 +8,7 @@
 //!   0   4  magic        "KVSW" (MAGIC)
 //!   4   2  version      u16: the sender's protocol version
 //!   6   2  body_len     u16: number of body bytes that follow
-//! hello body, version 2 (version 1 ended after cluster_id)
+//! hello body, versions 2 and 3 (version 1 ended after cluster_id)
 //!   8   1  role         0 = client, 1 = replica
 //!   9   8  node_id      u64: the replica's id; 0 for a client
 //!  17   1  cluster_len  u8: 1..=64
@@ -19,9 +19,14 @@
 //!            member_count  u8: 1..=IDENTITY_MEMBERS_MAX
 //!            members       u64 each, strictly ascending
 //!            sessions_max  u64
+//!                         2 = a joining replica's identity follows (version 3):
+//!            instance      16 bytes
+//!            sessions_max  u64
 //! reply body (its layout is frozen: any version can read any peer's reply)
 //!   8   1  outcome      0 = accepted, 1 = refused
-//!   accepted:  node_id u64, version u16
+//!   accepted:  node_id u64, version u16, and when version >= 3:
+//!              cluster u8: 0 = none, 1 = follows: cluster_uid 16 bytes, members ids,
+//!              voters ids
 //!   refused:   code u8, message text, then the fields of the code:
 //!     1 bad magic            got: u8 length (<= 4), bytes
 //!     2 unsupported version  got u16, min u16, max u16
@@ -46,7 +51,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    Accepted, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid,
+    Accepted, ClusterInfo, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid,
     CLUSTER_ID_BYTES_MAX, IDENTITY_MEMBERS_MAX, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use crate::WireError;
@@ -74,6 +79,9 @@ const CODE_MEMBER_REPLACED: u8 = 10;
 const CODE_MISSING_IDENTITY: u8 = 11;
 const IDENTITY_NONE: u8 = 0;
 const IDENTITY_PRESENT: u8 = 1;
+const IDENTITY_JOINING: u8 = 2;
+const CLUSTER_NONE: u8 = 0;
+const CLUSTER_PRESENT: u8 = 1;
 
 impl Hello {
     /// Encodes this hello as a record (header and body).
@@ -97,6 +105,16 @@ impl Hello {
         body.put_slice(id);
         match &self.identity {
             None => body.put_u8(IDENTITY_NONE),
+            Some(identity) if identity.joining => {
+                if self.version < 3 {
+                    return Err(WireError::InvalidHello {
+                        reason: "a joining replica's identity needs protocol version 3".into(),
+                    });
+                }
+                body.put_u8(IDENTITY_JOINING);
+                body.put_slice(&identity.instance.0);
+                body.put_u64(identity.sessions_max);
+            }
             Some(identity) => {
                 check_members(&identity.members).map_err(|reason| WireError::InvalidHello {
                     reason: format!("identity: {reason}"),
@@ -138,7 +156,8 @@ impl Hello {
         let identity = match (r.u8()?, role) {
             (IDENTITY_NONE, _) => None,
             (IDENTITY_PRESENT, PeerRole::Replica(_)) => Some(r.identity()?),
-            (IDENTITY_PRESENT, PeerRole::Client) => {
+            (IDENTITY_JOINING, PeerRole::Replica(_)) if version >= 3 => Some(r.joining()?),
+            (IDENTITY_PRESENT | IDENTITY_JOINING, PeerRole::Client) => {
                 return Err(malformed("a client carries a replica identity"))
             }
             (other, _) => return Err(malformed(format!("unknown identity tag {other}"))),
@@ -164,6 +183,17 @@ impl HelloReply {
                 body.put_u8(OUTCOME_ACCEPTED);
                 body.put_u64(accepted.node_id);
                 body.put_u16(accepted.version);
+                if accepted.version >= 3 {
+                    match &accepted.cluster {
+                        None => body.put_u8(CLUSTER_NONE),
+                        Some(cluster) => {
+                            body.put_u8(CLUSTER_PRESENT);
+                            body.put_slice(&cluster.cluster_uid.0);
+                            put_ids(&mut body, &cluster.members);
+                            put_ids(&mut body, &cluster.voters);
+                        }
+                    }
+                }
             }
             HelloReply::Refused(refusal) => {
                 body.put_u8(OUTCOME_REFUSED);
@@ -185,8 +215,25 @@ impl HelloReply {
             OUTCOME_ACCEPTED => {
                 let node_id = r.u64()?;
                 let version = r.u16()?;
+                let cluster = if version >= 3 {
+                    match r.u8()? {
+                        CLUSTER_NONE => None,
+                        CLUSTER_PRESENT => Some(ClusterInfo {
+                            cluster_uid: r.uid()?,
+                            members: r.ids()?,
+                            voters: r.ids()?,
+                        }),
+                        other => return Err(malformed(format!("unknown cluster tag {other}"))),
+                    }
+                } else {
+                    None
+                };
                 r.finish()?;
-                Ok(HelloReply::Accepted(Accepted { node_id, version }))
+                Ok(HelloReply::Accepted(Accepted {
+                    node_id,
+                    version,
+                    cluster,
+                }))
             }
             OUTCOME_REFUSED => Ok(HelloReply::Refused(refusal(&mut r)?)),
             other => Err(malformed(format!("unknown reply outcome {other}"))),
@@ -469,7 +516,13 @@ impl<'a> Reader<'a> {
             instance,
             members,
             sessions_max: self.u64()?,
+            joining: false,
         })
+    }
+
+    fn joining(&mut self) -> Result<ReplicaIdentity, HandshakeRefusal> {
+        let instance = self.uid()?;
+        Ok(ReplicaIdentity::joining(instance, self.u64()?))
     }
 
     fn role(&mut self) -> Result<PeerRole, HandshakeRefusal> {
@@ -502,7 +555,7 @@ mod tests {
         let bytes = hello.encode().unwrap();
         let expected: &[u8] = &[
             b'K', b'V', b'S', b'W', // magic
-            0, 2, // version
+            0, 3, // version
             0, 13, // body length
             1,  // replica
             0, 0, 0, 0, 0, 0, 1, 2, // node id
@@ -520,9 +573,10 @@ mod tests {
             instance: Uid([0xbb; 16]),
             members: vec![1, 3],
             sessions_max: 5,
+            joining: false,
         };
         let bytes = Hello::replica("ab", 3, identity.clone()).encode().unwrap();
-        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 2, 0, 70, 1];
+        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 3, 0, 70, 1];
         expected.extend_from_slice(&3u64.to_be_bytes());
         expected.extend_from_slice(&[2, b'a', b'b', 1]);
         expected.extend_from_slice(&[0xaa; 16]);
@@ -543,6 +597,7 @@ mod tests {
             instance: Uid([2; 16]),
             members: vec![2, 1],
             sessions_max: 5,
+            joining: false,
         };
         assert!(Hello::replica("c", 1, identity.clone()).encode().is_err());
         identity.members = vec![1, 2];
@@ -562,6 +617,59 @@ mod tests {
             Hello::decode(&client),
             Err(HandshakeRefusal::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_joining_identity_and_the_cluster_it_is_told_are_pinned() {
+        let identity = ReplicaIdentity::joining(Uid([0xbb; 16]), 5);
+        let bytes = Hello::replica("ab", 4, identity.clone()).encode().unwrap();
+        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 3, 0, 37, 1];
+        expected.extend_from_slice(&4u64.to_be_bytes());
+        expected.extend_from_slice(&[2, b'a', b'b', 2]);
+        expected.extend_from_slice(&[0xbb; 16]);
+        expected.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(&bytes[..], &expected[..]);
+        assert_eq!(
+            Hello::decode(&bytes).unwrap().identity,
+            Some(identity.clone())
+        );
+        // Version 2 has no joining identity.
+        let mut old = Hello::replica("ab", 4, identity);
+        old.version = 2;
+        assert!(old.encode().is_err());
+        let mut v2 = expected.clone();
+        v2[5] = 2;
+        assert!(matches!(
+            Hello::decode(&v2),
+            Err(HandshakeRefusal::Malformed { .. })
+        ));
+
+        let accepted = HelloReply::Accepted(Accepted {
+            node_id: 1,
+            version: 3,
+            cluster: Some(ClusterInfo {
+                cluster_uid: Uid([0xaa; 16]),
+                members: vec![1, 2, 3],
+                voters: vec![1, 2, 4],
+            }),
+        });
+        let bytes = accepted.encode();
+        assert_eq!(HelloReply::decode(&bytes), Ok(accepted));
+        // Cut anywhere, it is refused, never misread.
+        for len in RECORD_HEADER_BYTES..bytes.len() {
+            let mut cut = bytes[..len].to_vec();
+            let body = (len - RECORD_HEADER_BYTES) as u16;
+            cut[6..8].copy_from_slice(&body.to_be_bytes());
+            assert!(HelloReply::decode(&cut).is_err(), "cut to {len}");
+        }
+        // A version-2 acceptance has no cluster field, and reads as before.
+        let v2 = HelloReply::Accepted(Accepted {
+            node_id: 1,
+            version: 2,
+            cluster: None,
+        });
+        assert_eq!(v2.encode().len(), RECORD_HEADER_BYTES + 11);
+        assert_eq!(HelloReply::decode(&v2.encode()), Ok(v2));
     }
 
     #[test]

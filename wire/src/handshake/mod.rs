@@ -34,10 +34,22 @@ pub const MAGIC: [u8; 4] = *b"KVSW";
 /// cannot prove who it is, so version 1 is no longer accepted: a node of either version is
 /// refused by the other with [`HandshakeRefusal::UnsupportedVersion`], which names both
 /// versions (the reply layout is shared by all versions).
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// Version 3 changed the replica-to-replica messages (membership changes: a catch-up
+/// request says whether its sender joins the cluster, a leader hands over), added the
+/// joining replica's hello ([`ReplicaIdentity::joining`]) and the cluster's identity in
+/// the acceptance of one ([`Accepted::cluster`]), and added the membership requests to the
+/// client protocol. Replicas must speak version 3 ([`PEER_PROTOCOL_VERSION_MIN`]); clients
+/// of version 2 are still served (the client protocol only grew).
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// The lowest protocol version this build accepts.
+/// The lowest protocol version this build accepts (from a client; a replica needs
+/// [`PEER_PROTOCOL_VERSION_MIN`]).
 pub const PROTOCOL_VERSION_MIN: u16 = 2;
+
+/// The lowest protocol version this build accepts from a replica: the peer messages of
+/// earlier versions do not carry membership changes.
+pub const PEER_PROTOCOL_VERSION_MIN: u16 = 3;
 
 /// Most members a [`ReplicaIdentity`] may list (the consensus core's limit).
 pub const IDENTITY_MEMBERS_MAX: usize = paxos_core::MEMBERS_MAX;
@@ -82,11 +94,48 @@ pub struct ReplicaIdentity {
     /// The instance id of the replica's data directory: random, created with the directory,
     /// so a wiped or replaced directory has another one.
     pub instance: Uid,
-    /// The member ids the replica believes in, ascending, 1 to [`IDENTITY_MEMBERS_MAX`].
+    /// The ids the cluster was bootstrapped with (the ones its identity was derived from),
+    /// ascending, 1 to [`IDENTITY_MEMBERS_MAX`]. The membership itself changes with the
+    /// replicated log; this list does not.
     pub members: Vec<u64>,
     /// The replica's session-table size (`--sessions-max`): replicas that differ here would
     /// evict different sessions and their state machines would diverge.
     pub sessions_max: u64,
+    /// The replica joins a running cluster with an empty data directory
+    /// (`--initial-cluster-state existing`) and knows neither the cluster identity nor the
+    /// bootstrap members yet: `cluster_uid` and `members` are not sent (they decode as
+    /// zero and empty). A member that admits it answers with them ([`Accepted::cluster`]).
+    /// Version 3 and later.
+    pub joining: bool,
+}
+
+impl ReplicaIdentity {
+    /// The identity of a replica joining a running cluster (see
+    /// [`ReplicaIdentity::joining`]).
+    pub fn joining(instance: Uid, sessions_max: u64) -> Self {
+        ReplicaIdentity {
+            cluster_uid: Uid::default(),
+            instance,
+            members: Vec::new(),
+            sessions_max,
+            joining: true,
+        }
+    }
+}
+
+/// The cluster's identity, as a member tells it to a replica that joins
+/// ([`Accepted::cluster`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// The cluster identity.
+    pub cluster_uid: Uid,
+    /// The ids the cluster was bootstrapped with, ascending (see
+    /// [`ReplicaIdentity::members`]).
+    pub members: Vec<u64>,
+    /// The voters of the latest membership the accepting member knows, ascending: a
+    /// joining replica waits until a majority of them (itself left out) recorded its data
+    /// directory.
+    pub voters: Vec<u64>,
 }
 
 /// Renders member ids as `{1, 2, 3}`.
@@ -163,12 +212,15 @@ impl Hello {
 }
 
 /// What the accepting side learned about itself and the connection when it accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
     /// The accepting node's id.
     pub node_id: u64,
     /// The protocol version both sides speak from now on.
     pub version: u16,
+    /// The cluster's identity, told to a replica that joins
+    /// ([`ReplicaIdentity::joining`]); `None` otherwise. Version 3 and later.
+    pub cluster: Option<ClusterInfo>,
 }
 
 /// The accepting side's answer to a [`Hello`]. See [`layout`] for its bytes.
@@ -209,8 +261,12 @@ pub enum HandshakeRefusal {
         /// The connecting side's cluster id.
         got: String,
     },
-    /// A replica connected with a node id that is not a member of the cluster.
-    #[error("unknown node id {node_id}: not a member of the accepting node's cluster")]
+    /// A replica connected with a node id that is not a member of the cluster (never
+    /// added, not yet known to the accepting node, or removed).
+    #[error(
+        "unknown node id {node_id}: not a member of the accepting node's cluster (a removed \
+         member, or one not added yet: add it with `kvs-client member add`)"
+    )]
     UnknownNode {
         /// The node id the replica gave.
         node_id: u64,
@@ -310,6 +366,9 @@ pub struct HandshakeExpectation {
     /// This node's own identity, if replicas must present a matching one (cluster identity,
     /// membership and session-table size; the instance id is the host's to check).
     pub identity: Option<ReplicaIdentity>,
+    /// What to tell a replica that joins ([`ReplicaIdentity::joining`]) when it is
+    /// accepted; joining replicas are refused when `None`.
+    pub cluster: Option<ClusterInfo>,
 }
 
 impl HandshakeExpectation {
@@ -320,6 +379,7 @@ impl HandshakeExpectation {
             accept_clients: true,
             replicas: None,
             identity: None,
+            cluster: None,
         }
     }
 
@@ -330,6 +390,7 @@ impl HandshakeExpectation {
             accept_clients: false,
             replicas: Some(ids.into_iter().collect()),
             identity: None,
+            cluster: None,
         }
     }
 
@@ -341,19 +402,53 @@ impl HandshakeExpectation {
             ..HandshakeExpectation::replicas(cluster_id, local.members)
         }
     }
+
+    /// The expectation of a peer port of a running cluster member: replicas with one of
+    /// the ids in `members` (the current membership), presenting an identity matching
+    /// `local`, or joining (they are then told `cluster`).
+    pub fn members_of(
+        cluster_id: impl Into<String>,
+        local: ReplicaIdentity,
+        members: impl IntoIterator<Item = u64>,
+        cluster: ClusterInfo,
+    ) -> Self {
+        HandshakeExpectation {
+            identity: Some(local),
+            cluster: Some(cluster),
+            ..HandshakeExpectation::replicas(cluster_id, members)
+        }
+    }
 }
 
 /// Decides whether to accept a [`Hello`]: a pure function.
 ///
 /// Checks, in order: the magic, the version (within
-/// [`PROTOCOL_VERSION_MIN`]`..=`[`PROTOCOL_VERSION`]), the cluster id, the role, then, for
-/// a replica where `expected.identity` is set, its identity: the membership first (the
-/// most useful difference to name), then the session-table size, then the cluster identity.
+/// [`PROTOCOL_VERSION_MIN`]`..=`[`PROTOCOL_VERSION`], and at least
+/// [`PEER_PROTOCOL_VERSION_MIN`] for a replica), the cluster id, the role, then, for a
+/// replica where `expected.identity` is set, its identity: the membership first (the most
+/// useful difference to name), then the session-table size, then the cluster identity. A
+/// joining replica ([`ReplicaIdentity::joining`]) is checked for its session-table size
+/// only, and only where `expected.cluster` is set.
 pub fn check_hello(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
     check_header(hello, expected)?;
+    if matches!(hello.role, PeerRole::Replica(_)) && hello.version < PEER_PROTOCOL_VERSION_MIN {
+        return Err(HandshakeRefusal::UnsupportedVersion {
+            got: hello.version,
+            min: PEER_PROTOCOL_VERSION_MIN,
+            max: PROTOCOL_VERSION,
+        });
+    }
     check_role(hello, expected)?;
     match (hello.role, &expected.identity) {
         (PeerRole::Replica(node_id), Some(local)) => match &hello.identity {
+            Some(remote) if remote.joining && expected.cluster.is_none() => {
+                Err(HandshakeRefusal::Malformed {
+                    reason: format!(
+                        "replica {node_id} joins the cluster, but this node takes no joining \
+                         replica (it is joining itself)"
+                    ),
+                })
+            }
             Some(remote) => check_identity(local, remote),
             None => Err(HandshakeRefusal::MissingIdentity { node_id }),
         },
@@ -362,10 +457,21 @@ pub fn check_hello(hello: &Hello, expected: &HandshakeExpectation) -> Result<(),
 }
 
 /// Compares a connecting replica's identity with this node's, all but the instance id.
+/// A joining replica's is compared for its session-table size only: it knows nothing
+/// else yet.
 pub fn check_identity(
     local: &ReplicaIdentity,
     remote: &ReplicaIdentity,
 ) -> Result<(), HandshakeRefusal> {
+    if remote.joining {
+        if remote.sessions_max != local.sessions_max {
+            return Err(HandshakeRefusal::SessionsMaxMismatch {
+                expected: local.sessions_max,
+                got: remote.sessions_max,
+            });
+        }
+        return Ok(());
+    }
     if remote.members != local.members {
         return Err(HandshakeRefusal::MembershipMismatch {
             expected: local.members.clone(),
