@@ -89,7 +89,11 @@ impl Server {
                 }
                 Output::SendSnapshot { .. } => unreachable!("this example never compacts"),
                 // Nothing here is ever repaired (no disk is damaged).
-                Output::Repaired => {}
+                // This example never changes its membership.
+                Output::Repaired
+                | Output::Reconfigured { .. }
+                | Output::ReconfigDropped { .. }
+                | Output::Removed => {}
             }
         }
     }

@@ -14,7 +14,10 @@ pub const HELD_REPLIES_MAX_DEFAULT: usize = 65_536;
 pub struct Config {
     /// This replica's id; must be one of `members`.
     pub id: NodeId,
-    /// Every member of the cluster, this one included. Quorums are majorities of this list.
+    /// The voters a new cluster starts with, this one included (quorums are majorities of
+    /// the voters). Used only when the replica has no membership of its own yet: once a
+    /// cluster exists, its membership is replicated state (see
+    /// [`membership`](crate::membership)) recovered from the host's snapshot and log.
     pub members: Vec<NodeId>,
     /// How often a leader sends heartbeats (which also carry the commit index and read-index
     /// rounds) and retransmits unacknowledged Accepts.
@@ -50,6 +53,12 @@ pub struct Config {
     /// already held is never dropped, so the count stays within this bound plus what the
     /// single input that reached it added. Default [`HELD_REPLIES_MAX_DEFAULT`].
     pub held_replies_max: usize,
+    /// The reconfiguration delay α a new cluster starts with (see
+    /// [`MembershipLog`](crate::MembershipLog)); later it comes from the membership log.
+    pub reconfig_delay_slots: u64,
+    /// A learner may be promoted to voter only while its commit index is at most this many
+    /// slots behind the leader's (and it answered the leader recently).
+    pub promote_lag_max: u64,
 }
 
 impl Config {
@@ -69,10 +78,13 @@ impl Config {
             catchup_entries_max: 256,
             snapshot_resend_interval_ms: 2_000,
             held_replies_max: HELD_REPLIES_MAX_DEFAULT,
+            reconfig_delay_slots: crate::membership::RECONFIG_DELAY_DEFAULT,
+            promote_lag_max: 128,
         }
     }
 
-    /// Checks that the configuration is usable, naming the first problem found.
+    /// Checks that the configuration is usable to start a new cluster's member (the
+    /// member list included), naming the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.members.is_empty() || self.members.len() > MEMBERS_MAX {
             return Err(ConfigError::MemberCount(self.members.len()));
@@ -85,6 +97,12 @@ impl Config {
         if !self.members.contains(&self.id) {
             return Err(ConfigError::NotAMember(self.id));
         }
+        self.validate_limits()
+    }
+
+    /// Checks the timing and limits only (a replica whose membership comes from its
+    /// durable state or from the cluster it joins does not use `members`).
+    pub fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval_ms == 0 {
             return Err(ConfigError::Timing("heartbeat_interval_ms must be above 0"));
         }
@@ -104,6 +122,7 @@ impl Config {
             || self.inflight_bytes_max == 0
             || self.catchup_entries_max == 0
             || self.held_replies_max == 0
+            || self.reconfig_delay_slots == 0
         {
             return Err(ConfigError::Limit(
                 "batch, in-flight, catch-up and held-reply limits must be above 0",

@@ -83,6 +83,7 @@ pub mod acceptor;
 mod ballot;
 mod config;
 pub mod learner;
+pub mod membership;
 mod message;
 mod persist;
 pub mod proposer;
@@ -99,9 +100,13 @@ mod tests;
 
 pub use ballot::{Ballot, NodeId, Slot};
 pub use config::{Config, ConfigError, HELD_REPLIES_MAX_DEFAULT, MEMBERS_MAX};
+pub use membership::{
+    Change, ChangeError, ConfigId, Member, Membership, MembershipLog, Reconfig,
+    RECONFIG_DELAY_DEFAULT,
+};
 pub use message::Message;
 pub use persist::{PersistEntry, RecoveredState};
 pub use proposer::Role;
-pub use replica::{Output, ProposeError, Replica, SLOT_SPAN_MAX};
+pub use replica::{Output, ProposeError, ReconfigError, Replica, SLOT_SPAN_MAX};
 pub use rng::Rng;
 pub use value::{Entry, Value};

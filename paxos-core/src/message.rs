@@ -82,6 +82,9 @@ pub enum Message {
     CatchUpRequest {
         /// The first slot the requester is missing.
         from_slot: Slot,
+        /// The requester joins the cluster and knows no membership yet: it needs a
+        /// snapshot (which carries the membership), not log entries.
+        joining: bool,
     },
     /// Reply to a catch-up request: chosen values in slot order.
     CatchUp {
@@ -93,6 +96,12 @@ pub enum Message {
     /// Repairing replica → all: my durable state was damaged; tell me your promise, and
     /// where your log ends if you lead. (See [`Replica::recover_for_repair`](crate::Replica::recover_for_repair).)
     RepairQuery,
+    /// Leader → voter: I am leaving (I am no longer a voter); start an election now
+    /// instead of waiting for your election timeout.
+    HandOver {
+        /// The departing leader's ballot.
+        ballot: Ballot,
+    },
     /// Reply to a repair query.
     RepairInfo {
         /// The sender's promised ballot (meaningless when `repairing`).
@@ -121,6 +130,7 @@ impl Message {
             Message::CatchUpRequest { .. } => "catch-up-request",
             Message::CatchUp { .. } => "catch-up",
             Message::RepairQuery => "repair-query",
+            Message::HandOver { .. } => "hand-over",
             Message::RepairInfo { .. } => "repair-info",
         }
     }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::ballot::{Ballot, Slot};
+use crate::membership::MembershipLog;
 use crate::value::{Entry, Value};
 
 /// One record the host must make durable, in order, when it is handed a
@@ -50,6 +51,10 @@ pub struct RecoveredState {
     /// The slot the host's snapshot covers up to (exclusive): the state machine already
     /// holds the effect of every slot below it. Set by the host after loading its snapshot.
     pub snapshot_slot: Slot,
+    /// The membership log as of `snapshot_slot`, stored with the host's snapshot. `None`
+    /// for a cluster that never took one: the replica then starts from the members in its
+    /// [`Config`](crate::Config), and the changes chosen since are replayed from the log.
+    pub membership: Option<MembershipLog>,
 }
 
 impl RecoveredState {

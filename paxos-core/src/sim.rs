@@ -13,7 +13,16 @@
 //! - linearizable reads: a read released by read-index reflects every command acknowledged
 //!   before the read was issued.
 //!
-//! After the fault phase everything heals; all replicas must then converge on the same
+//! - membership (when membership changes are on): a vote in slot `s` exists only once the
+//!   membership governing `s` is decided (every slot up to `s - delay` delivered), and a
+//!   slot counts as chosen only by a majority of the voters of that membership, which the
+//!   simulator derives from the delivered log on its own.
+//!
+//! With membership changes on, a driver adds learners (fresh ids, started empty to join),
+//! promotes them, and removes voters and learners (the leader too), with stale
+//! configuration ids and forced removals mixed in, through the faults.
+//!
+//! After the fault phase everything heals; all members must then converge on the same
 //! sequence, including commands proposed after the heal, within a time bound (liveness).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,6 +30,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
+use crate::membership::{Change, Membership, MembershipLog, Reconfig};
 use crate::replica::PlantedBug;
 use crate::{
     Config, Message, NodeId, Output, PersistEntry, RecoveredState, Replica, Rng, Slot, Value,
@@ -109,6 +119,10 @@ pub(crate) struct SimOptions {
     pub faults: Faults,
     pub bug: Option<PlantedBug>,
     pub trace: bool,
+    /// Ids beyond `nodes` the membership driver may add (0: membership never changes).
+    pub spares: usize,
+    /// The membership driver proposes a change this often.
+    pub reconfig_interval_ms: u64,
 }
 
 impl SimOptions {
@@ -124,6 +138,8 @@ impl SimOptions {
             faults: Faults::standard(),
             bug: None,
             trace: false,
+            spares: 0,
+            reconfig_interval_ms: 250,
         }
     }
 }
@@ -140,6 +156,9 @@ pub(crate) struct Stats {
     pub messages_lost: u64,
     pub reads_checked: u64,
     pub snapshots_installed: u64,
+    /// Membership changes applied (as delivered), and proposals the leader refused.
+    pub reconfigs_applied: u64,
+    pub reconfigs_refused: u64,
 }
 
 enum Event {
@@ -152,6 +171,7 @@ enum Event {
         to: NodeId,
         slot: Slot,
         values: Vec<Value>,
+        membership: MembershipLog,
     },
     Durable {
         node: NodeId,
@@ -177,8 +197,15 @@ struct Node {
     /// Batches handed out but not durable yet.
     in_flight_writes: BTreeMap<u64, Vec<PersistEntry>>,
     last_write_done_ms: u64,
-    /// The durable state-machine snapshot: every value below `snapshot.0`.
-    snapshot: (Slot, Vec<Value>),
+    /// The durable state-machine snapshot: every value below `snapshot.0`, and the
+    /// membership log as of that slot (`None` for a joiner that has none yet).
+    snapshot: (Slot, Vec<Value>, Option<MembershipLog>),
+    /// The host's membership log as of what it applied (a host keeps its own, applying
+    /// each delivered change, so that its snapshots carry the right one).
+    mlog: Option<MembershipLog>,
+    /// Started (an initial member, or a joiner the driver started), and not yet removed.
+    started: bool,
+    removed: bool,
     /// The state machine: the delivered values, slot by slot, from slot 0.
     applied: Vec<Value>,
     /// Reads issued here: read id -> the applied length it must reach.
@@ -193,6 +220,10 @@ struct Sim {
     events: BTreeMap<(u64, u64), Event>,
     nodes: Vec<Node>,
     members: Vec<NodeId>,
+    /// Every id, spares included (partitions cut their links too).
+    all_ids: Vec<NodeId>,
+    /// The membership log derived by the simulator from the delivered log alone.
+    ghost: MembershipLog,
     blocked: BTreeSet<(NodeId, NodeId)>,
     faults_on: bool,
     stats: Stats,
@@ -239,7 +270,14 @@ pub(crate) fn run(opts: SimOptions) -> Result<Stats, String> {
 impl Sim {
     fn new(opts: SimOptions) -> Self {
         let members: Vec<NodeId> = (1..=opts.nodes as u64).collect();
+        let all_ids: Vec<NodeId> = (1..=(opts.nodes + opts.spares) as u64).collect();
+        let initial = MembershipLog::new(
+            SIM_RECONFIG_DELAY,
+            Membership::initial(&members, &BTreeMap::new()),
+        );
         let mut sim = Sim {
+            all_ids: all_ids.clone(),
+            ghost: initial.clone(),
             rng: Rng::new(opts.seed),
             now_ms: 0,
             seq: 0,
@@ -260,18 +298,29 @@ impl Sim {
             trace: Vec::new(),
             opts,
         };
-        for &id in &members {
-            let replica = sim.boot(id, &RecoveredState::default());
+        for &id in &all_ids {
+            let member = members.contains(&id);
+            let replica = member.then(|| {
+                let state = RecoveredState {
+                    membership: Some(initial.clone()),
+                    ..RecoveredState::default()
+                };
+                sim.boot(id, &state)
+            });
+            let mlog = member.then(|| initial.clone());
             sim.nodes.push(Node {
                 id,
-                replica: Some(replica),
+                replica,
+                mlog: mlog.clone(),
+                started: member,
+                removed: false,
                 incarnation: 0,
                 disk: Vec::new(),
                 durable_promised: crate::Ballot::ZERO,
                 led: None,
                 in_flight_writes: BTreeMap::new(),
                 last_write_done_ms: 0,
-                snapshot: (0, Vec::new()),
+                snapshot: (0, Vec::new(), mlog),
                 applied: Vec::new(),
                 reads: HashMap::new(),
             });
@@ -289,13 +338,19 @@ impl Sim {
         c.inflight_bytes_max = 256;
         c.catchup_entries_max = 16;
         c.snapshot_resend_interval_ms = 200;
+        c.reconfig_delay_slots = SIM_RECONFIG_DELAY;
         c
     }
 
     fn boot(&mut self, id: NodeId, state: &RecoveredState) -> Replica {
         let seed = self.rng.next_u64();
         let config = self.config(id);
-        let mut r = match Replica::recover(config, seed, self.now_ms, state) {
+        let booted = if state.membership.is_none() {
+            Replica::join(config, seed, self.now_ms)
+        } else {
+            Replica::recover(config, seed, self.now_ms, state)
+        };
+        let mut r = match booted {
             Ok(r) => r,
             Err(e) => panic!("simulator built an invalid config: {e}"),
         };
@@ -326,13 +381,19 @@ impl Sim {
         let mut next_propose = 1;
         let mut next_read = 7;
         let mut next_fault = 100;
+        let mut next_reconfig = if self.opts.spares > 0 {
+            self.opts.reconfig_interval_ms
+        } else {
+            u64::MAX
+        };
         // Phase 1: faults on.
         while self.now_ms < fault_end {
             let t = self
                 .next_time()
                 .min(next_propose)
                 .min(next_read)
-                .min(next_fault);
+                .min(next_fault)
+                .min(next_reconfig);
             self.now_ms = t.max(self.now_ms);
             if self.now_ms >= fault_end {
                 break;
@@ -349,14 +410,19 @@ impl Sim {
                 next_fault = self.now_ms + 100;
                 self.inject_fault();
             }
+            if self.now_ms >= next_reconfig {
+                next_reconfig = self.now_ms + self.opts.reconfig_interval_ms;
+                self.reconfigure_random()?;
+            }
             self.step()?;
         }
         // Phase 2: heal everything, then require convergence.
         self.faults_on = false;
         self.blocked.clear();
         for i in 0..self.nodes.len() {
-            if self.nodes[i].replica.is_none() {
-                let id = self.nodes[i].id;
+            let n = &self.nodes[i];
+            if n.replica.is_none() && n.started && !n.removed {
+                let id = n.id;
                 self.restart(id)?;
             }
         }
@@ -402,10 +468,23 @@ impl Sim {
             .collect()
     }
 
+    /// Every member of the latest membership has applied the same log, which holds the
+    /// chosen slots.
     fn converged(&self, chosen_slots: &[Slot]) -> bool {
         let need = chosen_slots.iter().max().map_or(0, |s| s + 1);
-        let len0 = self.nodes[0].applied.len();
-        len0 as u64 >= need && self.nodes.iter().all(|n| n.applied.len() == len0)
+        let members: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| self.ghost.latest().contains(n.id))
+            .collect();
+        let Some(first) = members.first() else {
+            return false;
+        };
+        let len0 = first.applied.len();
+        len0 as u64 >= need
+            && members
+                .iter()
+                .all(|n| n.applied.len() == len0 && n.replica.is_some())
     }
 
     fn next_time(&self) -> u64 {
@@ -533,9 +612,17 @@ impl Sim {
                 }
                 self.drain(node)?;
             }
-            Event::Snapshot { to, slot, values } => {
+            Event::Snapshot {
+                to,
+                slot,
+                values,
+                membership,
+            } => {
                 let i = self.idx(to);
-                if self.nodes[i].replica.is_none() || slot <= self.nodes[i].applied.len() as u64 {
+                let joining = self.nodes[i].mlog.is_none();
+                if self.nodes[i].replica.is_none()
+                    || (slot <= self.nodes[i].applied.len() as u64 && !joining)
+                {
                     return Ok(());
                 }
                 for (s, v) in values.iter().enumerate() {
@@ -544,10 +631,11 @@ impl Sim {
                 self.log(|| format!("node {to} installs snapshot at {slot}"));
                 self.stats.snapshots_installed += 1;
                 self.nodes[i].applied = values.clone();
-                self.nodes[i].snapshot = (slot, values);
+                self.nodes[i].mlog = Some(membership.clone());
+                self.nodes[i].snapshot = (slot, values, Some(membership.clone()));
                 self.rewrite_disk(i);
                 if let Some(r) = self.nodes[i].replica.as_mut() {
-                    r.install_snapshot(now, slot);
+                    r.install_snapshot(now, slot, membership);
                 }
                 self.drain(to)?;
             }
@@ -571,9 +659,11 @@ impl Sim {
             state.apply(e);
         }
         state.snapshot_slot = self.nodes[i].snapshot.0;
+        state.membership = self.nodes[i].snapshot.2.clone();
         let replica = self.boot(id, &state);
         let n = &mut self.nodes[i];
         n.applied = n.snapshot.1.clone();
+        n.mlog = n.snapshot.2.clone();
         n.replica = Some(replica);
         n.reads.clear();
         self.log(|| format!("node {id} restarts from disk"));
@@ -606,7 +696,7 @@ impl Sim {
             let id = if !writing.is_empty() && self.rng.chance(0.5) {
                 writing[self.rng.range_inclusive(0, writing.len() as u64 - 1) as usize]
             } else {
-                self.rng.range_inclusive(1, self.nodes.len() as u64)
+                self.rng.range_inclusive(1, self.opts.nodes as u64)
             };
             if self.nodes[self.idx(id)].replica.is_some() {
                 self.crash(id);
@@ -614,13 +704,13 @@ impl Sim {
         }
         if self.blocked.is_empty() && self.rng.chance(self.opts.faults.partition_chance) {
             self.stats.partitions += 1;
-            let n = self.nodes.len() as u64;
+            let n = self.opts.nodes as u64;
             let shape = self.rng.range_inclusive(0, if n >= 5 { 4 } else { 3 });
             match shape {
                 0 => {
                     // Isolate one replica both ways.
                     let x = self.rng.range_inclusive(1, n);
-                    for &m in &self.members {
+                    for &m in &self.all_ids {
                         if m != x {
                             self.blocked.insert((x, m));
                             self.blocked.insert((m, x));
@@ -630,13 +720,13 @@ impl Sim {
                 1 => {
                     // Split into a random minority and majority.
                     let mut side: Vec<NodeId> = Vec::new();
-                    for &m in &self.members {
+                    for &m in &self.all_ids {
                         if self.rng.chance(0.4) {
                             side.push(m);
                         }
                     }
                     for &a in &side {
-                        for &b in &self.members {
+                        for &b in &self.all_ids {
                             if !side.contains(&b) {
                                 self.blocked.insert((a, b));
                                 self.blocked.insert((b, a));
@@ -649,7 +739,7 @@ impl Sim {
                     // (a leader that keeps talking but hears nobody).
                     let x = self.rng.range_inclusive(1, n);
                     let outgoing = self.rng.chance(0.5);
-                    for &m in &self.members {
+                    for &m in &self.all_ids {
                         if m != x {
                             self.blocked.insert(if outgoing { (x, m) } else { (m, x) });
                         }
@@ -764,17 +854,48 @@ impl Sim {
                 Output::ReadAborted { id: read, .. } => {
                     self.nodes[i].reads.remove(&read);
                 }
-                Output::ProposalsDropped { .. } | Output::Repaired => {}
+                Output::ProposalsDropped { .. }
+                | Output::Repaired
+                | Output::ReconfigDropped { .. } => {}
+                Output::Reconfigured { slot, outcome, .. } => {
+                    if outcome.is_ok() {
+                        self.stats.reconfigs_applied += 1;
+                    }
+                    let line = format!("node {id} applies the change of slot {slot}: {outcome:?}");
+                    self.log(|| line);
+                }
+                Output::Removed => {
+                    // A removed replica is stopped for good (its id is never reused).
+                    self.log(|| format!("node {id} was removed and stops"));
+                    let n = &mut self.nodes[i];
+                    n.replica = None;
+                    n.removed = true;
+                    n.incarnation += 1;
+                    n.in_flight_writes.clear();
+                    n.reads.clear();
+                    return Ok(());
+                }
                 Output::SendSnapshot { to } => {
                     let n = &self.nodes[i];
-                    let (slot, values) = n.snapshot.clone();
+                    let (slot, values, membership) = n.snapshot.clone();
+                    let Some(membership) = membership else {
+                        continue; // a joiner has no snapshot to give
+                    };
                     self.stats.messages_sent += 1;
                     if self.faults_on && self.blocked.contains(&(id, to)) {
                         continue;
                     }
                     let at = self.now_ms + self.rng.range_inclusive(1, 20);
                     self.log(|| format!("node {id} ships snapshot at {slot} to {to}"));
-                    self.schedule(at, Event::Snapshot { to, slot, values });
+                    self.schedule(
+                        at,
+                        Event::Snapshot {
+                            to,
+                            slot,
+                            values,
+                            membership,
+                        },
+                    );
                 }
             }
         }
@@ -809,6 +930,14 @@ impl Sim {
                     }
                 }
                 self.delivered.insert(slot, value.clone());
+                // Invariant: the delivered log is contiguous from slot 0, so the simulator's
+                // own membership log follows it slot by slot.
+                if self.delivered.len() as u64 != slot + 1 {
+                    return Err(format!("slot {slot} delivered before an earlier slot"));
+                }
+                if let Value::Reconfig(r) = value {
+                    let _ = self.ghost.apply_chosen(slot, r);
+                }
                 self.stats.slots_chosen += 1;
                 self.stats.commands_chosen += value.commands().len() as u64;
                 Ok(())
@@ -825,6 +954,9 @@ impl Sim {
             ));
         }
         self.check_delivery_value(slot, &value)?;
+        if let (Value::Reconfig(r), Some(log)) = (&value, self.nodes[i].mlog.as_mut()) {
+            let _ = log.apply_chosen(slot, r);
+        }
         // A command counts as acknowledged once its proposer applies it (that is when a
         // server would answer the client).
         for cmd in value.commands() {
@@ -835,7 +967,8 @@ impl Sim {
         self.nodes[i].applied.push(value);
         let len = self.nodes[i].applied.len() as u64;
         if len % self.opts.snapshot_every == 0 {
-            self.nodes[i].snapshot = (len, self.nodes[i].applied.clone());
+            let mlog = self.nodes[i].mlog.clone();
+            self.nodes[i].snapshot = (len, self.nodes[i].applied.clone(), mlog);
             self.rewrite_disk(i);
             if let Some(r) = self.nodes[i].replica.as_mut() {
                 r.compact(len);
@@ -863,7 +996,16 @@ impl Sim {
         else {
             return Ok(());
         };
-        let quorum = self.nodes.len() / 2 + 1;
+        // The membership that governs the slot must be decided: every slot up to
+        // `slot - delay` delivered (the delivered log is contiguous from 0).
+        let decided = self.delivered.len() as u64;
+        if *slot >= decided + self.ghost.delay() {
+            return Err(format!(
+                "membership window: node {node} voted in slot {slot} while only slots below {decided} were delivered (delay {})",
+                self.ghost.delay()
+            ));
+        }
+        let governing = self.ghost.at(*slot).clone();
         let entry = self
             .votes
             .entry((*slot, *ballot))
@@ -875,7 +1017,7 @@ impl Sim {
             ));
         }
         entry.1.insert(node);
-        let voters = entry.1.len();
+        let majority = governing.is_quorum(&entry.1);
         if let Some((cb, c)) = self.chosen_by_votes.get(slot) {
             if ballot > cb && c != value {
                 return Err(format!(
@@ -883,7 +1025,7 @@ impl Sim {
                 ));
             }
         }
-        if voters >= quorum {
+        if majority {
             match self.chosen_by_votes.get(slot).map(|(_, c)| c) {
                 Some(c) if c != value => {
                     return Err(format!(
@@ -945,6 +1087,92 @@ impl Sim {
         Ok(None)
     }
 
+    /// The membership driver: asks the leader for a random change that the latest
+    /// membership allows (sometimes with a stale id, sometimes forced), and starts a new
+    /// learner's replica empty, to join.
+    fn reconfigure_random(&mut self) -> Result<(), String> {
+        let Some(leader) = self
+            .nodes
+            .iter()
+            .find(|n| {
+                n.replica
+                    .as_ref()
+                    .is_some_and(|r| r.role() == crate::Role::Leader)
+            })
+            .map(|n| n.id)
+        else {
+            return Ok(());
+        };
+        let latest = self.ghost.latest().clone();
+        let voters: Vec<NodeId> = latest.voters().collect();
+        let learners: Vec<NodeId> = latest.learners().collect();
+        let fresh = self
+            .nodes
+            .iter()
+            .find(|n| !n.started && !latest.contains(n.id))
+            .map(|n| n.id);
+        let pick = |rng: &mut Rng, ids: &[NodeId]| {
+            ids[rng.range_inclusive(0, ids.len() as u64 - 1) as usize]
+        };
+        let roll = self.rng.range_inclusive(0, 99);
+        let change = if !learners.is_empty() && roll < 60 {
+            Change::Promote {
+                id: pick(&mut self.rng, &learners),
+            }
+        } else if !learners.is_empty() && roll < 70 {
+            Change::Remove {
+                id: pick(&mut self.rng, &learners),
+            }
+        } else if let (Some(id), true) = (fresh, voters.len() < self.opts.nodes + 1 || roll < 85) {
+            Change::AddLearner {
+                id,
+                meta: Bytes::new(),
+            }
+        } else if voters.len() > 2 {
+            Change::Remove {
+                id: pick(&mut self.rng, &voters),
+            }
+        } else {
+            return Ok(());
+        };
+        let i = self.idx(leader);
+        let now = self.now_ms;
+        let stale = self.rng.chance(0.1);
+        let force = self.rng.chance(0.2);
+        let Some(r) = self.nodes[i].replica.as_mut() else {
+            return Ok(());
+        };
+        let expected = r.membership_log().latest().id - u64::from(stale);
+        let reconfig = Reconfig {
+            expected,
+            change: change.clone(),
+        };
+        match r.propose_reconfig(now, reconfig, force) {
+            Ok(()) => {
+                self.log(|| {
+                    format!(
+                        "node {leader} proposes {change:?} (expected {expected}, force {force})"
+                    )
+                });
+                if let Change::AddLearner { id, .. } = change {
+                    // The operator starts the new member empty, to join.
+                    let j = self.idx(id);
+                    let replica = self.boot(id, &RecoveredState::default());
+                    let n = &mut self.nodes[j];
+                    n.started = true;
+                    n.replica = Some(replica);
+                    self.drain(leader)?;
+                    return self.drain(id);
+                }
+            }
+            Err(e) => {
+                self.stats.reconfigs_refused += 1;
+                self.log(|| format!("node {leader} refuses {change:?}: {e}"));
+            }
+        }
+        self.drain(leader)
+    }
+
     fn read_random(&mut self) -> Result<(), String> {
         let live = self.live_nodes();
         if live.is_empty() {
@@ -966,6 +1194,10 @@ impl Sim {
         Ok(())
     }
 }
+
+/// The reconfiguration delay in simulated clusters: below the leaders' in-flight limit,
+/// so the window bounds pipelining and changes take effect within a run.
+const SIM_RECONFIG_DELAY: Slot = 4;
 
 /// Seeds to run: `SIM_SEED` replays one; otherwise `SIM_SEEDS` (default `default_count`)
 /// seeds starting at `SIM_SEED_BASE` (default 0).
@@ -1018,6 +1250,8 @@ pub(crate) fn run_many_with(
                 total.messages_lost += s.messages_lost;
                 total.reads_checked += s.reads_checked;
                 total.snapshots_installed += s.snapshots_installed;
+                total.reconfigs_applied += s.reconfigs_applied;
+                total.reconfigs_refused += s.reconfigs_refused;
             }
             Err(e) => failures.push(e),
         }

@@ -3,11 +3,13 @@
 use bytes::Bytes;
 
 use crate::ballot::{Ballot, Slot};
+use crate::membership::Reconfig;
 
 /// The value agreed on in one slot of the log.
 ///
-/// A slot holds either a batch of commands (opaque bytes, in the order they were proposed)
-/// or a no-op that a new leader uses to fill a slot nobody proposed anything for.
+/// A slot holds a batch of commands (opaque bytes, in the order they were proposed), a
+/// no-op that a new leader uses to fill a slot nobody proposed anything for, or a change
+/// of membership (see [`membership`](crate::membership)).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Value {
@@ -15,13 +17,16 @@ pub enum Value {
     Noop,
     /// Commands to apply in order. Never empty.
     Commands(Vec<Bytes>),
+    /// A membership change; it governs slots from its own slot plus the reconfiguration
+    /// delay on (see [`MembershipLog`](crate::MembershipLog)).
+    Reconfig(Reconfig),
 }
 
 impl Value {
     /// The commands of this value (none for a no-op).
     pub fn commands(&self) -> &[Bytes] {
         match self {
-            Value::Noop => &[],
+            Value::Noop | Value::Reconfig(_) => &[],
             Value::Commands(c) => c,
         }
     }

@@ -29,16 +29,16 @@ const KINDS: usize = 9;
 
 fn kind(a: &Action) -> usize {
     match a {
-        Action::Deliver(_) => 0,
+        Action::Deliver(_) | Action::Install(_) => 0,
         Action::DeliverSync(_) => 1,
         Action::Duplicate(_) => 2,
         Action::Drop(_) => 3,
-        Action::Durable(_) => 4,
+        Action::Durable(_) | Action::Snapshot(_) => 4,
         Action::Timeout(_) => 5,
         // A damaged disk is a kind of crash: it shares the crash weight.
         Action::Crash(_) | Action::Corrupt(_) => 6,
         Action::Restart(_) => 7,
-        Action::Propose(_) => 8,
+        Action::Propose(_) | Action::Reconfig(_) => 8,
     }
 }
 

@@ -19,7 +19,17 @@
 //!   ballot, in slot order, and a slot's delivered value never changes, on any replica,
 //!   across restarts included (so delivered sequences are prefixes of one another);
 //! - a slot below a replica's durable commit index is never durably rewritten with another
-//!   value.
+//!   value;
+//! - membership: a vote in slot `s` exists only once the membership that governs `s` is
+//!   decided (every slot up to `s - delay` delivered), and "a majority" always means a
+//!   majority of the voters of the membership that governs the slot, which the world
+//!   derives from the delivered log itself (its ghost membership log).
+//!
+//! A world may hold spare nodes that are not members yet: the adversary asks a leader for
+//! the next scripted membership change ([`Action::Reconfig`]), which starts a spare empty
+//! to join when it adds it; nodes take snapshots ([`Action::Snapshot`]), and snapshots a
+//! leader ships travel separately from messages ([`Action::Install`]), so a snapshot can
+//! be taken or installed in the middle of a change.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -27,6 +37,7 @@ use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 
+use crate::membership::{Change, Membership, MembershipLog, Reconfig};
 use crate::replica::PlantedBug;
 use crate::{
     Ballot, Config, Message, NodeId, Output, PersistEntry, RecoveredState, Replica, Role, Slot,
@@ -60,6 +71,13 @@ pub(crate) enum Action {
     /// The node's disk is damaged beyond its torn tail: it crashes, loses its whole durable
     /// state, and restarts repairing (the worst a damaged log can do).
     Corrupt(NodeId),
+    /// A client asks this node (enabled only where it leads) for the next scripted
+    /// membership change; adding a member starts that spare node, empty, to join.
+    Reconfig(NodeId),
+    /// The node snapshots its state machine (with its membership log) and compacts its log.
+    Snapshot(NodeId),
+    /// The snapshot in flight at this index reaches the node it was shipped to.
+    Install(usize),
 }
 
 impl Action {
@@ -76,6 +94,9 @@ impl Action {
             Action::Restart(n) => format!("r{n}"),
             Action::Propose(n) => format!("p{n}"),
             Action::Corrupt(n) => format!("z{n}"),
+            Action::Reconfig(n) => format!("m{n}"),
+            Action::Snapshot(n) => format!("s{n}"),
+            Action::Install(i) => format!("i{i}"),
         }
     }
 
@@ -95,6 +116,9 @@ impl Action {
             "r" => Action::Restart(n),
             "p" => Action::Propose(n),
             "z" => Action::Corrupt(n),
+            "m" => Action::Reconfig(n),
+            "s" => Action::Snapshot(n),
+            "i" => Action::Install(i),
             _ => return None,
         })
     }
@@ -136,6 +160,12 @@ pub(crate) struct Node {
     pub incarnation: u32,
     /// Restarts must repair: the node's disk was damaged and it has not finished repairing.
     pub repairing: bool,
+    /// A spare that was never started (it is not a member and holds nothing).
+    pub spare: bool,
+    /// The host's membership log as of what it applied (`None` for a joiner without one).
+    pub mlog: Option<MembershipLog>,
+    /// The durable snapshot: every applied value below its slot, and the membership log.
+    pub snapshot: Option<(Vec<Value>, MembershipLog)>,
 }
 
 /// A whole cluster, its network and the adversary's remaining budget.
@@ -147,6 +177,12 @@ pub(crate) struct World {
     /// Values clients will still propose, in order.
     pub values: VecDeque<Bytes>,
     pub budget: Budget,
+    /// Membership changes clients will still ask for, in order.
+    pub changes: VecDeque<Change>,
+    /// Snapshots shipped and not yet installed: (to, slot, values, membership log).
+    pub snaps: Vec<(NodeId, Slot, Vec<Value>, MembershipLog)>,
+    /// The membership log derived from the delivered log alone (never forgets).
+    pub ghost: MembershipLog,
     /// Every acceptance ever made durable: (slot, ballot) -> (value, acceptors).
     pub votes: BTreeMap<(Slot, Ballot), (Value, BTreeSet<NodeId>)>,
     /// The value each slot was first delivered with, by any replica.
@@ -161,12 +197,18 @@ pub(crate) struct World {
 /// The timing the model uses: small numbers keep the explored clocks few.
 pub(crate) fn model_config(id: NodeId, members: &[NodeId]) -> Config {
     let mut c = Config::new(id, members.to_vec());
+    c.reconfig_delay_slots = MODEL_RECONFIG_DELAY;
+    c.promote_lag_max = 1;
     c.heartbeat_interval_ms = 10;
     c.election_timeout_min_ms = 11;
     c.election_timeout_max_ms = 20;
     c.snapshot_resend_interval_ms = 10;
     c
 }
+
+/// The reconfiguration delay in the model: small, so a change takes effect within the
+/// schedules explored, and not 1, so a leader may pipeline past a change.
+pub(crate) const MODEL_RECONFIG_DELAY: Slot = 2;
 
 fn message_key(m: &Message) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -182,8 +224,28 @@ impl World {
         budget: Budget,
         bug: Option<PlantedBug>,
     ) -> World {
+        World::with_spares(nodes, 0, values, &[], budget, bug)
+    }
+
+    /// `nodes` fresh members and `spares` more nodes (the next ids) that are not members
+    /// until a scripted change in `changes` adds them.
+    pub(crate) fn with_spares(
+        nodes: usize,
+        spares: usize,
+        values: &[&'static str],
+        changes: &[Change],
+        budget: Budget,
+        bug: Option<PlantedBug>,
+    ) -> World {
         let members: Vec<NodeId> = (1..=nodes as u64).collect();
+        let initial = MembershipLog::new(
+            MODEL_RECONFIG_DELAY,
+            Membership::initial(&members, &BTreeMap::new()),
+        );
         let mut w = World {
+            changes: changes.iter().cloned().collect(),
+            snaps: Vec::new(),
+            ghost: initial.clone(),
             nodes: Vec::new(),
             net: Vec::new(),
             values: values
@@ -197,16 +259,23 @@ impl World {
             trace: None,
             last_delivered: None,
         };
-        for &id in &members {
+        for id in 1..=(nodes + spares) as u64 {
+            let spare = id > nodes as u64;
             w.nodes.push(Node {
                 id,
                 replica: None,
-                durable: RecoveredState::default(),
+                durable: RecoveredState {
+                    membership: (!spare).then(|| initial.clone()),
+                    ..RecoveredState::default()
+                },
                 pending: VecDeque::new(),
                 applied: Vec::new(),
                 now_ms: 0,
                 incarnation: 0,
                 repairing: false,
+                spare,
+                mlog: (!spare).then(|| initial.clone()),
+                snapshot: None,
             });
         }
         for &id in &members {
@@ -223,11 +292,11 @@ impl World {
     }
 
     fn members(&self) -> Vec<NodeId> {
-        self.nodes.iter().map(|n| n.id).collect()
-    }
-
-    fn quorum(&self) -> usize {
-        self.nodes.len() / 2 + 1
+        self.nodes
+            .iter()
+            .filter(|n| !n.spare)
+            .map(|n| n.id)
+            .collect()
     }
 
     fn idx(&self, id: NodeId) -> usize {
@@ -253,6 +322,8 @@ impl World {
             self.net.hash(h);
             self.values.hash(h);
             self.budget.hash(h);
+            self.changes.hash(h);
+            self.snaps.hash(h);
             self.votes.hash(h);
             self.delivered.hash(h);
         }
@@ -302,8 +373,24 @@ impl World {
                     if !self.values.is_empty() && r.role() == Role::Leader {
                         out.push(Action::Propose(n.id));
                     }
+                    if !self.changes.is_empty() && r.role() == Role::Leader {
+                        out.push(Action::Reconfig(n.id));
+                    }
+                    let membership_world = !self.changes.is_empty() || self.ghost.latest().id > 1;
+                    if membership_world
+                        && n.mlog.is_some()
+                        && n.snapshot.as_ref().map_or(0, |(v, _)| v.len()) < n.applied.len()
+                    {
+                        out.push(Action::Snapshot(n.id));
+                    }
                 }
+                None if n.spare => {}
                 None => out.push(Action::Restart(n.id)),
+            }
+        }
+        for (i, (to, ..)) in self.snaps.iter().enumerate() {
+            if self.node(*to).replica.is_some() {
+                out.push(Action::Install(i));
             }
         }
         out
@@ -396,10 +483,37 @@ impl World {
                 n.pending.clear();
                 n.applied.clear();
                 n.durable = RecoveredState::default();
+                n.snapshot = None;
                 n.incarnation += 1;
                 n.repairing = true;
                 self.log(|| format!("node {id}: disk damaged, durable state lost; repairing"));
                 self.boot(id)
+            }
+            Action::Reconfig(id) => self.reconfigure(id),
+            Action::Snapshot(id) => {
+                let k = self.idx(id);
+                let n = &mut self.nodes[k];
+                let Some(mlog) = n.mlog.clone() else {
+                    return Err(Violation(format!(
+                        "snapshot at node {id}, which has no membership"
+                    )));
+                };
+                let slot = n.applied.len() as Slot;
+                n.snapshot = Some((n.applied.clone(), mlog.clone()));
+                n.durable.snapshot_slot = slot;
+                n.durable.membership = Some(mlog);
+                if let Some(r) = n.replica.as_mut() {
+                    r.compact(slot);
+                }
+                self.log(|| format!("node {id} snapshots at slot {slot}"));
+                self.drain(id)
+            }
+            Action::Install(i) => {
+                if i >= self.snaps.len() {
+                    return Err(Violation(format!("no snapshot #{i} in flight")));
+                }
+                let (to, slot, values, mlog) = self.snaps.remove(i);
+                self.install(to, slot, values, mlog)
             }
             Action::Propose(id) => {
                 let k = self.idx(id);
@@ -422,10 +536,18 @@ impl World {
     fn boot(&mut self, id: NodeId) -> Result<(), Violation> {
         let k = self.idx(id);
         let members = self.members();
-        let n = &self.nodes[k];
+        let n = &mut self.nodes[k];
         let seed = id * 1_000 + u64::from(n.incarnation);
         let config = model_config(id, &members);
-        let booted = if n.repairing && self.bug != Some(PlantedBug::RepairSkipped) {
+        n.applied = n
+            .snapshot
+            .as_ref()
+            .map(|(v, _)| v.clone())
+            .unwrap_or_default();
+        n.mlog = n.durable.membership.clone();
+        let booted = if n.durable.membership.is_none() && !n.repairing {
+            Replica::join(config, seed, n.now_ms)
+        } else if n.repairing && self.bug != Some(PlantedBug::RepairSkipped) {
             Replica::recover_for_repair(config, seed, n.now_ms, &n.durable)
         } else {
             Replica::recover(config, seed, n.now_ms, &n.durable)
@@ -458,9 +580,76 @@ impl World {
         self.check_durable(id)
     }
 
+    /// The next scripted membership change, asked of leader `id` (against its latest
+    /// membership, forced past the liveness check: the adversary wants every change it
+    /// can get). A refusal changes nothing. Adding a member starts that spare, empty.
+    fn reconfigure(&mut self, id: NodeId) -> Result<(), Violation> {
+        let k = self.idx(id);
+        let now = self.nodes[k].now_ms;
+        let Some(change) = self.changes.front().cloned() else {
+            return Err(Violation("no membership change left".into()));
+        };
+        let Some(r) = self.nodes[k].replica.as_mut() else {
+            return Err(Violation(format!("change at node {id}, which is down")));
+        };
+        let reconfig = Reconfig {
+            expected: r.membership_log().latest().id,
+            change: change.clone(),
+        };
+        if let Err(e) = r.propose_reconfig(now, reconfig, true) {
+            self.log(|| format!("node {id} refuses {change:?}: {e}"));
+            return Ok(());
+        }
+        self.changes.pop_front();
+        self.log(|| format!("node {id} proposes {change:?}"));
+        if let Change::AddLearner { id: new, .. } = change {
+            let j = self.idx(new);
+            if self.nodes[j].spare {
+                self.nodes[j].spare = false;
+                self.drain(id)?;
+                return self.boot(new);
+            }
+        }
+        self.drain(id)
+    }
+
+    /// A shipped snapshot reaches `to`, which installs it durably if it is newer than what
+    /// it applied (or it has no membership yet).
+    fn install(
+        &mut self,
+        to: NodeId,
+        slot: Slot,
+        values: Vec<Value>,
+        mlog: MembershipLog,
+    ) -> Result<(), Violation> {
+        let k = self.idx(to);
+        let n = &mut self.nodes[k];
+        if n.replica.is_none() || (slot <= n.applied.len() as Slot && n.mlog.is_some()) {
+            return Ok(());
+        }
+        for (s, v) in values.iter().enumerate() {
+            if self.delivered.get(&(s as Slot)) != Some(v) {
+                return Err(Violation(format!(
+                    "a snapshot shipped to node {to} holds {v:?} in slot {s}, never delivered so"
+                )));
+            }
+        }
+        let n = &mut self.nodes[k];
+        n.applied = values.clone();
+        n.mlog = Some(mlog.clone());
+        n.snapshot = Some((values, mlog.clone()));
+        n.durable.snapshot_slot = slot;
+        n.durable.membership = Some(mlog.clone());
+        let now = n.now_ms;
+        if let Some(r) = n.replica.as_mut() {
+            r.install_snapshot(now, slot, mlog);
+        }
+        self.log(|| format!("node {to} installs a snapshot at slot {slot}"));
+        self.drain(to)
+    }
+
     /// One record reaches node `id`'s disk: update the ghost vote record.
     fn record_durable(&mut self, id: NodeId, e: PersistEntry) -> Result<(), Violation> {
-        let quorum = self.quorum();
         let k = self.idx(id);
         if let PersistEntry::Accepted {
             slot,
@@ -468,6 +657,14 @@ impl World {
             value,
         } = &e
         {
+            // The membership that governs the slot must be decided: every slot up to
+            // `slot - delay` delivered (the delivered log is contiguous from 0).
+            let decided = self.delivered.len() as Slot;
+            if *slot >= decided + self.ghost.delay() {
+                return Err(Violation(format!(
+                    "membership window: node {id} durably accepted slot {slot} while only slots below {decided} were delivered"
+                )));
+            }
             let d = &self.nodes[k].durable;
             if *slot < d.commit {
                 if let Some((_, old)) = d.accepted.get(slot) {
@@ -490,7 +687,7 @@ impl World {
                 )));
             }
             entry.1.insert(id);
-            self.check_chosen_stable(*slot, quorum)?;
+            self.check_chosen_stable(*slot)?;
         }
         self.nodes[k].durable.apply(e);
         Ok(())
@@ -498,7 +695,8 @@ impl World {
 
     /// Once a majority accepted a value in `slot` under some ballot, every acceptance there
     /// under a higher ballot carries the same value.
-    fn check_chosen_stable(&self, slot: Slot, quorum: usize) -> Result<(), Violation> {
+    fn check_chosen_stable(&self, slot: Slot) -> Result<(), Violation> {
+        let governing = self.ghost.at(slot);
         let mut chosen: Option<(Ballot, &Value)> = None;
         for ((s, ballot), (value, voters)) in self.votes.range((slot, Ballot::ZERO)..) {
             if *s != slot {
@@ -510,7 +708,7 @@ impl World {
                         "slot {slot}: {cv:?} was chosen under {cb}, yet {value:?} was accepted under the higher ballot {ballot}"
                     )));
                 }
-            } else if voters.len() >= quorum {
+            } else if governing.is_quorum(voters) {
                 chosen = Some((*ballot, value));
             }
         }
@@ -531,11 +729,11 @@ impl World {
 
     /// Whether a majority durably accepted `value` in `slot` under one ballot.
     fn chosen_by_votes(&self, slot: Slot, value: &Value) -> bool {
-        let quorum = self.quorum();
+        let governing = self.ghost.at(slot);
         self.votes
             .range((slot, Ballot::ZERO)..)
             .take_while(|((s, _), _)| *s == slot)
-            .any(|(_, (v, voters))| v == value && voters.len() >= quorum)
+            .any(|(_, (v, voters))| v == value && governing.is_quorum(voters))
     }
 
     /// Carries out every output of node `id`.
@@ -564,7 +762,16 @@ impl World {
                 Output::ReadReady { .. }
                 | Output::ReadAborted { .. }
                 | Output::ProposalsDropped { .. }
-                | Output::SendSnapshot { .. } => {}
+                | Output::ReconfigDropped { .. }
+                | Output::Reconfigured { .. }
+                | Output::Removed => {}
+                Output::SendSnapshot { to } => {
+                    if let Some((values, mlog)) = self.nodes[k].snapshot.clone() {
+                        let slot = values.len() as Slot;
+                        self.log(|| format!("node {id} ships its snapshot at {slot} to {to}"));
+                        self.snaps.push((to, slot, values, mlog));
+                    }
+                }
             }
         }
         if sent {
@@ -591,12 +798,18 @@ impl World {
             Some(_) => {}
             None => {
                 self.delivered.insert(slot, value.clone());
+                if let Value::Reconfig(r) = &value {
+                    let _ = self.ghost.apply_chosen(slot, r);
+                }
             }
         }
         if !self.chosen_by_votes(slot, &value) {
             return Err(Violation(format!(
                 "node {id} delivered slot {slot} as {value:?}, which no majority durably accepted under one ballot"
             )));
+        }
+        if let (Value::Reconfig(r), Some(log)) = (&value, self.nodes[k].mlog.as_mut()) {
+            let _ = log.apply_chosen(slot, r);
         }
         self.nodes[k].applied.push(value);
         Ok(())

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ballot::{Ballot, NodeId, Slot};
+use crate::membership::Membership;
 use crate::value::{Entry, Value};
 
 /// A candidate's phase 1 in progress.
@@ -17,6 +18,10 @@ pub(crate) struct Candidacy {
     pub promises: BTreeMap<NodeId, (Slot, Vec<Entry>)>,
     /// Acceptors that refused because they still follow a live leader.
     pub refusals: BTreeSet<NodeId>,
+    /// The memberships that govern the slots the candidate may propose in at once (from
+    /// `from_slot` up to what its delivered log determines): it needs a majority of the
+    /// voters of each.
+    pub required: Vec<Membership>,
 }
 
 /// What a promise did to a candidacy.
@@ -45,14 +50,27 @@ pub(crate) enum RefusalOutcome {
 }
 
 impl Candidacy {
-    /// A candidacy under `ballot` for the slots from `from_slot` on, nothing collected yet.
-    pub fn new(ballot: Ballot, from_slot: Slot) -> Self {
+    /// A candidacy under `ballot` for the slots from `from_slot` on, which needs a majority
+    /// of every membership in `required` (never empty); nothing collected yet.
+    pub fn new(ballot: Ballot, from_slot: Slot, required: Vec<Membership>) -> Self {
+        debug_assert!(!required.is_empty(), "a candidacy that needs no quorum");
         Candidacy {
             ballot,
             from_slot,
             promises: BTreeMap::new(),
             refusals: BTreeSet::new(),
+            required,
         }
+    }
+
+    /// Whether `ids` hold a majority of the voters of every required membership.
+    pub fn is_quorum(&self, ids: &BTreeSet<NodeId>) -> bool {
+        self.required.iter().all(|m| m.is_quorum(ids))
+    }
+
+    /// The acceptors that promised.
+    pub fn promisers(&self) -> BTreeSet<NodeId> {
+        self.promises.keys().copied().collect()
     }
 
     /// Counts a promise from `from`; `my_commit` is the candidate's commit index.
@@ -61,7 +79,6 @@ impl Candidacy {
         from: NodeId,
         (commit, accepted): (Slot, Vec<Entry>),
         my_commit: Slot,
-        quorum: usize,
     ) -> PromiseOutcome {
         // An acceptor never holds a record above its promise; a Promise that reports one
         // comes from a broken or forged peer. It is news of a higher ballot.
@@ -72,7 +89,7 @@ impl Candidacy {
             return PromiseOutcome::Behind;
         }
         self.promises.insert(from, (commit, accepted));
-        if self.promises.len() >= quorum {
+        if self.is_quorum(&self.promisers()) {
             PromiseOutcome::Elected
         } else {
             PromiseOutcome::Pending
@@ -80,22 +97,29 @@ impl Candidacy {
     }
 
     /// Counts a refusal from `from` by an acceptor that follows a live leader; the election
-    /// is lost once too few acceptors are left to make a majority of `members`.
-    pub fn on_refusal(&mut self, from: NodeId, members: usize, quorum: usize) -> RefusalOutcome {
+    /// is lost once too few voters are left to make a majority of some required membership.
+    pub fn on_refusal(&mut self, from: NodeId) -> RefusalOutcome {
         self.refusals.insert(from);
-        debug_assert!(self.refusals.len() <= members, "more refusals than members");
-        if members - self.refusals.len() < quorum {
+        if self
+            .required
+            .iter()
+            .any(|m| !m.quorum_possible_without(&self.refusals))
+        {
             RefusalOutcome::Lost
         } else {
             RefusalOutcome::Ignored
         }
     }
 
-    /// The members that neither promised nor refused, to whom the Prepare is resent.
-    pub fn unanswered(&self, members: &[NodeId]) -> Vec<NodeId> {
-        members
-            .iter()
-            .copied()
+    /// Every voter of a required membership, in id order.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.required.iter().flat_map(|m| m.voters()).collect()
+    }
+
+    /// The voters that neither promised nor refused, to whom the Prepare is resent.
+    pub fn unanswered(&self) -> Vec<NodeId> {
+        self.voters()
+            .into_iter()
             .filter(|m| !self.promises.contains_key(m) && !self.refusals.contains(m))
             .collect()
     }
@@ -146,6 +170,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn voters(ids: &[NodeId]) -> Vec<Membership> {
+        vec![Membership::initial(ids, &BTreeMap::new())]
+    }
+
     fn cmd(s: &'static str) -> Value {
         Value::Commands(vec![Bytes::from_static(s.as_bytes())])
     }
@@ -193,33 +221,47 @@ mod tests {
     #[test]
     fn a_majority_of_promises_elects_and_a_higher_ballot_or_commit_abandons() {
         let ballot = Ballot::new(2, 1);
-        let mut c = Candidacy::new(ballot, 0);
-        assert_eq!(c.on_promise(1, (0, vec![]), 0, 2), PromiseOutcome::Pending);
-        assert_eq!(c.on_promise(2, (0, vec![]), 0, 2), PromiseOutcome::Elected);
+        let mut c = Candidacy::new(ballot, 0, voters(&[1, 2, 3]));
+        assert_eq!(c.on_promise(1, (0, vec![]), 0), PromiseOutcome::Pending);
+        assert_eq!(c.on_promise(2, (0, vec![]), 0), PromiseOutcome::Elected);
         let higher = Entry {
             slot: 0,
             ballot: Ballot::new(3, 2),
             value: Value::Noop,
         };
-        let mut c = Candidacy::new(ballot, 0);
+        let mut c = Candidacy::new(ballot, 0, voters(&[1, 2, 3]));
         assert_eq!(
-            c.on_promise(2, (0, vec![higher]), 0, 2),
+            c.on_promise(2, (0, vec![higher]), 0),
             PromiseOutcome::Outranked(Ballot::new(3, 2))
         );
-        assert_eq!(c.on_promise(3, (5, vec![]), 4, 2), PromiseOutcome::Behind);
+        assert_eq!(c.on_promise(3, (5, vec![]), 4), PromiseOutcome::Behind);
         assert!(c.promises.is_empty(), "neither is counted");
     }
 
     #[test]
     fn refusals_lose_the_election_only_without_a_possible_majority() {
-        let mut c = Candidacy::new(Ballot::new(1, 1), 0);
-        assert_eq!(c.on_refusal(2, 3, 2), RefusalOutcome::Ignored);
-        assert_eq!(
-            c.on_refusal(2, 3, 2),
-            RefusalOutcome::Ignored,
-            "counted once"
-        );
-        assert_eq!(c.unanswered(&[1, 2, 3]), vec![1, 3]);
-        assert_eq!(c.on_refusal(3, 3, 2), RefusalOutcome::Lost);
+        let mut c = Candidacy::new(Ballot::new(1, 1), 0, voters(&[1, 2, 3]));
+        assert_eq!(c.on_refusal(2), RefusalOutcome::Ignored);
+        assert_eq!(c.on_refusal(2), RefusalOutcome::Ignored, "counted once");
+        assert_eq!(c.unanswered(), vec![1, 3]);
+        assert_eq!(c.on_refusal(3), RefusalOutcome::Lost);
+    }
+
+    #[test]
+    fn a_candidate_needs_a_majority_of_every_membership_it_may_propose_under() {
+        // Slots governed by {1,2,3}, then by {1,2,3,4}: {1,2} is not enough for the second.
+        let mut required = voters(&[1, 2, 3]);
+        required.extend(voters(&[1, 2, 3, 4]));
+        let mut c = Candidacy::new(Ballot::new(1, 1), 0, required);
+        assert_eq!(c.on_promise(1, (0, vec![]), 0), PromiseOutcome::Pending);
+        assert_eq!(c.on_promise(2, (0, vec![]), 0), PromiseOutcome::Pending);
+        assert_eq!(c.on_promise(4, (0, vec![]), 0), PromiseOutcome::Elected);
+        assert_eq!(c.unanswered(), vec![3]);
+        // Two refusals among four voters leave no majority of the second membership.
+        let mut required = voters(&[1, 2, 3]);
+        required.extend(voters(&[1, 2, 3, 4]));
+        let mut c = Candidacy::new(Ballot::new(1, 1), 0, required);
+        assert_eq!(c.on_refusal(4), RefusalOutcome::Ignored);
+        assert_eq!(c.on_refusal(3), RefusalOutcome::Lost);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::read_index::ReadIndex;
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::Config;
+use crate::membership::{Membership, MembershipLog};
 use crate::value::Value;
 
 /// A slot the leader proposed and is waiting to see chosen.
@@ -28,6 +29,15 @@ pub(crate) struct Leadership {
     pub next_slot: Slot,
     /// The first slot after those re-proposed in recovery; a read must wait for it.
     pub recovery_end: Slot,
+    /// Recovered values of slots from `next_slot` up to `recovery_end` that could not be
+    /// proposed yet (their membership was not known when phase 1 ended), with the ballot
+    /// they were accepted under. A slot in that range missing here gets a no-op.
+    pub deferred: BTreeMap<Slot, Value>,
+    /// The acceptors that promised this leader's ballot. A slot may be proposed only if
+    /// they hold a majority of the voters that govern it.
+    pub promised_by: BTreeSet<NodeId>,
+    /// Each peer's commit index, as its last heartbeat acknowledgement reported it.
+    pub peer_commit: BTreeMap<NodeId, Slot>,
     /// Slots proposed and not yet known chosen.
     pub inflight: BTreeMap<Slot, InFlight>,
     /// Payload bytes of the slots in `inflight`.
@@ -44,19 +54,31 @@ pub(crate) struct Leadership {
 pub(crate) type Resend = BTreeMap<NodeId, Vec<(Slot, Value)>>;
 
 impl Leadership {
-    /// A leader of `ballot` that re-proposes `plan` (the recovered log suffix, ending just
-    /// below `next_slot`) and counts every member as having just answered.
+    /// A leader of `ballot`, promised by `promised_by`, that re-proposes `plan` (the
+    /// recovered log suffix, ending just below `next_slot`), keeps the recovered values
+    /// of later slots up to `recovery_end` in `deferred`, and counts every member in
+    /// `members` as having just answered.
     pub fn new(
         ballot: Ballot,
         (plan, next_slot): (&[(Slot, Value)], Slot),
-        members: &[NodeId],
+        (deferred, recovery_end): (BTreeMap<Slot, Value>, Slot),
+        promised_by: BTreeSet<NodeId>,
+        members: &BTreeSet<NodeId>,
         commit: Slot,
         now_ms: u64,
     ) -> Self {
+        debug_assert!(
+            recovery_end >= next_slot
+                && deferred.keys().all(|&s| s >= next_slot && s < recovery_end),
+            "deferred values outside {next_slot}..{recovery_end}"
+        );
         let mut leadership = Leadership {
             ballot,
             next_slot,
-            recovery_end: next_slot,
+            recovery_end,
+            deferred,
+            promised_by,
+            peer_commit: BTreeMap::new(),
             inflight: BTreeMap::new(),
             inflight_bytes: 0,
             reads: ReadIndex::default(),
@@ -110,13 +132,13 @@ impl Leadership {
     }
 
     /// `from` accepted `slots` under this leader's ballot. Returns the slots this makes
-    /// chosen (a majority of `quorum` acknowledged them), with their values, in the order
-    /// given; they are no longer in flight.
+    /// chosen (a majority of the voters that govern each, per `log`, acknowledged it), with
+    /// their values, in the order given; they are no longer in flight.
     pub fn on_accepted(
         &mut self,
         from: NodeId,
         slots: Vec<Slot>,
-        quorum: usize,
+        log: &MembershipLog,
         now_ms: u64,
     ) -> Vec<(Slot, Value)> {
         self.last_ack_ms.insert(from, now_ms);
@@ -126,7 +148,7 @@ impl Leadership {
                 continue;
             };
             f.acks.insert(from);
-            if f.acks.len() < quorum {
+            if !log.at(slot).is_quorum(&f.acks) {
                 continue;
             }
             if let Some(f) = self.inflight.remove(&slot) {
@@ -153,35 +175,46 @@ impl Leadership {
         true
     }
 
-    /// Whether a majority (this replica included) answered within the last
-    /// `election_timeout_max_ms`: if not, the leader cannot commit and steps down, so
-    /// clients are told to go elsewhere instead of waiting on it.
-    pub fn majority_alive(&self, config: &Config, now_ms: u64) -> bool {
+    /// The members of `membership` (this replica included) that answered within the last
+    /// `election_timeout_max_ms`.
+    pub fn alive(&self, config: &Config, membership: &Membership, now_ms: u64) -> BTreeSet<NodeId> {
         let horizon_ms = config.election_timeout_max_ms;
-        let alive = config
+        membership
             .members
-            .iter()
-            .filter(|&&m| {
+            .keys()
+            .copied()
+            .filter(|&m| {
                 m == config.id
                     || self
                         .last_ack_ms
                         .get(&m)
                         .is_some_and(|&t| t + horizon_ms > now_ms)
             })
-            .count();
-        alive >= config.quorum()
+            .collect()
     }
 
-    /// The Accepts some peer has not acknowledged for a heartbeat interval, by peer; their
-    /// resend clock restarts now.
-    pub fn due_for_resend(&mut self, config: &Config, now_ms: u64) -> Resend {
+    /// Whether a majority of the voters of `membership` (this replica included) answered
+    /// within the last `election_timeout_max_ms`: if not, the leader cannot commit and
+    /// steps down, so clients are told to go elsewhere instead of waiting on it.
+    pub fn majority_alive(&self, config: &Config, membership: &Membership, now_ms: u64) -> bool {
+        membership.is_quorum(&self.alive(config, membership, now_ms))
+    }
+
+    /// The Accepts some peer among `peers` has not acknowledged for a heartbeat interval,
+    /// by peer; their resend clock restarts now.
+    pub fn due_for_resend(
+        &mut self,
+        config: &Config,
+        peers: &BTreeSet<NodeId>,
+        now_ms: u64,
+    ) -> Resend {
         let mut resend = Resend::new();
         for (&slot, f) in self.inflight.iter_mut() {
             if f.sent_at_ms + config.heartbeat_interval_ms > now_ms {
                 continue;
             }
             f.sent_at_ms = now_ms;
-            for &m in &config.members {
+            for &m in peers {
                 if m != config.id && !f.acks.contains(&m) {
                     resend.entry(m).or_default().push((slot, f.value.clone()));
                 }
@@ -220,17 +253,32 @@ mod tests {
         Value::Commands(vec![Bytes::from_static(s.as_bytes())])
     }
 
+    fn three() -> Membership {
+        Membership::initial(&[1, 2, 3], &BTreeMap::new())
+    }
+
     fn leader(plan: &[(Slot, Value)], next_slot: Slot) -> Leadership {
-        Leadership::new(Ballot::new(1, 1), (plan, next_slot), &[1, 2, 3], 0, 0)
+        let ids: BTreeSet<NodeId> = [1, 2, 3].into_iter().collect();
+        Leadership::new(
+            Ballot::new(1, 1),
+            (plan, next_slot),
+            (BTreeMap::new(), next_slot),
+            ids.clone(),
+            &ids,
+            0,
+            0,
+        )
     }
 
     #[test]
     fn a_slot_is_chosen_once_a_majority_acknowledged_it() {
+        let log = MembershipLog::new(4, three());
         let mut l = leader(&[(0, Value::Noop)], 1);
         assert_eq!(l.propose(cmd("x"), 5), 1);
-        assert_eq!(l.on_accepted(2, vec![0, 1], 2, 6), vec![]);
+        assert_eq!(l.on_accepted(2, vec![0, 1], &log, 6), vec![]);
+        assert_eq!(l.on_accepted(9, vec![1], &log, 6), vec![], "not a voter");
         assert_eq!(
-            l.on_accepted(1, vec![1, 7], 2, 6),
+            l.on_accepted(1, vec![1, 7], &log, 6),
             vec![(1, cmd("x"))],
             "an unknown slot is skipped"
         );
@@ -245,14 +293,19 @@ mod tests {
     fn a_leader_resends_what_a_peer_has_not_acknowledged_for_an_interval() {
         let config = Config::new(1, vec![1, 2, 3]);
         let mut l = leader(&[(0, cmd("a"))], 1);
-        let _ = l.on_accepted(2, vec![0], 2, 10);
-        assert!(l.due_for_resend(&config, 10).is_empty(), "not yet due");
-        let due = l.due_for_resend(&config, config.heartbeat_interval_ms);
+        let log = MembershipLog::new(4, three());
+        let peers: BTreeSet<NodeId> = [1, 2, 3].into_iter().collect();
+        let _ = l.on_accepted(2, vec![0], &log, 10);
+        assert!(
+            l.due_for_resend(&config, &peers, 10).is_empty(),
+            "not yet due"
+        );
+        let due = l.due_for_resend(&config, &peers, config.heartbeat_interval_ms);
         assert_eq!(
             due.into_iter().collect::<Vec<_>>(),
             vec![(3, vec![(0, cmd("a"))])]
         );
-        assert!(l.majority_alive(&config, config.election_timeout_max_ms));
-        assert!(!l.majority_alive(&config, 10 + config.election_timeout_max_ms));
+        assert!(l.majority_alive(&config, &three(), config.election_timeout_max_ms));
+        assert!(!l.majority_alive(&config, &three(), 10 + config.election_timeout_max_ms));
     }
 }

@@ -21,10 +21,13 @@ mod leader;
 mod queue;
 mod read_index;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use bytes::Bytes;
 
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::Config;
+use crate::membership::{Membership, MembershipLog, Reconfig};
 use crate::rng::Rng;
 use crate::value::{Entry, Value};
 use candidate::Candidacy;
@@ -85,6 +88,18 @@ pub(crate) enum Beat {
     },
 }
 
+/// The slots a leader just gave values to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Assigned {
+    /// The leader's ballot.
+    pub ballot: Ballot,
+    /// The new slots and their values, to send Accepts for.
+    pub entries: Vec<(Slot, Value)>,
+    /// The next slot is governed by voters this leader's promises do not hold a majority
+    /// of: it must run phase 1 again before it proposes there.
+    pub rerun: bool,
+}
+
 /// What a proposer that stopped campaigning or leading leaves behind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SteppedDown {
@@ -92,6 +107,8 @@ pub(crate) struct SteppedDown {
     pub reads: Vec<u64>,
     /// Commands that never got a slot (they are definitely not chosen).
     pub commands: Vec<Bytes>,
+    /// A membership change that never got a slot (definitely not chosen).
+    pub reconfig: Option<Reconfig>,
     /// Who may be leading now.
     pub leader_hint: Option<NodeId>,
 }
@@ -105,6 +122,8 @@ pub(crate) struct Proposer {
     state: State,
     /// Commands waiting for a slot (only a leader or a re-running leader holds any).
     queue: Queue,
+    /// A membership change waiting for a slot (it gets one of its own).
+    reconfig: Option<Reconfig>,
     /// Election jitter, seeded by the host.
     rng: Rng,
     /// Consecutive elections lost; widens the election timeout (backoff against duels).
@@ -122,6 +141,7 @@ impl Proposer {
             id,
             state: State::Follower,
             queue: Queue::default(),
+            reconfig: None,
             rng,
             failed_elections: 0,
             round_seen,
@@ -242,10 +262,16 @@ impl Proposer {
     }
 
     /// Becomes a candidate for the slots from `from_slot` on, under a ballot above every
-    /// round seen and above `promised_round` (this replica's own promise). Returns the
-    /// ballot, and the reads a leader re-running phase 1 can no longer confirm. Commands
-    /// waiting for a slot stay queued.
-    pub fn start_candidacy(&mut self, promised_round: u64, from_slot: Slot) -> (Ballot, Vec<u64>) {
+    /// round seen and above `promised_round` (this replica's own promise), needing a
+    /// majority of each membership in `required`. Returns the ballot, and the reads a
+    /// leader re-running phase 1 can no longer confirm. Commands waiting for a slot stay
+    /// queued.
+    pub fn start_candidacy(
+        &mut self,
+        promised_round: u64,
+        from_slot: Slot,
+        required: Vec<Membership>,
+    ) -> (Ballot, Vec<u64>) {
         let aborted = match &mut self.state {
             State::Leader(l) => l.reads.drain_all(),
             _ => Vec::new(),
@@ -258,7 +284,7 @@ impl Proposer {
             self.ballot().is_none_or(|b| b < ballot),
             "ballot {ballot} not above the last one"
         );
-        self.state = State::Candidate(Candidacy::new(ballot, from_slot));
+        self.state = State::Candidate(Candidacy::new(ballot, from_slot, required));
         self.leader_seen = None;
         (ballot, aborted)
     }
@@ -271,7 +297,6 @@ impl Proposer {
         ballot: Ballot,
         promise: (Slot, Vec<Entry>),
         my_commit: Slot,
-        quorum: usize,
     ) -> PromiseOutcome {
         let State::Candidate(c) = &mut self.state else {
             return PromiseOutcome::Pending;
@@ -279,7 +304,7 @@ impl Proposer {
         if c.ballot != ballot {
             return PromiseOutcome::Pending;
         }
-        let outcome = c.on_promise(from, promise, my_commit, quorum);
+        let outcome = c.on_promise(from, promise, my_commit);
         if let PromiseOutcome::Outranked(higher) = outcome {
             self.observe(higher);
         }
@@ -293,7 +318,6 @@ impl Proposer {
         from: NodeId,
         refused: Ballot,
         promised: Ballot,
-        config: &Config,
     ) -> RefusalOutcome {
         self.observe(promised);
         if self.ballot() != Some(refused) {
@@ -301,7 +325,7 @@ impl Proposer {
         }
         let outcome = match &mut self.state {
             State::Candidate(_) if promised > refused => RefusalOutcome::Lost,
-            State::Candidate(c) => c.on_refusal(from, config.members.len(), config.quorum()),
+            State::Candidate(c) => c.on_refusal(from),
             // Some acceptor promised a higher ballot (often a replica coming back from a
             // partition). Re-run phase 1 at once above it, rather than stepping down: the
             // followers still follow this leader.
@@ -314,38 +338,59 @@ impl Proposer {
         outcome
     }
 
-    /// A candidate's Prepare (ballot, first slot) and the members that have not answered
+    /// A candidate's Prepare (ballot, first slot) and the voters that have not answered
     /// it; `None` unless campaigning.
-    pub fn prepare_resend(&self, members: &[NodeId]) -> Option<(Ballot, Slot, Vec<NodeId>)> {
+    pub fn prepare_resend(&self) -> Option<(Ballot, Slot, Vec<NodeId>)> {
         let State::Candidate(c) = &self.state else {
             return None;
         };
-        Some((c.ballot, c.from_slot, c.unanswered(members)))
+        Some((c.ballot, c.from_slot, c.unanswered()))
     }
 
     /// A candidate whose ballot a majority promised becomes leader at `now_ms`. Returns its
     /// ballot and the recovered log suffix to re-propose from the first slot not known
-    /// chosen (`commit`) on, gaps filled with no-ops; `None` unless campaigning.
+    /// chosen (`commit`) on, gaps filled with no-ops, as far as it may propose now: up to
+    /// the slots whose membership `log` does not determine yet (below `delivered` plus the
+    /// delay) and that its promises cover. The rest of the suffix waits in the leadership
+    /// (see [`Proposer::assign_slots`]). `None` unless campaigning.
     pub fn lead(
         &mut self,
-        config: &Config,
-        commit: Slot,
+        log: &MembershipLog,
+        (commit, delivered): (Slot, Slot),
+        peers: &BTreeSet<NodeId>,
         now_ms: u64,
     ) -> Option<(Ballot, Vec<(Slot, Value)>)> {
         let State::Candidate(c) = &self.state else {
             return None;
         };
-        debug_assert!(
-            c.promises.len() >= config.quorum(),
-            "leading without a majority"
-        );
+        let promised_by = c.promisers();
+        debug_assert!(c.is_quorum(&promised_by), "leading without a majority");
         let ballot = c.ballot;
-        let (plan, next_slot) = recovery_plan(
+        let (plan, plan_end) = recovery_plan(
             c.from_slot.max(commit),
             c.promises.values().map(|(_, e)| e.as_slice()),
         );
-        let leadership =
-            Leadership::new(ballot, (&plan, next_slot), &config.members, commit, now_ms);
+        let horizon = delivered.saturating_add(log.delay());
+        let now_end = plan
+            .iter()
+            .position(|(slot, _)| *slot >= horizon || !log.at(*slot).is_quorum(&promised_by))
+            .unwrap_or(plan.len());
+        let mut plan = plan;
+        let later: BTreeMap<Slot, Value> = plan
+            .split_off(now_end)
+            .into_iter()
+            .filter(|(_, v)| *v != Value::Noop)
+            .collect();
+        let next_slot = plan.last().map_or(c.from_slot.max(commit), |(s, _)| s + 1);
+        let leadership = Leadership::new(
+            ballot,
+            (&plan, next_slot),
+            (later, plan_end.max(next_slot)),
+            promised_by,
+            peers,
+            commit,
+            now_ms,
+        );
         self.state = State::Leader(leadership);
         self.failed_elections = 0;
         self.leader_seen = Some((self.id, now_ms));
@@ -364,10 +409,12 @@ impl Proposer {
             _ => Vec::new(),
         };
         let commands = self.queue.commands.drain(..).collect();
+        let reconfig = self.reconfig.take();
         self.state = State::Follower;
         SteppedDown {
             reads,
             commands,
+            reconfig,
             leader_hint,
         }
     }
@@ -381,34 +428,124 @@ impl Proposer {
         self.queue.commands.push_back(command);
     }
 
-    /// Gives queued commands slots, in batches, as far as the in-flight limits allow.
-    /// Returns the ballot and the new slots to send Accepts for; `None` unless leading.
+    /// Queues a membership change for a slot of its own (the caller checked this
+    /// proposer leads and no other change waits or is in flight).
+    pub fn enqueue_reconfig(&mut self, reconfig: Reconfig) {
+        debug_assert!(self.is_leader() && self.reconfig.is_none());
+        self.reconfig = Some(reconfig);
+    }
+
+    /// Whether a membership change waits for a slot or is in flight.
+    pub fn reconfig_pending(&self) -> bool {
+        self.reconfig.is_some()
+            || matches!(&self.state, State::Leader(l)
+                if l.inflight.values().any(|f| matches!(f.value, Value::Reconfig(_))))
+    }
+
+    /// Gives slots, as far as the in-flight limits allow, first to what recovery left to
+    /// re-propose, then to a waiting membership change, then to queued commands in
+    /// batches, and then, while the latest membership does not govern the next slot yet,
+    /// to no-ops (so a change takes effect without waiting for client traffic).
+    ///
+    /// The next slot `s` is given a value only if the membership that governs it is known
+    /// (`s` is below `delivered` plus the delay: every slot that decides it was delivered),
+    /// and this leader votes in it, and the promises of this leader's ballot hold a
+    /// majority of its voters. Without that majority the leader must run phase 1 again
+    /// (`rerun`); without a vote it is handing over (see [`Proposer::handing_over`]).
+    /// `None` unless leading.
     pub fn assign_slots(
         &mut self,
         config: &Config,
-        commit: Slot,
+        log: &MembershipLog,
+        (commit, delivered): (Slot, Slot),
         now_ms: u64,
-    ) -> Option<(Ballot, Vec<(Slot, Value)>)> {
+    ) -> Option<Assigned> {
         let State::Leader(l) = &mut self.state else {
             return None;
         };
+        let horizon = delivered.saturating_add(log.delay());
         let mut entries = Vec::new();
+        let mut rerun = false;
         while l.has_room(config) {
-            let Some(value) = self
+            let slot = l.next_slot;
+            if slot >= horizon {
+                break;
+            }
+            let governing = log.at(slot);
+            if !governing.is_voter(self.id) {
+                break;
+            }
+            if !governing.is_quorum(&l.promised_by) {
+                rerun = true;
+                break;
+            }
+            let value = if slot < l.recovery_end {
+                l.deferred.remove(&slot).unwrap_or(Value::Noop)
+            } else if let Some(r) = self.reconfig.take() {
+                Value::Reconfig(r)
+            } else if let Some(batch) = self
                 .queue
                 .next_batch(config.batch_bytes_max, config.batch_commands_max)
-            else {
+            {
+                batch
+            } else if log.latest_from() > slot {
+                Value::Noop
+            } else {
                 break;
             };
             let slot = l.propose(value.clone(), now_ms);
             entries.push((slot, value));
         }
-        if entries.is_empty() {
+        if !entries.is_empty() {
+            // The Accepts carry the commit index: it counts as announced.
+            l.commit_sent = commit;
+        }
+        Some(Assigned {
+            ballot: l.ballot,
+            entries,
+            rerun,
+        })
+    }
+
+    /// A leader that no longer votes in the membership governing its next slot, with
+    /// nothing left in flight: it must hand over. Returns the voter to hand over to (the
+    /// one that reported the highest commit index), if any.
+    pub fn handing_over(&self, log: &MembershipLog) -> Option<Option<NodeId>> {
+        let State::Leader(l) = &self.state else {
+            return None;
+        };
+        let governing = log.at(l.next_slot);
+        if governing.is_voter(self.id) || !l.inflight.is_empty() {
             return None;
         }
-        // The Accepts carry the commit index: it counts as announced.
-        l.commit_sent = commit;
-        Some((l.ballot, entries))
+        let successor = governing
+            .voters()
+            .max_by_key(|v| (l.peer_commit.get(v).copied().unwrap_or(0), u64::MAX - v));
+        Some(successor)
+    }
+
+    /// Each peer's commit index as its last heartbeat acknowledgement reported it; `None`
+    /// unless leading.
+    pub fn peer_commits(&self) -> Option<&BTreeMap<NodeId, Slot>> {
+        match &self.state {
+            State::Leader(l) => Some(&l.peer_commit),
+            _ => None,
+        }
+    }
+
+    /// A leader's view of its peers for a membership change: which members of
+    /// `membership` answered lately (this replica included), and each peer's reported
+    /// commit index. `None` unless leading.
+    pub fn peer_view(
+        &self,
+        config: &Config,
+        membership: &Membership,
+        now_ms: u64,
+    ) -> Option<(BTreeSet<NodeId>, &BTreeMap<NodeId, Slot>)> {
+        let State::Leader(l) = &self.state else {
+            return None;
+        };
+        Some((l.alive(config, membership, now_ms), &l.peer_commit))
     }
 
     /// `from` accepted `slots` under `ballot`. Returns the slots now chosen, with their
@@ -418,11 +555,11 @@ impl Proposer {
         from: NodeId,
         ballot: Ballot,
         slots: Vec<Slot>,
-        quorum: usize,
+        log: &MembershipLog,
         now_ms: u64,
     ) -> Vec<(Slot, Value)> {
         match &mut self.state {
-            State::Leader(l) if l.ballot == ballot => l.on_accepted(from, slots, quorum, now_ms),
+            State::Leader(l) if l.ballot == ballot => l.on_accepted(from, slots, log, now_ms),
             _ => Vec::new(),
         }
     }
@@ -436,35 +573,43 @@ impl Proposer {
         l.retire_below(commit).then_some(l.ballot)
     }
 
-    /// The heartbeat timer expired at `now_ms`; `commit` is this replica's commit index.
-    /// `None` unless leading.
-    pub fn heartbeat(&mut self, config: &Config, commit: Slot, now_ms: u64) -> Option<Beat> {
+    /// The heartbeat timer expired at `now_ms`; `commit` is this replica's commit index,
+    /// `log` its memberships and `peers` every other member. `None` unless leading.
+    pub fn heartbeat(
+        &mut self,
+        config: &Config,
+        log: &MembershipLog,
+        peers: &BTreeSet<NodeId>,
+        commit: Slot,
+        now_ms: u64,
+    ) -> Option<Beat> {
         let State::Leader(l) = &mut self.state else {
             return None;
         };
-        if !l.majority_alive(config, now_ms) {
+        if !l.majority_alive(config, log.at(l.next_slot), now_ms) {
             return Some(Beat::StepDown);
         }
         l.commit_sent = commit;
         Some(Beat::Send {
             ballot: l.ballot,
             read_round: l.reads.round,
-            resend: l.due_for_resend(config, now_ms),
+            resend: l.due_for_resend(config, peers, now_ms),
         })
     }
 
     // ----- reads -----
 
-    /// Read `id` arrived; `commit` is this replica's commit index. Returns whether a read
-    /// round must be started for it; `None` unless leading.
-    pub fn read(&mut self, id: u64, commit: Slot, quorum: usize) -> Option<bool> {
+    /// Read `id` arrived; `commit` is this replica's commit index, and `single` says this
+    /// replica alone is a majority of every membership that matters. Returns whether a
+    /// read round must be started for it; `None` unless leading.
+    pub fn read(&mut self, id: u64, commit: Slot, single: bool) -> Option<bool> {
         let State::Leader(l) = &mut self.state else {
             return None;
         };
         // A new leader's commit index may lag what it re-proposed in recovery, some of
         // which may already be chosen: the read waits for all of it.
         let index = commit.max(l.recovery_end);
-        Some(l.reads.add(id, index, quorum == 1))
+        Some(l.reads.add(id, index, single))
     }
 
     /// Starts a read round; its heartbeats carry `commit`, which counts as announced.
@@ -478,20 +623,21 @@ impl Proposer {
         Some((l.ballot, round))
     }
 
-    /// `from` acknowledged this leader's heartbeat under `ballot` for read round `round`.
-    /// Returns whether the next read round must start.
+    /// `from` acknowledged this leader's heartbeat under `ballot` for read round `round`,
+    /// with its commit index `commit`; `is_quorum` says whether a set of acknowledgements
+    /// confirms a round. Returns whether the next read round must start.
     pub fn on_heartbeat_ack(
         &mut self,
         from: NodeId,
-        ballot: Ballot,
-        round: u64,
-        quorum: usize,
+        (ballot, round, commit): (Ballot, u64, Slot),
+        is_quorum: impl Fn(&BTreeSet<NodeId>) -> bool,
         now_ms: u64,
     ) -> bool {
         match &mut self.state {
             State::Leader(l) if l.ballot == ballot => {
                 l.last_ack_ms.insert(from, now_ms);
-                l.reads.on_ack(from, round, quorum)
+                l.peer_commit.insert(from, commit);
+                l.reads.on_ack(from, round, is_quorum)
             }
             _ => false,
         }

@@ -55,12 +55,17 @@ impl ReadIndex {
 
     /// `from` acknowledged read round `round`. Returns whether another round must start
     /// (this one was confirmed and reads arrived meanwhile).
-    pub fn on_ack(&mut self, from: NodeId, round: u64, quorum: usize) -> bool {
+    pub fn on_ack(
+        &mut self,
+        from: NodeId,
+        round: u64,
+        is_quorum: impl Fn(&BTreeSet<NodeId>) -> bool,
+    ) -> bool {
         if !self.round_open || round != self.round {
             return false;
         }
         self.round_acks.insert(from);
-        if self.round_acks.len() < quorum {
+        if !is_quorum(&self.round_acks) {
             return false;
         }
         self.round_open = false;
@@ -102,8 +107,12 @@ mod tests {
         assert!(r.add(7, 0, false), "no round open: start one");
         assert_eq!(r.start_round(1), 1);
         assert!(!r.add(8, 0, false), "joins the next round");
-        assert!(!r.on_ack(2, 0, 2), "an older round proves nothing");
-        assert!(r.on_ack(3, 1, 2), "round 1 confirmed; read 8 needs round 2");
+        let two = |acks: &BTreeSet<NodeId>| acks.len() >= 2;
+        assert!(!r.on_ack(2, 0, two), "an older round proves nothing");
+        assert!(
+            r.on_ack(3, 1, two),
+            "round 1 confirmed; read 8 needs round 2"
+        );
         assert_eq!(r.pop_ready(0), Some(7));
         assert_eq!(r.pop_ready(0), None);
         assert_eq!(r.start_round(1), 2);

@@ -21,14 +21,19 @@ impl Replica {
         let deadline_ms = self.now_ms + self.config.election_timeout_min_ms;
         self.timers.set(Timer::CatchUp, deadline_ms);
         let from_slot = self.learner.commit();
-        self.send(from, Message::CatchUpRequest { from_slot });
+        let joining = self.joining;
+        self.send(from, Message::CatchUpRequest { from_slot, joining });
     }
 
     /// `from` asks for the chosen slots from `from_slot` on: send what this replica knows
-    /// chosen (about one batch at most), or, if it compacted some of them away, have the
-    /// host ship a snapshot (at most once per `snapshot_resend_interval_ms` per peer).
-    pub(super) fn on_catchup_request(&mut self, from: NodeId, from_slot: Slot) {
-        if from_slot < self.acceptor.log_start() {
+    /// chosen (about one batch at most), or, if it compacted some of them away or the
+    /// requester joins and needs a membership, have the host ship a snapshot (at most
+    /// once per `snapshot_resend_interval_ms` per peer).
+    pub(super) fn on_catchup_request(&mut self, from: NodeId, from_slot: Slot, joining: bool) {
+        if joining && self.joining {
+            return; // it needs a membership, which this replica does not have either
+        }
+        if joining || from_slot < self.acceptor.log_start() {
             let due = self
                 .snapshot_sent_ms
                 .get(&from)
@@ -120,13 +125,34 @@ mod tests {
         assert_eq!(r.commit_index(), 1);
         r.compact(1);
         assert_eq!(r.log_start(), 1);
-        r.handle_message(t, 3, Message::CatchUpRequest { from_slot: 0 });
+        r.handle_message(
+            t,
+            3,
+            Message::CatchUpRequest {
+                from_slot: 0,
+                joining: false,
+            },
+        );
         assert_eq!(drain(&mut r), vec![Output::SendSnapshot { to: 3 }]);
         // Asked again at once, it does not ship a second snapshot.
-        r.handle_message(t + 1, 3, Message::CatchUpRequest { from_slot: 0 });
+        r.handle_message(
+            t + 1,
+            3,
+            Message::CatchUpRequest {
+                from_slot: 0,
+                joining: false,
+            },
+        );
         assert_eq!(drain(&mut r), vec![]);
         // From the snapshot on, it serves log entries.
-        r.handle_message(t + 2, 3, Message::CatchUpRequest { from_slot: 1 });
+        r.handle_message(
+            t + 2,
+            3,
+            Message::CatchUpRequest {
+                from_slot: 1,
+                joining: false,
+            },
+        );
         assert_eq!(
             drain(&mut r),
             vec![send(

@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn a_reply_waits_for_the_batch_of_the_records_before_it() {
         let mut d = Durability::new(Ballot::ZERO, 0);
-        let ping = || Message::CatchUpRequest { from_slot: 0 };
+        let ping = || Message::CatchUpRequest {
+            from_slot: 0,
+            joining: false,
+        };
         assert_eq!(
             d.hold_unless_durable(2, ping()),
             Some(ping()),

@@ -81,10 +81,7 @@ impl Replica {
     ) {
         let my_commit = self.learner.commit();
         let promise = (commit, accepted);
-        match self
-            .proposer
-            .on_promise(from, ballot, promise, my_commit, self.quorum)
-        {
+        match self.proposer.on_promise(from, ballot, promise, my_commit) {
             PromiseOutcome::Pending => {}
             PromiseOutcome::Elected => self.become_leader(),
             PromiseOutcome::Outranked(_) => self.become_follower(),
@@ -98,10 +95,7 @@ impl Replica {
 
     /// A refusal arrived: the election may be lost, or a leader must re-run phase 1.
     pub(super) fn on_nack(&mut self, from: NodeId, refused: Ballot, promised: Ballot) {
-        match self
-            .proposer
-            .on_refusal(from, refused, promised, &self.config)
-        {
+        match self.proposer.on_refusal(from, refused, promised) {
             RefusalOutcome::Ignored => {}
             RefusalOutcome::Lost => self.become_follower(),
             RefusalOutcome::Rerun => self.start_election(),
@@ -129,6 +123,12 @@ impl Replica {
                 leader_hint,
             });
         }
+        if let Some(reconfig) = stepped.reconfig {
+            self.outputs.push_back(Output::ReconfigDropped {
+                reconfig,
+                leader_hint,
+            });
+        }
         self.timers.stop(Timer::Heartbeat);
         self.timers.stop(Timer::PrepareResend);
         self.reset_election_timer();
@@ -149,6 +149,12 @@ impl Replica {
             // A repairing replica campaigns for nothing.
             return;
         }
+        if !self.may_campaign() {
+            // A learner, a replica that joins or was removed: it never campaigns, and
+            // keeps its timer armed for when it may (after a promotion).
+            self.reset_election_timer();
+            return;
+        }
         self.proposer.election_timed_out();
         self.start_election_unless_held_full();
     }
@@ -163,12 +169,22 @@ impl Replica {
         }
     }
 
-    /// Becomes a candidate under a new ballot: promises it to itself, and asks every peer
-    /// once that promise is durable.
+    /// Becomes a candidate under a new ballot: promises it to itself, and asks every voter
+    /// of the memberships it needs (those governing the slots it may propose in once
+    /// elected) once that promise is durable.
     pub(super) fn start_election(&mut self) {
         let from_slot = self.learner.commit();
         let promised_round = self.acceptor.promised().round;
-        let (ballot, aborted) = self.proposer.start_candidacy(promised_round, from_slot);
+        let required = self.governing_now();
+        let voters: Vec<NodeId> = required
+            .iter()
+            .flat_map(|m| m.voters())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (ballot, aborted) = self
+            .proposer
+            .start_candidacy(promised_round, from_slot, required);
         for id in aborted {
             self.outputs.push_back(Output::ReadAborted {
                 id,
@@ -189,8 +205,7 @@ impl Replica {
             "own promise of {ballot} not taken"
         );
         let prepare = Message::Prepare { ballot, from_slot };
-        for i in 0..self.config.members.len() {
-            let to = self.config.members[i];
+        for to in voters {
             if to == self.config.id {
                 continue;
             }
@@ -211,8 +226,7 @@ impl Replica {
         if self.held_full() {
             return; // the next heartbeat interval tries again
         }
-        let Some((ballot, from_slot, missing)) = self.proposer.prepare_resend(&self.config.members)
-        else {
+        let Some((ballot, from_slot, missing)) = self.proposer.prepare_resend() else {
             return;
         };
         let msg = Message::Prepare { ballot, from_slot };
@@ -225,8 +239,13 @@ impl Replica {
     /// A majority promised: lead, re-proposing the recovered log suffix.
     pub(super) fn become_leader(&mut self) {
         let commit = self.learner.commit();
+        let delivered = self.learner.delivered();
         let now = self.now_ms;
-        let Some((ballot, plan)) = self.proposer.lead(&self.config, commit, now) else {
+        let peers = self.peers();
+        let Some((ballot, plan)) =
+            self.proposer
+                .lead(&self.membership, (commit, delivered), &peers, now)
+        else {
             return;
         };
         // Invariant: a leader's ballot is its durable promise. Its own Prepares, hence

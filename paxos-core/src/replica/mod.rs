@@ -29,6 +29,7 @@ mod catch_up;
 mod durability;
 mod election;
 mod invariants;
+mod membership;
 mod output;
 mod read_index;
 mod repair;
@@ -38,7 +39,7 @@ mod routing;
 pub(crate) mod test_support;
 mod timer;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -46,6 +47,7 @@ use crate::acceptor::Acceptor;
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::config::{Config, ConfigError};
 use crate::learner::Learner;
+use crate::membership::{Membership, MembershipLog};
 use crate::message::Message;
 use crate::persist::RecoveredState;
 use crate::proposer::{Proposer, Role};
@@ -54,7 +56,7 @@ use crate::value::Value;
 use durability::Durability;
 use timer::{Timer, TimerTable};
 
-pub use output::{Output, ProposeError};
+pub use output::{Output, ProposeError, ReconfigError};
 
 /// How far beyond its commit index a replica accepts slot numbers from peers. A leader
 /// keeps at most [`Config::inflight_slots_max`] slots in flight, so correct replicas stay
@@ -89,6 +91,9 @@ pub(crate) enum PlantedBug {
     /// Record a value learned chosen without raising the promise to its ballot, and let an
     /// Accept rewrite a slot known chosen.
     ChosenDoesNotRaisePromise,
+    /// A leader proposes past the reconfiguration window, in slots whose membership its
+    /// delivered log does not decide yet.
+    LeaderIgnoresReconfigWindow,
 }
 
 /// One member of a Multi-Paxos cluster: proposer, acceptor and learner.
@@ -114,8 +119,16 @@ pub(crate) enum PlantedBug {
 pub struct Replica {
     /// The configuration in force (validated).
     config: Config,
-    /// How many members make a majority.
-    quorum: usize,
+    /// The memberships that govern the log from what was delivered on (replicated state:
+    /// changes are values in the log).
+    membership: MembershipLog,
+    /// This replica joins an existing cluster and knows no membership yet; it waits for
+    /// a snapshot, which carries one.
+    joining: bool,
+    /// Whether this replica was ever a member in its membership log (so that leaving it
+    /// means it was removed), and whether [`Output::Removed`] was given.
+    member_seen: bool,
+    removed: bool,
     /// The promise and the accepted values: the state that must survive a crash.
     acceptor: Acceptor,
     /// The commit index and what was delivered to the host.
@@ -157,17 +170,64 @@ impl Replica {
     ///
     /// The first drain re-delivers, as [`Output::Committed`], every recorded chosen slot
     /// from the snapshot on, so the host can rebuild its state machine.
+    ///
+    /// Its membership comes from `state.membership` (the host's snapshot), or, for a
+    /// cluster that never took a snapshot, from the voters in `config.members`; changes
+    /// chosen since are applied again as the log is re-delivered.
     pub fn recover(
         config: Config,
         seed: u64,
         now_ms: u64,
         state: &RecoveredState,
     ) -> Result<Self, ConfigError> {
-        config.validate()?;
+        let membership = match &state.membership {
+            Some(log) => {
+                config.validate_limits()?;
+                log.clone()
+            }
+            None => {
+                config.validate()?;
+                MembershipLog::new(
+                    config.reconfig_delay_slots,
+                    Membership::initial(&config.members, &BTreeMap::new()),
+                )
+            }
+        };
+        Ok(Replica::assemble(config, seed, now_ms, state, membership))
+    }
+
+    /// A replica joining an existing cluster with an empty log: it knows no membership
+    /// until the leader sends it a snapshot (the host installs it with
+    /// [`Replica::install_snapshot`]), and it votes only once the membership says so
+    /// (`config.members` is not used).
+    pub fn join(config: Config, seed: u64, now_ms: u64) -> Result<Self, ConfigError> {
+        config.validate_limits()?;
+        let mut replica = Replica::assemble(
+            config,
+            seed,
+            now_ms,
+            &RecoveredState::default(),
+            MembershipLog::unknown(),
+        );
+        replica.joining = true;
+        Ok(replica)
+    }
+
+    fn assemble(
+        config: Config,
+        seed: u64,
+        now_ms: u64,
+        state: &RecoveredState,
+        membership: MembershipLog,
+    ) -> Self {
         let learner = Learner::recover(state);
         let durability = Durability::new(state.promised, learner.commit());
+        let member_seen = membership.all_members().contains(&config.id);
         let mut replica = Replica {
-            quorum: config.quorum(),
+            membership,
+            joining: false,
+            member_seen,
+            removed: false,
             acceptor: Acceptor::recover(state),
             learner,
             proposer: Proposer::new(
@@ -187,7 +247,7 @@ impl Replica {
             bug: None,
         };
         replica.reset_election_timer();
-        Ok(replica)
+        replica
     }
 
     /// When a follower or candidate next starts an election (for the model checker, which
@@ -277,6 +337,29 @@ impl Replica {
         self.acceptor.get(slot)
     }
 
+    /// The memberships that govern the log from what was delivered on.
+    pub fn membership_log(&self) -> &MembershipLog {
+        &self.membership
+    }
+
+    /// The membership that governs the next slot to deliver.
+    pub fn membership(&self) -> &Membership {
+        self.membership.at(self.learner.delivered())
+    }
+
+    /// Whether this replica joins a cluster and has not received its membership yet.
+    pub fn joining(&self) -> bool {
+        self.joining
+    }
+
+    /// Every other member this replica knows of (voters and learners, of the memberships
+    /// that govern slots from what was delivered on).
+    pub fn peers(&self) -> BTreeSet<NodeId> {
+        let mut all = self.membership.all_members();
+        all.remove(&self.config.id);
+        all
+    }
+
     // ----- inputs -----
 
     /// Proposes a command. On the leader it is queued and given a slot (batched with others)
@@ -305,11 +388,13 @@ impl Replica {
         self.request_read(id)
     }
 
-    /// A message from replica `from` arrived. Messages from non-members are ignored, and
-    /// so are messages carrying values no correct replica sends (see [`SLOT_SPAN_MAX`]).
+    /// A message from replica `from` arrived. Messages carrying values no correct replica
+    /// sends are ignored (see [`SLOT_SPAN_MAX`]). Messages from replicas this one does
+    /// not know as members are handled: it may lag behind a membership change, and only
+    /// votes of the voters that govern a slot ever count (the host authenticates peers).
     pub fn handle_message(&mut self, now_ms: u64, from: NodeId, message: Message) {
         self.tick(now_ms);
-        if from == self.config.id || !self.config.members.contains(&from) {
+        if from == self.config.id {
             return;
         }
         if !self.plausible(&message) {
@@ -362,16 +447,22 @@ impl Replica {
     }
 
     /// The host durably installed a snapshot, received from a peer, covering every slot
-    /// below `slot`. Delivery continues from there. A snapshot not newer than what was
-    /// delivered is ignored.
-    pub fn install_snapshot(&mut self, now_ms: u64, slot: Slot) {
+    /// below `slot`, with the membership log stored in it. Delivery continues from there.
+    /// A snapshot not newer than what was delivered is ignored (unless this replica joins
+    /// and has no membership yet).
+    pub fn install_snapshot(&mut self, now_ms: u64, slot: Slot, membership: MembershipLog) {
         self.tick(now_ms);
-        if slot <= self.learner.delivered() {
+        if slot <= self.learner.delivered() && !self.joining {
             return;
         }
         self.acceptor.compact(slot);
         self.learner.install_snapshot(slot);
         self.durability.snapshot_installed(slot);
+        self.membership = membership;
+        self.membership.forget_before(slot);
+        self.joining = false;
+        self.member_seen |= self.membership.all_members().contains(&self.config.id);
+        self.reset_election_timer();
     }
 
     /// The next thing the host must do, or `None` when there is nothing left for now.
@@ -425,8 +516,16 @@ impl Replica {
             // Invariant: slots are delivered in order, without gaps, each once.
             debug_assert_eq!(slot, next_slot, "slot {slot} delivered out of order");
             next_slot += 1;
+            let reconfig = match &value {
+                Value::Reconfig(r) => Some(r.clone()),
+                _ => None,
+            };
             self.outputs.push_back(Output::Committed { slot, value });
+            if let Some(reconfig) = reconfig {
+                self.apply_reconfig(slot, reconfig);
+            }
         }
+        self.after_delivery();
         self.release_reads();
         self.debug_check();
     }

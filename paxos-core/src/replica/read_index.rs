@@ -10,7 +10,9 @@ impl Replica {
     /// confirm it at once when this replica alone is a majority.
     pub(super) fn request_read(&mut self, id: u64) -> Result<(), ProposeError> {
         let commit = self.learner.commit();
-        match self.proposer.read(id, commit, self.quorum) {
+        let me: std::collections::BTreeSet<NodeId> = [self.config.id].into_iter().collect();
+        let single = self.quorum_now(&me);
+        match self.proposer.read(id, commit, single) {
             None => Err(ProposeError::NotLeader {
                 leader_hint: self.leader_hint(),
             }),
@@ -42,11 +44,15 @@ impl Replica {
         from: NodeId,
         ballot: Ballot,
         read_round: u64,
-        _commit: Slot,
+        commit: Slot,
     ) {
-        let next_round =
-            self.proposer
-                .on_heartbeat_ack(from, ballot, read_round, self.quorum, self.now_ms);
+        let governing = self.governing_now();
+        let next_round = self.proposer.on_heartbeat_ack(
+            from,
+            (ballot, read_round, commit),
+            |acks| governing.iter().all(|m| m.is_quorum(acks)),
+            self.now_ms,
+        );
         if next_round {
             self.start_read_round();
         }

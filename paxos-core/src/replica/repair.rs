@@ -108,7 +108,10 @@ impl Replica {
                     self.request_catchup(from);
                 }
             }
-            Message::CatchUpRequest { from_slot } => self.on_catchup_request(from, from_slot),
+            Message::CatchUpRequest { from_slot, joining } => {
+                self.on_catchup_request(from, from_slot, joining)
+            }
+            Message::HandOver { .. } => {}
             Message::CatchUp { entries, commit } => self.on_catchup(from, entries, commit),
             Message::RepairQuery => self.on_repair_query(from),
             Message::RepairInfo {
@@ -138,7 +141,7 @@ impl Replica {
         leading: Option<(Ballot, Slot)>,
         repairing: bool,
     ) {
-        let peers = self.config.members.len() - 1;
+        let peers = self.peers().len();
         let own = self.acceptor.promised();
         let Some(repair) = self.repair.as_mut() else {
             return;

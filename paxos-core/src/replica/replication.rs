@@ -6,6 +6,8 @@ use super::timer::Timer;
 #[cfg(test)]
 use super::PlantedBug;
 use super::Replica;
+#[cfg(test)]
+use super::SLOT_SPAN_MAX;
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::message::Message;
 use crate::proposer::Beat;
@@ -65,7 +67,7 @@ impl Replica {
     pub(super) fn on_accepted(&mut self, from: NodeId, ballot: Ballot, slots: Vec<Slot>) {
         let chosen = self
             .proposer
-            .on_accepted(from, ballot, slots, self.quorum, self.now_ms);
+            .on_accepted(from, ballot, slots, &self.membership, self.now_ms);
         for (slot, value) in chosen {
             self.learner.learn(
                 &mut self.acceptor,
@@ -132,12 +134,30 @@ impl Replica {
         if self.held_full() {
             return;
         }
-        let commit = self.learner.commit();
-        if let Some((ballot, entries)) =
-            self.proposer
-                .assign_slots(&self.config, commit, self.now_ms)
-        {
-            self.send_accepts(ballot, entries, None);
+        let (commit, delivered) = (self.learner.commit(), self.learner.delivered());
+        #[cfg(test)]
+        let delivered = if self.bug == Some(PlantedBug::LeaderIgnoresReconfigWindow) {
+            delivered.saturating_add(SLOT_SPAN_MAX)
+        } else {
+            delivered
+        };
+        let Some(assigned) = self.proposer.assign_slots(
+            &self.config,
+            &self.membership,
+            (commit, delivered),
+            self.now_ms,
+        ) else {
+            return;
+        };
+        if !assigned.entries.is_empty() {
+            self.send_accepts(assigned.ballot, assigned.entries, None);
+        }
+        if assigned.rerun {
+            // The next slot is governed by voters whose majority has not promised this
+            // ballot (a membership change took effect): phase 1 again, above it.
+            self.start_election();
+        } else {
+            self.hand_over_if_leaving();
         }
     }
 
@@ -177,7 +197,11 @@ impl Replica {
     pub(super) fn leader_tick(&mut self) {
         let now = self.now_ms;
         let commit = self.learner.commit();
-        match self.proposer.heartbeat(&self.config, commit, now) {
+        let peers = self.peers();
+        match self
+            .proposer
+            .heartbeat(&self.config, &self.membership, &peers, commit, now)
+        {
             None => {}
             Some(Beat::StepDown) => self.become_follower(),
             Some(Beat::Send {

@@ -12,9 +12,9 @@ impl Replica {
     /// leader fill a huge range of slots with no-ops, and a round near `u64::MAX` must not
     /// make the next election's round overflow.
     pub(super) fn plausible(&self, message: &Message) -> bool {
-        let members = &self.config.members;
-        let ballot_ok =
-            |b: &Ballot| *b == Ballot::ZERO || (b.round < ROUND_MAX && members.contains(&b.node));
+        // Any node id may appear in a ballot: a replica that lags behind a membership change
+        // does not know every member yet, and a vote counts only where its voter governs.
+        let ballot_ok = |b: &Ballot| b.round < ROUND_MAX;
         // Slots a peer may mention: below the commit index plus the span.
         let slot_limit = self.learner.commit().saturating_add(SLOT_SPAN_MAX);
         let slot_ok = |s: &Slot| *s < SLOT_MAX && *s <= slot_limit;
@@ -43,7 +43,8 @@ impl Replica {
                 ballot_ok(ballot) && commit_ok(commit)
             }
             Message::HeartbeatAck { ballot, commit, .. } => ballot_ok(ballot) && commit_ok(commit),
-            Message::CatchUpRequest { from_slot } => commit_ok(from_slot),
+            Message::CatchUpRequest { from_slot, .. } => commit_ok(from_slot),
+            Message::HandOver { ballot } => ballot_ok(ballot),
             Message::CatchUp { entries, commit } => {
                 commit_ok(commit)
                     && entries
@@ -69,21 +70,20 @@ impl Replica {
         }
     }
 
-    /// Sends `message` to every member, this replica included.
+    /// Sends `message` to every member, this replica included (voters and learners of
+    /// every membership that governs a slot from what was delivered on).
     pub(super) fn broadcast(&mut self, message: &Message) {
-        for i in 0..self.config.members.len() {
-            let to = self.config.members[i];
+        let mut all = self.membership.all_members();
+        all.insert(self.config.id);
+        for to in all {
             self.send(to, message.clone());
         }
     }
 
     /// Sends `message` to every member but this replica.
     pub(super) fn broadcast_peers(&mut self, message: &Message) {
-        for i in 0..self.config.members.len() {
-            let to = self.config.members[i];
-            if to != self.config.id {
-                self.send(to, message.clone());
-            }
+        for to in self.peers() {
+            self.send(to, message.clone());
         }
     }
 
@@ -125,7 +125,10 @@ impl Replica {
                 read_round,
                 commit,
             } => self.on_heartbeat_ack(from, ballot, read_round, commit),
-            Message::CatchUpRequest { from_slot } => self.on_catchup_request(from, from_slot),
+            Message::CatchUpRequest { from_slot, joining } => {
+                self.on_catchup_request(from, from_slot, joining)
+            }
+            Message::HandOver { ballot } => self.on_hand_over(ballot),
             Message::CatchUp { entries, commit } => self.on_catchup(from, entries, commit),
             Message::RepairQuery => self.on_repair_query(from),
             Message::RepairInfo { .. } => {}
@@ -158,11 +161,6 @@ mod tests {
             Message::Prepare {
                 ballot: b(u64::MAX, 2),
                 from_slot: 0,
-            },
-            Message::Heartbeat {
-                ballot: b(2, 99),
-                commit: 0,
-                read_round: 0,
             },
             Message::CatchUp {
                 entries: vec![],
