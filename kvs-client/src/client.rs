@@ -2,6 +2,7 @@
 //! reads and writes under a session, `send`: attempts at one node after another,
 //! `routing`: where the next attempt goes).
 
+mod members;
 mod operations;
 mod routing;
 mod send;
@@ -17,6 +18,7 @@ use wire::{ErrorReply, Hello, NodeStatus, Op, PeerRole, ReadConsistency, Reply};
 
 use crate::session::Sessions;
 use crate::{endpoint, ClientOptions, Error, RetryHandle, WriteOutcome};
+pub use members::{MemberChangeOutcome, MemberChanged};
 use routing::LeaderHint;
 use send::{AttemptError, ConnectionSlot, Route};
 

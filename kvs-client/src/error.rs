@@ -12,8 +12,8 @@ use crate::RetryHandle;
 /// did not take effect, and retrying it is a new attempt) and an **unknown outcome** (a write
 /// was sent and no answer came back: it may or may not have been applied). Only
 /// [`Error::OutcomeUnknown`] and [`Error::SessionExpired`] are the latter; every other
-/// variant is a definite failure. See [`Error::is_definite_failure`] and
-/// [`Error::outcome_unknown`].
+/// variant is a definite failure (and [`Error::MembershipUnknown`], its counterpart for a
+/// membership change). See [`Error::is_definite_failure`] and [`Error::outcome_unknown`].
 ///
 /// What is safe after each:
 /// - a definite failure: nothing was applied; sending the write again (a new call) is a
@@ -130,21 +130,37 @@ pub enum Error {
         /// What was wrong with the answer.
         reason: String,
     },
+
+    /// A membership change was sent and got no definite answer in time: it may or may not
+    /// have been applied (it may still be). List the members to find out; sending the same
+    /// change again is safe ([`Client::member_change`](crate::Client::member_change)).
+    #[error(
+        "membership change outcome unknown: {reason}; it may or may not have been applied \
+         (run `kvs-client member list` to see)"
+    )]
+    MembershipUnknown {
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl Error {
     /// True if the operation certainly did not take effect: every error except
-    /// [`Error::OutcomeUnknown`] and [`Error::SessionExpired`].
+    /// [`Error::OutcomeUnknown`], [`Error::SessionExpired`] and
+    /// [`Error::MembershipUnknown`].
     pub fn is_definite_failure(&self) -> bool {
         !self.outcome_unknown()
     }
 
     /// True if a write may or may not have been applied ([`Error::OutcomeUnknown`], or
-    /// [`Error::SessionExpired`] when it can no longer be retried).
+    /// [`Error::SessionExpired`] when it can no longer be retried), or a membership change
+    /// ([`Error::MembershipUnknown`]).
     pub fn outcome_unknown(&self) -> bool {
         matches!(
             self,
-            Error::OutcomeUnknown { .. } | Error::SessionExpired { .. }
+            Error::OutcomeUnknown { .. }
+                | Error::SessionExpired { .. }
+                | Error::MembershipUnknown { .. }
         )
     }
 

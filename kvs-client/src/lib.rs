@@ -40,6 +40,34 @@
 //!   unknown: read the data to find out. A *new* write whose session was forgotten is not
 //!   affected: the client registers a new session and sends it under that.
 //!
+//! ## Membership
+//!
+//! [`Client::member_list`] lists the members with how far each has caught up;
+//! [`Client::member_change`] adds a learner, promotes it or removes a member, one change at
+//! a time: it reads the latest configuration and sends the change naming it
+//! (compare-and-swap), so a change sent twice is applied once, and a change racing another
+//! is refused ([`ErrorReply::StaleConfig`]).
+//!
+//! ```no_run
+//! use kvs_client::{Client, ClientOptions, Error, MemberChange};
+//!
+//! # async fn example() -> Result<(), Error> {
+//! let client = Client::connect(["127.0.0.1:6001"], ClientOptions::default())?;
+//! let add = MemberChange::Add {
+//!     id: 4,
+//!     peer_addr: "10.0.0.4:7001".into(),
+//!     client_addr: "10.0.0.4:6001".into(),
+//! };
+//! client.member_change(add, false).await?;
+//! // ... start replica 4 with --initial-cluster-state existing, wait for it to catch up:
+//! let list = client.member_list().await?;
+//! if list.members.iter().any(|m| m.id == 4 && m.lag.is_some_and(|lag| lag < 100)) {
+//!     client.member_change(MemberChange::Promote { id: 4 }, false).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Features
 //!
 //! - `cli` (default): builds the `kvs-client` command-line tool, with its own dependencies
@@ -107,12 +135,12 @@ mod options;
 mod retry;
 mod session;
 
-pub use client::{CasOutcome, Client};
+pub use client::{CasOutcome, Client, MemberChangeOutcome, MemberChanged};
 pub use error::Error;
 pub use options::ClientOptions;
 pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
-pub use wire::{ErrorReply, NodeRole, NodeStatus};
+pub use wire::{ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole, NodeStatus};
 
 use std::time::Duration;
 

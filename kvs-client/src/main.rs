@@ -9,6 +9,10 @@
 //!   cas KEY --absent NEW     set KEY to NEW if it is absent
 //!   status                   every node's view of the cluster
 //!   retry TOKEN              send again, exactly, a write whose outcome was unknown (exit 4)
+//!   member list              the members: addresses, voter or learner, applied slot, lag
+//!   member add ID --peer-addr HOST:PORT --client-addr HOST:PORT    add a learner
+//!   member promote ID        make a caught-up learner a voter
+//!   member remove ID [--force]   remove a member (the leader included)
 //! ```
 //!
 //! Output (text, the default): on success `put`, `del` and `cas` print nothing; `get` prints
@@ -23,15 +27,20 @@
 //! `del`: `{"key","existed"}`. `cas`: `{"key","swapped","current","current_encoding"}`
 //! (`current` only meaningful on a mismatch). `status`: `{"leader": id or null, "nodes":
 //! [...]}` with one node per endpoint, unreachable ones with `"reachable": false`.
+//! `member list`: `{"config_id","in_effect","leader","served_by","members":[{"id",
+//! "peer_addr","client_addr","role":"voter"|"learner","leader","applied","lag"}]}` (unknown
+//! values `null`). `member add|promote|remove`: `{"ok":true,"config_id","already_done"}`.
 //!
 //! Errors go to stderr as one line, `error: ...`, in both modes; an unknown outcome adds a
 //! second line with the retry token.
 //!
-//! Exit codes: 0 success; 1 key not found (`get`, `del`) or CAS mismatch; 2 usage error or
+//! Exit codes: 0 success; 1 key not found (`get`, `del`), CAS mismatch, or a membership
+//! change refused (stale configuration, another change in progress, a lagging learner, a
+//! lost quorum, an unknown or existing id: nothing changed); 2 usage error or
 //! invalid input (bad flags, bad endpoint, value too large, bad retry token); 3 unavailable,
 //! timed out, unreachable, refused handshake (e.g. wrong cluster id) or protocol error:
 //! nothing was applied; 4 outcome unknown (a write was sent but no answer came: it may or
-//! may not have been applied); 5 session expired (a `retry` came too late: the cluster no
+//! may not have been applied; for a membership change, `member list` shows); 5 session expired (a `retry` came too late: the cluster no
 //! longer remembers the write, so it was not applied now and never will be; whether the
 //! first attempt was applied is unknown: read the key).
 //!
@@ -63,6 +72,7 @@ mod cli {
     pub mod base64;
     pub mod bench;
     pub mod commands;
+    pub mod members;
     pub mod output;
 }
 
@@ -123,6 +133,7 @@ async fn run(args: Args) -> u8 {
         } => commands::cas(&client, key, values, absent, json).await,
         Command::Status => commands::status(&client, json).await,
         Command::Retry { token } => commands::retry(&client, &token, json).await,
+        Command::Member(member) => cli::members::run(&client, member, json).await,
         Command::Bench(bench) => {
             let options = client.options().clone();
             cli::bench::run(&args.endpoints, options, bench, json).await

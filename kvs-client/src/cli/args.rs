@@ -10,10 +10,11 @@ use super::bench::BenchArgs;
 #[derive(Debug, Parser)]
 #[command(name = "kvs-client", version, about, long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success; 1 key not found or CAS mismatch; \
-    2 usage error or invalid input; 3 unavailable, timeout or connection error (nothing \
-    applied); 4 outcome unknown (a write may or may not have been applied: retry it with \
-    the token printed, `kvs-client retry TOKEN`, not by running it again); 5 session \
+    after_help = "Exit codes: 0 success; 1 key not found, CAS mismatch, or a membership \
+    change refused (nothing changed); 2 usage error or invalid input; 3 unavailable, \
+    timeout or connection error (nothing applied); 4 outcome unknown (a write may or may \
+    not have been applied: retry it with the token printed, `kvs-client retry TOKEN`, not \
+    by running it again; a membership change: see `kvs-client member list`); 5 session \
     expired (the retry came too late: not applied now, never will be; read the key)."
 )]
 pub struct Args {
@@ -104,6 +105,46 @@ pub enum Command {
     },
     /// Measure throughput and latency with closed-loop load (like etcd's benchmark).
     Bench(BenchArgs),
+    /// List and change the cluster's members (one change at a time).
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+/// `member` subcommands. Each change reads the latest configuration first and names it
+/// (a compare-and-swap): a change racing another is refused, and one sent again after no
+/// answer is reported done if the member list shows it.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the members: id, peer and client addresses, voter or learner, the slot each
+    /// has applied and its lag behind the leader.
+    List,
+    /// Add a member as a learner: it receives the log and votes only once promoted. Start
+    /// it with an empty data dir and --initial-cluster-state existing.
+    Add {
+        /// The new member's id (never used before in this cluster).
+        id: u64,
+        /// Where the other replicas reach it, HOST:PORT (its --peers entry).
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: String,
+        /// Where clients reach it, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        client_addr: String,
+    },
+    /// Make a learner a voter; refused while it lags behind the leader (the lag is shown).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a member (a voter, the leader included, or a learner); refused if the voters
+    /// the leader hears from would no longer be a majority, unless --force.
+    Remove {
+        /// The member's id.
+        id: u64,
+        /// Remove it even if the voters answering the leader would no longer be a majority
+        /// (to remove members that are down for good).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use super::{base64, output};
 pub const EXIT_OK: u8 = 0;
 /// Key not found, or CAS mismatch.
 pub const EXIT_NOT_FOUND: u8 = 1;
+/// A membership change refused by the cluster: nothing changed.
+pub const EXIT_REFUSED: u8 = 1;
 /// Usage error or invalid input.
 pub const EXIT_USAGE: u8 = 2;
 /// Unavailable, timed out, or connection error: nothing was applied.
@@ -220,7 +222,8 @@ pub async fn status(client: &Client, json: bool) -> u8 {
     }
 }
 
-fn print_json(value: &Value) {
+/// Prints `value` as one line of JSON on stdout.
+pub fn print_json(value: &Value) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{value}");
     let _ = stdout.flush();
@@ -231,6 +234,8 @@ fn print_json(value: &Value) {
 pub fn fail(error: &Error) -> u8 {
     eprintln!("error: {error}");
     match error {
+        Error::Rejected(e) if e.is_membership_refusal() => EXIT_REFUSED,
+        Error::MembershipUnknown { .. } => EXIT_OUTCOME_UNKNOWN,
         Error::InvalidEndpoint { .. }
         | Error::InvalidOptions { .. }
         | Error::Rejected(_)

@@ -243,6 +243,19 @@ impl Client {
                 let error = Error::Rejected(refusal);
                 return ControlFlow::Break(Err(unknown_if(search.maybe_applied, error)));
             }
+            // A membership change refused by the leader: for what it is, not where it went.
+            ErrorReply::ChangeInProgress
+            | ErrorReply::StaleConfig { .. }
+            | ErrorReply::LearnerNotReady { .. }
+            | ErrorReply::WouldLoseQuorum { .. }
+            | ErrorReply::UnknownMember { .. }
+            | ErrorReply::MemberExists { .. }
+            | ErrorReply::AlreadyVoter { .. }
+            | ErrorReply::LastVoter { .. }
+            | ErrorReply::TooManyMembers { .. } => {
+                let error = Error::Rejected(refusal);
+                return ControlFlow::Break(Err(unknown_if(search.maybe_applied, error)));
+            }
         }
         ControlFlow::Continue(())
     }

@@ -254,6 +254,142 @@ pub fn store_script(id: u64) -> Script {
             }
             Op::Status => Reply::Status(Box::new(node_status(id, "fake", NodeRole::Leader))),
             Op::RegisterSession => unreachable!("the fake answers registrations itself"),
+            Op::MemberList | Op::MemberChange { .. } => {
+                return Err(ErrorReply::Invalid {
+                    reason: "this fake keeps no membership".into(),
+                })
+            }
         })
+    })
+}
+
+/// The membership of a fake leader: a configuration id and the members, changed by
+/// compare-and-swap as a real leader does.
+#[derive(Clone, Debug)]
+pub struct FakeMembers {
+    pub config_id: u64,
+    /// id → (voter, peer address, client address).
+    pub members: BTreeMap<u64, (bool, String, String)>,
+    /// Refuse this many changes with "in progress" first.
+    pub busy_for: usize,
+    /// Apply a change, then close the connection instead of answering, this many times.
+    pub lose_answers: usize,
+    /// The lag of each learner as the leader reports it.
+    pub lag: BTreeMap<u64, u64>,
+}
+
+impl FakeMembers {
+    /// Voters 1, 2 and 3 in configuration 1.
+    pub fn three() -> FakeMembers {
+        let member = |id: u64| {
+            (
+                id,
+                (true, format!("h:{}", 7000 + id), format!("h:{}", 6000 + id)),
+            )
+        };
+        FakeMembers {
+            config_id: 1,
+            members: (1..=3).map(member).collect(),
+            busy_for: 0,
+            lose_answers: 0,
+            lag: BTreeMap::new(),
+        }
+    }
+
+    fn list(&self) -> wire::MemberList {
+        wire::MemberList {
+            config_id: self.config_id,
+            in_effect: true,
+            served_by: 1,
+            leader: Some(1),
+            members: self
+                .members
+                .iter()
+                .map(|(&id, (voter, peer, client))| wire::MemberInfo {
+                    id,
+                    peer_addr: Some(peer.clone()),
+                    client_addr: Some(client.clone()),
+                    voter: *voter,
+                    applied: Some(100),
+                    lag: Some(self.lag.get(&id).copied().unwrap_or(0)),
+                })
+                .collect(),
+        }
+    }
+
+    fn change(&mut self, expected: u64, change: &wire::MemberChange) -> Result<Reply, ErrorReply> {
+        if self.busy_for > 0 {
+            self.busy_for -= 1;
+            return Err(ErrorReply::ChangeInProgress);
+        }
+        if expected != self.config_id {
+            return Err(ErrorReply::StaleConfig {
+                expected,
+                current: self.config_id,
+            });
+        }
+        match change {
+            wire::MemberChange::Add {
+                id,
+                peer_addr,
+                client_addr,
+            } => {
+                if self.members.contains_key(id) {
+                    return Err(ErrorReply::MemberExists { id: *id });
+                }
+                self.members
+                    .insert(*id, (false, peer_addr.clone(), client_addr.clone()));
+            }
+            wire::MemberChange::Promote { id } => match self.members.get_mut(id) {
+                None => return Err(ErrorReply::UnknownMember { id: *id }),
+                Some((true, ..)) => return Err(ErrorReply::AlreadyVoter { id: *id }),
+                Some(m) => {
+                    if let Some(&lag) = self.lag.get(id).filter(|&&l| l > 128) {
+                        return Err(ErrorReply::LearnerNotReady {
+                            id: *id,
+                            lag: Some(lag),
+                            allowed: 128,
+                        });
+                    }
+                    m.0 = true;
+                }
+            },
+            wire::MemberChange::Remove { id } => {
+                if self.members.remove(id).is_none() {
+                    return Err(ErrorReply::UnknownMember { id: *id });
+                }
+            }
+        }
+        self.config_id += 1;
+        Ok(Reply::MemberChanged {
+            config_id: self.config_id,
+            effective_from_slot: 1000,
+        })
+    }
+}
+
+/// A script for a leader that keeps `members`.
+pub fn members_script(members: Arc<Mutex<FakeMembers>>) -> Script {
+    Arc::new(move |request, _| {
+        let mut m = members.lock().unwrap();
+        match &request.op {
+            Op::MemberList => respond(request, Ok(Reply::Members(Box::new(m.list())))),
+            Op::MemberChange {
+                expected, change, ..
+            } => {
+                let answer = m.change(*expected, change);
+                if answer.is_ok() && m.lose_answers > 0 {
+                    m.lose_answers -= 1;
+                    return Action::Close;
+                }
+                respond(request, answer)
+            }
+            _ => respond(
+                request,
+                Err(ErrorReply::Invalid {
+                    reason: "this fake only keeps a membership".into(),
+                }),
+            ),
+        }
     })
 }
