@@ -113,6 +113,12 @@ pub enum ServerError {
         /// The directory.
         dir: PathBuf,
     },
+    /// The membership cannot be set up or used: what is wrong, and what to do.
+    #[error("{reason}")]
+    Membership {
+        /// What is wrong.
+        reason: String,
+    },
     /// Replicas of a dev cluster failed.
     #[error("{}", describe(.0))]
     Replicas(Vec<(NodeId, ServerError)>),

@@ -1,5 +1,7 @@
 //! The replicated state machine: an ordered map of byte keys to byte values, plus the
-//! client sessions that make retried writes exactly-once ([`crate::sessions`]).
+//! client sessions that make retried writes exactly-once ([`crate::sessions`]), plus the
+//! membership as of the last applied slot (so that a snapshot carries the membership that
+//! governs the slots after it).
 //!
 //! Every replica applies the same commands in the same slot order, so everything here must
 //! be deterministic: no clocks, no randomness, no hash-map iteration order. A replica
@@ -9,6 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
+use paxos_core::{ChangeError, MembershipLog, Reconfig};
 use wire::{Command, ErrorReply, Reply, Session, WriteOp};
 
 use crate::sessions::{self, Known, SessionTable};
@@ -35,12 +38,20 @@ pub struct StateMachine {
     applied: u64,
     /// Bytes held by keys and values (for the status and memory figures).
     data_bytes: u64,
+    /// The membership log as of `applied`: the changes chosen in the slots below it are
+    /// in. `None` for a replica that joins a cluster and has not installed a snapshot
+    /// yet, or a store read from a snapshot of an earlier version.
+    membership: Option<MembershipLog>,
 }
 
-/// Two stores are equal when they hold the same data and sessions at the same slot.
+/// Two stores are equal when they hold the same data, sessions and membership at the same
+/// slot.
 impl PartialEq for StateMachine {
     fn eq(&self, other: &Self) -> bool {
-        self.applied == other.applied && self.data == other.data && self.sessions == other.sessions
+        self.applied == other.applied
+            && self.data == other.data
+            && self.sessions == other.sessions
+            && self.membership == other.membership
     }
 }
 
@@ -82,7 +93,36 @@ impl StateMachine {
             sessions,
             applied,
             data_bytes,
+            membership: None,
         }
+    }
+
+    /// The membership log as of the last applied slot, if known.
+    pub fn membership(&self) -> Option<&MembershipLog> {
+        self.membership.as_ref()
+    }
+
+    /// Sets the membership log as of the last applied slot (from a snapshot, or the first
+    /// membership of a new cluster).
+    pub fn set_membership(&mut self, log: MembershipLog) {
+        self.membership = Some(log);
+    }
+
+    /// Applies the membership change chosen in `slot` (delivered right after the slot
+    /// itself, as the consensus core applies it to its own log), so that a snapshot taken
+    /// from now on carries it. Returns what the core's own application returned, for the
+    /// caller to check they agree; `None` if no membership is known.
+    pub fn apply_reconfig(
+        &mut self,
+        slot: u64,
+        reconfig: &Reconfig,
+    ) -> Option<Result<u64, ChangeError>> {
+        debug_assert!(slot < self.applied, "a change is applied after its slot");
+        let log = self.membership.as_mut()?;
+        let outcome = log.apply_chosen(slot, reconfig);
+        // Keep the memberships the slots from here on still need (as the core does).
+        log.forget_before(self.applied);
+        Some(outcome)
     }
 
     /// Sets the session table's capacity. Every replica of a cluster must use the same: it

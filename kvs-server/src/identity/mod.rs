@@ -32,13 +32,27 @@
 //!   the one that was lost.) The cost: a `new` directory waits until that many peers are up
 //!   once, after which restarts need nobody.
 //!
+//! - **Joining a running cluster** ([`Origin`]): a directory created by `existing` belongs
+//!   to a member added with `kvs-client member add`. It knows neither the cluster identity
+//!   nor the bootstrap members: its replica dials the members given in `--peers` with a
+//!   *joining* hello, and a member that admits it (its id is in the membership and no other
+//!   data dir is recorded for it) records its instance and tells it the cluster identity.
+//!   It may take part only once a majority of the other voters recorded it; a member that
+//!   knows its id by another data dir refuses it, and then this directory is a member's
+//!   lost disk restarted empty: it stops ([`IdentityError::LostData`]).
+//!
+//! The member ids stored here are the ones the cluster was *bootstrapped* with, which its
+//! identity was derived from. The membership itself is replicated state, kept in the
+//! snapshot and the log (see [`crate::node`]); once a directory exists, `--peers` no longer
+//! decides who is a member.
+//!
 //! # Bootstrap ([`open`])
 //!
 //! | data dir | `--initial-cluster-state` | outcome |
 //! |---|---|---|
-//! | has `IDENTITY` | ignored | the stored identity, if the flags agree with it (cluster name, member id, member ids); a difference is named and refused |
+//! | has `IDENTITY` | ignored | the stored identity, if the flags agree with it (cluster name, member id); a difference is named and refused |
 //! | empty | `new` (the default) | a new identity with a new instance, written durably before any connection; not joined |
-//! | empty | `existing` | refused: this member's data is lost, it must not vote; replace the member |
+//! | empty | `existing` | a joining identity with a new instance, written durably before any connection; the cluster identity is learned from the members |
 //! | log or snapshot, no `IDENTITY` | either | a directory of an earlier version: the configured identity is adopted, joined (it is the directory that made its promises) |
 //!
 //! The file is text (`key value` lines, readable with `cat`), ends with a CRC32C of all
@@ -64,9 +78,25 @@ pub enum InitialClusterState {
     /// Bootstrap a new cluster (or join one being bootstrapped): create an identity.
     #[default]
     New,
-    /// Join a running cluster: an empty data directory is refused, since this member's
-    /// promises would be lost.
+    /// Join a running cluster as a member added with `kvs-client member add`: the cluster
+    /// identity is learned from the members given in `--peers`. A member whose id the
+    /// cluster knows by another data directory (its disk was lost) is refused.
     Existing,
+}
+
+/// How a data directory came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// Created by `--initial-cluster-state new` (or adopted from an earlier version): the
+    /// identity was derived from the flags.
+    #[default]
+    Bootstrapped,
+    /// Created by `--initial-cluster-state existing`, and no member has told it the
+    /// cluster identity yet (`cluster_uid` is zero, `members` holds this member only).
+    Joining,
+    /// Created by `--initial-cluster-state existing`, the cluster identity learned from a
+    /// member. Until its first snapshot is installed it holds no membership.
+    Joined,
 }
 
 /// What a data directory knows about itself. See the [module docs](self).
@@ -86,6 +116,8 @@ pub struct Identity {
     pub joined: bool,
     /// The instance of each peer, as first seen by this replica.
     pub known: BTreeMap<u64, Uid>,
+    /// How the directory came to be.
+    pub origin: Origin,
 }
 
 /// Why an identity cannot be read, written or used.
@@ -112,25 +144,27 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
-    /// The data dir is empty but `--initial-cluster-state` is `existing`: this member lost
-    /// its data, and with it its promises.
+    /// The data dir was empty (`--initial-cluster-state existing`), and a member knows this
+    /// member's id by another data dir: this member lost its data, and with it its promises.
     #[error(
-        "data dir {} is empty, but --initial-cluster-state is existing: member {member_id} \
-         of cluster \"{cluster}\" has lost its data, and with it the promises it made to \
-         the other members, so it must not vote. Leave it stopped: the cluster keeps serving \
-         on the other members while a majority of them is up. Replace this member (README: \
-         \"a replica whose disk was lost\") rather than restarting it empty; its peers \
-         refuse an empty data dir under its id. If this is the first start of a new \
-         cluster, use --initial-cluster-state new",
+        "data dir {} was empty, but member {peer} knows member {member_id} of cluster \
+         \"{cluster}\" by another data dir: member {member_id} has lost its data, and with it \
+         the promises it made to the other members, so it must not vote. Leave it stopped: \
+         the cluster keeps serving on the other members while a majority of them is up. \
+         Replace this member (README: \"replacing a replica whose disk was lost\"): remove \
+         id {member_id} and add a new id, rather than restarting it empty. If this is the \
+         first start of a new cluster, use --initial-cluster-state new",
         .dir.display()
     )]
     LostData {
-        /// The empty data dir.
+        /// The data dir.
         dir: PathBuf,
         /// `--id`.
         member_id: u64,
         /// `--cluster-id`.
         cluster: String,
+        /// The member that knows this id by another data dir.
+        peer: u64,
     },
     /// The flags disagree with the identity stored in the data dir, which wins.
     #[error(
@@ -183,24 +217,6 @@ pub enum Mismatch {
         /// The stored cluster name.
         stored: String,
     },
-    /// `--peers` lists other members.
-    #[error(
-        "--peers lists members {flag:?}, but this data dir's cluster has members {stored:?} \
-         (only in --peers: {:?}; missing from --peers: {:?})",
-        only(flag, stored),
-        only(stored, flag)
-    )]
-    Members {
-        /// The ids of `--peers`.
-        flag: Vec<u64>,
-        /// The stored member ids.
-        stored: Vec<u64>,
-    },
-}
-
-/// The ids in `a` that are not in `b`.
-fn only(a: &[u64], b: &[u64]) -> Vec<u64> {
-    a.iter().filter(|i| !b.contains(i)).copied().collect()
 }
 
 /// What the flags say about the cluster, to bootstrap or check an identity with.
@@ -227,6 +243,8 @@ pub enum Opened {
     Bootstrapped,
     /// Created for a directory of an earlier version that has a log or a snapshot.
     Adopted,
+    /// Created for an empty directory with `existing`: it joins a running cluster.
+    Joining,
 }
 
 /// Derives the cluster identity: FNV-1a (128 bits) over a version tag, the name, the
@@ -267,11 +285,15 @@ impl Identity {
 
     /// What this replica states in its peer handshake.
     pub fn wire(&self, sessions_max: usize) -> wire::ReplicaIdentity {
+        if self.origin == Origin::Joining {
+            return wire::ReplicaIdentity::joining(self.instance, sessions_max as u64);
+        }
         wire::ReplicaIdentity {
             cluster_uid: self.cluster_uid,
             instance: self.instance,
             members: self.members.clone(),
             sessions_max: sessions_max as u64,
+            joining: false,
         }
     }
 
@@ -288,6 +310,16 @@ impl Identity {
         let _ = writeln!(s, "joined {}", self.joined);
         for (id, uid) in &self.known {
             let _ = writeln!(s, "known {id} {uid}");
+        }
+        // Absent for a bootstrapped directory, as in the files of earlier versions.
+        match self.origin {
+            Origin::Bootstrapped => {}
+            Origin::Joining => {
+                let _ = writeln!(s, "origin joining");
+            }
+            Origin::Joined => {
+                let _ = writeln!(s, "origin joined");
+            }
         }
         let crc = crc32c::crc32c(s.as_bytes());
         let _ = writeln!(s, "crc32c {crc:08x}");
@@ -346,6 +378,12 @@ impl Identity {
             },
             members,
             known,
+            origin: match fields.remove("origin") {
+                None => Origin::Bootstrapped,
+                Some("joining") => Origin::Joining,
+                Some("joined") => Origin::Joined,
+                Some(other) => return Err(format!("origin is {other:?}")),
+            },
         };
         if let Some(extra) = fields.keys().next() {
             return Err(format!("unknown field {extra}"));
@@ -436,11 +474,18 @@ pub fn open(dir: &Path, flags: &Bootstrap) -> Result<(Identity, Opened), Identit
     }
     let legacy = has_data(dir)?;
     if !legacy && flags.state == Some(InitialClusterState::Existing) {
-        return Err(IdentityError::LostData {
-            dir: dir.to_path_buf(),
+        let identity = Identity {
+            cluster_name: flags.cluster_name.clone(),
+            cluster_uid: Uid::default(),
             member_id: flags.member_id,
-            cluster: flags.cluster_name.clone(),
-        });
+            instance: random_uid(),
+            members: vec![flags.member_id],
+            joined: false,
+            known: BTreeMap::new(),
+            origin: Origin::Joining,
+        };
+        identity.write(dir)?;
+        return Ok((identity, Opened::Joining));
     }
     let token = flags.token.as_deref().unwrap_or(&flags.cluster_name);
     let mut identity = Identity {
@@ -451,6 +496,7 @@ pub fn open(dir: &Path, flags: &Bootstrap) -> Result<(Identity, Opened), Identit
         members: flags.members.clone(),
         joined: legacy,
         known: BTreeMap::new(),
+        origin: Origin::Bootstrapped,
     };
     identity.joined |= identity.join_quorum() == 0;
     identity.write(dir)?;
@@ -462,6 +508,8 @@ pub fn open(dir: &Path, flags: &Bootstrap) -> Result<(Identity, Opened), Identit
     Ok((identity, how))
 }
 
+/// The member id and cluster name must agree. The member ids of `--peers` are not
+/// compared: once the directory exists, the membership comes from its snapshot and log.
 fn check_stored(stored: &Identity, flags: &Bootstrap, dir: &Path) -> Result<(), IdentityError> {
     let mismatch = if stored.member_id != flags.member_id {
         Mismatch::Member {
@@ -472,11 +520,6 @@ fn check_stored(stored: &Identity, flags: &Bootstrap, dir: &Path) -> Result<(), 
         Mismatch::Cluster {
             flag: flags.cluster_name.clone(),
             stored: stored.cluster_name.clone(),
-        }
-    } else if stored.members != flags.members {
-        Mismatch::Members {
-            flag: flags.members.clone(),
-            stored: stored.members.clone(),
         }
     } else {
         return Ok(());
@@ -576,6 +619,25 @@ impl IdentityStore {
         let mut next = identity.clone();
         next.joined = true;
         self.replace(&mut identity, next)
+    }
+
+    /// Records durably what a member told this joining directory: the cluster identity and
+    /// the bootstrap members; it may take part from now on (a majority of the other voters
+    /// recorded it).
+    pub fn learned_cluster(&self, cluster: &wire::ClusterInfo) -> Result<(), IdentityError> {
+        let mut identity = self.lock();
+        let mut next = identity.clone();
+        next.cluster_uid = cluster.cluster_uid;
+        next.members = cluster.members.clone();
+        next.origin = Origin::Joined;
+        next.joined = true;
+        self.replace(&mut identity, next)
+    }
+
+    /// Whether `id` has connected to this replica with a data dir of its own at some point
+    /// (so that its id was used, and must not be given to another data dir).
+    pub fn knows(&self, id: u64) -> bool {
+        self.lock().known.contains_key(&id)
     }
 
     /// Writes `next` and makes it current. A failed write stops the replica: after a failed

@@ -19,6 +19,7 @@ fn sample() -> Identity {
         members: vec![1, 2, 3],
         joined: true,
         known: [(1, Uid([1; 16])), (3, Uid([3; 16]))].into(),
+        origin: Origin::Bootstrapped,
     }
 }
 
@@ -123,19 +124,43 @@ fn empty_dir_with_new_bootstraps_unjoined_and_durably() {
 }
 
 #[test]
-fn empty_dir_with_existing_is_refused_with_what_to_do() {
+fn empty_dir_with_existing_joins_with_a_durable_instance_and_learns_the_cluster() {
     let dir = tmp();
-    let err = open(dir.path(), &flags(Some(InitialClusterState::Existing))).unwrap_err();
-    assert!(
-        matches!(&err, IdentityError::LostData { member_id: 2, cluster, .. } if cluster == "kvs"),
-        "{err}"
+    let (id, how) = open(dir.path(), &flags(Some(InitialClusterState::Existing))).unwrap();
+    assert_eq!(how, Opened::Joining);
+    assert_eq!(id.origin, Origin::Joining);
+    assert!(!id.joined);
+    assert_eq!(id.cluster_uid, Uid::default());
+    // On disk before any connection: a restart presents the same instance.
+    let (again, how) = open(dir.path(), &flags(None)).unwrap();
+    assert_eq!((again.clone(), how), (id.clone(), Opened::Stored));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = IdentityStore::new(dir.path().to_path_buf(), again, tx);
+    let cluster = wire::ClusterInfo {
+        cluster_uid: Uid([4; 16]),
+        members: vec![1, 3, 5],
+        voters: vec![1, 3, 4],
+    };
+    store.learned_cluster(&cluster).unwrap();
+    let learned = Identity::read(dir.path()).unwrap().unwrap();
+    assert_eq!(learned.origin, Origin::Joined);
+    assert!(learned.joined);
+    assert_eq!(learned.instance, id.instance);
+    assert_eq!(
+        (learned.cluster_uid, learned.members),
+        (Uid([4; 16]), vec![1, 3, 5])
     );
-    // The operator is told what happened and what to do.
-    let text = err.to_string();
-    assert!(text.contains("has lost its data"), "{text}");
-    assert!(text.contains("must not vote"), "{text}");
-    assert!(text.contains("Replace this member"), "{text}");
-    assert!(!dir.path().join(FILE_NAME).exists());
+    // The lost-data refusal says what happened and what to do.
+    let text = IdentityError::LostData {
+        dir: dir.path().to_path_buf(),
+        member_id: 2,
+        cluster: "kvs".into(),
+        peer: 1,
+    }
+    .to_string();
+    for needle in ["has lost its data", "must not vote", "Replace this member"] {
+        assert!(text.contains(needle), "{text}");
+    }
 }
 
 #[test]
@@ -202,23 +227,10 @@ fn single_member_cluster_is_joined_at_once() {
 fn flags_that_disagree_with_the_stored_identity_are_refused_by_name() {
     let dir = tmp();
     open(dir.path(), &flags(None)).unwrap();
+    // Other --peers ids are no difference: the membership comes from the data dir.
     let mut f = flags(None);
     f.members = vec![1, 2, 4];
-    let err = open(dir.path(), &f).unwrap_err();
-    let IdentityError::FlagsDisagree { mismatch, .. } = &err else {
-        panic!("{err}");
-    };
-    assert_eq!(
-        mismatch,
-        &Mismatch::Members {
-            flag: vec![1, 2, 4],
-            stored: vec![1, 2, 3]
-        }
-    );
-    assert!(
-        err.to_string().contains("--peers lists members [1, 2, 4], but this data dir's cluster has members [1, 2, 3] (only in --peers: [4]; missing from --peers: [3])"),
-        "{err}"
-    );
+    assert_eq!(open(dir.path(), &f).unwrap().1, Opened::Stored);
     let mismatch_of = |f: &Bootstrap| match open(dir.path(), f) {
         Err(IdentityError::FlagsDisagree { mismatch, .. }) => mismatch,
         other => panic!("{other:?}"),

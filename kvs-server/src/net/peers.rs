@@ -11,8 +11,14 @@
 //! sides: the accepting side logs it at warn, and the dialing side logs the reason it was
 //! given at warn. A refusal saying that this member is known by another data dir stops
 //! this replica ([`LinkEvent::Fatal`]): its promises are lost and it must not vote.
+//!
+//! The links follow the membership, which changes with the replicated log: the event loop
+//! opens a link to a member that joined ([`Links::connect`], at the address the membership
+//! records) and closes the link to one that left ([`Links::disconnect`]), and it tells the
+//! [`PeerRegistry`] who may connect: a replica whose id is not a member is refused by
+//! name, and the connections of a member that left are closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +33,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wire::{
-    HandshakeExpectation, HandshakeRefusal, Hello, PeerMessage, PeerReachability, PeerRole,
-    WireError,
+    Accepted, ClusterInfo, HandshakeExpectation, HandshakeRefusal, Hello, PeerMessage,
+    PeerReachability, PeerRole, WireError,
 };
 
 use super::frames::PeerFrames;
@@ -67,14 +73,74 @@ type Frames = Framed<TcpStream, LengthDelimitedCodec>;
 /// The event loop's side of the links to its peers: where to queue messages for each, and
 /// whether each is reachable. Messages are encoded here, once per message however many
 /// peers it goes to ([`PeerFrames`]); the links only write frames.
-#[derive(Default)]
 pub struct Links {
     queues: BTreeMap<NodeId, mpsc::Sender<Bytes>>,
     reachable: BTreeMap<NodeId, Arc<AtomicBool>>,
+    /// Each link's address, and what ends it alone.
+    links: BTreeMap<NodeId, (String, CancellationToken)>,
     frames: PeerFrames,
+    dialer: Dialer,
 }
 
 impl Links {
+    /// No link yet; [`Links::connect`] opens them with `dialer`.
+    pub fn new(dialer: Dialer) -> Links {
+        Links {
+            queues: BTreeMap::new(),
+            reachable: BTreeMap::new(),
+            links: BTreeMap::new(),
+            frames: PeerFrames::default(),
+            dialer,
+        }
+    }
+
+    /// The peers linked, with their addresses.
+    pub fn addrs(&self) -> BTreeMap<NodeId, String> {
+        self.links
+            .iter()
+            .map(|(&id, (addr, _))| (id, addr.clone()))
+            .collect()
+    }
+
+    /// Starts the outbound link to `peer` at `addr` (and its snapshot lane in `outgoing`),
+    /// unless one to that address runs; a link to another address is replaced.
+    pub fn connect(&mut self, peer: NodeId, addr: &str, outgoing: &mut Outgoing) {
+        match self.links.get(&peer) {
+            Some((current, _)) if current == addr => return,
+            Some(_) => self.disconnect(peer, outgoing),
+            None => {}
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        let (chunks_tx, chunks) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
+        let epoch = Arc::new(AtomicU64::new(0));
+        outgoing.add_peer(peer, chunks_tx, Arc::clone(&epoch));
+        let reachable = Arc::new(AtomicBool::new(false));
+        let stop = self.dialer.shutdown.child_token();
+        let link = Outbound {
+            to: peer,
+            addr: addr.to_owned(),
+            hello: self.dialer.hello.clone(),
+            store: Arc::clone(&self.dialer.store),
+            reachable: Arc::clone(&reachable),
+            shutdown: stop.clone(),
+        };
+        self.dialer
+            .tasks
+            .spawn(link.run(rx, SnapshotLane { chunks, epoch }));
+        self.queues.insert(peer, tx);
+        self.reachable.insert(peer, reachable);
+        self.links.insert(peer, (addr.to_owned(), stop));
+    }
+
+    /// Ends the outbound link to `peer` (no longer a member) and its snapshot lane.
+    pub fn disconnect(&mut self, peer: NodeId, outgoing: &mut Outgoing) {
+        if let Some((_, stop)) = self.links.remove(&peer) {
+            stop.cancel();
+        }
+        self.queues.remove(&peer);
+        self.reachable.remove(&peer);
+        outgoing.remove_peer(peer);
+    }
     /// Queues `message` for `to`, dropping it if the link's queue is full or `to` is
     /// unknown (best effort: the consensus core retransmits what matters).
     pub fn send(&mut self, to: NodeId, message: Message) {
@@ -111,38 +177,6 @@ pub struct Dialer {
     pub shutdown: CancellationToken,
     /// Where the link tasks run.
     pub tasks: TaskTracker,
-}
-
-/// Starts one outbound link per peer in `peers` (every member but `me`), and returns the
-/// event loop's handle on them and the snapshot transfers that stream over them.
-pub fn dial_all(
-    me: NodeId,
-    peers: &BTreeMap<NodeId, String>,
-    dialer: &Dialer,
-) -> (Links, Outgoing) {
-    let mut links = Links::default();
-    let mut outgoing = Outgoing::default();
-    for (&peer, addr) in peers.iter().filter(|(&id, _)| id != me) {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-        let (chunks_tx, chunks) = mpsc::channel(SNAPSHOT_QUEUE_CHUNKS);
-        let epoch = Arc::new(AtomicU64::new(0));
-        outgoing.add_peer(peer, chunks_tx, Arc::clone(&epoch));
-        let reachable = Arc::new(AtomicBool::new(false));
-        let link = Outbound {
-            to: peer,
-            addr: addr.clone(),
-            hello: dialer.hello.clone(),
-            store: Arc::clone(&dialer.store),
-            reachable: Arc::clone(&reachable),
-            shutdown: dialer.shutdown.clone(),
-        };
-        dialer
-            .tasks
-            .spawn(link.run(rx, SnapshotLane { chunks, epoch }));
-        links.queues.insert(peer, tx);
-        links.reachable.insert(peer, reachable);
-    }
-    (links, outgoing)
 }
 
 /// One outbound link: keeps a connection to peer `to` at `addr`, opened with `hello`.
@@ -276,6 +310,18 @@ enum Pump {
     Stop,
 }
 
+/// Dials `addr` and runs the handshake with `hello` only, then hangs up: how a replica
+/// joining a running cluster asks a member to admit it (and learns the cluster identity).
+pub async fn ask_to_join(addr: &str, hello: &Hello) -> Result<Accepted, WireError> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| WireError::HandshakeTimeout {
+            timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+        })??;
+    let mut framed = Framed::new(stream, wire::frame_codec());
+    wire::client_handshake(&mut framed, hello, HANDSHAKE_TIMEOUT).await
+}
+
 async fn connect(addr: &str, hello: &Hello) -> Result<Frames, WireError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -292,13 +338,108 @@ async fn connect(addr: &str, hello: &Hello) -> Result<Frames, WireError> {
     Ok(framed)
 }
 
-/// What the inbound side of the links needs: accepted connections must meet `expect` and
-/// present an instance `store` admits; what they carry goes to the event loop on `events`.
+/// Who may connect on the peer port, shared by the listener (which reads it at every
+/// handshake) and the event loop (which sets it as the membership changes): the member ids,
+/// the voters (told to a joining replica) and the connections accepted from each member,
+/// closed when it leaves.
+#[derive(Debug, Default)]
+pub struct PeerRegistry {
+    state: std::sync::Mutex<RegistryState>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    allowed: BTreeSet<NodeId>,
+    /// What to tell a joining replica; `None` while this replica has no membership itself.
+    cluster: Option<ClusterInfo>,
+    /// Connections accepted, by peer: (connection number, what ends it).
+    inbound: BTreeMap<NodeId, Vec<(u64, CancellationToken)>>,
+    next_connection: u64,
+}
+
+impl PeerRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryState> {
+        // Every critical section is a few assignments: a panic cannot leave it half-done.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets who may connect (`allowed`) and what a joining replica is told (`cluster`);
+    /// closes the connections of the peers no longer allowed. Returns those peers.
+    pub fn set(&self, allowed: BTreeSet<NodeId>, cluster: Option<ClusterInfo>) -> Vec<NodeId> {
+        let mut state = self.lock();
+        let gone: Vec<NodeId> = state
+            .inbound
+            .keys()
+            .filter(|id| !allowed.contains(id))
+            .copied()
+            .collect();
+        for id in &gone {
+            for (_, stop) in state.inbound.remove(id).unwrap_or_default() {
+                stop.cancel();
+            }
+        }
+        state.allowed = allowed;
+        state.cluster = cluster;
+        gone
+    }
+
+    /// The ids that may connect now.
+    pub fn allowed(&self) -> BTreeSet<NodeId> {
+        self.lock().allowed.clone()
+    }
+
+    /// `base` with the replicas allowed now and what a joining replica is told.
+    fn expectation(&self, base: &HandshakeExpectation) -> HandshakeExpectation {
+        let state = self.lock();
+        HandshakeExpectation {
+            replicas: Some(state.allowed.clone()),
+            cluster: state.cluster.clone(),
+            ..base.clone()
+        }
+    }
+
+    /// Records a connection accepted from `peer`: its number and what ends it; `None` if
+    /// `peer` left meanwhile.
+    fn register(&self, peer: NodeId) -> Option<(u64, CancellationToken)> {
+        let mut state = self.lock();
+        if !state.allowed.contains(&peer) {
+            return None;
+        }
+        let number = state.next_connection;
+        state.next_connection += 1;
+        let stop = CancellationToken::new();
+        state
+            .inbound
+            .entry(peer)
+            .or_default()
+            .push((number, stop.clone()));
+        Some((number, stop))
+    }
+
+    /// Forgets connection `number` of `peer`, which ended.
+    fn unregister(&self, peer: NodeId, number: u64) {
+        let mut state = self.lock();
+        if let Some(list) = state.inbound.get_mut(&peer) {
+            list.retain(|(n, _)| *n != number);
+            if list.is_empty() {
+                state.inbound.remove(&peer);
+            }
+        }
+    }
+}
+
+/// What the inbound side of the links needs: accepted connections must meet `expect` (with
+/// the replicas `registry` allows now) and present an instance `store` admits; what they
+/// carry goes to the event loop on `events`.
 pub struct Acceptor {
     /// This replica's id, told in the handshake.
     pub my_id: NodeId,
-    /// What a connecting replica must present.
+    /// What a connecting replica must present (the allowed ids come from `registry`).
     pub expect: HandshakeExpectation,
+    /// Who may connect now.
+    pub registry: Arc<PeerRegistry>,
     /// Records and checks instances.
     pub store: Arc<IdentityStore>,
     /// The event loop's inbox.
@@ -328,10 +469,31 @@ impl Acceptor {
         let Some(from) = self.handshake(&mut framed, remote).await else {
             return;
         };
+        let Some((number, left)) = self.registry.register(from) else {
+            tracing::info!(peer = from, %remote, "closing a peer connection: no longer a member");
+            return;
+        };
+        self.forward(&mut framed, from, remote, &left).await;
+        self.registry.unregister(from, number);
+    }
+
+    /// Hands what an accepted connection carries to the event loop, until it ends, the
+    /// replica stops, or the peer is no longer a member (`left`).
+    async fn forward(
+        &self,
+        framed: &mut Frames,
+        from: NodeId,
+        remote: SocketAddr,
+        left: &CancellationToken,
+    ) {
         loop {
             let frame = tokio::select! {
                 f = framed.next() => f,
                 _ = self.shutdown.cancelled() => return,
+                _ = left.cancelled() => {
+                    tracing::info!(peer = from, %remote, "closing a peer connection: no longer a member");
+                    return;
+                }
             };
             let bytes = match frame {
                 Some(Ok(b)) => b,
@@ -378,8 +540,9 @@ impl Acceptor {
                     })
             }
         };
+        let expect = self.registry.expectation(&self.expect);
         let handshake =
-            wire::server_handshake_with(framed, &self.expect, self.my_id, HANDSHAKE_TIMEOUT, admit);
+            wire::server_handshake_with(framed, &expect, self.my_id, HANDSHAKE_TIMEOUT, admit);
         match handshake.await {
             Ok(hello) => match hello.role {
                 PeerRole::Replica(from) => Some(from),

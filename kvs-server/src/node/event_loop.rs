@@ -51,6 +51,10 @@ impl Started {
             if let Some(e) = self.node.fatal.take() {
                 return Err(e);
             }
+            if self.node.removed && stopping.is_none() {
+                // Removed from the cluster: stop as on a shutdown, and exit with success.
+                stopping = Some(Instant::now());
+            }
             if let Some(since) = stopping {
                 if self.node.pending.is_empty() || since.elapsed() > SHUTDOWN_DRAIN_MAX {
                     return Ok(());

@@ -140,13 +140,17 @@ impl Node {
             .reload_snapshot()
             .map_err(ServerError::SnapshotReload)?;
         state.snapshot_slot = sm.applied();
+        state.membership = sm.membership().cloned();
         self.replace_state_machine(sm);
         let seed = self.rng.random();
         let config = self.cfg.paxos_config();
         let now = self.now_ms();
-        // A replica still under repair repairs again after an injected failure.
+        // A replica still under repair repairs again after an injected failure; one that
+        // joined and has no snapshot yet joins again.
         self.replica = if crate::repair::is_marked(&self.cfg.data_dir) {
             Replica::recover_for_repair(config, seed, now, &state)
+        } else if state.membership.is_none() {
+            Replica::join(config, seed, now)
         } else {
             Replica::recover(config, seed, now, &state)
         }

@@ -11,12 +11,14 @@
 //! | [`event_loop`] | the loop: wait for the next event, timer or report, handle it, carry out the outputs; graceful shutdown |
 //! | [`requests`] | routing a client request; [`pending`] is the table of requests waiting for consensus |
 //! | [`output`] | the core's outputs: sends, persists, applying chosen commands and answering clients |
+//! | [`membership`] | the membership: links and peer port that follow it, member list and changes |
 //! | [`snapshots`] | when to snapshot, and the snapshots shipped to and received from peers |
 //! | [`faults`] | the injected acceptor failures (`--acceptor-fail-prob`) |
 //! | [`status`] | the status report |
 
 mod event_loop;
 mod faults;
+mod membership;
 mod output;
 mod pending;
 mod requests;
@@ -24,6 +26,7 @@ mod snapshots;
 mod start;
 mod status;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paxos_core::{Ballot, Replica, Role};
@@ -36,8 +39,9 @@ pub use crate::config::NodeConfig;
 
 use crate::error::ServerError;
 use crate::event::{Event, Report};
+use crate::identity::IdentityStore;
 use crate::net::clients::{Outbox, ValueBytesSeen};
-use crate::net::peers::Links;
+use crate::net::peers::{Links, PeerRegistry};
 use crate::state_machine::StateMachine;
 use crate::storage::{Storage, StorageEvent};
 use faults::Faults;
@@ -70,6 +74,14 @@ struct Node {
     pending: Pending,
     /// Where messages to peers go.
     links: Links,
+    /// Who may connect on the peer port.
+    registry: Arc<PeerRegistry>,
+    /// The data dir's identity (the instances of the peers it has seen).
+    store: Arc<IdentityStore>,
+    /// What the links and hints were last set up for.
+    members: membership::MemberView,
+    /// This replica was removed from the cluster: it stops.
+    removed: bool,
     snapshots: Snapshots,
     faults: Faults,
     /// Answers to clients, written at the end of each turn of the loop.

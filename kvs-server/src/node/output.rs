@@ -1,6 +1,7 @@
 //! Carrying out the consensus core's outputs, in the order it hands them out: messages to
 //! peers, records to make durable, chosen values to apply (answering the clients that wait
-//! for them), reads confirmed or aborted, proposals dropped, snapshots to ship.
+//! for them), membership changes, reads confirmed or aborted, proposals dropped, snapshots
+//! to ship.
 
 use paxos_core::{NodeId, Output, Value};
 use wire::{Command, ErrorReply, Reply, WriteOp};
@@ -25,6 +26,7 @@ impl Node {
             }
         }
         self.log_role_change();
+        self.sync_peers();
         self.outbox.flush();
     }
 
@@ -60,6 +62,17 @@ impl Node {
                 leader_hint,
             } => self.proposals_dropped(&commands, leader_hint),
             Output::SendSnapshot { to } => self.ship_snapshot(to),
+            Output::Reconfigured {
+                slot,
+                reconfig,
+                outcome,
+                latest,
+            } => self.reconfigured(slot, reconfig, outcome, &latest),
+            Output::ReconfigDropped {
+                reconfig,
+                leader_hint,
+            } => self.reconfig_dropped(&reconfig, leader_hint),
+            Output::Removed => self.on_removed(),
             Output::Repaired => {
                 if let Err(e) = crate::repair::finish(&self.cfg.data_dir) {
                     self.fatal = Some(e);
@@ -89,8 +102,14 @@ impl Node {
     }
 
     /// Applies the value chosen in `slot`, answers the clients waiting here for its
-    /// commands, and takes a snapshot when one is due.
+    /// commands, and takes a snapshot when one is due. A membership change applies nothing
+    /// to the store: its effect comes with the [`Output::Reconfigured`] that follows, and
+    /// so does the snapshot check.
     fn apply(&mut self, slot: u64, value: Value) {
+        if let Value::Reconfig(_) = value {
+            self.sm.finish_slot(slot);
+            return;
+        }
         if let Value::Commands(cmds) = value {
             for raw in cmds {
                 self.snapshots.note_applied(raw.len());
@@ -104,12 +123,7 @@ impl Node {
             }
         }
         self.sm.finish_slot(slot);
-        if self
-            .snapshots
-            .due(self.sm.applied(), self.cfg.id, self.cfg.snapshot_every)
-        {
-            self.take_snapshot();
-        }
+        self.snapshot_if_due();
     }
 
     fn apply_command(&mut self, slot: u64, c: Command) {
@@ -128,7 +142,7 @@ impl Node {
         match hint.filter(|&h| h != self.cfg.id) {
             Some(l) => ErrorReply::NotLeader {
                 leader: Some(l),
-                leader_addr: self.cfg.client_addrs.get(&l).cloned(),
+                leader_addr: self.client_addr_of(l),
             },
             None => ErrorReply::Unavailable {
                 reason: "no leader elected yet".into(),

@@ -1,6 +1,6 @@
 //! The requests a replica has taken and not answered yet: writes waiting for their command
-//! to be chosen and applied, and linearizable reads waiting for the leader to confirm it
-//! still leads. Each entry keeps the [`Responder`]s of its request, answered exactly once:
+//! to be chosen and applied, linearizable reads waiting for the leader to confirm it
+//! still leads, and the membership change waiting to be chosen (one at a time). Each entry keeps the [`Responder`]s of its request, answered exactly once:
 //! with the result, with `NotLeader` when the proposal is dropped, with `Timeout` when it
 //! waited too long, or when the replica stops or fails.
 //!
@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use paxos_core::Reconfig;
 use rand::Rng;
 use wire::{ErrorReply, Reply, Session};
 
@@ -53,6 +54,14 @@ struct PendingRead {
     since: Instant,
 }
 
+/// A membership change proposed and waiting to be chosen.
+struct PendingChange {
+    reconfig: Reconfig,
+    /// Who asked.
+    responders: Vec<Responder>,
+    since: Instant,
+}
+
 /// The pending-request table of one replica.
 #[derive(Default)]
 pub(crate) struct Pending {
@@ -61,12 +70,52 @@ pub(crate) struct Pending {
     proposals: HashMap<ProposalId, SessionKey>,
     reads: HashMap<u64, PendingRead>,
     next_read_id: u64,
+    /// The core takes one membership change at a time, so at most one waits here.
+    change: Option<PendingChange>,
 }
 
 impl Pending {
     /// True when no request waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.reads.is_empty()
+        self.writes.is_empty() && self.reads.is_empty() && self.change.is_none()
+    }
+
+    /// Records the membership change the core just took. A change still waiting is
+    /// answered `Timeout` first (its outcome is unknown); the core refuses a second change
+    /// while one is in flight, so this happens only after the first was lost track of.
+    pub(crate) fn insert_change(&mut self, reconfig: Reconfig, responder: Responder, now: Instant) {
+        if let Some(old) = self.change.take() {
+            debug_assert!(false, "a second membership change while one waits");
+            for r in old.responders {
+                r.respond(Err(ErrorReply::Timeout));
+            }
+        }
+        self.change = Some(PendingChange {
+            reconfig,
+            responders: vec![responder],
+            since: now,
+        });
+    }
+
+    /// Answers the change waiting here if it is `reconfig` (chosen and applied or refused,
+    /// or dropped). Returns whether it was.
+    pub(crate) fn answer_change(
+        &mut self,
+        reconfig: &Reconfig,
+        answer: &Result<Reply, ErrorReply>,
+    ) -> bool {
+        match self.change.take() {
+            Some(c) if c.reconfig == *reconfig => {
+                for r in c.responders {
+                    r.respond(answer.clone());
+                }
+                true
+            }
+            other => {
+                self.change = other;
+                false
+            }
+        }
     }
 
     /// Requests waiting: `(writes, reads)`.
@@ -191,7 +240,18 @@ impl Pending {
             .filter(|(_, r)| waited_too_long(r.since))
             .map(|(id, _)| *id)
             .collect();
-        let expired = writes.len() + reads.len();
+        let change = self
+            .change
+            .as_ref()
+            .is_some_and(|c| waited_too_long(c.since));
+        if change {
+            if let Some(c) = self.change.take() {
+                for r in c.responders {
+                    r.respond(Err(ErrorReply::Timeout));
+                }
+            }
+        }
+        let expired = writes.len() + reads.len() + usize::from(change);
         for key in writes {
             self.answer_write(key, &Err(ErrorReply::Timeout));
         }
@@ -203,10 +263,16 @@ impl Pending {
         expired
     }
 
-    /// Answers everything still waiting: writes with `Timeout` (they may still be chosen),
-    /// reads with `Unavailable` (a read that is not served has no effect).
+    /// Answers everything still waiting: writes and membership changes with `Timeout`
+    /// (they may still be chosen), reads with `Unavailable` (a read that is not served has
+    /// no effect).
     pub(crate) fn fail_all(&mut self) {
         self.proposals.clear();
+        if let Some(c) = self.change.take() {
+            for r in c.responders {
+                r.respond(Err(ErrorReply::Timeout));
+            }
+        }
         for (_, write) in self.writes.drain() {
             for r in write.responders {
                 r.respond(Err(ErrorReply::Timeout));

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use wire::{ClientRequest, Command, ErrorReply, Op, ReadConsistency, Reply, Session, WriteOp};
+use wire::{
+    ClientRequest, Command, ErrorReply, MemberChange, Op, ReadConsistency, Reply, Session, WriteOp,
+};
 
 use super::pending::key_of;
 use super::Node;
@@ -26,6 +28,17 @@ pub(crate) enum Route {
     /// A write, proposed to the log; with the client's session if it gave one for a
     /// change (registrations and writes without a session get a tag instead).
     Write(Option<Session>, WriteOp),
+    /// The member list: from the leader, or this replica's own view without one.
+    MemberList,
+    /// A membership change, proposed on the leader.
+    MemberChange {
+        /// The configuration the client saw.
+        expected: u64,
+        /// The change.
+        change: MemberChange,
+        /// Skip the quorum check.
+        force: bool,
+    },
     /// Refused at once.
     Refuse(ErrorReply),
 }
@@ -44,6 +57,18 @@ pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
         Op::Delete { key } => WriteOp::Delete { key },
         Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
         Op::RegisterSession => WriteOp::RegisterSession,
+        Op::MemberList => return Route::MemberList,
+        Op::MemberChange {
+            expected,
+            change,
+            force,
+        } => {
+            return Route::MemberChange {
+                expected,
+                change,
+                force,
+            }
+        }
     };
     let changes_a_key = !matches!(write, WriteOp::RegisterSession);
     match req.session {
@@ -84,6 +109,12 @@ impl Node {
             })),
             Route::ReadIndex(key) => self.start_read(key, responder),
             Route::Write(session, op) => self.propose_write(session, op, responder),
+            Route::MemberList => self.list_members(responder),
+            Route::MemberChange {
+                expected,
+                change,
+                force,
+            } => self.change_members(expected, change, force, responder),
             Route::Refuse(e) => responder.respond(Err(e)),
         }
     }
@@ -197,6 +228,25 @@ mod tests {
         assert_eq!(
             route(req(None, Op::Delete { key: key() }), false),
             Route::Write(None, WriteOp::Delete { key: key() })
+        );
+    }
+
+    #[test]
+    fn membership_requests_go_to_the_membership() {
+        assert_eq!(route(req(None, Op::MemberList), false), Route::MemberList);
+        let change = MemberChange::Remove { id: 3 };
+        let op = Op::MemberChange {
+            expected: 2,
+            change: change.clone(),
+            force: true,
+        };
+        assert_eq!(
+            route(req(None, op), false),
+            Route::MemberChange {
+                expected: 2,
+                change,
+                force: true
+            }
         );
     }
 

@@ -8,7 +8,11 @@
 //! ([`Report::SnapshotWritten`]); only then do the core and the log forget what it covers.
 //! Received snapshots are written, fsynced and decoded off the loop too; the loop only
 //! renames the checked file into place and swaps the state in.
+//!
+//! A snapshot carries the membership as of its slot. A peer asked for a snapshot before
+//! this replica took any (a member that joins a young cluster) gets one taken at once.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -42,6 +46,8 @@ pub(crate) struct Snapshots {
     incoming: Option<Incoming>,
     /// Snapshots being sent to peers (one per peer at a time).
     outgoing: Outgoing,
+    /// Peers asked for a snapshot before there was one: shipped once it is written.
+    ship_after: BTreeSet<NodeId>,
 }
 
 impl Snapshots {
@@ -53,7 +59,13 @@ impl Snapshots {
             writing: false,
             incoming: None,
             outgoing,
+            ship_after: BTreeSet::new(),
         }
+    }
+
+    /// The transfers to peers (whose lanes follow the membership).
+    pub(crate) fn outgoing_mut(&mut self) -> &mut Outgoing {
+        &mut self.outgoing
     }
 
     /// A command of `bytes` was applied.
@@ -106,6 +118,7 @@ impl Node {
         // by a blocking thread; the loop only hands over the changes and the sessions.
         let delta = self.sm.take_delta();
         let sessions = self.sm.sessions().clone();
+        let membership = self.sm.membership().cloned();
         let slot = self.sm.applied();
         let keys = self.sm.len();
         let dir = self.cfg.data_dir.clone();
@@ -114,7 +127,9 @@ impl Node {
         self.snapshots.applied_bytes = 0;
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let result = match snapshot::write_merged(&dir, slot, &delta, &sessions) {
+            let written =
+                snapshot::write_merged(&dir, slot, &delta, &sessions, membership.as_ref());
+            let result = match written {
                 Ok(size) => Ok(size),
                 Err(e) => Err((e, delta)),
             };
@@ -156,6 +171,19 @@ impl Node {
         self.snapshots.last_slot = slot;
         self.replica.compact(slot);
         self.compact_log(slot);
+        for peer in std::mem::take(&mut self.snapshots.ship_after) {
+            self.ship_snapshot(peer);
+        }
+    }
+
+    /// Takes a snapshot if one is due.
+    pub(super) fn snapshot_if_due(&mut self) {
+        if self
+            .snapshots
+            .due(self.sm.applied(), self.cfg.id, self.cfg.snapshot_every)
+        {
+            self.take_snapshot();
+        }
     }
 
     /// Tells the storage thread that the log below `slot` may go.
@@ -168,6 +196,16 @@ impl Node {
     /// Streams the current snapshot file to a lagging peer, from a blocking thread: one
     /// transfer per peer at a time, an older one cancelled when a newer snapshot exists.
     pub(super) fn ship_snapshot(&mut self, to: NodeId) {
+        if self.snapshots.last_slot == 0 {
+            // None taken yet (only the first membership, of slot 0): take one now, and ship
+            // it once written. A store that applied nothing has nothing to snapshot, and its
+            // log is whole.
+            if self.sm.applied() > 0 && self.snapshots.ship_after.insert(to) {
+                tracing::info!(peer = to, "a peer needs a snapshot: taking one to ship");
+                self.take_snapshot();
+            }
+            return;
+        }
         let path = self.cfg.data_dir.join(snapshot::FILE_NAME);
         let slot = self.snapshots.last_slot;
         if self.snapshots.outgoing.start(to, path, slot) == Start::Started {
@@ -184,8 +222,10 @@ impl Node {
             data,
         } = chunk;
         // While a local snapshot is being written, a received one could be overwritten by
-        // that older one; the sender retries later.
-        if slot <= self.sm.applied() || self.snapshots.writing {
+        // that older one; the sender retries later. A joining replica takes any: it has
+        // no membership without one.
+        let old = slot <= self.sm.applied() && !self.replica.joining();
+        if old || self.snapshots.writing {
             return;
         }
         if offset == 0 && !self.start_incoming(from, slot, total) {
@@ -249,8 +289,23 @@ impl Node {
                 return;
             }
         };
-        let stale = self.faults.is_down() || sm.applied() <= self.sm.applied();
+        let old = sm.applied() <= self.sm.applied() && !self.replica.joining();
+        let stale = self.faults.is_down() || old;
         if stale || self.snapshots.writing {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let Some(membership) = sm.membership() else {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(
+                peer = from,
+                slot,
+                "discarding a received snapshot that carries no membership (a peer of an \
+                 earlier version?)"
+            );
+            return;
+        };
+        if !self.check_joined_as_learner(membership.latest()) {
             let _ = std::fs::remove_file(&path);
             return;
         }
@@ -272,14 +327,19 @@ impl Node {
     /// Swaps in the state machine of a snapshot received from `from`, now on disk.
     fn install(&mut self, from: NodeId, sm: StateMachine) {
         let slot = sm.applied();
+        let Some(membership) = sm.membership().cloned() else {
+            return; // checked by the caller
+        };
         tracing::info!(
             peer = from,
             slot,
             keys = sm.len(),
+            configuration = membership.latest().id,
             "installed a snapshot from a peer"
         );
         self.replace_state_machine(sm);
-        self.replica.install_snapshot(self.now_ms(), slot);
+        self.replica
+            .install_snapshot(self.now_ms(), slot, membership);
         self.compact_log(slot);
     }
 

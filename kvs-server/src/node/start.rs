@@ -1,13 +1,24 @@
-//! Start-up, in order: lock the data dir, open (or bootstrap) its identity, recover the
-//! state machine from the snapshot and the consensus state from the log, bind the
-//! listeners, start the peer links, join the cluster if this data dir is new, then start
-//! serving clients.
+//! Start-up, in order: lock the data dir, open (or bootstrap) its identity, learn the
+//! cluster identity from the members if this data dir joins a running cluster, recover the
+//! state machine and the membership from the snapshot and the consensus state from the
+//! log, bind the listeners, start the peer links, join the cluster if this data dir is new,
+//! then start serving clients.
+//!
+//! The membership comes from the data dir: the snapshot carries it (and the log the
+//! changes since). A new cluster's first membership is written as a snapshot of slot 0
+//! before the replica first runs, built from the bootstrap member ids of its identity and
+//! the addresses of the flags; after that, `--peers` only gives addresses. A data dir that
+//! joins a running cluster holds no membership until the leader sends it a snapshot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paxos_core::{Ballot, RecoveredState, Replica, Role};
+use bytes::Bytes;
+use paxos_core::{
+    Ballot, Membership, MembershipLog, NodeId, RecoveredState, Replica, Role,
+    RECONFIG_DELAY_DEFAULT,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
@@ -22,9 +33,9 @@ use super::{note_values, Node, NodeConfig, Seen};
 use crate::dir_lock::DirLock;
 use crate::error::ServerError;
 use crate::event::{Event, Report};
-use crate::identity::{self, IdentityStore, LinkEvent};
+use crate::identity::{self, IdentityError, IdentityStore, LinkEvent, Origin};
 use crate::net::clients::{self, ClientService, Outbox, ValueBytesSeen};
-use crate::net::peers::{self, Acceptor, Dialer, Links};
+use crate::net::peers::{self, Acceptor, Dialer, Links, PeerRegistry};
 use crate::snapshot;
 use crate::snapshot::transfer::Outgoing;
 use crate::state_machine::StateMachine;
@@ -37,6 +48,10 @@ const INBOX_EVENTS_MAX: usize = 16 * 1024;
 /// How long a replica that stops while joining waits for its peer links to end.
 const LINKS_FINISH_MAX: Duration = Duration::from_secs(2);
 
+/// How long a replica joining a running cluster waits between rounds of asking the
+/// members given in `--peers` to admit it.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
 /// A replica ready to run its event loop.
 pub(super) struct Started {
     pub(super) node: Node,
@@ -46,8 +61,6 @@ pub(super) struct Started {
     pub(super) reports: mpsc::UnboundedReceiver<Report>,
     /// Reports of the peer links about identities.
     pub(super) links: mpsc::UnboundedReceiver<LinkEvent>,
-    /// The identity, shared with the peer links (it holds the sender of `links`).
-    pub(super) _store: Arc<IdentityStore>,
     /// Ends the peer links, once the loop has stopped (they stay up while requests in
     /// flight finish at shutdown).
     pub(super) links_stop: CancellationToken,
@@ -77,8 +90,12 @@ pub(super) async fn start(
     // must be durable before any connection (opening the log creates files).
     let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let store = Arc::new(open_identity(&cfg, link_tx)?);
+    if store.snapshot().origin == Origin::Joining && !learn_cluster(&cfg, &store, shutdown).await? {
+        return Ok(None);
+    }
     let (reports_tx, reports) = mpsc::unbounded_channel::<Report>();
-    let (sm, state, storage) = recover(&cfg, reports_tx.clone()).map_err(|e| damaged(&cfg, e))?;
+    let (sm, state, storage) =
+        recover(&cfg, &store, reports_tx.clone()).map_err(|e| damaged(&cfg, e))?;
     let mut rng = StdRng::from_os_rng();
     let replica = if crate::repair::is_marked(&cfg.data_dir) {
         tracing::warn!(
@@ -86,9 +103,17 @@ pub(super) async fn start(
             "repairing: this replica votes for nothing until it has relearned the log from its peers"
         );
         Replica::recover_for_repair(paxos_config, rng.random(), 0, &state)?
+    } else if state.membership.is_none() {
+        tracing::info!(
+            id = cfg.id,
+            "joining a running cluster: waiting for a snapshot from the leader, which carries \
+             the membership"
+        );
+        Replica::join(paxos_config, rng.random(), 0)?
     } else {
         Replica::recover(paxos_config, rng.random(), 0, &state)?
     };
+    warn_if_flags_differ(&cfg, &replica);
     let core = Core {
         replica,
         sm,
@@ -99,7 +124,7 @@ pub(super) async fn start(
 
     let (peer_listener, client_listener) = bind(&cfg).await?;
     let (inbox_tx, inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
-    let peers = PeerNetwork::start(&cfg, &store, peer_listener, inbox_tx.clone());
+    let peers = PeerNetwork::start(&cfg, &store, &core.replica, peer_listener, inbox_tx.clone());
     if !store.snapshot().joined && !join(&store, &mut link_rx, shutdown).await? {
         core.storage.close();
         peers.stop().await;
@@ -114,13 +139,19 @@ pub(super) async fn start(
         &clients_stop,
         &peers.tasks,
     );
-    let node = Node::assemble(cfg, core, clients, peers.links, peers.outgoing);
+    let network = PeerSide {
+        links: peers.links,
+        outgoing: peers.outgoing,
+        registry: peers.registry,
+        store,
+    };
+    let mut node = Node::assemble(cfg, core, clients, network);
+    node.sync_peers();
     Ok(Some(Started {
         node,
         inbox,
         reports,
         links: link_rx,
-        _store: store,
         links_stop: peers.links_stop,
         tasks: peers.tasks,
         clients_stop,
@@ -128,11 +159,21 @@ pub(super) async fn start(
     }))
 }
 
+/// The peer side of the network, as the event loop sees it.
+struct PeerSide {
+    links: Links,
+    outgoing: Outgoing,
+    registry: Arc<PeerRegistry>,
+    store: Arc<IdentityStore>,
+}
+
 /// The peer side of the network: the links dialled to every peer, and the listener for
 /// theirs, on tasks of their own.
 struct PeerNetwork {
     links: Links,
     outgoing: Outgoing,
+    /// Who may connect.
+    registry: Arc<PeerRegistry>,
     /// Ends the links and the peer listener.
     links_stop: CancellationToken,
     /// Every network task (the client side joins it).
@@ -140,25 +181,37 @@ struct PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// Starts the listener and the links to the members `replica` knows now (the event
+    /// loop follows the membership from then on, [`Node::sync_peers`]).
     fn start(
         cfg: &NodeConfig,
         store: &Arc<IdentityStore>,
+        replica: &Replica,
         listener: TcpListener,
         inbox: mpsc::Sender<Event>,
     ) -> PeerNetwork {
         let tasks = TaskTracker::new();
         let links_stop = CancellationToken::new();
-        let own = store.snapshot().wire(cfg.sessions_max);
+        let identity = store.snapshot();
+        let own = identity.wire(cfg.sessions_max);
         let dialer = Dialer {
             hello: wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, own.clone()),
             store: Arc::clone(store),
             shutdown: links_stop.clone(),
             tasks: tasks.clone(),
         };
-        let (links, outgoing) = peers::dial_all(cfg.id, &cfg.peers, &dialer);
+        let mut links = Links::new(dialer);
+        let mut outgoing = Outgoing::default();
+        for (peer, addr) in super::membership::wanted_peers(cfg, replica) {
+            links.connect(peer, &addr, &mut outgoing);
+        }
+        let registry = Arc::new(PeerRegistry::default());
+        let (allowed, cluster) = super::membership::admission(cfg, &identity, replica);
+        registry.set(allowed, cluster);
         let acceptor = Acceptor {
             my_id: cfg.id,
             expect: wire::HandshakeExpectation::replicas_of(cfg.cluster_id.clone(), own),
+            registry: Arc::clone(&registry),
             store: Arc::clone(store),
             events: inbox,
             frame_bytes_max: wire::FRAME_BYTES_MAX_CEILING,
@@ -168,6 +221,7 @@ impl PeerNetwork {
         PeerNetwork {
             links,
             outgoing,
+            registry,
             links_stop,
             tasks,
         }
@@ -231,24 +285,22 @@ struct Core {
 
 impl Node {
     /// The node of a replica just started.
-    fn assemble(
-        cfg: NodeConfig,
-        core: Core,
-        clients: ClientSide,
-        links: Links,
-        outgoing: Outgoing,
-    ) -> Node {
+    fn assemble(cfg: NodeConfig, core: Core, clients: ClientSide, network: PeerSide) -> Node {
         let now = Instant::now();
         Node {
             faults: Faults::new(cfg.acceptor_fail_prob, now),
-            snapshots: Snapshots::new(core.sm.applied(), outgoing),
+            snapshots: Snapshots::new(core.sm.applied(), network.outgoing),
             cfg,
             replica: core.replica,
             sm: core.sm,
             storage: core.storage,
             start: now,
             pending: Pending::default(),
-            links,
+            links: network.links,
+            registry: network.registry,
+            store: network.store,
+            members: super::membership::MemberView::default(),
+            removed: false,
             outbox: clients.outbox,
             values: clients.values,
             reports: core.reports,
@@ -294,6 +346,11 @@ fn open_identity(
             "this data dir has a log but no identity (an earlier version wrote it): adopted \
              the configured cluster and membership"
         ),
+        identity::Opened::Joining => tracing::info!(
+            id = cfg.id,
+            %instance,
+            "empty data dir with --initial-cluster-state existing: joining a running cluster"
+        ),
     }
     Ok(IdentityStore::new(cfg.data_dir.clone(), ident, links))
 }
@@ -317,28 +374,255 @@ fn damaged(cfg: &NodeConfig, e: ServerError) -> ServerError {
     }
 }
 
-/// Recovery: the state machine from the snapshot, then the consensus state from the log
-/// on top of it; starts the storage thread, which reports on `reports`.
+/// Recovery: the state machine and the membership from the snapshot, then the consensus
+/// state from the log on top of it; starts the storage thread, which reports on `reports`.
 fn recover(
     cfg: &NodeConfig,
+    store: &IdentityStore,
     reports: mpsc::UnboundedSender<Report>,
 ) -> Result<(StateMachine, RecoveredState, Storage), ServerError> {
-    let mut sm = snapshot::read_file(&cfg.data_dir)?.unwrap_or_default();
+    let snapshot = snapshot::read_file(&cfg.data_dir)?;
+    let had_snapshot = snapshot.is_some();
+    let mut sm = snapshot.unwrap_or_default();
     sm.set_sessions_max(cfg.sessions_max);
+    let identity = store.snapshot();
+    let joined_without_snapshot = identity.origin == Origin::Joined && !had_snapshot;
+    if sm.membership().is_none() && !joined_without_snapshot {
+        // A new cluster's first start (or a data dir of an earlier version): the first
+        // membership, made durable before the replica runs so that every later start
+        // takes it from the data dir.
+        sm.set_membership(first_membership(cfg, &identity.members)?);
+        if !had_snapshot {
+            snapshot::write_file(&cfg.data_dir, &sm)?;
+            tracing::info!(
+                id = cfg.id,
+                members = ?identity.members,
+                "recorded the cluster's first membership in the data dir"
+            );
+        }
+    }
     let wal_dir = cfg.data_dir.join(WAL_DIR_NAME);
     let (mut state, storage) = storage::open(&wal_dir, WalOptions::default(), move |e| {
         let _ = reports.send(Report::Storage(e));
     })?;
     state.snapshot_slot = sm.applied();
+    state.membership = sm.membership().cloned();
     tracing::info!(
         id = cfg.id,
         snapshot_slot = state.snapshot_slot,
         commit = state.commit,
         promised = %state.promised,
         records = state.accepted.len(),
+        configuration = state.membership.as_ref().map(|m| m.latest().id),
         "recovered durable state"
     );
     Ok((sm, state, storage))
+}
+
+/// The first membership of a cluster bootstrapped with `members`: each a voter, with the
+/// addresses the flags give for it (its `--peers` entry and its `--client-addrs` entry;
+/// this replica's own client address is `--client-addr` if `--client-addrs` has none).
+fn first_membership(cfg: &NodeConfig, members: &[NodeId]) -> Result<MembershipLog, ServerError> {
+    let mut metas: BTreeMap<NodeId, Bytes> = BTreeMap::new();
+    for &id in members {
+        let Some(peer_addr) = cfg.peers.get(&id) else {
+            tracing::warn!(
+                member = id,
+                "--peers gives no address for a member of the cluster: it is recorded without one"
+            );
+            continue;
+        };
+        let client_addr = cfg
+            .client_addrs
+            .get(&id)
+            .or((id == cfg.id).then_some(&cfg.client_addr))
+            .cloned();
+        let addrs = wire::MemberAddrs {
+            peer_addr: peer_addr.clone(),
+            client_addr,
+        };
+        let meta = addrs.encode().map_err(|e| ServerError::Membership {
+            reason: format!("member {id}: {e}"),
+        })?;
+        metas.insert(id, meta);
+    }
+    Ok(MembershipLog::new(
+        RECONFIG_DELAY_DEFAULT,
+        Membership::initial(members, &metas),
+    ))
+}
+
+/// Logs at warn when `--peers` lists other members than the data dir's membership: the
+/// data dir wins, the flags only give addresses.
+fn warn_if_flags_differ(cfg: &NodeConfig, replica: &Replica) {
+    if replica.joining() {
+        return;
+    }
+    let flags: BTreeSet<NodeId> = cfg.peers.keys().copied().collect();
+    let members: BTreeSet<NodeId> = replica
+        .membership_log()
+        .latest()
+        .members
+        .keys()
+        .copied()
+        .collect();
+    if flags != members {
+        tracing::warn!(
+            id = cfg.id,
+            flags = ?flags,
+            members = ?members,
+            "--peers lists other members than this data dir's membership, which wins (the \
+             membership changes through `kvs-client member`; --peers only gives addresses)"
+        );
+    }
+}
+
+/// A data dir created with `--initial-cluster-state existing`: asks the members given in
+/// `--peers` to admit it until a majority of the other voters recorded it, and records the
+/// cluster identity they tell. Returns `Ok(false)` on shutdown. A member that knows this
+/// id by another data dir stops it: this is a member whose disk was lost.
+async fn learn_cluster(
+    cfg: &NodeConfig,
+    store: &IdentityStore,
+    shutdown: &CancellationToken,
+) -> Result<bool, ServerError> {
+    let identity = store.snapshot();
+    let hello = wire::Hello::replica(
+        cfg.cluster_id.clone(),
+        cfg.id,
+        wire::ReplicaIdentity::joining(identity.instance, cfg.sessions_max as u64),
+    );
+    let targets: Vec<(NodeId, String)> = cfg
+        .peers
+        .iter()
+        .filter(|(&id, _)| id != cfg.id)
+        .map(|(&id, addr)| (id, addr.clone()))
+        .collect();
+    if targets.is_empty() {
+        return Err(ServerError::Membership {
+            reason: "--initial-cluster-state existing needs the addresses of members of the \
+                     running cluster in --peers"
+                .into(),
+        });
+    }
+    let mut join = JoinProgress::default();
+    loop {
+        for (id, addr) in &targets {
+            join.ask(cfg, *id, addr, &hello).await?;
+        }
+        if let Some(cluster) = join.done(cfg.id) {
+            store
+                .learned_cluster(&cluster)
+                .map_err(ServerError::JoinRefused)?;
+            tracing::info!(
+                id = cfg.id,
+                cluster = %cluster.cluster_uid,
+                recorded_by = ?join.admitted,
+                voters = ?join.voters,
+                "admitted by the members: this data dir belongs to the cluster"
+            );
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(JOIN_RETRY) => {}
+            _ = shutdown.cancelled() => return Ok(false),
+        }
+    }
+}
+
+/// What a joining replica learned from the members so far.
+#[derive(Default)]
+struct JoinProgress {
+    cluster: Option<wire::ClusterInfo>,
+    /// The members that admitted (recorded) this data dir.
+    admitted: BTreeSet<NodeId>,
+    /// Every voter the admitting members named.
+    voters: BTreeSet<NodeId>,
+    /// The last refusal logged per member, to log changes only.
+    said: BTreeMap<NodeId, String>,
+}
+
+impl JoinProgress {
+    /// Asks member `id` at `addr` to admit this data dir, unless it did.
+    async fn ask(
+        &mut self,
+        cfg: &NodeConfig,
+        id: NodeId,
+        addr: &str,
+        hello: &wire::Hello,
+    ) -> Result<(), ServerError> {
+        if self.admitted.contains(&id) {
+            return Ok(());
+        }
+        let refusal = match peers::ask_to_join(addr, hello).await {
+            Ok(accepted) => return self.accepted(id, accepted),
+            Err(wire::WireError::PeerRefused(wire::HandshakeRefusal::MemberReplaced {
+                ..
+            })) => {
+                return Err(ServerError::JoinRefused(IdentityError::LostData {
+                    dir: cfg.data_dir.clone(),
+                    member_id: cfg.id,
+                    cluster: cfg.cluster_id.clone(),
+                    peer: id,
+                }));
+            }
+            Err(wire::WireError::PeerRefused(wire::HandshakeRefusal::UnknownNode { .. })) => {
+                format!(
+                    "member {id} does not know node {} as a member (yet): add it first with \
+                     `kvs-client member add {} --peer-addr HOST:PORT --client-addr HOST:PORT`",
+                    cfg.id, cfg.id
+                )
+            }
+            Err(e) => e.to_string(),
+        };
+        if self.said.get(&id) != Some(&refusal) {
+            tracing::warn!(peer = id, %addr, reason = %refusal, "not admitted yet");
+            self.said.insert(id, refusal);
+        }
+        Ok(())
+    }
+
+    /// Member `id` admitted this data dir.
+    fn accepted(&mut self, id: NodeId, accepted: wire::Accepted) -> Result<(), ServerError> {
+        let Some(cluster) = accepted.cluster else {
+            return Err(ServerError::Membership {
+                reason: format!("member {id} admitted this joining replica without telling the cluster identity"),
+            });
+        };
+        if let Some(known) = &self.cluster {
+            if known.cluster_uid != cluster.cluster_uid {
+                return Err(ServerError::Membership {
+                    reason: format!(
+                        "the members in --peers belong to different clusters ({} and {}, the \
+                         latter told by member {id}); give members of one cluster",
+                        known.cluster_uid, cluster.cluster_uid
+                    ),
+                });
+            }
+        }
+        tracing::info!(peer = id, voters = ?cluster.voters, "admitted by a member");
+        if accepted.node_id != id {
+            tracing::warn!(
+                peer = id,
+                answered = accepted.node_id,
+                "--peers names another member at this address"
+            );
+        }
+        self.admitted.insert(accepted.node_id);
+        self.voters.extend(cluster.voters.iter().copied());
+        self.cluster = Some(cluster);
+        Ok(())
+    }
+
+    /// The cluster identity, once a majority of the other voters admitted this data dir
+    /// (so that a later data dir under the same id would be refused by at least one of
+    /// the members that recorded this one).
+    fn done(&self, me: NodeId) -> Option<wire::ClusterInfo> {
+        let others: BTreeSet<NodeId> = self.voters.iter().copied().filter(|&v| v != me).collect();
+        let need = (others.len() / 2 + 1).min(others.len()).max(1);
+        let have = self.admitted.intersection(&others).count();
+        (have >= need).then(|| self.cluster.clone()).flatten()
+    }
 }
 
 /// Binds the peer listener (on `--peers`' own entry, or `peer_listen`) and the client

@@ -5,6 +5,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::Path;
 
+use paxos_core::MembershipLog;
+
 use crate::disk::{self, Disk, FileReader, FileWriter, Open};
 
 use super::format::{decode_from, encode_to, SnapshotReader, SnapshotWriter};
@@ -64,15 +66,17 @@ fn publish(
 }
 
 /// Durably writes the snapshot of `slot`: the current snapshot file in `dir` (if any)
-/// with `delta` merged in, and `sessions`. Streams from file to file, so memory use does not
-/// grow with the store. Returns the new snapshot's size.
+/// with `delta` merged in, `sessions` and `membership` (the membership log as of `slot`).
+/// Streams from file to file, so memory use does not grow with the store. Returns the new
+/// snapshot's size.
 pub fn write_merged(
     dir: &Path,
     slot: u64,
     delta: &Delta,
     sessions: &SessionTable,
+    membership: Option<&MembershipLog>,
 ) -> Result<u64, SnapshotError> {
-    write_merged_on(&disk::RealDisk, dir, slot, delta, sessions)
+    write_merged_on(&disk::RealDisk, dir, slot, delta, sessions, membership)
 }
 
 /// [`write_merged`] on `disk`.
@@ -82,6 +86,7 @@ pub fn write_merged_on(
     slot: u64,
     delta: &Delta,
     sessions: &SessionTable,
+    membership: Option<&MembershipLog>,
 ) -> Result<u64, SnapshotError> {
     let base_path = dir.join(FILE_NAME);
     let mut base = match disk.open(&base_path, Open::Read) {
@@ -141,7 +146,9 @@ pub fn write_merged_on(
     if let Some(b) = base {
         b.finish()?;
     }
-    let (buf, size) = w.finish(sessions).map_err(io_err("write", &tmp))?;
+    let (buf, size) = w
+        .finish(sessions, membership)
+        .map_err(io_err("write", &tmp))?;
     publish(disk, dir, &tmp, &base_path, buf)?;
     Ok(size)
 }

@@ -5,13 +5,24 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use paxos_core::MembershipLog;
+
 use super::SnapshotError;
 use crate::sessions::SessionTable;
 use crate::state_machine::{Blob, SessionResults, StateMachine, SESSION_RESULTS_MAX};
 
-const MAGIC: &[u8; 8] = b"KVSSNAP3";
+const MAGIC: &[u8; 8] = b"KVSSNAP4";
+/// The format before the membership: read, never written.
+pub(crate) const MAGIC_V3: &[u8; 8] = b"KVSSNAP3";
 /// The format before session floors and registration: read, never written.
 pub(crate) const MAGIC_V2: &[u8; 8] = b"KVSSNAP2";
+/// What every snapshot magic starts with; the last byte is the format version.
+const MAGIC_PREFIX: &[u8; 7] = b"KVSSNAP";
+/// The format version this build writes, and the oldest it reads.
+const VERSION: u8 = b'4';
+const VERSION_OLDEST: u8 = b'2';
+/// Largest membership log kept in a snapshot (a handful of memberships of a few members).
+const MEMBERSHIP_BYTES_MAX: usize = 64 * 1024;
 /// Largest reply stored in a session (a CAS mismatch carries the current value).
 const REPLY_BYTES_MAX: usize = wire::VALUE_BYTES_MAX + 1024;
 /// Bytes of the header: the magic, then the slot.
@@ -25,10 +36,10 @@ pub(crate) fn header(slot: u64) -> [u8; HEADER_BYTES] {
     bytes
 }
 
-/// The slot in a snapshot header, if it is one (of this format or the previous one).
+/// The slot in a snapshot header, if it is one (of this format or an earlier one).
 pub(crate) fn header_slot(bytes: &[u8; HEADER_BYTES]) -> Option<u64> {
     let (magic, slot) = bytes.split_at(8);
-    if magic != MAGIC && magic != MAGIC_V2 {
+    if magic != MAGIC && magic != MAGIC_V3 && magic != MAGIC_V2 {
         return None;
     }
     let mut slot_bytes = [0u8; 8];
@@ -92,8 +103,14 @@ impl<W: Write> SnapshotWriter<W> {
         self.put(value)
     }
 
-    /// Ends the keys, writes the sessions and the checksum; returns the bytes written.
-    pub fn finish(mut self, table: &SessionTable) -> io::Result<(W, u64)> {
+    /// Ends the keys, writes the sessions, the membership log (`None`: not known, which
+    /// only tests and a store of an earlier version have) and the checksum; returns the
+    /// bytes written.
+    pub fn finish(
+        mut self,
+        table: &SessionTable,
+        membership: Option<&MembershipLog>,
+    ) -> io::Result<(W, u64)> {
         self.put(&0u32.to_le_bytes())?;
         self.put(&table.registered().to_le_bytes())?;
         self.put(&table.salt().to_le_bytes())?;
@@ -111,6 +128,13 @@ impl<W: Write> SnapshotWriter<W> {
                 self.put(&r)?;
             }
         }
+        let membership = match membership {
+            Some(log) => wire::membership::encode_membership_log(log)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            None => bytes::Bytes::new(),
+        };
+        self.put(&(membership.len() as u32).to_le_bytes())?;
+        self.put(&membership)?;
         let crc = self.w.crc;
         self.w.inner.write_all(&crc.to_le_bytes())?;
         self.w.inner.flush()?;
@@ -124,7 +148,7 @@ pub fn encode_to(sm: &StateMachine, out: impl Write) -> io::Result<u64> {
     for (k, v) in sm.data() {
         w.entry(k, v)?;
     }
-    Ok(w.finish(sm.sessions())?.1)
+    Ok(w.finish(sm.sessions(), sm.membership())?.1)
 }
 
 /// Serializes `sm` as a snapshot in memory (for tests and small stores).
@@ -142,8 +166,8 @@ pub struct SnapshotReader<R> {
     /// The slot the snapshot covers (every slot below it is applied).
     pub slot: u64,
     keys_done: bool,
-    /// Written in the previous format ([`MAGIC_V2`]).
-    v2: bool,
+    /// The format version (b'2' to [`VERSION`]).
+    version: u8,
 }
 
 impl<R: Read> SnapshotReader<R> {
@@ -159,19 +183,14 @@ impl<R: Read> SnapshotReader<R> {
             reason,
         };
         let magic = r.take(8, 8).map_err(&corrupt)?;
-        let v2 = magic == MAGIC_V2;
-        if magic != MAGIC && !v2 {
-            return Err(corrupt(
-                "not a snapshot file of this version (bad magic)".into(),
-            ));
-        }
+        let version = magic_version(&magic).map_err(&corrupt)?;
         let slot = r.u64().map_err(&corrupt)?;
         Ok(SnapshotReader {
             r,
             origin: origin.to_path_buf(),
             slot,
             keys_done: false,
-            v2,
+            version,
         })
     }
 
@@ -204,10 +223,12 @@ impl<R: Read> SnapshotReader<R> {
         Ok(Some((k.into_boxed_slice(), v.into_boxed_slice())))
     }
 
-    /// The sessions and the checksum check; call after the last entry.
-    pub fn finish(mut self) -> Result<SessionTable, SnapshotError> {
+    /// The sessions, the membership log (`None` in a snapshot of an earlier version, or
+    /// one written without) and the checksum check; call after the last entry.
+    pub fn finish(mut self) -> Result<(SessionTable, Option<MembershipLog>), SnapshotError> {
         while self.next_entry()?.is_some() {}
-        let (registered, salt) = if self.v2 {
+        let v2 = self.version == b'2';
+        let (registered, salt) = if v2 {
             (0, 0)
         } else {
             let registered = self.r.u64().map_err(|e| self.corrupt(e))?;
@@ -218,7 +239,7 @@ impl<R: Read> SnapshotReader<R> {
         for _ in 0..sessions_n {
             let client = self.r.u64().map_err(|e| self.corrupt(e))?;
             let last_slot = self.r.u64().map_err(|e| self.corrupt(e))?;
-            let floor = if self.v2 {
+            let floor = if v2 {
                 None
             } else {
                 Some(self.r.u64().map_err(|e| self.corrupt(e))?)
@@ -254,6 +275,22 @@ impl<R: Read> SnapshotReader<R> {
             };
             sessions.insert(client, session);
         }
+        let membership = if self.version >= b'4' {
+            let raw = self
+                .r
+                .take_len(MEMBERSHIP_BYTES_MAX)
+                .map_err(|e| self.corrupt(e))?;
+            if raw.is_empty() {
+                None
+            } else {
+                Some(
+                    wire::membership::decode_membership_log(&raw)
+                        .map_err(|e| self.corrupt(e.to_string()))?,
+                )
+            }
+        } else {
+            None
+        };
         let computed = self.r.crc;
         let mut tail = [0u8; 4];
         self.r
@@ -270,7 +307,31 @@ impl<R: Read> SnapshotReader<R> {
         if matches!(self.r.inner.read(&mut extra), Ok(n) if n > 0) {
             return Err(self.corrupt("unexpected bytes after the checksum".into()));
         }
-        Ok(SessionTable::from_parts(registered, salt, sessions))
+        Ok((
+            SessionTable::from_parts(registered, salt, sessions),
+            membership,
+        ))
+    }
+}
+
+/// The format version of a snapshot magic, or why it is not one this build reads: a
+/// snapshot of a newer version says so, with the versions this build reads.
+fn magic_version(magic: &[u8]) -> Result<u8, String> {
+    match magic.split_last() {
+        Some((&version, prefix)) if prefix == MAGIC_PREFIX => {
+            if (VERSION_OLDEST..=VERSION).contains(&version) {
+                Ok(version)
+            } else {
+                Err(format!(
+                    "snapshot format version {} is not one this build reads (versions {} to {}); \
+                     a newer kvs-server wrote it",
+                    version.escape_ascii(),
+                    VERSION_OLDEST as char,
+                    VERSION as char
+                ))
+            }
+        }
+        _ => Err("not a snapshot file (bad magic)".into()),
     }
 }
 
@@ -296,8 +357,12 @@ pub fn decode_from(input: impl Read, origin: &Path) -> Result<StateMachine, Snap
         data.insert(k, v);
     }
     let slot = reader.slot;
-    let sessions = reader.finish()?;
-    Ok(StateMachine::from_parts(slot, data, sessions))
+    let (sessions, membership) = reader.finish()?;
+    let mut sm = StateMachine::from_parts(slot, data, sessions);
+    if let Some(log) = membership {
+        sm.set_membership(log);
+    }
+    Ok(sm)
 }
 
 /// Parses and verifies an in-memory snapshot.

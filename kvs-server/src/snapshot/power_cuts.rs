@@ -62,7 +62,14 @@ fn run_seed(seed: u64) -> Result<(), String> {
         let result = if next(2) == 0 {
             write_file_on(&disk, dir, &sm)
         } else {
-            write_merged_on(&disk, dir, sm.applied(), &delta, sm.sessions())
+            write_merged_on(
+                &disk,
+                dir,
+                sm.applied(),
+                &delta,
+                sm.sessions(),
+                sm.membership(),
+            )
         };
         let done = result.is_ok();
         if !disk.is_down() {

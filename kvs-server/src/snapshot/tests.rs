@@ -1,4 +1,4 @@
-use super::format::{header, MAGIC_V2};
+use super::format::{header, MAGIC_V2, MAGIC_V3};
 use super::*;
 use crate::state_machine::StateMachine;
 use bytes::Bytes;
@@ -37,7 +37,31 @@ fn sample() -> StateMachine {
         sm.apply(i, c);
         sm.finish_slot(i);
     }
+    sm.set_membership(membership());
     sm
+}
+
+/// A membership log with a change in it.
+fn membership() -> paxos_core::MembershipLog {
+    let first = paxos_core::Membership::initial(&[1, 2, 3], &std::collections::BTreeMap::new());
+    let mut log = paxos_core::MembershipLog::new(4, first);
+    let add = paxos_core::Reconfig {
+        expected: 1,
+        change: paxos_core::Change::AddLearner {
+            id: 4,
+            meta: Bytes::from_static(b"meta"),
+        },
+    };
+    log.apply_chosen(10, &add).unwrap_or_else(|e| panic!("{e}"));
+    log
+}
+
+/// Bytes of the membership part of `sm`'s snapshot (length and log).
+fn membership_bytes(sm: &StateMachine) -> usize {
+    4 + sm
+        .membership()
+        .map(|m| wire::encode(m).map(|b| b.len()).unwrap_or(0))
+        .unwrap_or(0)
 }
 
 #[test]
@@ -57,7 +81,7 @@ fn a_snapshot_of_the_previous_format_is_read() {
     let bytes = encode(&sm).unwrap_or_default();
     // Rewrite as the previous format: no counter, salt or floors.
     let mut old = MAGIC_V2.to_vec();
-    let keys_end = bytes.len() - 4 - sessions_bytes(&sm);
+    let keys_end = bytes.len() - 4 - membership_bytes(&sm) - sessions_bytes(&sm);
     old.extend_from_slice(&bytes[8..keys_end]);
     old.extend_from_slice(&(sm.sessions().len() as u64).to_le_bytes());
     for (client, s) in sm.sessions().sessions() {
@@ -77,6 +101,47 @@ fn a_snapshot_of_the_previous_format_is_read() {
     assert_eq!(back.data(), sm.data());
     assert_eq!(back.sessions().sessions(), sm.sessions().sessions());
     assert_eq!(back.sessions().registered(), 0);
+    assert_eq!(back.membership(), None);
+}
+
+#[test]
+fn a_snapshot_of_version_3_is_read_without_a_membership() {
+    let sm = sample();
+    let bytes = encode(&sm).unwrap_or_default();
+    // Version 3 is version 4 without the membership.
+    let mut old = MAGIC_V3.to_vec();
+    old.extend_from_slice(&bytes[8..bytes.len() - 4 - membership_bytes(&sm)]);
+    let crc = crc32c::crc32c(&old);
+    old.extend_from_slice(&crc.to_le_bytes());
+    let back = decode(&old, Path::new("old")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.data(), sm.data());
+    assert_eq!(back.sessions(), sm.sessions());
+    assert_eq!(back.membership(), None);
+}
+
+#[test]
+fn the_membership_roundtrips_and_a_newer_format_is_named() {
+    let sm = sample();
+    let bytes = encode(&sm).unwrap_or_default();
+    let back = decode(&bytes, Path::new("s")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.membership(), Some(&membership()));
+    let mut newer = bytes.clone();
+    newer[7] = b'5';
+    let err = decode(&newer, Path::new("s"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("snapshot format version 5 is not one this build reads (versions 2 to 4)"),
+        "{err}"
+    );
+    let mut other = bytes;
+    other[0] = b'X';
+    let err = decode(&other, Path::new("s"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("not a snapshot file (bad magic)"), "{err}");
 }
 
 /// Bytes of the session part of `sm`'s snapshot (counter, salt and sessions).
@@ -200,7 +265,8 @@ fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
     );
     // First snapshot: no file yet, so the delta is everything.
     let d = sm.take_delta();
-    write_merged(dir.path(), sm.applied(), &d, sm.sessions()).unwrap_or_else(|e| panic!("{e}"));
+    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+        .unwrap_or_else(|e| panic!("{e}"));
     // Changes: insert before, between and after; replace one; delete one; delete a key
     // that never existed in the file.
     apply_all(
@@ -217,8 +283,8 @@ fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
         ],
     );
     let d = sm.take_delta();
-    let size =
-        write_merged(dir.path(), sm.applied(), &d, sm.sessions()).unwrap_or_else(|e| panic!("{e}"));
+    let size = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+        .unwrap_or_else(|e| panic!("{e}"));
     let on_disk = std::fs::read(dir.path().join(FILE_NAME)).unwrap_or_default();
     assert_eq!(
         on_disk,
@@ -237,7 +303,8 @@ fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
     let mut sm = StateMachine::new();
     apply_all(&mut sm, 0, &[("a", Some("1")), ("b", Some("2"))]);
     let d = sm.take_delta();
-    write_merged(dir.path(), sm.applied(), &d, sm.sessions()).unwrap_or_else(|e| panic!("{e}"));
+    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+        .unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join(FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap_or_default();
     let mid = bytes.len() / 2;
@@ -245,7 +312,7 @@ fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
     std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
     apply_all(&mut sm, 2, &[("c", Some("3"))]);
     let d = sm.take_delta();
-    let err = write_merged(dir.path(), sm.applied(), &d, sm.sessions())
+    let err = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
         .err()
         .map(|e| e.to_string());
     assert!(

@@ -71,6 +71,14 @@ impl Outgoing {
         self.lanes.insert(peer, Lane { tx, epoch });
     }
 
+    /// Forgets the lane of `peer` (no longer a member), cancelling a transfer to it.
+    pub fn remove_peer(&mut self, peer: NodeId) {
+        self.lanes.remove(&peer);
+        if let Some(r) = self.running.remove(&peer) {
+            r.cancel.cancel();
+        }
+    }
+
     /// Streams the snapshot file `path` (of `slot`) to `to` from a blocking thread, unless
     /// a transfer of that snapshot or a newer one is running; an older one is cancelled.
     pub fn start(&mut self, to: NodeId, path: PathBuf, slot: u64) -> Start {

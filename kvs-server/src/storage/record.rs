@@ -13,6 +13,9 @@
 //!   3 Committed  upto u64
 //! value: 0 (a no-op)
 //!      | 1 | count u32 > 0 | (len u32 | command bytes) * count
+//!      | 2 | expected u64 | change u8 | member u64 | (meta len u32 | meta, for change 1)
+//!        a membership change; change 1 = add a learner (with its meta), 2 = promote,
+//!        3 = remove
 //! ```
 //!
 //! Versions are numbered from 0x10 up so that the first byte also tells a record from those
@@ -22,7 +25,7 @@
 //! refused with an error naming the version, never guessed at.
 
 use bytes::Bytes;
-use paxos_core::{Ballot, PersistEntry, Value};
+use paxos_core::{Ballot, Change, PersistEntry, Reconfig, Value};
 
 /// The version byte of the records this build writes.
 pub const RECORD_VERSION: u8 = 0x10;
@@ -37,6 +40,11 @@ const TAG_COMMITTED: u8 = 3;
 
 const VALUE_NOOP: u8 = 0;
 const VALUE_COMMANDS: u8 = 1;
+const VALUE_RECONFIG: u8 = 2;
+
+const CHANGE_ADD_LEARNER: u8 = 1;
+const CHANGE_PROMOTE: u8 = 2;
+const CHANGE_REMOVE: u8 = 3;
 
 /// Why a record cannot be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +64,9 @@ pub enum RecordError {
     /// The value's kind is unknown.
     #[error("unknown value kind {0}")]
     UnknownValue(u8),
+    /// A membership change's kind is unknown.
+    #[error("unknown membership change kind {0}")]
+    UnknownChange(u8),
     /// A field runs past the end of the record.
     #[error(
         "the record ends inside {field} (offset {offset}, {needed} bytes needed, {available} left)"
@@ -138,6 +149,7 @@ fn put_value(out: &mut Vec<u8>, value: &Value) -> Result<(), RecordError> {
             return Ok(());
         }
         Value::Commands(commands) => commands,
+        Value::Reconfig(reconfig) => return put_reconfig(out, reconfig),
     };
     out.push(VALUE_COMMANDS);
     let count = u32::try_from(commands.len()).map_err(|_| RecordError::TooLong(commands.len()))?;
@@ -146,6 +158,24 @@ fn put_value(out: &mut Vec<u8>, value: &Value) -> Result<(), RecordError> {
         let len = u32::try_from(c.len()).map_err(|_| RecordError::TooLong(c.len()))?;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(c);
+    }
+    Ok(())
+}
+
+fn put_reconfig(out: &mut Vec<u8>, reconfig: &Reconfig) -> Result<(), RecordError> {
+    out.push(VALUE_RECONFIG);
+    out.extend_from_slice(&reconfig.expected.to_le_bytes());
+    let (kind, id) = match &reconfig.change {
+        Change::AddLearner { id, .. } => (CHANGE_ADD_LEARNER, id),
+        Change::Promote { id } => (CHANGE_PROMOTE, id),
+        Change::Remove { id } => (CHANGE_REMOVE, id),
+    };
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+    if let Change::AddLearner { meta, .. } = &reconfig.change {
+        let len = u32::try_from(meta.len()).map_err(|_| RecordError::TooLong(meta.len()))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(meta);
     }
     Ok(())
 }
@@ -246,8 +276,26 @@ impl<'a> Reader<'a> {
                 }
                 Ok(Value::Commands(commands))
             }
+            VALUE_RECONFIG => self.reconfig().map(Value::Reconfig),
             kind => Err(RecordError::UnknownValue(kind)),
         }
+    }
+
+    fn reconfig(&mut self) -> Result<Reconfig, RecordError> {
+        let expected = self.u64("the expected configuration")?;
+        let kind = self.u8("the change's kind")?;
+        let id = self.u64("the member's id")?;
+        let change = match kind {
+            CHANGE_ADD_LEARNER => {
+                let len = self.u32("the meta's length")? as usize;
+                let meta = Bytes::copy_from_slice(self.take("the meta", len)?);
+                Change::AddLearner { id, meta }
+            }
+            CHANGE_PROMOTE => Change::Promote { id },
+            CHANGE_REMOVE => Change::Remove { id },
+            kind => return Err(RecordError::UnknownChange(kind)),
+        };
+        Ok(Reconfig { expected, change })
     }
 }
 
@@ -273,6 +321,33 @@ mod tests {
                 ]),
             },
             PersistEntry::Committed { upto: 99 },
+            PersistEntry::Accepted {
+                slot: 7,
+                ballot: Ballot::new(2, 1),
+                value: Value::Reconfig(Reconfig {
+                    expected: 3,
+                    change: Change::AddLearner {
+                        id: 4,
+                        meta: Bytes::from_static(b"\x01\x03h:1\x00"),
+                    },
+                }),
+            },
+            PersistEntry::Accepted {
+                slot: 8,
+                ballot: Ballot::new(2, 1),
+                value: Value::Reconfig(Reconfig {
+                    expected: 4,
+                    change: Change::Promote { id: 4 },
+                }),
+            },
+            PersistEntry::Accepted {
+                slot: 9,
+                ballot: Ballot::new(2, 1),
+                value: Value::Reconfig(Reconfig {
+                    expected: u64::MAX,
+                    change: Change::Remove { id: 1 },
+                }),
+            },
         ]
     }
 
@@ -312,7 +387,17 @@ mod tests {
 
     #[test]
     fn records_of_earlier_releases_are_read() {
-        for entry in samples() {
+        // Earlier releases had no membership changes.
+        let old = samples().into_iter().filter(|e| {
+            !matches!(
+                e,
+                PersistEntry::Accepted {
+                    value: Value::Reconfig(_),
+                    ..
+                }
+            )
+        });
+        for entry in old {
             let legacy = wire::encode(&entry).unwrap_or_default();
             assert!(LEGACY_FIRST_BYTES.contains(&legacy[0]), "{legacy:?}");
             assert_eq!(decode(&legacy), Ok(entry));
@@ -371,5 +456,40 @@ mod tests {
             })
         ));
         assert_eq!(decode(&[]), Err(RecordError::Empty));
+        let mut raw = vec![0x10, 2];
+        raw.extend_from_slice(&[0; 24]);
+        raw.push(2);
+        raw.extend_from_slice(&[0; 8]);
+        raw.push(9);
+        raw.extend_from_slice(&[0; 8]);
+        assert_eq!(decode(&raw), Err(RecordError::UnknownChange(9)));
+    }
+
+    #[test]
+    fn a_membership_change_layout_is_pinned() {
+        let value = Value::Reconfig(Reconfig {
+            expected: 3,
+            change: Change::AddLearner {
+                id: 4,
+                meta: Bytes::from_static(b"ab"),
+            },
+        });
+        let raw = encode(&PersistEntry::Accepted {
+            slot: 5,
+            ballot: Ballot::new(2, 1),
+            value,
+        })
+        .unwrap_or_default();
+        let mut expected = vec![0x10, 2];
+        for n in [5u64, 2, 1] {
+            expected.extend_from_slice(&n.to_le_bytes());
+        }
+        expected.push(2);
+        expected.extend_from_slice(&3u64.to_le_bytes());
+        expected.push(1);
+        expected.extend_from_slice(&4u64.to_le_bytes());
+        expected.extend_from_slice(&2u32.to_le_bytes());
+        expected.extend_from_slice(b"ab");
+        assert_eq!(raw, expected);
     }
 }

@@ -148,3 +148,38 @@ fn a_dropped_proposal_is_found_by_its_bytes_not_by_their_content() {
     pending.fail_all();
     assert_eq!(pending.proposal(&b), None);
 }
+
+#[test]
+fn a_membership_change_is_answered_once_when_its_own_outcome_comes() {
+    use paxos_core::{Change, Reconfig};
+    let probe = Probe::new();
+    let mut pending = Pending::default();
+    let now = Instant::now();
+    let mine = Reconfig {
+        expected: 3,
+        change: Change::Promote { id: 4 },
+    };
+    let other = Reconfig {
+        expected: 3,
+        change: Change::Remove { id: 4 },
+    };
+    pending.insert_change(mine.clone(), probe.responder(1), now);
+    assert!(!pending.is_empty());
+    let done = Ok(Reply::MemberChanged {
+        config_id: 4,
+        effective_from_slot: 70,
+    });
+    assert!(!pending.answer_change(&other, &done), "another change");
+    assert!(pending.answer_change(&mine, &done));
+    assert!(!pending.answer_change(&mine, &done), "answered once");
+    assert!(pending.is_empty());
+    assert_eq!(probe.answers(), vec![(1, done)]);
+    // One that waits too long: its outcome is unknown.
+    pending.insert_change(mine, probe.responder(2), now);
+    assert_eq!(
+        pending.expire(now + LIMIT + Duration::from_millis(1), LIMIT),
+        1
+    );
+    assert!(pending.is_empty());
+    assert_eq!(probe.answers(), vec![(2, Err(ErrorReply::Timeout))]);
+}
