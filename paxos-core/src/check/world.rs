@@ -177,6 +177,9 @@ pub(crate) struct World {
     /// Values clients will still propose, in order.
     pub values: VecDeque<Bytes>,
     pub budget: Budget,
+    /// How many of the nodes (ids 1..=initial) the cluster started with; the others are
+    /// spares.
+    pub initial: usize,
     /// Membership changes clients will still ask for, in order.
     pub changes: VecDeque<Change>,
     /// Snapshots shipped and not yet installed: (to, slot, values, membership log).
@@ -243,6 +246,7 @@ impl World {
             Membership::initial(&members, &BTreeMap::new()),
         );
         let mut w = World {
+            initial: nodes,
             changes: changes.iter().cloned().collect(),
             snaps: Vec::new(),
             ghost: initial.clone(),
@@ -291,10 +295,11 @@ impl World {
         self
     }
 
+    /// The members the cluster started with (the configured ones).
     fn members(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|n| !n.spare)
+            .filter(|n| n.id <= self.initial as NodeId)
             .map(|n| n.id)
             .collect()
     }
@@ -545,7 +550,10 @@ impl World {
             .map(|(v, _)| v.clone())
             .unwrap_or_default();
         n.mlog = n.durable.membership.clone();
-        let booted = if n.durable.membership.is_none() && !n.repairing {
+        // A spare that was added joins; a member whose disk was damaged (no membership
+        // left) starts from the configured members, as a host without a snapshot does.
+        let joiner = !members.contains(&id);
+        let booted = if n.durable.membership.is_none() && joiner && !n.repairing {
             Replica::join(config, seed, n.now_ms)
         } else if n.repairing && self.bug != Some(PlantedBug::RepairSkipped) {
             Replica::recover_for_repair(config, seed, n.now_ms, &n.durable)
