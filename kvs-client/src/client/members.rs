@@ -18,6 +18,9 @@ use crate::Error;
 /// taking effect.
 const IN_PROGRESS_PAUSE: Duration = Duration::from_millis(200);
 
+/// How often [`Client::member_change`] looks whether its change has taken effect.
+const IN_EFFECT_POLL: Duration = Duration::from_millis(50);
+
 /// A membership change as the cluster applied it ([`Client::change_membership`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemberChanged {
@@ -120,10 +123,40 @@ impl Client {
     /// all within [`ClientOptions::request_timeout`](crate::ClientOptions::request_timeout).
     /// Every other refusal is returned as it is: nothing changed. When the time runs out
     /// after an unanswered attempt, the error is [`Error::MembershipUnknown`].
+    ///
+    /// A change governs the log from a fixed number of slots after the one it was chosen
+    /// in (the leader fills them at once). Once made, this waits (within the same time
+    /// budget) until the member list says the configuration is in effect, so that the next
+    /// step of a procedure (stopping a replica, the next change) finds it in force.
     pub async fn member_change(
         &self,
         change: MemberChange,
         force: bool,
+    ) -> Result<MemberChangeOutcome, Error> {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let outcome = self.member_change_once(change, force, deadline).await?;
+        self.wait_in_effect(outcome.config_id(), deadline).await;
+        Ok(outcome)
+    }
+
+    /// Waits until the latest configuration is `config_id` in effect, or a later one, or
+    /// `deadline`.
+    async fn wait_in_effect(&self, config_id: u64, deadline: Instant) {
+        while Instant::now() < deadline {
+            if let Ok(list) = self.member_list().await {
+                if list.config_id > config_id || (list.config_id == config_id && list.in_effect) {
+                    return;
+                }
+            }
+            tokio::time::sleep(IN_EFFECT_POLL).await;
+        }
+    }
+
+    async fn member_change_once(
+        &self,
+        change: MemberChange,
+        force: bool,
+        deadline: Instant,
     ) -> Result<MemberChangeOutcome, Error> {
         wire::validate(&Op::MemberChange {
             expected: 0,
@@ -131,7 +164,6 @@ impl Client {
             force,
         })
         .map_err(Error::Rejected)?;
-        let deadline = Instant::now() + self.inner.options.request_timeout;
         let mut unanswered: Option<String> = None;
         loop {
             let list = match self.member_list().await {

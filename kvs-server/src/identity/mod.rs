@@ -540,6 +540,9 @@ pub enum LinkEvent {
     /// ([`IdentityError::ReplacedAtPeer`]), or the identity file could not be written
     /// ([`IdentityError::Record`]).
     Fatal(IdentityError),
+    /// A peer refused this replica as not a member of the cluster: a replica whose removal
+    /// was chosen learns this way that the removal is in effect at that peer.
+    NotAMember(u64),
 }
 
 /// The identity of a running replica, shared by its peer links: it records the instances

@@ -291,12 +291,20 @@ impl Outbound {
             tracing::warn!(peer = to, %addr, reason = %text, "peer refused our handshake");
             *last = Some(text);
         }
-        if let HandshakeRefusal::MemberReplaced { .. } = refusal {
-            self.store
-                .report(LinkEvent::Fatal(IdentityError::ReplacedAtPeer {
-                    peer: to,
-                    refusal: refusal.clone(),
-                }));
+        match refusal {
+            HandshakeRefusal::MemberReplaced { .. } => {
+                self.store
+                    .report(LinkEvent::Fatal(IdentityError::ReplacedAtPeer {
+                        peer: to,
+                        refusal: refusal.clone(),
+                    }));
+            }
+            HandshakeRefusal::UnknownNode { node_id }
+                if self.hello.role == PeerRole::Replica(*node_id) =>
+            {
+                self.store.report(LinkEvent::NotAMember(to));
+            }
+            _ => {}
         }
     }
 }

@@ -81,9 +81,11 @@ impl Started {
                     let limit = self.node.cfg.request_timeout;
                     self.node.pending.expire(Instant::now(), limit);
                 }
-                Some(LinkEvent::Fatal(e)) = self.links.recv() => {
-                    self.node.fatal = Some(ServerError::Identity(e));
-                }
+                Some(event) = self.links.recv() => match event {
+                    LinkEvent::Fatal(e) => self.node.fatal = Some(ServerError::Identity(e)),
+                    LinkEvent::NotAMember(peer) => self.node.refused_as_non_member(peer),
+                    LinkEvent::Admitted(_) => {}
+                },
                 _ = shutdown.cancelled(), if stopping.is_none() => {
                     let (writes, reads) = self.node.pending.len();
                     tracing::info!(id = self.node.cfg.id, writes, reads, "shutting down: finishing in-flight requests");

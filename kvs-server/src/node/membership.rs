@@ -276,6 +276,9 @@ impl Node {
             ReconfigError::InProgress => ErrorReply::ChangeInProgress,
             ReconfigError::Refused(e) => change_error(e),
             ReconfigError::LearnerNotReady { id, lag, allowed } => {
+                // Refused within the allowed lag: the learner has not answered lately, and
+                // its last reported lag is stale.
+                let lag = lag.filter(|&lag| lag > allowed);
                 ErrorReply::LearnerNotReady { id, lag, allowed }
             }
             ReconfigError::WouldLoseQuorum { live, needed } => ErrorReply::WouldLoseQuorum {
@@ -327,7 +330,37 @@ impl Node {
             }
         };
         self.pending.answer_change(&reconfig, &answer);
+        if outcome.is_ok() && !latest.contains(self.cfg.id) && self.leaving.is_none() {
+            tracing::info!(
+                id = self.cfg.id,
+                slot,
+                "this replica's removal is chosen: it keeps voting until the removal takes effect"
+            );
+            self.leaving = Some(latest.voters().collect());
+        }
         self.snapshot_if_due();
+    }
+
+    /// Peer `peer` refused this replica as not a member. If this replica's removal was
+    /// chosen and `peer` votes in the configuration that removes it, the removal is in
+    /// effect there (it forgot the configurations this replica was in only once it had
+    /// delivered every slot they govern, so every slot this replica could still vote in is
+    /// chosen): stop, as on [`paxos_core::Output::Removed`]. This replica may not get to
+    /// deliver those slots itself, since its peers no longer talk to it.
+    pub(super) fn refused_as_non_member(&mut self, peer: NodeId) {
+        let in_effect = self
+            .leaving
+            .as_ref()
+            .is_some_and(|voters| voters.contains(&peer));
+        if in_effect && !self.removed {
+            tracing::info!(
+                id = self.cfg.id,
+                peer,
+                "a member of the configuration that removes this replica no longer knows it: \
+                 the removal is in effect"
+            );
+            self.on_removed();
+        }
     }
 
     /// A change this leader took never got a slot: the client may try the new leader.

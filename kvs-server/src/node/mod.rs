@@ -82,6 +82,9 @@ struct Node {
     members: membership::MemberView,
     /// This replica was removed from the cluster: it stops.
     removed: bool,
+    /// The voters of the configuration that removes this replica, once its removal is
+    /// chosen and applied here (it still votes until the removal takes effect).
+    leaving: Option<std::collections::BTreeSet<paxos_core::NodeId>>,
     snapshots: Snapshots,
     faults: Faults,
     /// Answers to clients, written at the end of each turn of the loop.

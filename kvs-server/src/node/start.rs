@@ -301,6 +301,7 @@ impl Node {
             store: network.store,
             members: super::membership::MemberView::default(),
             removed: false,
+            leaving: None,
             outbox: clients.outbox,
             values: clients.values,
             reports: core.reports,
@@ -674,6 +675,7 @@ async fn join(
                     admitted.insert(peer);
                 }
                 Some(LinkEvent::Fatal(reason)) => return Err(ServerError::JoinRefused(reason)),
+                Some(LinkEvent::NotAMember(_)) => {}
                 None => return Err(ServerError::LinksStopped),
             },
             _ = shutdown.cancelled() => return Ok(false),
