@@ -74,6 +74,8 @@ pub struct Cluster {
     peer_proxies: BTreeMap<Link, Proxy>,
     client_proxies: BTreeMap<u64, Proxy>,
     cut: Mutex<BTreeSet<Link>>,
+    /// Addresses held for nodes to add later ([`Cluster::reserve_node`]).
+    reserved: BTreeMap<u64, (ReservedPort, ReservedPort)>,
     root: PathBuf,
     /// `None` once the directory was kept.
     temp_dir: Mutex<Option<TempDir>>,
@@ -161,6 +163,7 @@ impl Cluster {
             peer_proxies,
             client_proxies,
             cut: Mutex::new(BTreeSet::new()),
+            reserved: BTreeMap::new(),
             root,
             temp_dir: Mutex::new(Some(temp_dir)),
         };
@@ -173,9 +176,64 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The member ids, ascending.
+    /// The member ids, ascending (every node started or added, removed ones included).
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
+    }
+
+    /// Adds node `id` to the running cluster's processes, with an empty data directory and
+    /// `--initial-cluster-state existing`, and starts it: what an operator does after
+    /// `kvs-client member add`. Its `--peers` lists every node so far (itself included) at
+    /// their real addresses, and its other arguments come from `opts` as for the first
+    /// nodes. Only without proxies: a new node has no proxies on its links. Its addresses
+    /// are [`Cluster::layout`]'s entries for `id` (reserve them with
+    /// [`Cluster::reserve_node`] first, to give them to `member add`).
+    pub fn add_node(&mut self, id: u64, opts: &ClusterOptions) -> anyhow::Result<()> {
+        ensure!(
+            self.layout.peer_proxies.is_none(),
+            "nodes can be added only to a cluster without proxies"
+        );
+        ensure!(!self.nodes.contains_key(&id), "node {id} exists already");
+        let (peer, client) = match self.reserved.remove(&id) {
+            Some(ports) => ports,
+            None => {
+                self.reserve_node(id)?;
+                self.reserved
+                    .remove(&id)
+                    .context("ports reserved just above")?
+            }
+        };
+        let program = find_server_binary(opts.binary.as_deref())?;
+        let data_dir = node_data_dir(&self.root, id);
+        fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let mut args = self.layout.node_args(id, &data_dir, opts);
+        args.extend(["--initial-cluster-state".into(), "existing".into()]);
+        let node = process::NodeProcess::new(
+            id,
+            program,
+            args,
+            self.root.clone(),
+            node_log_path(&self.root, id),
+        );
+        self.nodes.insert(id, Mutex::new(node));
+        peer.release();
+        client.release();
+        self.restart(id)
+    }
+
+    /// Reserves the peer and client addresses of a node to add later as `id` (they are in
+    /// [`Cluster::layout`] from now on, and held until [`Cluster::add_node`] starts it).
+    pub fn reserve_node(&mut self, id: u64) -> anyhow::Result<()> {
+        ensure!(!self.nodes.contains_key(&id), "node {id} exists already");
+        if self.reserved.contains_key(&id) {
+            return Ok(());
+        }
+        let (peer, client) = (ReservedPort::new()?, ReservedPort::new()?);
+        self.layout.peer_listen.insert(id, peer.addr());
+        self.layout.client_listen.insert(id, client.addr());
+        self.reserved.insert(id, (peer, client));
+        Ok(())
     }
 
     /// Every address of the cluster.
