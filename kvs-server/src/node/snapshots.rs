@@ -200,8 +200,11 @@ impl Node {
             // None taken yet (only the first membership, of slot 0): take one now, and ship
             // it once written. A store that applied nothing has nothing to snapshot, and its
             // log is whole.
-            if self.sm.applied() > 0 && self.snapshots.ship_after.insert(to) {
-                tracing::info!(peer = to, "a peer needs a snapshot: taking one to ship");
+            if self.sm.applied() > 0 {
+                if self.snapshots.ship_after.insert(to) {
+                    tracing::info!(peer = to, "a peer needs a snapshot: taking one to ship");
+                }
+                // Nothing if one is being written; again if the last attempt failed.
                 self.take_snapshot();
             }
             return;
