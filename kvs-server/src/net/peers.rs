@@ -40,7 +40,7 @@ use wire::{
 use super::frames::PeerFrames;
 use crate::event::Event;
 use crate::identity::{IdentityError, IdentityStore, LinkEvent};
-use crate::snapshot::transfer::Outgoing;
+use crate::snapshot::transfer::{Credits, Outgoing};
 
 /// How many messages may wait for a peer link; beyond that they are dropped (the consensus
 /// core retransmits what matters).
@@ -448,6 +448,8 @@ pub struct Acceptor {
     pub expect: HandshakeExpectation,
     /// Who may connect now.
     pub registry: Arc<PeerRegistry>,
+    /// Room for received snapshot chunks: a chunk waits for it before it is handed on.
+    pub credits: Credits,
     /// Records and checks instances.
     pub store: Arc<IdentityStore>,
     /// The event loop's inbox.
@@ -519,6 +521,15 @@ impl Acceptor {
                     return;
                 }
             };
+            if let PeerMessage::SnapshotChunk { .. } = msg {
+                // Not read on until the writer has room (the event loop gives it back if it
+                // drops the chunk): TCP then slows the sender down.
+                tokio::select! {
+                    _ = self.credits.take() => {}
+                    _ = self.shutdown.cancelled() => return,
+                    _ = left.cancelled() => return,
+                }
+            }
             if self.events.send(Event::Peer { from, msg }).await.is_err() {
                 return;
             }

@@ -136,8 +136,12 @@ impl Node {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Client { req, responder } => self.on_client(req, responder),
-            // A failed acceptor hears nothing.
-            Event::Peer { .. } if self.faults.is_down() => {}
+            // A failed acceptor hears nothing (a chunk gives its room back).
+            Event::Peer { msg, .. } if self.faults.is_down() => {
+                if let PeerMessage::SnapshotChunk { .. } = msg {
+                    self.snapshots.drop_chunk();
+                }
+            }
             Event::Peer {
                 from,
                 msg: PeerMessage::Paxos(m),

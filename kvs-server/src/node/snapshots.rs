@@ -21,7 +21,7 @@ use paxos_core::NodeId;
 use super::{note_values, Node};
 use crate::error::ServerError;
 use crate::event::{Report, SnapshotWritten};
-use crate::snapshot::transfer::{Chunk, Incoming, Outgoing, Received, Start};
+use crate::snapshot::transfer::{Chunk, Credits, Incoming, Outgoing, Received, Start};
 use crate::snapshot::{self, SnapshotError};
 use crate::state_machine::StateMachine;
 use crate::storage::StorageCmd;
@@ -48,11 +48,14 @@ pub(crate) struct Snapshots {
     outgoing: Outgoing,
     /// Peers asked for a snapshot before there was one: shipped once it is written.
     ship_after: BTreeSet<NodeId>,
+    /// Room for received chunks, shared with the peer connections (flow control).
+    credits: Credits,
 }
 
 impl Snapshots {
-    /// The state of a replica whose latest snapshot covers the slots below `last_slot`.
-    pub(crate) fn new(last_slot: u64, outgoing: Outgoing) -> Snapshots {
+    /// The state of a replica whose latest snapshot covers the slots below `last_slot`;
+    /// received chunks take their room from `credits`.
+    pub(crate) fn new(last_slot: u64, outgoing: Outgoing, credits: Credits) -> Snapshots {
         Snapshots {
             last_slot,
             applied_bytes: 0,
@@ -60,7 +63,13 @@ impl Snapshots {
             incoming: None,
             outgoing,
             ship_after: BTreeSet::new(),
+            credits,
         }
+    }
+
+    /// Gives back the room of a received chunk this replica drops.
+    pub(crate) fn drop_chunk(&self) {
+        self.credits.give_back();
     }
 
     /// The transfers to peers (whose lanes follow the membership).
@@ -217,7 +226,16 @@ impl Node {
     }
 
     /// A chunk of a snapshot from a peer: checked here, written and checked off the loop.
+    /// The chunk took a credit (see [`Credits`]): it goes back once the chunk is written,
+    /// or here if the chunk is dropped.
     pub(super) fn on_snapshot_chunk(&mut self, from: NodeId, chunk: ChunkOf) {
+        if !self.queue_chunk(from, chunk) {
+            self.snapshots.drop_chunk();
+        }
+    }
+
+    /// Queues a chunk for the writer; false if it is dropped.
+    fn queue_chunk(&mut self, from: NodeId, chunk: ChunkOf) -> bool {
         let ChunkOf {
             slot,
             total,
@@ -229,19 +247,21 @@ impl Node {
         // no membership without one.
         let old = slot <= self.sm.applied() && !self.replica.joining();
         if old || self.snapshots.writing {
-            return;
+            return false;
         }
         if offset == 0 && !self.start_incoming(from, slot, total) {
-            return;
+            return false;
         }
         let Some(incoming) = self.snapshots.incoming.as_mut() else {
-            return;
+            return false;
         };
         match incoming.accept(from, slot, total, offset, data) {
-            Chunk::Queued | Chunk::Complete | Chunk::Ignored => {}
+            Chunk::Queued | Chunk::Complete => true,
+            Chunk::Ignored => false,
             Chunk::Broken(reason) => {
                 tracing::info!(peer = from, slot, %reason, "dropping a snapshot being received");
                 self.snapshots.incoming = None;
+                false
             }
         }
     }
@@ -260,7 +280,8 @@ impl Node {
         let report = move |received| {
             let _ = reports.send(Report::SnapshotReceived(received));
         };
-        let incoming = Incoming::start(&self.cfg.data_dir, from, slot, total, report);
+        let credits = self.snapshots.credits.clone();
+        let incoming = Incoming::start(&self.cfg.data_dir, (from, slot, total), credits, report);
         self.snapshots.incoming = Some(incoming);
         true
     }
@@ -377,7 +398,7 @@ mod tests {
     use super::*;
 
     fn snapshots(last_slot: u64) -> Snapshots {
-        Snapshots::new(last_slot, Outgoing::default())
+        Snapshots::new(last_slot, Outgoing::default(), Credits::default())
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::identity::{self, IdentityError, IdentityStore, LinkEvent, Origin};
 use crate::net::clients::{self, ClientService, Outbox, ValueBytesSeen};
 use crate::net::peers::{self, Acceptor, Dialer, Links, PeerRegistry};
 use crate::snapshot;
-use crate::snapshot::transfer::Outgoing;
+use crate::snapshot::transfer::{Credits, Outgoing};
 use crate::state_machine::StateMachine;
 use crate::storage::{self, Storage, WAL_DIR_NAME};
 use crate::wal::WalOptions;
@@ -143,6 +143,7 @@ pub(super) async fn start(
         links: peers.links,
         outgoing: peers.outgoing,
         registry: peers.registry,
+        credits: peers.credits,
         store,
     };
     let mut node = Node::assemble(cfg, core, clients, network);
@@ -164,6 +165,7 @@ struct PeerSide {
     links: Links,
     outgoing: Outgoing,
     registry: Arc<PeerRegistry>,
+    credits: Credits,
     store: Arc<IdentityStore>,
 }
 
@@ -174,6 +176,8 @@ struct PeerNetwork {
     outgoing: Outgoing,
     /// Who may connect.
     registry: Arc<PeerRegistry>,
+    /// Room for received snapshot chunks, shared by the connections and the event loop.
+    credits: Credits,
     /// Ends the links and the peer listener.
     links_stop: CancellationToken,
     /// Every network task (the client side joins it).
@@ -208,10 +212,12 @@ impl PeerNetwork {
         let registry = Arc::new(PeerRegistry::default());
         let (allowed, cluster) = super::membership::admission(cfg, &identity, replica);
         registry.set(allowed, cluster);
+        let credits = Credits::default();
         let acceptor = Acceptor {
             my_id: cfg.id,
             expect: wire::HandshakeExpectation::replicas_of(cfg.cluster_id.clone(), own),
             registry: Arc::clone(&registry),
+            credits: credits.clone(),
             store: Arc::clone(store),
             events: inbox,
             frame_bytes_max: wire::FRAME_BYTES_MAX_CEILING,
@@ -222,6 +228,7 @@ impl PeerNetwork {
             links,
             outgoing,
             registry,
+            credits,
             links_stop,
             tasks,
         }
@@ -289,7 +296,7 @@ impl Node {
         let now = Instant::now();
         Node {
             faults: Faults::new(cfg.acceptor_fail_prob, now),
-            snapshots: Snapshots::new(core.sm.applied(), network.outgoing),
+            snapshots: Snapshots::new(core.sm.applied(), network.outgoing, network.credits),
             cfg,
             replica: core.replica,
             sm: core.sm,

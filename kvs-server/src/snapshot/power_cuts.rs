@@ -155,13 +155,14 @@ fn run_install_seed(seed: u64) -> Result<(), String> {
     let bytes = encode(&new).unwrap_or_default();
     disk.cut_after(1 + seed % 40);
     let path = dir.join(format!("{}.{seed}", super::INCOMING_NAME));
-    let (tx, rx) = tokio::sync::mpsc::channel(bytes.len() / 700 + 2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(bytes.len() / 700 + 2);
     for chunk in bytes.chunks(700) {
         let _ = tx.try_send(Bytes::copy_from_slice(chunk));
     }
     drop(tx);
     let total = bytes.len() as u64;
-    let published = super::transfer::write_chunks(&disk, &path, rx, total)
+    let credits = super::transfer::Credits::default();
+    let published = super::transfer::write_chunks(&disk, &path, &mut rx, total, &credits)
         .map_err(|e| e.to_string())
         .and_then(|complete| {
             if !complete {

@@ -12,6 +12,12 @@
 //! fsyncs and decodes the file (which checks it) and reports the decoded state machine. The
 //! event loop then only renames the file into place ([`super::publish_incoming`]) and swaps
 //! the state in.
+//!
+//! Flow control ([`Credits`]): the peer connection takes a credit before it hands a chunk to
+//! the event loop, and the credit comes back once the chunk is written (or dropped). With no
+//! credit left the connection stops reading, TCP pushes back, and the sender waits: a
+//! sender on a fast link never outruns a slow disk (which would break the transfer), and
+//! at most [`INCOMING_QUEUE_CHUNKS`] chunks are held.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -29,9 +35,41 @@ use super::format;
 use crate::disk::{Disk, Open};
 use crate::state_machine::StateMachine;
 
-/// Chunks received and not yet written to disk, at most; a receiver that falls further
-/// behind drops the transfer (the sender tries again later).
-const INCOMING_QUEUE_CHUNKS: usize = 16;
+/// Chunks received and not yet written to disk, at most (the [`Credits`]).
+pub const INCOMING_QUEUE_CHUNKS: usize = 16;
+
+/// Room for received snapshot chunks, shared by a replica's peer connections, its event loop
+/// and its snapshot writer: a connection takes a credit ([`Credits::take`]) before it hands
+/// a chunk on, and whoever disposes of the chunk gives it back ([`Credits::give_back`]): the
+/// writer once the chunk is written, the event loop when it drops the chunk. See the
+/// [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Credits {
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Credits {
+    fn default() -> Self {
+        Credits {
+            room: Arc::new(tokio::sync::Semaphore::new(INCOMING_QUEUE_CHUNKS)),
+        }
+    }
+}
+
+impl Credits {
+    /// Waits for room for one more chunk, and takes it.
+    pub async fn take(&self) {
+        // The semaphore is never closed, so acquiring only waits.
+        if let Ok(permit) = self.room.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Gives back the room of one chunk, written or dropped.
+    pub fn give_back(&self) {
+        self.room.add_permits(1);
+    }
+}
 
 /// Where one peer's snapshot chunks go.
 struct Lane {
@@ -250,19 +288,26 @@ impl Incoming {
     /// `dir`; `report` is called from the writer thread once the snapshot is complete and
     /// checked (or unusable). Dropping the [`Incoming`] early stops the writer, which then
     /// removes its file.
+    /// Each chunk queued (and taken from `credits`) gives its credit back once written.
     pub fn start(
         dir: &Path,
-        from: NodeId,
-        slot: u64,
-        total: u64,
+        (from, slot, total): (NodeId, u64, u64),
+        credits: Credits,
         report: impl FnOnce(Received) + Send + 'static,
     ) -> Incoming {
         let seq = INCOMING_SEQ.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{}.{seq}", super::INCOMING_NAME));
-        let (tx, rx) = mpsc::channel(INCOMING_QUEUE_CHUNKS);
+        let (tx, mut rx) = mpsc::channel(INCOMING_QUEUE_CHUNKS);
         tokio::task::spawn_blocking(move || {
             let disk = &crate::disk::RealDisk;
-            let result = match write_chunks(disk, &path, rx, total) {
+            let written = write_chunks(disk, &path, &mut rx, total, &credits);
+            // Chunks still queued (a write failed) give their credits back too; closed first,
+            // so no chunk arrives after.
+            rx.close();
+            while rx.try_recv().is_ok() {
+                credits.give_back();
+            }
+            let result = match written {
                 Ok(true) => check(disk, &path, from),
                 Ok(false) => {
                     let _ = std::fs::remove_file(&path);
@@ -332,12 +377,14 @@ impl Incoming {
     }
 }
 
-/// Writes chunks to `path` until `total` bytes; false if the chunks stopped before.
+/// Writes chunks to `path` until `total` bytes, giving each chunk's credit back once it is
+/// written; false if the chunks stopped before.
 pub(crate) fn write_chunks(
     disk: &dyn Disk,
     path: &Path,
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: &mut mpsc::Receiver<Bytes>,
     total: u64,
+    credits: &Credits,
 ) -> Result<bool, String> {
     let mut file = disk
         .open(path, Open::Truncate)
@@ -347,8 +394,9 @@ pub(crate) fn write_chunks(
         let Some(data) = rx.blocking_recv() else {
             return Ok(false);
         };
-        file.append(&data)
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        let appended = file.append(&data);
+        credits.give_back();
+        appended.map_err(|e| format!("write {}: {e}", path.display()))?;
         written += data.len() as u64;
     }
     Ok(written == total)
@@ -466,7 +514,8 @@ mod tests {
         let bytes = format::encode(&StateMachine::new()).unwrap_or_else(|e| panic!("{e}"));
         let total = bytes.len() as u64;
         let (report_tx, report_rx) = std::sync::mpsc::channel();
-        let mut incoming = Incoming::start(dir.path(), 1, 4, total, move |r| {
+        let credits = Credits::default();
+        let mut incoming = Incoming::start(dir.path(), (1, 4, total), credits.clone(), move |r| {
             let _ = report_tx.send(r);
         });
         let (a, b) = bytes.split_at(bytes.len() / 2);
@@ -490,12 +539,28 @@ mod tests {
         assert_eq!((received.from, received.slot), (1, 4));
         assert!(received.result.is_ok(), "{:?}", received.result.err());
         assert_eq!(std::fs::read(&received.path).ok(), Some(bytes));
+        // Both chunks' credits came back: all the room is free again.
+        assert_eq!(credits.room.available_permits(), INCOMING_QUEUE_CHUNKS + 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_waits_for_room_instead_of_breaking_the_transfer() {
+        let credits = Credits::default();
+        for _ in 0..INCOMING_QUEUE_CHUNKS {
+            credits.take().await;
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(100), credits.take()).await;
+        assert!(waiting.is_err(), "no room: a connection waits");
+        credits.give_back();
+        tokio::time::timeout(Duration::from_secs(5), credits.take())
+            .await
+            .unwrap_or_else(|_| panic!("room given back is taken"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_gap_breaks_the_transfer_and_its_file_is_removed() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut incoming = Incoming::start(dir.path(), 1, 4, 100, |_| {
+        let mut incoming = Incoming::start(dir.path(), (1, 4, 100), Credits::default(), |_| {
             panic!("a broken transfer is not reported")
         });
         assert_eq!(
