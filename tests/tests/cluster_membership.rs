@@ -622,7 +622,9 @@ async fn restarted_replicas_take_the_membership_from_their_data_dirs() {
     );
     verify_linearizable(&cluster, &client, &before).await;
     // The removed node 3, started again, finds itself removed in its data dir and stops.
-    cluster.restart(3).or_fail(&cluster, "restart the removed node 3");
+    cluster
+        .restart(3)
+        .or_fail(&cluster, "restart the removed node 3");
     check!(
         &cluster,
         wait_exited(&cluster, 3).await,
