@@ -462,7 +462,10 @@ impl Replica {
         self.membership.forget_before(slot);
         self.joining = false;
         self.member_seen |= self.membership.all_members().contains(&self.config.id);
-        self.reset_election_timer();
+        if self.repair.is_none() {
+            // A repairing replica campaigns for nothing: it runs no election timer.
+            self.reset_election_timer();
+        }
     }
 
     /// The next thing the host must do, or `None` when there is nothing left for now.
@@ -561,5 +564,25 @@ mod tests {
         );
         assert_eq!(r.promised(), b(1, 1));
         assert_eq!(r.commit_index(), 2);
+    }
+}
+
+#[cfg(test)]
+mod membership_tests {
+    use crate::replica::test_support::*;
+
+    /// A repairing replica that installs a snapshot (with the membership it carries) still
+    /// runs no election timer: it campaigns for nothing until repaired.
+    #[test]
+    fn a_repairing_replica_that_installs_a_snapshot_arms_no_election_timer() {
+        let state = RecoveredState::default();
+        let mut r = Replica::recover_for_repair(Config::new(2, vec![1, 2, 3]), 3, 0, &state)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let log = r.membership_log().clone();
+        r.install_snapshot(10, 5, log);
+        r.handle_timeout(10); // the debug checks assert that timers follow the role
+        assert!(r.repairing());
+        assert_eq!(r.election_deadline_ms(), 0, "an election timer is armed");
+        assert_eq!(r.delivered_index(), 5);
     }
 }
