@@ -338,6 +338,24 @@ fn membership_world(bug: Option<PlantedBug>) -> World {
 /// until every change was applied and took effect, with `crash` run once, after
 /// `crash_after` steps. Returns the number of steps.
 fn drive_membership(w: &mut World, crash_after: usize, crash: &[Action]) -> Result<usize, String> {
+    drive_until(w, crash_after, crash, &|w: &World| {
+        w.changes.is_empty()
+            && w.ghost.latest().id == 4
+            && (w.delivered.len() as u64) >= w.ghost.latest_from()
+            && w.nodes
+                .iter()
+                .filter(|n| [1, 2, 4].contains(&n.id))
+                .all(|n| n.replica.is_some() && n.applied.len() == w.delivered.len())
+    })
+}
+
+/// [`drive_membership`]'s policy, until `done` holds.
+fn drive_until(
+    w: &mut World,
+    crash_after: usize,
+    crash: &[Action],
+    done: &dyn Fn(&World) -> bool,
+) -> Result<usize, String> {
     let mut crashed = false;
     let mut turn = 0usize;
     for step in 0..20_000 {
@@ -351,14 +369,7 @@ fn drive_membership(w: &mut World, crash_after: usize, crash: &[Action]) -> Resu
             }
             continue;
         }
-        let done = w.changes.is_empty()
-            && w.ghost.latest().id == 4
-            && (w.delivered.len() as u64) >= w.ghost.latest_from()
-            && w.nodes
-                .iter()
-                .filter(|n| [1, 2, 4].contains(&n.id))
-                .all(|n| n.replica.is_some() && n.applied.len() == w.delivered.len());
-        if done {
+        if done(w) {
             return Ok(step);
         }
         let enabled = w.enabled();
@@ -494,4 +505,53 @@ fn walks_find_a_leader_that_ignores_the_reconfiguration_window() {
         "{bug:?} found ({report}), shrunk to {} actions:\n{text}",
         c.actions.len()
     );
+}
+
+/// Exhaustive search from two points in the middle of the 3 -> 4 -> 3 change, with a crash
+/// and timeouts at the adversary's disposal (`MC_DEPTH` goes deeper):
+/// - `learner-joining`: node 4 was just added (as a learner), started empty, and has no
+///   membership or snapshot yet;
+/// - `promotion-pending`: node 4's promotion is chosen but not yet in effect (slots still
+///   governed by {1,2,3} are in flight while {1,2,3,4} is decided).
+#[test]
+fn model_check_membership_changes() {
+    type Stop = fn(&World) -> bool;
+    let points: [(&str, Stop, usize); 2] = [
+        (
+            "learner-joining",
+            |w| w.changes.len() == 2 && w.replica(4).is_some(),
+            4,
+        ),
+        (
+            "promotion-pending",
+            |w| w.ghost.latest().id == 3 && (w.delivered.len() as u64) < w.ghost.latest_from(),
+            4,
+        ),
+    ];
+    for (name, stop, depth_ci) in points {
+        let mut w = membership_world(None);
+        drive_until(&mut w, usize::MAX, &[], &stop).unwrap_or_else(|e| panic!("{name}: {e}"));
+        w.budget = Budget {
+            crashes: 1,
+            timeouts: 2,
+            duplicates: 0,
+            drops: 0,
+            corruptions: 0,
+        };
+        let depth = env_u64("MC_DEPTH").map_or(depth_ci, |d| d as usize);
+        let report = explore(
+            &w,
+            Limits {
+                depth_max: depth,
+                states_max: states_max(),
+            },
+        );
+        eprintln!("model check from {name}: {report}");
+        if let Some(c) = &report.violation {
+            let (text, _) = replay(&w, &c.actions);
+            panic!("{name}: {text}");
+        }
+        assert!(!report.truncated, "{name}: the state limit cut the search");
+        assert!(report.states > 1_000, "{name}: {report}");
+    }
 }

@@ -29,6 +29,11 @@ impl Replica {
     /// answer once the promise is durable, or refuse.
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot) {
         self.proposer.observe(ballot);
+        if self.joining {
+            // Without a membership it cannot tell whether it votes: it votes for nothing
+            // (a voter that lost its disk must never come back as an empty acceptor).
+            return;
+        }
         if self.sticky_refuses(from, ballot) {
             // A refusal whose `promised` is below `refused` means "I follow a live leader".
             let promised = self.acceptor.promised();

@@ -59,6 +59,8 @@ impl Replica {
             let empty =
                 theirs.is_none_or(|c| (c == 0 && commit > 0) || c < self.acceptor.log_start());
             if !alive.contains(&id) || empty || lag.is_none_or(|l| l > allowed) {
+                // A learner that has not answered lately: its last lag means nothing.
+                let lag = lag.filter(|_| alive.contains(&id));
                 return Err(ReconfigError::LearnerNotReady { id, lag, allowed });
             }
         }
@@ -93,13 +95,20 @@ impl Replica {
         });
     }
 
-    /// After a drain delivered slots: forget memberships no later slot needs, and notice
-    /// when this replica is no longer a member.
+    /// After a drain delivered slots: forget memberships no slot from `delay` slots back
+    /// on needs (a member that just left stays a peer that long, so the leader keeps
+    /// telling it the commit index until it delivers its own removal), and notice when
+    /// this replica is no longer a member.
     pub(super) fn after_delivery(&mut self) {
         let delivered = self.learner.delivered();
-        self.membership.forget_before(delivered);
+        self.membership
+            .forget_before(delivered.saturating_sub(self.membership.delay()));
         let me = self.config.id;
-        if self.member_seen && !self.removed && !self.membership.all_members().contains(&me) {
+        if self.member_seen
+            && !self.removed
+            && !self.membership.at(delivered).contains(me)
+            && !self.membership.latest().contains(me)
+        {
             self.removed = true;
             self.outputs.push_back(Output::Removed);
         }

@@ -585,4 +585,52 @@ mod membership_tests {
         assert_eq!(r.election_deadline_ms(), 0, "an election timer is armed");
         assert_eq!(r.delivered_index(), 5);
     }
+
+    /// A joining replica votes for nothing and confirms nothing until a snapshot gives it
+    /// a membership: it only asks for that snapshot.
+    #[test]
+    fn a_joining_replica_votes_for_nothing_until_it_has_a_membership() {
+        let mut r = Replica::join(Config::new(4, vec![]), 3, 0).unwrap_or_else(|e| panic!("{e}"));
+        let _ = drain(&mut r);
+        r.handle_message(
+            1,
+            1,
+            Message::Prepare {
+                ballot: b(1, 1),
+                from_slot: 0,
+            },
+        );
+        r.handle_message(
+            2,
+            1,
+            Message::Accept {
+                ballot: b(1, 1),
+                entries: vec![(0, cmd("x"))],
+                commit: 1,
+            },
+        );
+        r.handle_message(
+            3,
+            1,
+            Message::Heartbeat {
+                ballot: b(1, 1),
+                commit: 1,
+                read_round: 1,
+            },
+        );
+        let out = drain(&mut r);
+        assert_eq!(
+            out,
+            vec![send(
+                1,
+                Message::CatchUpRequest {
+                    from_slot: 0,
+                    joining: true,
+                }
+            )],
+            "no promise, no vote, no acknowledgement: only the request for a snapshot"
+        );
+        assert_eq!(r.promised(), Ballot::ZERO);
+        assert!(r.accepted(0).is_none());
+    }
 }

@@ -69,7 +69,10 @@ pub enum Output {
     /// The membership change chosen in `slot` was delivered (right after its
     /// [`Output::Committed`]): applied, governing slots from `Ok(first slot)` on, or
     /// refused alike on every replica. `latest` is the latest membership after it; the
-    /// host keeps it with its state machine so its snapshots carry it.
+    /// host keeps it with its state machine so its snapshots carry it. A host's snapshot
+    /// must pair the state machine and the membership log as of the same slot: take none
+    /// between the `Committed` of a change's slot and this output (or apply the change to
+    /// the host's own log copy with `MembershipLog::apply_chosen` when it applies the slot).
     Reconfigured {
         /// The slot the change was chosen in.
         slot: Slot,
@@ -144,7 +147,8 @@ pub enum ReconfigError {
     LearnerNotReady {
         /// The learner.
         id: NodeId,
-        /// How many slots it is behind the leader's commit index, if it ever answered.
+        /// How many slots it is behind the leader's commit index; `None` if it has not
+        /// answered the leader lately (it may be down or cut off).
         lag: Option<Slot>,
         /// The most it may lag ([`Config::promote_lag_max`](crate::Config::promote_lag_max)).
         allowed: Slot,

@@ -23,6 +23,14 @@ impl Replica {
         commit: Slot,
     ) {
         self.proposer.observe(ballot);
+        if self.joining {
+            // It votes for nothing until it has a membership; it only learns that there
+            // is a log to catch up with (and asks for the snapshot).
+            if ballot >= self.acceptor.promised() {
+                self.follow(from, ballot, commit);
+            }
+            return;
+        }
         let learner = &self.learner;
         match self.acceptor.accept(
             ballot,
@@ -91,6 +99,9 @@ impl Replica {
             return;
         }
         self.follow(from, ballot, commit);
+        if self.joining {
+            return; // confirms nothing before it knows whether it votes
+        }
         let commit = self.learner.commit();
         self.send(
             from,
