@@ -249,7 +249,29 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
     let during = Writers::spawn(&client, "during", 2, 100_000);
 
     let (catch_up_4, promote_4) = grow(&mut cluster, &client, 4, &opts).await;
+    // kill -9 an original follower between two changes, and restart it from its data dir.
+    let leader = list(&cluster, &client)
+        .await
+        .leader
+        .or_fail_none(&cluster, "a leader");
+    let victim = [1, 2, 3]
+        .into_iter()
+        .find(|&id| id != leader)
+        .or_fail_none(&cluster, "a follower");
+    cluster.kill(victim).or_fail(&cluster, "kill -9 a follower");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.restart(victim).or_fail(&cluster, "restart it");
+    // It must have caught up before the next change: a replica that misses a change while
+    // it is down refuses the members added meanwhile (see the README's "Changing the
+    // membership").
+    wait_caught_up(&cluster, &client, victim).await;
     let (catch_up_5, promote_5) = grow(&mut cluster, &client, 5, &opts).await;
+    // kill -9 a member that joined during the run, and restart it: it recovers its
+    // membership from its own data dir.
+    cluster.kill(4).or_fail(&cluster, "kill -9 node 4");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.restart(4).or_fail(&cluster, "restart node 4");
+    wait_caught_up(&cluster, &client, 4).await;
     let members = list(&cluster, &client).await;
     check!(
         &cluster,
@@ -304,7 +326,7 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
     verify_replicas_agree(&cluster, &client, &remaining, &keys).await;
     eprintln!(
         "SUMMARY membership grow-shrink: {} keys before, 3 -> 5 -> 3 (removed {originals:?}, \
-         leader first); node 4 caught up in {catch_up_4:?}, promoted in {promote_4:?}; node 5 \
+         leader first; kill -9 of node {victim} and of node 4 on the way); node 4 caught up in {catch_up_4:?}, promoted in {promote_4:?}; node 5 \
          caught up in {catch_up_5:?}, promoted in {promote_5:?}; {} acknowledged writes read \
          back; {ops} register operations linearizable",
         keys_before(),
