@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::args::MemberCommand;
 use super::commands::{fail, print_json, EXIT_OK};
+use super::output::layout_table;
 
 /// Runs a `member` subcommand; returns the exit code.
 pub async fn run(client: &Client, command: MemberCommand, json: bool) -> u8 {
@@ -139,19 +140,7 @@ pub fn list_table(list: &MemberList) -> String {
             m.lag.map_or_else(unknown, |l| l.to_string()),
         ]);
     }
-    let widths: Vec<usize> = (0..HEADER.len())
-        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
-        .collect();
-    let mut table = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        table.push_str(cells.join("  ").trim_end());
-        table.push('\n');
-    }
+    let mut table = layout_table(&rows, HEADER.len());
     let effect = if list.in_effect {
         "in effect"
     } else {

@@ -126,19 +126,7 @@ pub fn status_table(entries: &[StatusEntry]) -> String {
             }
         });
     }
-    let widths: Vec<usize> = (0..HEADER.len())
-        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
-        .collect();
-    let mut table = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        table.push_str(cells.join("  ").trim_end());
-        table.push('\n');
-    }
+    let mut table = layout_table(&rows, HEADER.len());
     match leader_of(entries) {
         Some(node) => table.push_str(&format!(
             "leader: node {} at {} (ballot {})\n",
@@ -167,4 +155,23 @@ fn yes_no(flag: bool) -> &'static str {
     } else {
         "no"
     }
+}
+
+/// Lays `rows` (the header first) out as left-aligned columns two spaces apart, one line
+/// per row, without trailing spaces.
+pub fn layout_table(rows: &[Vec<String>], columns: usize) -> String {
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
+        .collect();
+    let mut table = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        table.push_str(cells.join("  ").trim_end());
+        table.push('\n');
+    }
+    table
 }

@@ -239,12 +239,11 @@ impl Client {
                     SendError::SessionUnknown
                 }));
             }
-            ErrorReply::TooLarge { .. } | ErrorReply::Invalid { .. } => {
-                let error = Error::Rejected(refusal);
-                return ControlFlow::Break(Err(unknown_if(search.maybe_applied, error)));
-            }
-            // A membership change refused by the leader: for what it is, not where it went.
-            ErrorReply::ChangeInProgress
+            // Refused for what it is, not where it went (a membership change refused by
+            // the leader among them).
+            ErrorReply::TooLarge { .. }
+            | ErrorReply::Invalid { .. }
+            | ErrorReply::ChangeInProgress
             | ErrorReply::StaleConfig { .. }
             | ErrorReply::LearnerNotReady { .. }
             | ErrorReply::WouldLoseQuorum { .. }

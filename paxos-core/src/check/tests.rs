@@ -223,19 +223,25 @@ fn guided_walks_on_the_engine() {
 /// prefix, and the schedule replays to the same violation.
 fn assert_walks_find(bug: PlantedBug) {
     let (world, report) = guided_run(3, Some(bug), 2_000_000);
+    assert_walks_found(bug, "fresh-3", &world, &report);
+}
+
+/// The walks of `report` from `world` (named `from`) found a violation with `bug`
+/// planted: it shrinks, and the shrunk schedule replays to the same violation.
+fn assert_walks_found(bug: PlantedBug, from: &str, world: &World, report: &WalkReport) {
     let Some((_, found)) = &report.violation else {
         panic!("guided walks missed {bug:?}: {report}");
     };
-    let c = shrink(&world, found);
+    let c = shrink(world, found);
     assert!(c.actions.len() <= found.actions.len());
-    let (text, replayed) = replay(&world, &c.actions);
+    let (text, replayed) = replay(world, &c.actions);
     assert_eq!(
         replayed.as_ref(),
         Some(&c.violation),
         "replay differs:\n{text}"
     );
     eprintln!(
-        "{bug:?} found by guided walks from fresh-3 ({report}), shrunk to {} actions:\n{text}replay: MC_CHECKPOINT=fresh-3 MC_BUG={bug:?} MC_REPLAY=\"{}\"",
+        "{bug:?} found by guided walks from {from} ({report}), shrunk to {} actions:\n{text}replay: MC_BUG={bug:?} MC_REPLAY=\"{}\"",
         c.actions.len(),
         c.codes()
     );
@@ -255,20 +261,7 @@ fn walks_find_a_reused_ballot_from_a_restarted_leader() {
     };
     let world = cp.world(Some(bug)).unwrap_or_else(|v| panic!("{v}"));
     let report = guided(&world, 1, 200_000, 20, Duration::from_secs(300));
-    let Some((_, found)) = &report.violation else {
-        panic!("guided walks missed {bug:?}: {report}");
-    };
-    let c = shrink(&world, found);
-    let (text, replayed) = replay(&world, &c.actions);
-    assert_eq!(
-        replayed.as_ref(),
-        Some(&c.violation),
-        "replay differs:\n{text}"
-    );
-    eprintln!(
-        "{bug:?} found by guided walks from restarted-leader-3 ({report}), shrunk to {} actions",
-        c.actions.len()
-    );
+    assert_walks_found(bug, "restarted-leader-3", &world, &report);
 }
 
 #[test]
@@ -491,20 +484,7 @@ fn walks_find_a_leader_that_ignores_the_reconfiguration_window() {
     let bug = PlantedBug::LeaderIgnoresReconfigWindow;
     let world = membership_world(Some(bug));
     let report = guided(&world, 3, 200_000, 40, Duration::from_secs(300));
-    let Some((_, found)) = &report.violation else {
-        panic!("guided walks missed {bug:?}: {report}");
-    };
-    let c = shrink(&world, found);
-    let (text, replayed) = replay(&world, &c.actions);
-    assert_eq!(
-        replayed.as_ref(),
-        Some(&c.violation),
-        "replay differs:\n{text}"
-    );
-    eprintln!(
-        "{bug:?} found ({report}), shrunk to {} actions:\n{text}",
-        c.actions.len()
-    );
+    assert_walks_found(bug, "the membership world", &world, &report);
 }
 
 /// Exhaustive search from two points in the middle of the 3 -> 4 -> 3 change, with a crash

@@ -122,11 +122,16 @@ impl Replica {
             .saturating_add(self.membership.delay())
     }
 
-    /// The memberships that govern the slots from the commit index up to the horizon:
-    /// a candidate needs a majority of each, and so does a read round.
-    pub(super) fn governing_now(&self) -> Vec<Membership> {
+    /// The slots from the commit index up to the horizon: a candidate needs a majority
+    /// of every membership that governs one of them, and so does a read round.
+    pub(super) fn window_now(&self) -> (Slot, Slot) {
         let from = self.learner.commit();
-        let to = self.membership_horizon().max(from + 1);
+        (from, self.membership_horizon().max(from + 1))
+    }
+
+    /// The memberships that govern [`Replica::window_now`].
+    pub(super) fn governing_now(&self) -> Vec<Membership> {
+        let (from, to) = self.window_now();
         self.membership
             .governing(from, to)
             .into_iter()
@@ -147,8 +152,7 @@ impl Replica {
 
     /// Whether `ids` hold a majority of every membership in [`Replica::governing_now`].
     pub(super) fn quorum_now(&self, ids: &BTreeSet<NodeId>) -> bool {
-        let from = self.learner.commit();
-        let to = self.membership_horizon().max(from + 1);
+        let (from, to) = self.window_now();
         self.membership
             .governing(from, to)
             .iter()

@@ -46,11 +46,17 @@ impl Replica {
         read_round: u64,
         commit: Slot,
     ) {
-        let governing = self.governing_now();
+        // Judged only while a round is open, without copying a membership per ack.
+        let (window_from, window_to) = self.window_now();
+        let log = &self.membership;
         let next_round = self.proposer.on_heartbeat_ack(
             from,
             (ballot, read_round, commit),
-            |acks| governing.iter().all(|m| m.is_quorum(acks)),
+            |acks| {
+                log.governing(window_from, window_to)
+                    .iter()
+                    .all(|m| m.is_quorum(acks))
+            },
             self.now_ms,
         );
         if next_round {
