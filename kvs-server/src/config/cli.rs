@@ -107,6 +107,10 @@ pub struct ReplicaArgs {
     /// the leader.
     #[arg(long)]
     pub client_addrs: Option<String>,
+    /// Where to serve the admin HTTP listener, HOST:PORT: `/metrics` (Prometheus),
+    /// `/health`, `/ready`, `/status` (JSON) and the status page at `/`. Off when absent.
+    #[arg(long)]
+    pub admin_addr: Option<String>,
     /// Where the write-ahead log and snapshots live.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub client_addr: String,
     /// Client addresses of the members, for telling clients where the leader is.
     pub client_addrs: BTreeMap<NodeId, String>,
+    /// Where to serve the admin HTTP listener (metrics, health, status page); `None`: off.
+    pub admin_addr: Option<String>,
     /// Where the log and snapshots live.
     pub data_dir: PathBuf,
     /// Peers and clients must present the same cluster id.
@@ -130,6 +132,9 @@ impl ReplicaArgs {
             Some(s) => parse_members(s, "--client-addrs")?,
             None => BTreeMap::new(),
         };
+        if let Some(addr) = &a.admin_addr {
+            parse::check_addr(addr, "--admin-addr")?;
+        }
         let data_dir = required(&a.data_dir, "--data-dir")?.clone();
         let acceptor_fail_prob = a
             .acceptor_fail_prob
@@ -148,6 +153,7 @@ impl ReplicaArgs {
             peer_listen: None,
             client_addr,
             client_addrs,
+            admin_addr: a.admin_addr.clone(),
             data_dir,
             cluster_id: a
                 .cluster_id

@@ -48,6 +48,30 @@ fn flags_resolve_with_defaults() {
     );
     assert_eq!(c.acceptor_fail_prob, 0.0);
     assert_eq!(c.acceptor_fail_mode, FailMode::Crash);
+    assert_eq!(c.admin_addr, None);
+}
+
+#[test]
+fn admin_addr_from_flag_and_file_and_checked() {
+    let mut v = OK.to_vec();
+    v.extend_from_slice(&["--admin-addr", "127.0.0.1:8001"]);
+    let c = args(&v).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin_addr.as_deref(), Some("127.0.0.1:8001"));
+    let mut v = OK.to_vec();
+    v.extend_from_slice(&["--admin-addr", "8001"]);
+    let err = args(&v).err();
+    assert!(
+        matches!(&err, Some(ConfigError::BadAddress { flag, addr }) if flag == "--admin-addr" && addr == "8001"),
+        "{err:?}"
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("kvs.toml");
+    std::fs::write(&path, "admin_addr = \"127.0.0.1:8002\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let p = path.to_string_lossy().to_string();
+    let mut v = OK.to_vec();
+    v.extend_from_slice(&["--config", &p]);
+    let c = args(&v).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin_addr.as_deref(), Some("127.0.0.1:8002"));
 }
 
 #[test]
