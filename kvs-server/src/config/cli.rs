@@ -31,7 +31,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start a whole cluster on loopback in this process, for trying the store out.
+    /// Start a whole cluster on loopback, each replica its own process, for trying the
+    /// store out (failover included: `kill -9` a replica's pid).
     Dev(DevArgs),
     /// Prepare a replica whose log or snapshot is damaged for repair from its peers: moves
     /// the damaged files aside (deleting nothing) and marks the data dir; start the replica
@@ -62,6 +63,10 @@ pub struct DevArgs {
     /// Peer port of replica 1; replica N listens on this + N - 1.
     #[arg(long, default_value_t = 7001)]
     pub peer_port: u16,
+    /// Admin HTTP port of replica 1 (metrics, health, the status page); replica N listens
+    /// on this + N - 1.
+    #[arg(long, default_value_t = 8001)]
+    pub admin_port: u16,
     /// Random acceptor failures: the chance that a replica fails within each second it is
     /// up, drawn every 100 ms whatever the load (0 disables; 0.05 fails a replica about
     /// once every 20 seconds).
