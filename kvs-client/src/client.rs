@@ -53,9 +53,9 @@ pub enum CasOutcome {
 /// leader, say) is no longer taken for the leader: the request goes on to the other
 /// endpoints, a redirect back to that node is not followed before the next round, and
 /// stale reads avoid it for five attempt timeouts (or until it answers something). All
-/// of it is bounded by [`ClientOptions::request_timeout`], except that when every endpoint
-/// refuses the connection (nothing listens anywhere) the request fails at once with
-/// [`Error::Unavailable`].
+/// of it is bounded by [`ClientOptions::request_timeout`], except that when no endpoint
+/// can be connected to (every one refuses the connection or cannot be reached) the request
+/// fails at once with [`Error::Unavailable`], naming every endpoint and its error.
 ///
 /// Every write carries a [`Session`]: a client id the cluster assigned (the client registers
 /// a session with its first write, one extra round through the log) and a sequence number
@@ -308,6 +308,7 @@ impl Client {
                 Err(
                     AttemptError::NotSent(reason)
                     | AttemptError::NoListener(reason)
+                    | AttemptError::NoConnection(reason)
                     | AttemptError::Lost(reason),
                 ) => format!("{endpoint}: {reason}"),
             };

@@ -51,15 +51,16 @@ pub enum Error {
 
     /// No node could serve the operation before the deadline, and nothing was applied:
     /// every attempt was refused (connection refused, not the leader, election in progress,
-    /// busy, shutting down). When every endpoint refuses the connection (nothing listens at
-    /// any of them), this comes at once rather than at the deadline.
+    /// busy, shutting down). When no endpoint can be connected to (nothing listens at any
+    /// of them, or none is reachable), this comes at once rather than at the deadline.
     #[error("{reason}")]
     Unavailable {
-        /// What was tried and the last failure, for example `no leader reachable at
-        /// 127.0.0.1:6001,127.0.0.1:6002 after 5s (last: 127.0.0.1:6002: unavailable: no
-        /// quorum)`, or `no node reachable at 127.0.0.1:6001,127.0.0.1:6002: every
-        /// endpoint refused the connection (last: 127.0.0.1:6002: Connection refused (os
-        /// error 111))`.
+        /// What was tried and what each endpoint's latest attempt found, for example `no
+        /// leader with a quorum at 127.0.0.1:6001,127.0.0.1:6002 after 5s: 127.0.0.1:6001:
+        /// unavailable: no leader elected yet; 127.0.0.1:6002: Connection refused (os error
+        /// 111)`, or `no replica reachable at 127.0.0.1:6001,127.0.0.1:6002: 127.0.0.1:6001:
+        /// Connection refused (os error 111); 127.0.0.1:6002: Connection refused (os error
+        /// 111)`.
         reason: String,
     },
 

@@ -7,7 +7,10 @@
 //!   del KEY                  remove KEY
 //!   cas KEY EXPECTED NEW     set KEY to NEW if its value is EXPECTED
 //!   cas KEY --absent NEW     set KEY to NEW if it is absent
-//!   status                   every node's view of the cluster
+//!   status                   every node's view of the cluster (exit 3 without a leader)
+//!   endpoint health [--cluster] [--check-timeout-ms MS] [--via A,B]
+//!                            a linearizable read through the leader from each endpoint
+//!   endpoint status [--cluster]   each endpoint's id, leader, role, ballot, slots, members
 //!   retry TOKEN              send again, exactly, a write whose outcome was unknown (exit 4)
 //!   member list              the members: addresses, voter or learner, applied slot, lag
 //!   member add ID --peer-addr HOST:PORT --client-addr HOST:PORT    add a learner
@@ -18,7 +21,10 @@
 //! Output (text, the default): on success `put`, `del` and `cas` print nothing; `get` prints
 //! the bare value and a newline, raw bytes included, so `$(kvs-client get k)` is the value.
 //! A missing key (`get`, `del`) or a CAS mismatch prints nothing on stdout and one line on
-//! stderr. `status` prints a table and a line naming the leader.
+//! stderr. `status` prints a table and a line naming the leader. `endpoint health` prints
+//! one line per endpoint, `HOST:PORT is healthy: successfully committed proposal: took =
+//! 12ms` or `HOST:PORT is unhealthy: REASON`; `endpoint status` a table with one row per
+//! endpoint.
 //!
 //! Output with `-o json`: one JSON object on stdout, also for a missing key or a mismatch.
 //! Values are JSON strings when they are UTF-8 (`"value_encoding": "utf8"`), otherwise
@@ -26,7 +32,11 @@
 //! `put`: `{"ok":true}`. `get`: `{"key","found","value","value_encoding"}`.
 //! `del`: `{"key","existed"}`. `cas`: `{"key","swapped","current","current_encoding"}`
 //! (`current` only meaningful on a mismatch). `status`: `{"leader": id or null, "nodes":
-//! [...]}` with one node per endpoint, unreachable ones with `"reachable": false`.
+//! [...], "error": null or why no leader with a quorum is known}` with one node per
+//! endpoint, unreachable ones with `"reachable": false`. `endpoint health`: `{"healthy",
+//! "endpoints":[{"endpoint","health","took_ms","error"}]}`. `endpoint status`:
+//! `{"endpoints":[{"endpoint","id","leader","role","ballot","commit_index",
+//! "applied_index","members","peers_reachable","error"}]}`.
 //! `member list`: `{"config_id","in_effect","leader","served_by","members":[{"id",
 //! "peer_addr","client_addr","role":"voter"|"learner","leader","applied","lag"}]}` (unknown
 //! values `null`). `member add|promote|remove`: `{"ok":true,"config_id","already_done"}`.
@@ -39,7 +49,9 @@
 //! lost quorum, an unknown or existing id: nothing changed); 2 usage error or
 //! invalid input (bad flags, bad endpoint, value too large, bad retry token); 3 unavailable,
 //! timed out, unreachable, refused handshake (e.g. wrong cluster id) or protocol error:
-//! nothing was applied; 4 outcome unknown (a write was sent but no answer came: it may or
+//! nothing was applied (also `status` when no leader with a quorum is known and reachable,
+//! `endpoint health` when an endpoint is unhealthy, `endpoint status` when one does not
+//! answer); 4 outcome unknown (a write was sent but no answer came: it may or
 //! may not have been applied; for a membership change, `member list` shows); 5 session expired (a `retry` came too late: the cluster no
 //! longer remembers the write, so it was not applied now and never will be; whether the
 //! first attempt was applied is unknown: read the key).
@@ -72,6 +84,7 @@ mod cli {
     pub mod base64;
     pub mod bench;
     pub mod commands;
+    pub mod endpoint;
     pub mod members;
     pub mod output;
 }
@@ -82,7 +95,7 @@ use std::time::Duration;
 use clap::Parser;
 use kvs_client::{Client, ClientOptions};
 
-use cli::args::{Args, Command, Format};
+use cli::args::{Args, Command, EndpointCommand, Format};
 use cli::commands::{self, EXIT_UNAVAILABLE};
 
 #[global_allocator]
@@ -132,6 +145,17 @@ async fn run(args: Args) -> u8 {
             absent,
         } => commands::cas(&client, key, values, absent, json).await,
         Command::Status => commands::status(&client, json).await,
+        Command::Endpoint(EndpointCommand::Health {
+            check_timeout_ms,
+            cluster,
+            via,
+        }) => {
+            let timeout = Duration::from_millis(check_timeout_ms);
+            cli::endpoint::health(&client, cluster, &via, timeout, json).await
+        }
+        Command::Endpoint(EndpointCommand::Status { cluster }) => {
+            cli::endpoint::status(&client, cluster, json).await
+        }
         Command::Retry { token } => commands::retry(&client, &token, json).await,
         Command::Member(member) => cli::members::run(&client, member, json).await,
         Command::Bench(bench) => {

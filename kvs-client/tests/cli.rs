@@ -316,9 +316,13 @@ fn status_with_no_node_reachable_exits_3_and_json_leader_is_null() {
     let json = run.json();
     assert_eq!(json["leader"], Value::Null);
     assert_eq!(json["nodes"].as_array().map(Vec::len), Some(2));
-    assert!(run
-        .stderr
-        .ends_with(&format!("error: no node reachable at {a},{b}\n")));
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("error: no replica reachable: {a}: unreachable: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(last.contains(&format!("; {b}: unreachable: ")), "{last}");
 }
 
 #[test]
@@ -326,9 +330,7 @@ fn unreachable_endpoints_exit_3_with_one_error_line() {
     let (a, b) = (dead_endpoint(), dead_endpoint());
     let run = kvs(&format!("{a},{b}"), &["--timeout-ms", "300", "get", "k"]);
     assert_eq!((run.code, run.stdout()), (3, ""));
-    let prefix = format!(
-        "error: no node reachable at {a},{b}: every endpoint refused the connection (last: "
-    );
+    let prefix = format!("error: no replica reachable at {a},{b}: {a}: ");
     assert!(run.stderr.starts_with(&prefix), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
@@ -527,4 +529,227 @@ fn usage_errors_exit_2() {
         run.stderr,
         "error: invalid endpoint \"nohost\": expected host:port\n"
     );
+}
+
+/// A node that answers status requests as `status` and every read with `read`.
+fn node_script(
+    status: wire::NodeStatus,
+    read: impl Fn() -> Result<Reply, ErrorReply> + Send + Sync + 'static,
+) -> Script {
+    answer_with(move |request| match request.op {
+        Op::Status => Ok(Reply::Status(Box::new(status.clone()))),
+        Op::Get { .. } => read(),
+        _ => panic!("only status and reads are asked"),
+    })
+}
+
+fn empty_read() -> Result<Reply, ErrorReply> {
+    Ok(Reply::Value {
+        value: None,
+        stale: false,
+    })
+}
+
+#[test]
+fn status_without_a_leader_with_a_quorum_exits_3_and_says_why() {
+    let harness = Harness::new();
+    // A leader that reaches neither peer: it says it leads, but no quorum follows it.
+    let mut lonely = node_status(1, "node-1:6000", NodeRole::Leader);
+    lonely.peers.iter_mut().for_each(|p| p.reachable = false);
+    let leader = harness.fake(1, node_script(lonely, empty_read));
+    let run = kvs(&leader.addr, &["status"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stdout()
+            .ends_with("leader: node 1 at node-1:6000 (ballot 3.1)\n"),
+        "the table keeps its format: {}",
+        run.stdout()
+    );
+    assert!(
+        run.stderr.starts_with(
+            "error: no leader with a quorum: node 1 leads but reaches only 1 of 3 members"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // A candidate that knows no leader.
+    let mut candidate = node_status(2, "node-2:6000", NodeRole::Candidate);
+    candidate.leader = None;
+    let node = harness.fake(2, node_script(candidate, empty_read));
+    let run = kvs(&node.addr, &["-o", "json", "status"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["leader"], Value::Null);
+    let error = json["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("node 2 (candidate) knows no leader"),
+        "{error}"
+    );
+}
+
+#[test]
+fn status_through_a_follower_linked_to_the_leader_exits_0() {
+    let harness = Harness::new();
+    // Node 2 follows node 1 and its link to node 1 is up (node_status's peers).
+    let follower = harness.fake(2, status_script(2, NodeRole::Follower));
+    let run = kvs(&follower.addr, &["status"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout()
+            .ends_with("leader: node 1, linked to the reachable nodes (not among the endpoints)\n"),
+        "{}",
+        run.stdout()
+    );
+}
+
+#[test]
+fn endpoint_status_has_one_row_per_endpoint_and_exits_3_if_one_is_down() {
+    let harness = Harness::new();
+    let leader = harness.fake(1, status_script(1, NodeRole::Leader));
+    let dead = dead_endpoint();
+    let endpoints = format!("{},{dead}", leader.addr);
+    let run = kvs(&endpoints, &["endpoint", "status"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let rows: Vec<Vec<&str>> = run
+        .stdout()
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["ENDPOINT", "ID", "LEADER", "ROLE", "BALLOT", "COMMIT", "APPLIED", "MEMBERS", "ERRORS"]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            leader.addr.as_str(),
+            "1",
+            "1",
+            "leader",
+            "3.1",
+            "41",
+            "31",
+            "3",
+            "(2",
+            "reachable)",
+            "-"
+        ]
+    );
+    assert_eq!(rows[2][..2], [dead.as_str(), "-"]);
+    assert!(rows[2].join(" ").contains("refused"), "{:?}", rows[2]);
+
+    let json = kvs(&leader.addr, &["-o", "json", "endpoint", "status"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let row = &json.json()["endpoints"][0];
+    assert_eq!(row["endpoint"], json!(leader.addr));
+    assert_eq!(row["id"], json!(1));
+    assert_eq!(row["leader"], json!(1));
+    assert_eq!(row["commit_index"], json!(41));
+    assert_eq!(row["members"], json!(3));
+    assert_eq!(row["error"], Value::Null);
+}
+
+#[test]
+fn endpoint_health_reads_through_the_leader_from_each_endpoint() {
+    let harness = Harness::new();
+    let leader = harness.fake(
+        1,
+        node_script(node_status(1, "x:1", NodeRole::Leader), empty_read),
+    );
+    let leader_addr = leader.addr.clone();
+    let follower = harness.fake(
+        2,
+        node_script(node_status(2, "x:2", NodeRole::Follower), move || {
+            Err(ErrorReply::NotLeader {
+                leader: Some(1),
+                leader_addr: Some(leader_addr.clone()),
+            })
+        }),
+    );
+    let dead = dead_endpoint();
+    let endpoints = format!("{},{},{dead}", follower.addr, leader.addr);
+    let run = kvs(&endpoints, &["endpoint", "health"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout().lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout());
+    for (line, endpoint) in lines.iter().zip([&follower.addr, &leader.addr]) {
+        let healthy = format!("{endpoint} is healthy: successfully committed proposal: took = ");
+        assert!(line.starts_with(&healthy) && line.ends_with("ms"), "{line}");
+    }
+    assert!(
+        lines[2].starts_with(&format!("{dead} is unhealthy: unreachable: ")),
+        "{}",
+        lines[2]
+    );
+    // The follower's read reached the leader, by its redirect.
+    let reads = |node: &FakeServer| {
+        node.requests()
+            .iter()
+            .filter(|r| matches!(r.op, Op::Get { .. }))
+            .count()
+    };
+    assert_eq!((reads(&follower), reads(&leader)), (1, 2));
+
+    let json = kvs(&follower.addr, &["-o", "json", "endpoint", "health"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let json = json.json();
+    assert_eq!(json["healthy"], json!(true));
+    assert_eq!(json["endpoints"][0]["endpoint"], json!(follower.addr));
+    assert_eq!(json["endpoints"][0]["health"], json!(true));
+    assert!(json["endpoints"][0]["took_ms"].is_u64());
+}
+
+#[test]
+fn endpoint_health_is_bounded_and_can_reach_the_leader_via_other_addresses() {
+    let harness = Harness::new();
+    let leader = harness.fake(
+        1,
+        node_script(node_status(1, "x:1", NodeRole::Leader), empty_read),
+    );
+    // The follower names a leader address that cannot be reached from here (a container's
+    // view of the host, say).
+    let unreachable = dead_endpoint();
+    let follower = harness.fake(
+        2,
+        node_script(node_status(2, "x:2", NodeRole::Follower), move || {
+            Err(ErrorReply::NotLeader {
+                leader: Some(1),
+                leader_addr: Some(unreachable.clone()),
+            })
+        }),
+    );
+    let started = std::time::Instant::now();
+    let run = kvs(
+        &follower.addr,
+        &[
+            "--timeout-ms",
+            "20000",
+            "endpoint",
+            "health",
+            "--check-timeout-ms",
+            "800",
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stdout().starts_with(&format!(
+            "{} is unhealthy: no leader reachable at ",
+            follower.addr
+        )),
+        "{}",
+        run.stdout()
+    );
+    // The check's own bound applies, not the 20 s request budget.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+
+    let via = kvs(
+        &follower.addr,
+        &["endpoint", "health", "--via", leader.addr.as_str()],
+    );
+    assert_eq!(via.code, 0, "{}{}", via.stdout(), via.stderr);
+    assert!(via
+        .stdout()
+        .starts_with(&format!("{} is healthy", follower.addr)));
 }

@@ -358,10 +358,11 @@ async fn endpoints_that_all_refuse_the_connection_fail_at_once() {
         let Error::Unavailable { reason } = &error else {
             panic!("expected Unavailable, got {error:?}");
         };
-        let prefix =
-            format!("no node reachable at {a},{b}: every endpoint refused the connection (last: ");
+        // Every endpoint is named with its own error, not only the last one tried.
+        let prefix = format!("no replica reachable at {a},{b}: {a}: ");
         assert!(reason.starts_with(&prefix), "{reason}");
-        assert!(reason.contains("refused (os error"), "{reason}");
+        assert!(reason.contains(&format!("; {b}: ")), "{reason}");
+        assert_eq!(reason.matches("refused (os error").count(), 2, "{reason}");
         assert!(error.is_definite_failure());
         assert_eq!(error.to_string(), *reason);
     }
@@ -381,7 +382,7 @@ async fn one_refusing_endpoint_among_silent_ones_does_not_fail_at_once() {
     );
     assert!(error.is_definite_failure(), "a read: {error:?}");
     assert!(
-        !error.to_string().contains("every endpoint refused"),
+        !error.to_string().contains("no replica reachable"),
         "{error}"
     );
     assert!(
@@ -780,4 +781,27 @@ async fn concurrent_first_writes_share_one_registration() {
     let mut seqs: Vec<u64> = sessions(&fake).iter().flatten().map(|s| s.seq).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=16).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn replicas_without_a_leader_are_reported_with_what_each_said() {
+    let candidate = FakeServer::start(answer_with(|_| {
+        Err(ErrorReply::Unavailable {
+            reason: "no leader elected yet".to_owned(),
+        })
+    }))
+    .await;
+    let dead = dead_endpoint();
+    let client = client(&[&candidate.addr, &dead], 600);
+    let error = client.get("k").await.expect_err("no leader");
+    let Error::Unavailable { reason } = &error else {
+        panic!("expected Unavailable, got {error:?}");
+    };
+    let expected = format!(
+        "no leader with a quorum at {},{dead} after 600ms: {}: unavailable: no leader elected \
+         yet; {dead}: ",
+        candidate.addr, candidate.addr
+    );
+    assert!(reason.starts_with(&expected), "{reason}");
+    assert!(reason.contains("refused"), "{reason}");
 }

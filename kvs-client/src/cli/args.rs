@@ -94,8 +94,12 @@ pub enum Command {
         #[arg(long)]
         absent: bool,
     },
-    /// Show every node's status and the leader.
+    /// Show every node's status and the leader (exit 3 unless a leader with a quorum is
+    /// known and reachable).
     Status,
+    /// Check or describe endpoints one by one (like `etcdctl endpoint`).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
     /// Send again, exactly, a write whose outcome was unknown (exit 4), with the token it
     /// printed. Applied at most once over all attempts; exit 5 if the cluster no longer
     /// remembers it.
@@ -108,6 +112,38 @@ pub enum Command {
     /// List and change the cluster's members (one change at a time).
     #[command(subcommand)]
     Member(MemberCommand),
+}
+
+/// `endpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// For each endpoint, a linearizable read through the leader, reached from that
+    /// endpoint (its redirect): `HOST:PORT is healthy: ...` or `is unhealthy: REASON`.
+    /// Exit 0 only if every endpoint is healthy, 3 otherwise.
+    Health {
+        /// The time one endpoint's check may take, in milliseconds.
+        #[arg(long, default_value_t = 3000,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        check_timeout_ms: u64,
+        /// Check the client address of every member (from the member list) instead of
+        /// the endpoints given.
+        #[arg(long)]
+        cluster: bool,
+        /// Other client addresses of the cluster, HOST:PORT comma-separated, to reach the
+        /// leader through when the address an endpoint redirects to cannot be reached from
+        /// here (inside a container, say). Never checked themselves.
+        #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+        via: Vec<String>,
+    },
+    /// One row per endpoint: its id, the leader it knows, role, ballot, commit and applied
+    /// slots, members, and the error if it did not answer. Exit 0 only if every endpoint
+    /// answered, 3 otherwise.
+    Status {
+        /// Describe the client address of every member (from the member list) instead of
+        /// the endpoints given.
+        #[arg(long)]
+        cluster: bool,
+    },
 }
 
 /// `member` subcommands. Each change reads the latest configuration first and names it

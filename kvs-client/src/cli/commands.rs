@@ -193,32 +193,38 @@ fn cas_result(key: &str, outcome: &CasOutcome, json: bool) -> u8 {
     }
 }
 
-/// `status`: every node's status, and the leader; exit 3 if no node answered.
+/// `status`: every node's status, and the leader; exit 0 only if a leader with a quorum
+/// is known and reachable ([`output::verdict`]), else 3 with the reason on stderr.
 pub async fn status(client: &Client, json: bool) -> u8 {
     let entries = client.status().await;
+    let verdict = output::verdict(&entries);
     if json {
-        print_json(&output::status_json(&entries));
+        let mut object = output::status_json(&entries);
+        if let Value::Object(fields) = &mut object {
+            let error = match &verdict {
+                output::Verdict::Leader { .. } => Value::Null,
+                output::Verdict::NoLeader(reason) => json!(reason),
+            };
+            fields.insert("error".to_owned(), error);
+        }
+        print_json(&object);
     } else {
         print!("{}", output::status_table(&entries));
         for (endpoint, status) in &entries {
             if let Err(e) = status {
-                let message = e.to_string();
-                if message.contains(endpoint.as_str()) {
-                    eprintln!("unreachable: {message}");
-                } else {
-                    eprintln!("unreachable: {endpoint}: {message}");
-                }
+                eprintln!(
+                    "unreachable: {endpoint}: {}",
+                    output::strip_endpoint(endpoint, e)
+                );
             }
         }
     }
-    if entries.iter().any(|(_, status)| status.is_ok()) {
-        EXIT_OK
-    } else {
-        eprintln!(
-            "error: no node reachable at {}",
-            client.endpoints().join(",")
-        );
-        EXIT_UNAVAILABLE
+    match verdict {
+        output::Verdict::Leader { .. } => EXIT_OK,
+        output::Verdict::NoLeader(reason) => {
+            eprintln!("error: {reason}");
+            EXIT_UNAVAILABLE
+        }
     }
 }
 

@@ -38,6 +38,77 @@ pub fn leader_of(entries: &[StatusEntry]) -> Option<&NodeStatus> {
         .max_by_key(|node| node.ballot)
 }
 
+/// Whether the cluster can serve, as the reachable nodes see it: the answer behind the
+/// exit code of `status`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A leader is known and reachable: `id`, and which node vouches for it.
+    Leader {
+        /// The leader's node id.
+        id: u64,
+    },
+    /// No leader is known and reachable, or the leader reaches no quorum: why.
+    NoLeader(String),
+}
+
+/// Judges `entries`: a node that says it leads (the highest ballot if several do) and
+/// reaches a majority of the members over its peer links, or else a node that names a
+/// leader it reaches over its peer link. Otherwise no leader, with what the nodes said.
+pub fn verdict(entries: &[StatusEntry]) -> Verdict {
+    if let Some(leader) = leader_of(entries) {
+        let members = leader.peers.len() + 1;
+        let reached = leader.peers.iter().filter(|p| p.reachable).count() + 1;
+        if reached > members / 2 {
+            return Verdict::Leader { id: leader.id };
+        }
+        return Verdict::NoLeader(format!(
+            "no leader with a quorum: node {} leads but reaches only {reached} of {members} \
+             members (itself included)",
+            leader.id
+        ));
+    }
+    let vouched = entries
+        .iter()
+        .filter_map(|(_, status)| status.as_ref().ok())
+        .find_map(|node| {
+            let id = node.leader?;
+            let linked = node.peers.iter().any(|p| p.id == id && p.reachable);
+            linked.then_some(id)
+        });
+    if let Some(id) = vouched {
+        return Verdict::Leader { id };
+    }
+    let said: Vec<String> = entries
+        .iter()
+        .map(|(endpoint, status)| match status {
+            Ok(node) => match node.leader {
+                Some(leader) => format!(
+                    "{endpoint}: node {} ({}) names node {leader} but has no link to it",
+                    node.id, node.role
+                ),
+                None => format!(
+                    "{endpoint}: node {} ({}) knows no leader",
+                    node.id, node.role
+                ),
+            },
+            Err(e) => format!("{endpoint}: unreachable: {}", strip_endpoint(endpoint, e)),
+        })
+        .collect();
+    if entries.iter().all(|(_, status)| status.is_err()) {
+        return Verdict::NoLeader(format!("no replica reachable: {}", said.join("; ")));
+    }
+    Verdict::NoLeader(format!("no leader with a quorum: {}", said.join("; ")))
+}
+
+/// The error's message without a leading `ENDPOINT: ` (the caller names the endpoint).
+pub fn strip_endpoint(endpoint: &str, error: &Error) -> String {
+    let message = error.to_string();
+    message
+        .strip_prefix(&format!("{endpoint}: "))
+        .map(str::to_owned)
+        .unwrap_or(message)
+}
+
 /// The JSON object of `status -o json`.
 pub fn status_json(entries: &[StatusEntry]) -> Value {
     let nodes: Vec<Value> = entries
@@ -127,12 +198,17 @@ pub fn status_table(entries: &[StatusEntry]) -> String {
         });
     }
     let mut table = layout_table(&rows, HEADER.len());
-    match leader_of(entries) {
-        Some(node) => table.push_str(&format!(
+    match (leader_of(entries), verdict(entries)) {
+        (Some(node), _) => table.push_str(&format!(
             "leader: node {} at {} (ballot {})\n",
             node.id, node.client_addr, node.ballot
         )),
-        None => table.push_str("leader: none among the reachable nodes\n"),
+        (None, Verdict::Leader { id }) => table.push_str(&format!(
+            "leader: node {id}, linked to the reachable nodes (not among the endpoints)\n"
+        )),
+        (None, Verdict::NoLeader(_)) => {
+            table.push_str("leader: none among the reachable nodes\n");
+        }
     }
     table
 }

@@ -1,7 +1,7 @@
 //! One request through the cluster: the attempts at one node after another until one
 //! answers definitely, over the pooled connections.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +38,9 @@ pub(super) enum AttemptError {
     NotSent(String),
     /// Nothing was sent: nothing listens at the endpoint (the connection was refused).
     NoListener(String),
+    /// Nothing was sent: no connection could be opened (timed out, no route, the
+    /// handshake broke off).
+    NoConnection(String),
     /// The request was sent, then the connection broke.
     Lost(String),
     /// Retrying cannot help.
@@ -71,13 +74,19 @@ struct Search {
     tried: HashSet<String>,
     /// Endpoints that left an attempt unanswered in this round.
     silent: HashSet<String>,
-    /// Endpoints of the list whose latest attempt found nothing listening.
-    refused: HashSet<String>,
+    /// Endpoints of the list whose latest attempt could not open a connection.
+    unreachable: HashSet<String>,
+    /// What the latest attempt at each endpoint found, for the final error.
+    findings: HashMap<String, String>,
+    /// Whether some node answered (a refusal counts) during this search.
+    answered: bool,
+    /// Whether some node named a leader during this search.
+    leader_named: bool,
+    /// The node whose redirect the current target is, if it is one.
+    redirected_by: Option<String>,
     /// How long the next attempt waits for its node.
     patience: Duration,
     backoff: Backoff,
-    /// What the latest attempt found, for the final error.
-    last: String,
 }
 
 impl Client {
@@ -110,10 +119,13 @@ impl Client {
             target: self.first_target(route),
             tried: HashSet::new(),
             silent: HashSet::new(),
-            refused: HashSet::new(),
+            unreachable: HashSet::new(),
+            findings: HashMap::new(),
+            answered: false,
+            leader_named: false,
+            redirected_by: None,
             patience: self.inner.options.attempt_timeout,
             backoff: Backoff::new(),
-            last: "no attempt finished".to_owned(),
         };
         loop {
             if search.tried.contains(&search.target) {
@@ -121,7 +133,7 @@ impl Client {
                 let delay = search.backoff.next_delay();
                 if Instant::now() + delay >= deadline {
                     tokio::time::sleep_until(deadline).await;
-                    return Err(self.give_up(route, search.maybe_applied, &search.last));
+                    return Err(self.give_up(&search));
                 }
                 tokio::time::sleep(delay).await;
                 search.tried.clear();
@@ -137,8 +149,13 @@ impl Client {
             let answer = tokio::time::timeout_at(attempt_deadline, attempt).await;
             // The attempt is dropped by now: a request the writer had not taken is never sent.
             let sent = sent.load(Ordering::Acquire);
-            if !matches!(answer, Ok(Err(AttemptError::NoListener(_)))) {
-                search.refused.remove(&target);
+            if !matches!(
+                answer,
+                Ok(Err(
+                    AttemptError::NoListener(_) | AttemptError::NoConnection(_)
+                ))
+            ) {
+                search.unreachable.remove(&target);
             }
             let step = match answer {
                 Ok(answer) => self.on_answer(&mut search, answer),
@@ -170,21 +187,20 @@ impl Client {
                     waiting_for: format!("an answer from {target}"),
                 })
             } else {
-                self.give_up(
-                    search.route,
-                    false,
-                    &format!("{target}: connection timed out"),
-                )
+                search.note(&target, "connection timed out".to_owned());
+                self.give_up(search)
             }));
         }
         let patience = search.patience;
         tracing::debug!(endpoint = %target, ?patience, sent, "no answer in time");
         search.maybe_applied |= search.is_write && sent;
-        search.last = if sent {
-            format!("{target}: no answer within {}", format_duration(patience))
+        let finding = if sent {
+            format!("no answer within {}", format_duration(patience))
         } else {
-            format!("{target}: not sent within {}", format_duration(patience))
+            format!("not sent within {}", format_duration(patience))
         };
+        search.note(&target, finding);
+        search.redirected_by = None;
         search.patience = patience.saturating_mul(2);
         search.target = self.next_endpoint(&target);
         search.silent.insert(target);
@@ -196,6 +212,7 @@ impl Client {
         let target = search.target.clone();
         if answer.is_ok() {
             self.answered(&target);
+            search.answered = true;
         }
         match answer {
             Ok(Ok(reply)) => {
@@ -213,13 +230,24 @@ impl Client {
     fn on_refusal(&self, search: &mut Search, refusal: ErrorReply) -> Step {
         let target = search.target.clone();
         tracing::debug!(endpoint = %target, %refusal, "request refused");
-        search.last = format!("{target}: {refusal}");
+        search.note(&target, refusal.to_string());
+        search.redirected_by = None;
+        if matches!(
+            refusal,
+            ErrorReply::NotLeader {
+                leader: Some(_),
+                ..
+            }
+        ) {
+            search.leader_named = true;
+        }
         match refusal {
             ErrorReply::NotLeader {
                 leader_addr: Some(leader),
                 ..
             } if endpoint::validate(&leader).is_ok() && !search.silent.contains(&leader) => {
                 self.leader_hint().leader = Some(leader.clone());
+                search.redirected_by = Some(target);
                 search.target = leader;
             }
             // A redirect to a node that just left an attempt unanswered (the others have
@@ -270,19 +298,9 @@ impl Client {
                 tracing::debug!(endpoint = %target, %reason, "not sent");
                 reason
             }
-            AttemptError::NoListener(reason) => {
-                tracing::debug!(endpoint = %target, %reason, "nothing listens");
-                search.last = format!("{target}: {reason}");
-                self.forget_leader(&target);
-                if self.inner.endpoints.contains(&target) {
-                    search.refused.insert(target.clone());
-                }
-                if search.refused.len() == self.inner.endpoints.len() {
-                    let error = self.nobody_listens(search.maybe_applied, &search.last);
-                    return ControlFlow::Break(Err(error));
-                }
-                search.target = self.next_endpoint(&target);
-                return ControlFlow::Continue(());
+            AttemptError::NoListener(reason) | AttemptError::NoConnection(reason) => {
+                tracing::debug!(endpoint = %target, %reason, "cannot connect");
+                return self.on_no_connection(search, reason);
             }
             AttemptError::Lost(reason) => {
                 tracing::debug!(endpoint = %target, %reason, "connection lost");
@@ -290,9 +308,34 @@ impl Client {
                 reason
             }
         };
-        search.last = format!("{target}: {reason}");
+        search.note(&target, reason);
         self.forget_leader(&target);
-        search.target = self.next_endpoint(&target);
+        let after = search
+            .redirected_by
+            .take()
+            .unwrap_or_else(|| target.clone());
+        search.target = self.next_endpoint(&after);
+        ControlFlow::Continue(())
+    }
+
+    /// No connection to `search.target` could be opened. Once no endpoint of the list can
+    /// be connected to, the search ends at once: no node is there to answer before the
+    /// deadline. A redirect target that cannot be reached is not followed again in this
+    /// round, and the search goes on after the node that named it.
+    fn on_no_connection(&self, search: &mut Search, reason: String) -> Step {
+        let target = search.target.clone();
+        search.note(&target, reason);
+        self.forget_leader(&target);
+        if self.inner.endpoints.contains(&target) {
+            search.unreachable.insert(target.clone());
+        } else {
+            search.silent.insert(target.clone());
+        }
+        if search.unreachable.len() == self.inner.endpoints.len() {
+            return ControlFlow::Break(Err(self.nobody_reachable(search)));
+        }
+        let after = search.redirected_by.take().unwrap_or(target);
+        search.target = self.next_endpoint(&after);
         ControlFlow::Continue(())
     }
 
@@ -341,7 +384,7 @@ impl Client {
         .await
         .map_err(|e| match e {
             ConnectError::NoListener(reason) => AttemptError::NoListener(reason),
-            ConnectError::Unreachable(reason) => AttemptError::NotSent(reason),
+            ConnectError::Unreachable(reason) => AttemptError::NoConnection(reason),
             ConnectError::Refused(source) => AttemptError::Fatal(Error::Handshake {
                 endpoint: endpoint.to_owned(),
                 source,
@@ -351,40 +394,69 @@ impl Client {
         Ok(connection)
     }
 
-    /// The error for an operation that found nothing listening at any endpoint: reported at
-    /// once, since no node is there to answer before the deadline.
-    fn nobody_listens(&self, maybe_applied: bool, last: &str) -> SendError {
+    /// The error for an operation that could connect to no endpoint: reported at once,
+    /// since no node is there to answer before the deadline. Names every endpoint's error.
+    fn nobody_reachable(&self, search: &Search) -> SendError {
         let endpoints = self.inner.endpoints.join(",");
-        if maybe_applied {
+        let findings = self.findings(search);
+        if search.maybe_applied {
             return SendError::Unknown(format!(
-                "an earlier attempt got no answer, then every endpoint ({endpoints}) refused \
-                 the connection (last: {last})"
+                "an earlier attempt got no answer, then no replica was reachable at \
+                 {endpoints}: {findings}"
             ));
         }
         SendError::Failed(Error::Unavailable {
-            reason: format!(
-                "no node reachable at {endpoints}: every endpoint refused the connection \
-                 (last: {last})"
-            ),
+            reason: format!("no replica reachable at {endpoints}: {findings}"),
         })
     }
 
-    /// The error for an operation whose time ran out between attempts.
-    fn give_up(&self, route: Route, maybe_applied: bool, last: &str) -> SendError {
+    /// The error for an operation whose time ran out between attempts: no leader with a
+    /// quorum if nodes answered and none named a leader, else no leader (or replica)
+    /// reachable; with what each endpoint said.
+    fn give_up(&self, search: &Search) -> SendError {
         let after = format_duration(self.inner.options.request_timeout);
-        if maybe_applied {
-            return SendError::Unknown(format!("no definite answer within {after} (last: {last})"));
+        let findings = self.findings(search);
+        if search.maybe_applied {
+            return SendError::Unknown(format!("no definite answer within {after}: {findings}"));
         }
-        let who = match route {
-            Route::Leader => "leader",
-            Route::AnyReplica => "replica",
+        let endpoints = self.inner.endpoints.join(",");
+        let what = match (search.route, search.answered && !search.leader_named) {
+            (Route::Leader, true) => "no leader with a quorum",
+            (Route::Leader, false) => "no leader reachable",
+            (Route::AnyReplica, _) => "no replica reachable",
         };
         SendError::Failed(Error::Unavailable {
-            reason: format!(
-                "no {who} reachable at {} after {after} (last: {last})",
-                self.inner.endpoints.join(",")
-            ),
+            reason: format!("{what} at {endpoints} after {after}: {findings}"),
         })
+    }
+
+    /// What the latest attempt at each endpoint found, the listed endpoints first and in
+    /// their order, then any address a redirect led to: `A: ...; B: ...`.
+    fn findings(&self, search: &Search) -> String {
+        let listed = &self.inner.endpoints;
+        let mut others: Vec<&String> = search
+            .findings
+            .keys()
+            .filter(|e| !listed.contains(e))
+            .collect();
+        others.sort();
+        let parts: Vec<String> = listed
+            .iter()
+            .chain(others)
+            .filter_map(|e| search.findings.get(e).map(|f| format!("{e}: {f}")))
+            .collect();
+        if parts.is_empty() {
+            "no attempt finished".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+impl Search {
+    /// Records what the latest attempt at `endpoint` found.
+    fn note(&mut self, endpoint: &str, finding: String) {
+        self.findings.insert(endpoint.to_owned(), finding);
     }
 }
 
