@@ -119,6 +119,30 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+    /// A port a replica of the dev cluster needs is taken.
+    #[error(
+        "cannot start the dev cluster: the {what} port {addr} of replica {id} is taken \
+         ({source}); stop what listens there or choose other ports (--client-port, \
+         --peer-port, --admin-port)"
+    )]
+    DevPortTaken {
+        /// The replica.
+        id: NodeId,
+        /// "client", "peer" or "admin".
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why it could not be bound.
+        source: std::io::Error,
+    },
+    /// A replica of the dev cluster could not start, or did not stop cleanly.
+    #[error("replica {id} {reason}")]
+    DevReplica {
+        /// The replica.
+        id: NodeId,
+        /// What happened.
+        reason: String,
+    },
     /// Replicas of a dev cluster failed.
     #[error("{}", describe(.0))]
     Replicas(Vec<(NodeId, ServerError)>),

@@ -1,6 +1,7 @@
 //! `kvs-server`: run one replica, or a whole local cluster with `kvs-server dev`.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,14 +24,45 @@ const STOP_MAX: Duration = Duration::from_secs(10);
 /// delay the exit.
 const BLOCKING_FINISH_MAX: Duration = Duration::from_secs(2);
 
+/// The log's output: stderr, where a failed write (a closed pipe: `kvs-server 2>&1 |
+/// head`) loses the line and nothing else. A replica must never stop because nobody reads
+/// its logs.
+struct LogOutput;
+
+impl Write for LogOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logs(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(defaults::LOG_LEVEL));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogOutput)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Its own complaints would go to the stderr that just failed (and panic there).
+        .log_internal_errors(false)
         .init();
+}
+
+/// Writes `text` to stdout, ignoring a closed or failing stdout.
+fn say(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Writes `text` to stderr, ignoring a closed or failing stderr.
+fn complain(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 fn main() -> ExitCode {
@@ -42,7 +74,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            complain(&format!("error: cannot start the async runtime: {e}\n"));
             return ExitCode::from(1);
         }
     };
@@ -51,7 +83,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            complain(&format!("error: {e}\n"));
             ExitCode::from(1)
         }
     }
@@ -90,18 +122,21 @@ fn repair(dir: &std::path::Path) -> Result<(), ServerError> {
     let _lock = kvs_server::dir_lock::DirLock::acquire(dir)?;
     let done = kvs_server::repair::prepare(dir)?;
     match &done.log_moved_to {
-        Some(p) => println!("moved the damaged log aside to {}", p.display()),
-        None => println!("no log to move aside"),
+        Some(p) => say(&format!("moved the damaged log aside to {}\n", p.display())),
+        None => say("no log to move aside\n"),
     }
     if let Some(p) = &done.snapshot_moved_to {
-        println!("moved the unreadable snapshot aside to {}", p.display());
+        say(&format!(
+            "moved the unreadable snapshot aside to {}\n",
+            p.display()
+        ));
     }
-    println!(
+    say(&format!(
         "marked {} for repair ({}). Start this replica again with its usual flags: it votes \
          for nothing until it has relearned the log from its peers (every other member must \
-         be reachable), then removes the mark and votes again.",
+         be reachable), then removes the mark and votes again.\n",
         dir.display(),
         kvs_server::repair::MARK_NAME
-    );
+    ));
     Ok(())
 }
