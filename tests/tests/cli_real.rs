@@ -385,6 +385,43 @@ async fn cli_subcommands_and_exit_codes() {
     );
     runs += 2;
 
+    // endpoint health: a linearizable read through the leader from each endpoint.
+    let run = cli
+        .run(&[OsStr::new("endpoint"), OsStr::new("health")])
+        .await;
+    cli.check(&run, 0, None);
+    let text = run.stdout_text();
+    let endpoints = cluster.client_endpoints();
+    check!(
+        &cluster,
+        text.lines().count() == 3
+            && endpoints.iter().all(|e| text.contains(&format!(
+                "{e} is healthy: successfully committed proposal: took = "
+            ))),
+        "endpoint health should call every endpoint healthy:\n{text}"
+    );
+    // endpoint status: a header and one row per endpoint, each naming the leader.
+    let run = cli
+        .run(&[OsStr::new("endpoint"), OsStr::new("status")])
+        .await;
+    cli.check(&run, 0, None);
+    let text = run.stdout_text();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    check!(
+        &cluster,
+        text.starts_with("ENDPOINT")
+            && rows.len() == 3
+            && rows
+                .iter()
+                .all(|r| r.get(2) == Some(&leader.to_string().as_str())),
+        "endpoint status should have one row per endpoint naming leader {leader}:\n{text}"
+    );
+    runs += 2;
+
     // Usage errors exit 2.
     let run = cli
         .run(&[OsStr::new("cas"), OsStr::new("k"), OsStr::new("v")])
@@ -457,9 +494,47 @@ async fn cli_with_every_node_down_fails_with_exit_3_or_4() {
         .run_with(&endpoints, timeout_ms, &[OsStr::new("status")])
         .await;
     cli.check(&run, 3, None);
+
+    // Nothing listens at any endpoint (ports bound, then closed): the command fails at
+    // once, far within its 20 s budget, naming every endpoint and its error.
+    let closed: Vec<String> = (0..3)
+        .map(|_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").or_fail(&cluster, "bind");
+            let addr = listener.local_addr().or_fail(&cluster, "local addr");
+            addr.to_string()
+        })
+        .collect();
+    let closed_list = closed.join(",");
+    let budget_ms = 20_000;
+    let run = cli
+        .run_with(
+            &closed_list,
+            budget_ms,
+            &[OsStr::new("get"), OsStr::new("k")],
+        )
+        .await;
+    let line = run.stderr_lines().first().map(|l| l.to_string());
+    let line = line.unwrap_or_default();
+    let every_endpoint_named = closed
+        .iter()
+        .all(|e| line.contains(&format!("{e}: Connection refused")));
+    check!(
+        &cluster,
+        run.code == Some(3)
+            && run.took < Duration::from_secs(5)
+            && line.starts_with(&format!("error: no replica reachable at {closed_list}: "))
+            && every_endpoint_named,
+        "with nothing listening, `get` should exit 3 well within its {budget_ms} ms budget \
+         naming every endpoint; got exit {:?} after {:?}: {:?}",
+        run.code,
+        run.took,
+        run.stderr
+    );
     eprintln!(
-        "SUMMARY cli all-down: {}; status -> exit 3; elapsed={:.1?}",
+        "SUMMARY cli all-down: {}; status -> exit 3; get with a {budget_ms} ms budget and \
+         every port closed -> exit 3 in {:.1?}; elapsed={:.1?}",
         figures.join("; "),
+        run.took,
         started.elapsed()
     );
 }
@@ -642,4 +717,100 @@ fn json_parser_reads_the_tools_shapes() {
     assert_eq!(nodes[0].get("x"), Some(&Json::Null));
     assert!(Json::parse("{\"a\":").is_err());
     assert!(Json::parse("[1,2] x").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_with_one_of_three_replicas_up_says_no_leader_with_a_quorum() {
+    let started = Instant::now();
+    let cluster = start(fast_options(3));
+    let ids = cluster.ids();
+    let leader = wait_leader(&cluster, &ids).await;
+    let cli = Cli {
+        bin: client_binary(),
+        cluster: &cluster,
+    };
+    cli.expect(&["put", "k", "before"], 0, "").await;
+    let survivor = ids
+        .iter()
+        .copied()
+        .find(|&id| id != leader)
+        .unwrap_or(leader);
+    for &id in ids.iter().filter(|&&id| id != survivor) {
+        cluster.kill(id).or_fail(&cluster, "kill -9");
+    }
+    let endpoints = cluster.client_endpoints().join(",");
+    let survivor_endpoint = cluster
+        .client_endpoint(survivor)
+        .or_fail(&cluster, "endpoint");
+
+    // `status` exits 3 and says why; the survivor knows no leader once its election
+    // timeout has passed.
+    let last = std::sync::Mutex::new(None);
+    wait_for(
+        "`status` to exit 3 with no leader with a quorum",
+        Duration::from_secs(10),
+        POLL,
+        || {
+            let (cli, endpoints, last) = (&cli, &endpoints, &last);
+            async move {
+                let run = cli
+                    .run_with(endpoints, CLI_TIMEOUT_MS, &[OsStr::new("status")])
+                    .await;
+                let said = run.stderr.contains("error: no leader with a quorum: ")
+                    && run.stderr.contains("knows no leader");
+                let done = run.code == Some(3) && said;
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+                done.then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let last = last.lock().unwrap_or_else(|p| p.into_inner());
+        fail(&cluster, format!("{e:#}; last run: {last:?}"))
+    });
+
+    // A write: exit 3, no leader with a quorum, with what the survivor said.
+    let timeout_ms = 3_000;
+    let os: Vec<&OsStr> = ["put", "k", "after"].iter().map(OsStr::new).collect();
+    let run = cli.run_with(&endpoints, timeout_ms, &os).await;
+    let lines = run.stderr_lines();
+    let first = lines.first().copied().unwrap_or_default();
+    check!(
+        &cluster,
+        run.code == Some(3)
+            && lines.len() == 1
+            && first.starts_with(&format!("error: no leader with a quorum at {endpoints} "))
+            && first.contains(&format!("{survivor_endpoint}: unavailable: "))
+            && run.took < Duration::from_millis(timeout_ms) + Duration::from_secs(5),
+        "with one replica of three up, `put` should exit 3 saying no leader with a quorum \
+         and what the survivor said; got exit {:?} after {:?}: {:?}",
+        run.code,
+        run.took,
+        run.stderr
+    );
+
+    // endpoint health: the survivor is unhealthy (no leader), the others unreachable.
+    let run = cli
+        .run_with(
+            &endpoints,
+            CLI_TIMEOUT_MS,
+            &[OsStr::new("endpoint"), OsStr::new("health")],
+        )
+        .await;
+    let text = run.stdout_text();
+    check!(
+        &cluster,
+        run.code == Some(3)
+            && text.lines().count() == 3
+            && text.lines().all(|l| l.contains(" is unhealthy: "))
+            && text.contains(&format!("{survivor_endpoint} is unhealthy: no leader")),
+        "endpoint health with one replica of three should call all unhealthy: exit {:?}\n{text}",
+        run.code
+    );
+    eprintln!(
+        "SUMMARY cli one-of-three: status, put and endpoint health exit 3 ({first}); \
+         elapsed={:.1?}",
+        started.elapsed()
+    );
 }

@@ -80,8 +80,8 @@ struct Search {
     findings: HashMap<String, String>,
     /// Whether some node answered (a refusal counts) during this search.
     answered: bool,
-    /// Whether some node named a leader during this search.
-    leader_named: bool,
+    /// Endpoints whose latest answer named a leader.
+    naming_a_leader: HashSet<String>,
     /// The node whose redirect the current target is, if it is one.
     redirected_by: Option<String>,
     /// How long the next attempt waits for its node.
@@ -122,7 +122,7 @@ impl Client {
             unreachable: HashSet::new(),
             findings: HashMap::new(),
             answered: false,
-            leader_named: false,
+            naming_a_leader: HashSet::new(),
             redirected_by: None,
             patience: self.inner.options.attempt_timeout,
             backoff: Backoff::new(),
@@ -239,7 +239,7 @@ impl Client {
                 ..
             }
         ) {
-            search.leader_named = true;
+            search.naming_a_leader.insert(target.clone());
         }
         match refusal {
             ErrorReply::NotLeader {
@@ -411,8 +411,8 @@ impl Client {
     }
 
     /// The error for an operation whose time ran out between attempts: no leader with a
-    /// quorum if nodes answered and none named a leader, else no leader (or replica)
-    /// reachable; with what each endpoint said.
+    /// quorum if nodes answered and none names a leader in its latest answer, else no
+    /// leader (or replica) reachable; with what each endpoint said last.
     fn give_up(&self, search: &Search) -> SendError {
         let after = format_duration(self.inner.options.request_timeout);
         let findings = self.findings(search);
@@ -420,7 +420,8 @@ impl Client {
             return SendError::Unknown(format!("no definite answer within {after}: {findings}"));
         }
         let endpoints = self.inner.endpoints.join(",");
-        let what = match (search.route, search.answered && !search.leader_named) {
+        let leaderless = search.answered && search.naming_a_leader.is_empty();
+        let what = match (search.route, leaderless) {
             (Route::Leader, true) => "no leader with a quorum",
             (Route::Leader, false) => "no leader reachable",
             (Route::AnyReplica, _) => "no replica reachable",
@@ -456,6 +457,7 @@ impl Client {
 impl Search {
     /// Records what the latest attempt at `endpoint` found.
     fn note(&mut self, endpoint: &str, finding: String) {
+        self.naming_a_leader.remove(endpoint);
         self.findings.insert(endpoint.to_owned(), finding);
     }
 }
