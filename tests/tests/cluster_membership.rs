@@ -14,6 +14,10 @@
 //! - After a change, every replica restarted with its original flags takes the membership
 //!   from its data dir: the cluster works with the new member as a voter, and the removed
 //!   replica, started again, stops by itself.
+//! - A replica down while two members join and two originals (the leader first) leave
+//!   comes back with its original flags, knowing none of the members left but itself: it
+//!   admits them (they know a later configuration), links back to them, catches up, and
+//!   is then the vote writes need.
 //!
 //! Each prints a `SUMMARY membership` line; the catch-up and promotion times are measured
 //! on a few hundred keys (set `KVS_MEMBERSHIP_KEYS` for more).
@@ -261,11 +265,10 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
     cluster.kill(victim).or_fail(&cluster, "kill -9 a follower");
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.restart(victim).or_fail(&cluster, "restart it");
-    // It must have caught up before the next change: a replica that misses a change while
-    // it is down refuses the members added meanwhile (see the README's "Changing the
-    // membership").
-    wait_caught_up(&cluster, &client, victim).await;
+    // Node 5 is added while it is still catching up: it admits node 5 when node 5 dials
+    // it, since node 5 knows a later configuration.
     let (catch_up_5, promote_5) = grow(&mut cluster, &client, 5, &opts).await;
+    wait_caught_up(&cluster, &client, victim).await;
     // kill -9 a member that joined during the run, and restart it: it recovers its
     // membership from its own data dir.
     cluster.kill(4).or_fail(&cluster, "kill -9 node 4");
@@ -670,4 +673,85 @@ impl<T> OrFailNone<T> for Option<T> {
             None => fail(cluster, format!("no {what}")),
         }
     }
+}
+
+/// A replica down while two members join and two originals leave (the leader first) is
+/// restarted with its original flags. The members it knows are gone; the members left
+/// (4 and 5) are ones it never knew, and it refused them before protocol version 4. It
+/// admits them now, since they know a later configuration than it does, links back to
+/// them at the address they state, catches up, and is then the vote writes need: with node
+/// 4 killed, writes are acknowledged only if it votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_away_while_the_members_changed_catches_up_from_members_it_never_knew() {
+    let opts = options();
+    let mut cluster = start(opts.clone());
+    let leader = wait_leader(&cluster, &[1, 2, 3]).await;
+    let client = admin(&cluster);
+    let before = Writers::spawn(&client, "before", 2, 40).finish().await;
+    let away = [3, 2, 1]
+        .into_iter()
+        .find(|&id| id != leader)
+        .or_fail_none(&cluster, "a follower");
+    cluster.kill(away).or_fail(&cluster, "kill -9 a follower");
+    grow(&mut cluster, &client, 4, &opts).await;
+    grow(&mut cluster, &client, 5, &opts).await;
+    let client = admin(&cluster);
+    let originals: Vec<u64> = [leader]
+        .into_iter()
+        .chain(
+            [1, 2, 3]
+                .into_iter()
+                .filter(|&id| id != leader && id != away),
+        )
+        .collect();
+    for &id in &originals {
+        change(&cluster, &client, MemberChange::Remove { id }).await;
+        check!(
+            &cluster,
+            wait_exited(&cluster, id).await,
+            "removed node {id} did not exit with success: {:?}",
+            cluster.last_exit(id)
+        );
+    }
+    let meanwhile = Writers::spawn(&client, "meanwhile", 2, 40).finish().await;
+    let members = list(&cluster, &client).await;
+    check!(
+        &cluster,
+        voters(&members) == BTreeSet::from([away, 4, 5]),
+        "after the changes: {members:?}"
+    );
+
+    let started = Instant::now();
+    cluster
+        .restart(away)
+        .or_fail(&cluster, "restart the replica that was away");
+    wait_caught_up(&cluster, &client, away).await;
+    let caught_up = started.elapsed();
+    check!(
+        &cluster,
+        log_contains(&cluster, away, "it knows a later configuration"),
+        "node {away} did not log that it linked to a member it did not know"
+    );
+    cluster.kill(4).or_fail(&cluster, "kill -9 node 4");
+    let after = Writers::spawn(&client, "after", 2, 20).finish().await;
+    check!(
+        &cluster,
+        after.acked.len() == 40 && after.unknown.is_empty(),
+        "writes with node 4 down (node {away} must vote): {}",
+        after.figures()
+    );
+    let mut all = before;
+    all.acked.extend(meanwhile.acked);
+    all.acked.extend(after.acked.iter().cloned());
+    all.unknown.extend(meanwhile.unknown);
+    all.failed.extend(meanwhile.failed);
+    verify_linearizable(&cluster, &client, &all).await;
+    let keys: Vec<String> = all.all_keys().into_iter().map(|(k, _)| k).collect();
+    verify_replicas_agree(&cluster, &client, &[away, 5], &keys).await;
+    eprintln!(
+        "SUMMARY membership away-during-changes: node {away} was down while 4 and 5 joined \
+         and {originals:?} left; restarted with its original flags, it caught up from members \
+         it never knew in {caught_up:?} and then voted for {} writes with node 4 down",
+        after.acked.len()
+    );
 }

@@ -121,10 +121,11 @@ pub use codec::{
 pub use command::{Command, WriteOp};
 pub use error::WireError;
 pub use handshake::{
-    check_hello, check_identity, client_handshake, server_handshake, server_handshake_with,
-    Accepted, ClusterInfo, HandshakeExpectation, HandshakeRefusal, Hello, HelloReply, PeerRole,
-    ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT, IDENTITY_MEMBERS_MAX,
-    MAGIC, PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    check_hello, check_identity, client_handshake, is_newcomer, server_handshake,
+    server_handshake_with, Accepted, ClusterInfo, HandshakeExpectation, HandshakeRefusal, Hello,
+    HelloReply, PeerRole, ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT,
+    IDENTITY_MEMBERS_MAX, MAGIC, PEER_ADDR_BYTES_MAX, PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
 };
 pub use membership::{MemberAddrs, MemberChange, MemberInfo, MemberList};
 pub use peer::{PeerMessage, SNAPSHOT_CHUNK_BYTES};

@@ -159,36 +159,39 @@ async fn higher_version_is_refused_with_the_supported_range() {
         HandshakeRefusal::UnsupportedVersion {
             got: PROTOCOL_VERSION + 1,
             min: 2,
-            max: 3,
+            max: 4,
         },
     )
     .await;
-    assert!(text.contains("unsupported protocol version 4"), "{text}");
-    assert!(text.contains("supports versions 2 to 3"), "{text}");
+    assert!(text.contains("unsupported protocol version 5"), "{text}");
+    assert!(text.contains("supports versions 2 to 4"), "{text}");
 }
 
-/// A replica of version 2 (before membership changes) is refused by version: its peer
-/// messages do not carry them. A client of version 2 is still served.
+/// A replica of version 2 (before membership changes) or 3 (its hello does not say which
+/// configuration it knows) is refused by version. Clients of versions 2 and 3 are still
+/// served.
 #[tokio::test]
-async fn a_version_2_replica_is_refused_and_a_version_2_client_served() {
-    let mut old = replica_hello(2, identity());
-    old.version = 2;
-    let text = refused(
-        old,
-        identity_port(),
-        HandshakeRefusal::UnsupportedVersion {
-            got: 2,
-            min: 3,
-            max: 3,
-        },
-    )
-    .await;
-    assert!(text.contains("supports versions 3 to 3"), "{text}");
-    let mut client = Hello::new("prod", PeerRole::Client);
-    client.version = 2;
-    let (c, s, _, _) = run(client.clone(), client_port()).await;
-    assert_eq!(c.unwrap().version, 2);
-    assert_eq!(s.unwrap(), client);
+async fn replicas_before_version_4_are_refused_and_older_clients_served() {
+    for version in [2, 3] {
+        let mut old = replica_hello(2, identity());
+        old.version = version;
+        let text = refused(
+            old,
+            identity_port(),
+            HandshakeRefusal::UnsupportedVersion {
+                got: version,
+                min: 4,
+                max: 4,
+            },
+        )
+        .await;
+        assert!(text.contains("supports versions 4 to 4"), "{text}");
+        let mut client = Hello::new("prod", PeerRole::Client);
+        client.version = version;
+        let (c, s, _, _) = run(client.clone(), client_port()).await;
+        assert_eq!(c.unwrap().version, version);
+        assert_eq!(s.unwrap(), client);
+    }
 }
 
 /// A joining replica presents only its instance and session-table size; a member that
@@ -250,7 +253,7 @@ async fn previous_version_is_refused_both_ways() {
         HandshakeRefusal::UnsupportedVersion {
             got: 1,
             min: 2,
-            max: 3,
+            max: 4,
         },
     )
     .await;
@@ -274,7 +277,7 @@ async fn previous_version_is_refused_both_ways() {
     let text = c.unwrap_err().to_string();
     assert_eq!(
         text,
-        "the peer refused our handshake: unsupported protocol version 3: the accepting node \
+        "the peer refused our handshake: unsupported protocol version 4: the accepting node \
          supports versions 1 to 1"
     );
 }
@@ -286,6 +289,8 @@ fn identity() -> ReplicaIdentity {
         members: vec![1, 2, 3],
         sessions_max: 1000,
         joining: false,
+        configuration: 3,
+        peer_addr: "127.0.0.1:7001".into(),
     }
 }
 
@@ -460,7 +465,7 @@ async fn future_hello_with_an_unknown_body_is_refused_by_version() {
     let want = HandshakeRefusal::UnsupportedVersion {
         got: 9,
         min: 2,
-        max: 3,
+        max: 4,
     };
     assert!(
         matches!(s, Err(WireError::Refused(ref r)) if *r == want),

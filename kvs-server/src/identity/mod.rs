@@ -283,7 +283,8 @@ impl Identity {
         }
     }
 
-    /// What this replica states in its peer handshake.
+    /// What this replica states in its peer handshake. The configuration it knows and its
+    /// peer address are the links' to fill in ([`crate::net::peers::Dialer`]).
     pub fn wire(&self, sessions_max: usize) -> wire::ReplicaIdentity {
         if self.origin == Origin::Joining {
             return wire::ReplicaIdentity::joining(self.instance, sessions_max as u64);
@@ -294,6 +295,8 @@ impl Identity {
             members: self.members.clone(),
             sessions_max: sessions_max as u64,
             joining: false,
+            configuration: 0,
+            peer_addr: String::new(),
         }
     }
 

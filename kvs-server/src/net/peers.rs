@@ -16,7 +16,11 @@
 //! opens a link to a member that joined ([`Links::connect`], at the address the membership
 //! records) and closes the link to one that left ([`Links::disconnect`]), and it tells the
 //! [`PeerRegistry`] who may connect: a replica whose id is not a member is refused by
-//! name, and the connections of a member that left are closed.
+//! name, and the connections of a member that left are closed. The one exception is a
+//! *newcomer* ([`wire::is_newcomer`]): a replica this one does not know that states a later
+//! configuration than this one knows, and its peer address. This replica was away while it
+//! was added, so it admits it, and the event loop links back to it at that address until
+//! it has caught up with that configuration; it is then a member like any other, or gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -120,6 +124,7 @@ impl Links {
             to: peer,
             addr: addr.to_owned(),
             hello: self.dialer.hello.clone(),
+            configuration: Arc::clone(&self.dialer.configuration),
             store: Arc::clone(&self.dialer.store),
             reachable: Arc::clone(&reachable),
             shutdown: stop.clone(),
@@ -130,6 +135,12 @@ impl Links {
         self.queues.insert(peer, tx);
         self.reachable.insert(peer, reachable);
         self.links.insert(peer, (addr.to_owned(), stop));
+    }
+
+    /// Sets the configuration id this replica's hellos state from now on (the latest one
+    /// it knows): a peer that was away while this replica was added admits it by that.
+    pub fn set_configuration(&self, id: u64) {
+        self.dialer.configuration.store(id, Ordering::Relaxed);
     }
 
     /// Ends the outbound link to `peer` (no longer a member) and its snapshot lane.
@@ -169,8 +180,10 @@ impl Links {
 
 /// What the outbound links of a replica share.
 pub struct Dialer {
-    /// What this replica presents in every handshake.
+    /// What this replica presents in every handshake, but for the configuration id.
     pub hello: Hello,
+    /// The latest configuration id this replica knows, stated in every hello.
+    pub configuration: Arc<AtomicU64>,
     /// Records instances and reports refusals.
     pub store: Arc<IdentityStore>,
     /// Ends the links.
@@ -184,6 +197,7 @@ struct Outbound {
     to: NodeId,
     addr: String,
     hello: Hello,
+    configuration: Arc<AtomicU64>,
     store: Arc<IdentityStore>,
     reachable: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -198,8 +212,9 @@ impl Outbound {
         let mut backoff = BACKOFF_MIN;
         let mut last_refusal: Option<String> = None;
         while !self.shutdown.is_cancelled() {
+            let hello = self.hello_now();
             let connected = tokio::select! {
-                c = connect(&self.addr, &self.hello) => c,
+                c = connect(&self.addr, &hello) => c,
                 _ = self.shutdown.cancelled() => return,
             };
             let mut framed = match connected {
@@ -235,6 +250,15 @@ impl Outbound {
             }
             tracing::debug!(peer = self.to, addr = %self.addr, "peer link lost; reconnecting");
         }
+    }
+
+    /// The hello to present now: with the latest configuration id this replica knows.
+    fn hello_now(&self) -> Hello {
+        let mut hello = self.hello.clone();
+        if let Some(identity) = hello.identity.as_mut().filter(|i| !i.joining) {
+            identity.configuration = self.configuration.load(Ordering::Relaxed);
+        }
+        hello
     }
 
     /// Writes queued messages to one connection until it breaks (`Reconnect`), or until
@@ -360,9 +384,29 @@ struct RegistryState {
     allowed: BTreeSet<NodeId>,
     /// What to tell a joining replica; `None` while this replica has no membership itself.
     cluster: Option<ClusterInfo>,
-    /// Connections accepted, by peer: (connection number, what ends it).
-    inbound: BTreeMap<NodeId, Vec<(u64, CancellationToken)>>,
+    /// The latest configuration id this replica knows; `None` while it joins. A replica
+    /// that is not in `allowed` but knows a later configuration is admitted (a newcomer,
+    /// see [`wire::is_newcomer`]) until this replica knows that configuration too.
+    configuration: Option<u64>,
+    /// Connections accepted, by peer: (connection number, what ends it, the configuration
+    /// the peer stated).
+    inbound: BTreeMap<NodeId, Vec<(u64, CancellationToken, u64)>>,
+    /// Newcomers admitted and not yet taken by the event loop: their peer address and
+    /// the configuration they stated.
+    newcomers: BTreeMap<NodeId, (String, u64)>,
     next_connection: u64,
+}
+
+/// A newcomer the registry admitted: a member of a later configuration than this replica
+/// knows (see [`wire::is_newcomer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Newcomer {
+    /// Its id.
+    pub id: NodeId,
+    /// Where it accepts peer connections, as it said.
+    pub peer_addr: String,
+    /// The configuration id it stated.
+    pub configuration: u64,
 }
 
 impl PeerRegistry {
@@ -373,24 +417,57 @@ impl PeerRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sets who may connect (`allowed`) and what a joining replica is told (`cluster`);
-    /// closes the connections of the peers no longer allowed. Returns those peers.
-    pub fn set(&self, allowed: BTreeSet<NodeId>, cluster: Option<ClusterInfo>) -> Vec<NodeId> {
+    /// Sets who may connect (`allowed`), what a joining replica is told (`cluster`) and
+    /// the latest configuration id this replica knows (`configuration`, `None` while it
+    /// joins: then it admits no newcomer); closes the connections of the peers no longer
+    /// allowed, but for newcomers that still know a later configuration. Returns the peers
+    /// whose connections it closed.
+    pub fn set(
+        &self,
+        allowed: BTreeSet<NodeId>,
+        cluster: Option<ClusterInfo>,
+        configuration: Option<u64>,
+    ) -> Vec<NodeId> {
         let mut state = self.lock();
-        let gone: Vec<NodeId> = state
-            .inbound
-            .keys()
-            .filter(|id| !allowed.contains(id))
-            .copied()
-            .collect();
-        for id in &gone {
-            for (_, stop) in state.inbound.remove(id).unwrap_or_default() {
-                stop.cancel();
+        let newer = |stated: u64| configuration.is_some_and(|c| stated > c);
+        let mut gone = Vec::new();
+        for (id, connections) in state.inbound.iter_mut() {
+            if allowed.contains(id) {
+                continue;
+            }
+            let before = connections.len();
+            connections.retain(|(_, stop, stated)| {
+                let keep = newer(*stated);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            if connections.len() < before {
+                gone.push(*id);
             }
         }
+        state
+            .inbound
+            .retain(|_, connections| !connections.is_empty());
+        state.newcomers.retain(|_, (_, stated)| newer(*stated));
         state.allowed = allowed;
         state.cluster = cluster;
+        state.configuration = configuration;
         gone
+    }
+
+    /// The newcomers admitted since the last call (see [`Newcomer`]).
+    pub fn take_newcomers(&self) -> Vec<Newcomer> {
+        let mut state = self.lock();
+        std::mem::take(&mut state.newcomers)
+            .into_iter()
+            .map(|(id, (peer_addr, configuration))| Newcomer {
+                id,
+                peer_addr,
+                configuration,
+            })
+            .collect()
     }
 
     /// The ids that may connect now.
@@ -404,16 +481,31 @@ impl PeerRegistry {
         HandshakeExpectation {
             replicas: Some(state.allowed.clone()),
             cluster: state.cluster.clone(),
+            configuration: state.configuration,
             ..base.clone()
         }
     }
 
-    /// Records a connection accepted from `peer`: its number and what ends it; `None` if
-    /// `peer` left meanwhile.
-    fn register(&self, peer: NodeId) -> Option<(u64, CancellationToken)> {
+    /// Records a connection accepted from `hello`'s replica: its number and what ends it;
+    /// `None` if it is no longer admitted (it left meanwhile, or this replica learned the
+    /// configuration the newcomer stated). A newcomer is remembered for
+    /// [`PeerRegistry::take_newcomers`].
+    fn register(&self, peer: NodeId, hello: &Hello) -> Option<(u64, CancellationToken)> {
         let mut state = self.lock();
+        let (stated, peer_addr) = match &hello.identity {
+            Some(identity) => (identity.configuration, identity.peer_addr.clone()),
+            None => (0, String::new()),
+        };
         if !state.allowed.contains(&peer) {
-            return None;
+            let expectation = HandshakeExpectation {
+                replicas: Some(state.allowed.clone()),
+                configuration: state.configuration,
+                ..HandshakeExpectation::replicas(hello.cluster_id.clone(), [])
+            };
+            if !wire::is_newcomer(hello, &expectation) {
+                return None;
+            }
+            state.newcomers.insert(peer, (peer_addr, stated));
         }
         let number = state.next_connection;
         state.next_connection += 1;
@@ -422,7 +514,7 @@ impl PeerRegistry {
             .inbound
             .entry(peer)
             .or_default()
-            .push((number, stop.clone()));
+            .push((number, stop.clone(), stated));
         Some((number, stop))
     }
 
@@ -430,7 +522,7 @@ impl PeerRegistry {
     fn unregister(&self, peer: NodeId, number: u64) {
         let mut state = self.lock();
         if let Some(list) = state.inbound.get_mut(&peer) {
-            list.retain(|(n, _)| *n != number);
+            list.retain(|(n, _, _)| *n != number);
             if list.is_empty() {
                 state.inbound.remove(&peer);
             }
@@ -476,10 +568,13 @@ impl Acceptor {
         let codec = wire::frame_codec_with_max(self.frame_bytes_max)
             .unwrap_or_else(|_| wire::frame_codec());
         let mut framed = Framed::new(stream, codec);
-        let Some(from) = self.handshake(&mut framed, remote).await else {
+        let Some(hello) = self.handshake(&mut framed, remote).await else {
             return;
         };
-        let Some((number, left)) = self.registry.register(from) else {
+        let PeerRole::Replica(from) = hello.role else {
+            return;
+        };
+        let Some((number, left)) = self.registry.register(from, &hello) else {
             tracing::info!(peer = from, %remote, "closing a peer connection: no longer a member");
             return;
         };
@@ -536,9 +631,9 @@ impl Acceptor {
         }
     }
 
-    /// The handshake of an accepted connection: the peer's id if it is a replica whose
+    /// The handshake of an accepted connection: the peer's hello if it is a replica whose
     /// hello and instance are accepted.
-    async fn handshake(&self, framed: &mut Frames, remote: SocketAddr) -> Option<NodeId> {
+    async fn handshake(&self, framed: &mut Frames, remote: SocketAddr) -> Option<Hello> {
         let admit = |hello: &Hello| {
             let claim = match (hello.role, &hello.identity) {
                 (PeerRole::Replica(id), Some(identity)) => Some((id, identity.instance)),
@@ -564,7 +659,7 @@ impl Acceptor {
             wire::server_handshake_with(framed, &expect, self.my_id, HANDSHAKE_TIMEOUT, admit);
         match handshake.await {
             Ok(hello) => match hello.role {
-                PeerRole::Replica(from) => Some(from),
+                PeerRole::Replica(_) => Some(hello),
                 _ => None,
             },
             Err(e) => {

@@ -53,23 +53,35 @@ pub(super) fn wanted_peers(cfg: &NodeConfig, replica: &Replica) -> BTreeMap<Node
 }
 
 /// Who may connect on the peer port: the other members of the memberships `replica`
-/// knows (a joining replica: the members given in `--peers`), and what a replica joining
-/// through this one is told (nothing while this one joins itself).
+/// knows (a joining replica: the members given in `--peers`), what a replica joining
+/// through this one is told (nothing while this one joins itself), and the latest
+/// configuration id it knows (`None` while it joins), above which a replica it does not
+/// know is admitted as a newcomer ([`wire::is_newcomer`]).
 pub(super) fn admission(
     cfg: &NodeConfig,
     identity: &Identity,
     replica: &Replica,
-) -> (BTreeSet<NodeId>, Option<ClusterInfo>) {
+) -> (BTreeSet<NodeId>, Option<ClusterInfo>, Option<u64>) {
     if replica.joining() {
         let given = cfg.peers.keys().copied().filter(|&id| id != cfg.id);
-        return (given.collect(), None);
+        return (given.collect(), None, None);
     }
+    let latest = replica.membership_log().latest();
     let cluster = ClusterInfo {
         cluster_uid: identity.cluster_uid,
         members: identity.members.clone(),
-        voters: replica.membership_log().latest().voters().collect(),
+        voters: latest.voters().collect(),
     };
-    (replica.peers(), Some(cluster))
+    (replica.peers(), Some(cluster), Some(latest.id))
+}
+
+/// Where this replica accepts peer connections, as it tells its peers: its own `--peers`
+/// entry, else the address its membership records for it.
+pub(super) fn own_peer_addr(cfg: &NodeConfig, replica: &Replica) -> Option<String> {
+    cfg.peers
+        .get(&cfg.id)
+        .cloned()
+        .or_else(|| addrs_of(&replica.member_meta(cfg.id)).map(|a| a.peer_addr))
 }
 
 /// The member addresses recorded in `meta`; `None` when it records none or cannot be read.
@@ -92,6 +104,11 @@ pub(crate) struct MemberView {
     seen: Option<(u64, Slot, usize, bool)>,
     /// The recorded addresses of the members of the latest membership.
     addrs: BTreeMap<NodeId, MemberAddrs>,
+    /// Newcomers linked to: members of a later configuration than this replica knows
+    /// (it was away while they were added), with the address to reach them and the
+    /// configuration they stated. Each is dropped once this replica knows that
+    /// configuration: it is then a member like any other, or not a member at all.
+    newcomers: BTreeMap<NodeId, (String, u64)>,
 }
 
 impl Node {
@@ -99,24 +116,57 @@ impl Node {
     /// the last call: links to new members, none to members gone, and only members may
     /// connect. Cheap when nothing changed; called after every turn.
     pub(super) fn sync_peers(&mut self) {
+        let arrived = self.registry.take_newcomers();
         let log = self.replica.membership_log();
+        let latest_id = log.latest().id;
         let now = (
-            log.latest().id,
+            latest_id,
             log.latest_from(),
             log.epochs().count(),
             self.replica.joining(),
         );
-        if self.members.seen == Some(now) {
+        if self.members.seen == Some(now) && arrived.is_empty() {
             return;
         }
         self.members.seen = Some(now);
+        for newcomer in arrived {
+            if newcomer.configuration > latest_id {
+                tracing::info!(
+                    peer = newcomer.id,
+                    addr = %newcomer.peer_addr,
+                    configuration = latest_id,
+                    theirs = newcomer.configuration,
+                    "a member this replica does not know connected: it knows a later \
+                     configuration (this replica was away while it was added); linking to \
+                     it to catch up"
+                );
+                let addr = self
+                    .cfg
+                    .peers
+                    .get(&newcomer.id)
+                    .cloned()
+                    .unwrap_or(newcomer.peer_addr);
+                self.members
+                    .newcomers
+                    .insert(newcomer.id, (addr, newcomer.configuration));
+            }
+        }
+        self.members
+            .newcomers
+            .retain(|_, (_, stated)| *stated > latest_id);
+        self.links.set_configuration(latest_id);
         self.members.addrs = log
             .latest()
             .members
             .iter()
             .filter_map(|(&id, m)| addrs_of(&m.meta).map(|a| (id, a)))
             .collect();
-        let wanted = wanted_peers(&self.cfg, &self.replica);
+        let mut wanted = wanted_peers(&self.cfg, &self.replica);
+        if !self.replica.joining() {
+            for (id, (addr, _)) in &self.members.newcomers {
+                wanted.entry(*id).or_insert_with(|| addr.clone());
+            }
+        }
         for (id, _) in self.links.addrs() {
             if !wanted.contains_key(&id) {
                 tracing::info!(peer = id, "no longer a member: closing the link to it");
@@ -130,8 +180,9 @@ impl Node {
                 self.links.connect(*id, addr, self.snapshots.outgoing_mut());
             }
         }
-        let (allowed, cluster) = admission(&self.cfg, &self.store.snapshot(), &self.replica);
-        for gone in self.registry.set(allowed, cluster) {
+        let (allowed, cluster, configuration) =
+            admission(&self.cfg, &self.store.snapshot(), &self.replica);
+        for gone in self.registry.set(allowed, cluster, configuration) {
             tracing::info!(peer = gone, "no longer a member: closed its connections");
         }
     }

@@ -11,6 +11,7 @@
 //! joins a running cluster holds no membership until the leader sends it a snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,8 +199,13 @@ impl PeerNetwork {
         let links_stop = CancellationToken::new();
         let identity = store.snapshot();
         let own = identity.wire(cfg.sessions_max);
+        let mut stated = own.clone();
+        if !stated.joining {
+            stated.peer_addr = super::membership::own_peer_addr(cfg, replica).unwrap_or_default();
+        }
         let dialer = Dialer {
-            hello: wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, own.clone()),
+            hello: wire::Hello::replica(cfg.cluster_id.clone(), cfg.id, stated),
+            configuration: Arc::new(AtomicU64::new(replica.membership_log().latest().id)),
             store: Arc::clone(store),
             shutdown: links_stop.clone(),
             tasks: tasks.clone(),
@@ -210,8 +216,9 @@ impl PeerNetwork {
             links.connect(peer, &addr, &mut outgoing);
         }
         let registry = Arc::new(PeerRegistry::default());
-        let (allowed, cluster) = super::membership::admission(cfg, &identity, replica);
-        registry.set(allowed, cluster);
+        let (allowed, cluster, configuration) =
+            super::membership::admission(cfg, &identity, replica);
+        registry.set(allowed, cluster, configuration);
         let credits = Credits::default();
         let acceptor = Acceptor {
             my_id: cfg.id,

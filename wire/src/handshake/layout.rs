@@ -8,7 +8,7 @@
 //!   0   4  magic        "KVSW" (MAGIC)
 //!   4   2  version      u16: the sender's protocol version
 //!   6   2  body_len     u16: number of body bytes that follow
-//! hello body, versions 2 and 3 (version 1 ended after cluster_id)
+//! hello body, versions 2 to 4 (version 1 ended after cluster_id)
 //!   8   1  role         0 = client, 1 = replica
 //!   9   8  node_id      u64: the replica's id; 0 for a client
 //!  17   1  cluster_len  u8: 1..=64
@@ -19,6 +19,9 @@
 //!            member_count  u8: 1..=IDENTITY_MEMBERS_MAX
 //!            members       u64 each, strictly ascending
 //!            sessions_max  u64
+//!            configuration u64 (version 4): the latest configuration id it knows
+//!            addr_len      u8 (version 4): 0..=PEER_ADDR_BYTES_MAX
+//!            peer_addr     UTF-8 (version 4): where it accepts peer connections
 //!                         2 = a joining replica's identity follows (version 3):
 //!            instance      16 bytes
 //!            sessions_max  u64
@@ -52,7 +55,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
     Accepted, ClusterInfo, HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid,
-    CLUSTER_ID_BYTES_MAX, IDENTITY_MEMBERS_MAX, MAGIC, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    CLUSTER_ID_BYTES_MAX, IDENTITY_MEMBERS_MAX, MAGIC, PEER_ADDR_BYTES_MAX, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN,
 };
 use crate::WireError;
 
@@ -124,6 +128,21 @@ impl Hello {
                 body.put_slice(&identity.instance.0);
                 put_ids(&mut body, &identity.members);
                 body.put_u64(identity.sessions_max);
+                if self.version >= 4 {
+                    let addr = identity.peer_addr.as_bytes();
+                    if addr.len() > PEER_ADDR_BYTES_MAX {
+                        return Err(WireError::InvalidHello {
+                            reason: format!(
+                                "peer address is {} bytes long; at most \
+                                 {PEER_ADDR_BYTES_MAX} are allowed",
+                                addr.len()
+                            ),
+                        });
+                    }
+                    body.put_u64(identity.configuration);
+                    body.put_u8(addr.len() as u8);
+                    body.put_slice(addr);
+                }
             }
         }
         Ok(record(self.magic, self.version, &body))
@@ -155,7 +174,7 @@ impl Hello {
             .to_owned();
         let identity = match (r.u8()?, role) {
             (IDENTITY_NONE, _) => None,
-            (IDENTITY_PRESENT, PeerRole::Replica(_)) => Some(r.identity()?),
+            (IDENTITY_PRESENT, PeerRole::Replica(_)) => Some(r.identity(version)?),
             (IDENTITY_JOINING, PeerRole::Replica(_)) if version >= 3 => Some(r.joining()?),
             (IDENTITY_PRESENT | IDENTITY_JOINING, PeerRole::Client) => {
                 return Err(malformed("a client carries a replica identity"))
@@ -506,17 +525,29 @@ impl<'a> Reader<'a> {
         (0..count).map(|_| self.u64()).collect()
     }
 
-    fn identity(&mut self) -> Result<ReplicaIdentity, HandshakeRefusal> {
+    fn identity(&mut self, version: u16) -> Result<ReplicaIdentity, HandshakeRefusal> {
         let cluster_uid = self.uid()?;
         let instance = self.uid()?;
         let members = self.ids()?;
         check_members(&members).map_err(|reason| malformed(format!("identity: {reason}")))?;
+        let sessions_max = self.u64()?;
+        let (configuration, peer_addr) = if version >= 4 {
+            let configuration = self.u64()?;
+            let len = usize::from(self.u8()?);
+            let addr = std::str::from_utf8(self.take(len)?)
+                .map_err(|_| malformed("peer address is not UTF-8"))?;
+            (configuration, addr.to_owned())
+        } else {
+            (0, String::new())
+        };
         Ok(ReplicaIdentity {
             cluster_uid,
             instance,
             members,
-            sessions_max: self.u64()?,
+            sessions_max,
             joining: false,
+            configuration,
+            peer_addr,
         })
     }
 
@@ -555,7 +586,7 @@ mod tests {
         let bytes = hello.encode().unwrap();
         let expected: &[u8] = &[
             b'K', b'V', b'S', b'W', // magic
-            0, 3, // version
+            0, 4, // version
             0, 13, // body length
             1,  // replica
             0, 0, 0, 0, 0, 0, 1, 2, // node id
@@ -574,9 +605,11 @@ mod tests {
             members: vec![1, 3],
             sessions_max: 5,
             joining: false,
+            configuration: 7,
+            peer_addr: "h:1".into(),
         };
         let bytes = Hello::replica("ab", 3, identity.clone()).encode().unwrap();
-        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 3, 0, 70, 1];
+        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 4, 0, 82, 1];
         expected.extend_from_slice(&3u64.to_be_bytes());
         expected.extend_from_slice(&[2, b'a', b'b', 1]);
         expected.extend_from_slice(&[0xaa; 16]);
@@ -585,9 +618,36 @@ mod tests {
         expected.extend_from_slice(&1u64.to_be_bytes());
         expected.extend_from_slice(&3u64.to_be_bytes());
         expected.extend_from_slice(&5u64.to_be_bytes());
+        expected.extend_from_slice(&7u64.to_be_bytes());
+        expected.extend_from_slice(&[3, b'h', b':', b'1']);
         assert_eq!(&bytes[..], &expected[..]);
         let decoded = Hello::decode(&bytes).unwrap();
-        assert_eq!(decoded.identity, Some(identity));
+        assert_eq!(decoded.identity, Some(identity.clone()));
+        // Version 3 had neither the configuration nor the address: they decode as none.
+        let mut v3 = Hello::replica("ab", 3, identity.clone());
+        v3.version = 3;
+        let decoded = Hello::decode(&v3.encode().unwrap()).unwrap();
+        assert_eq!(
+            decoded.identity,
+            Some(ReplicaIdentity {
+                configuration: 0,
+                peer_addr: String::new(),
+                ..identity.clone()
+            })
+        );
+        // An address that is too long, or not UTF-8, is refused.
+        let long = ReplicaIdentity {
+            peer_addr: "a".repeat(PEER_ADDR_BYTES_MAX + 1),
+            ..identity
+        };
+        assert!(Hello::replica("ab", 3, long).encode().is_err());
+        let mut bad = expected.clone();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert!(matches!(
+            Hello::decode(&bad),
+            Err(HandshakeRefusal::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -598,6 +658,8 @@ mod tests {
             members: vec![2, 1],
             sessions_max: 5,
             joining: false,
+            configuration: 1,
+            peer_addr: String::new(),
         };
         assert!(Hello::replica("c", 1, identity.clone()).encode().is_err());
         identity.members = vec![1, 2];
@@ -623,7 +685,7 @@ mod tests {
     fn a_joining_identity_and_the_cluster_it_is_told_are_pinned() {
         let identity = ReplicaIdentity::joining(Uid([0xbb; 16]), 5);
         let bytes = Hello::replica("ab", 4, identity.clone()).encode().unwrap();
-        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 3, 0, 37, 1];
+        let mut expected = vec![b'K', b'V', b'S', b'W', 0, 4, 0, 37, 1];
         expected.extend_from_slice(&4u64.to_be_bytes());
         expected.extend_from_slice(&[2, b'a', b'b', 2]);
         expected.extend_from_slice(&[0xbb; 16]);

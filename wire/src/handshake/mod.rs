@@ -39,17 +39,27 @@ pub const MAGIC: [u8; 4] = *b"KVSW";
 /// request says whether its sender joins the cluster, a leader hands over), added the
 /// joining replica's hello ([`ReplicaIdentity::joining`]) and the cluster's identity in
 /// the acceptance of one ([`Accepted::cluster`]), and added the membership requests to the
-/// client protocol. Replicas must speak version 3 ([`PEER_PROTOCOL_VERSION_MIN`]); clients
-/// of version 2 are still served (the client protocol only grew).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// client protocol.
+///
+/// Version 4 added, to a member's hello, the latest configuration it knows and the address
+/// it accepts peer connections on ([`ReplicaIdentity::configuration`],
+/// [`ReplicaIdentity::peer_addr`]): a replica that was down while members were added admits
+/// one that knows a later configuration, and links back to it (see
+/// [`HandshakeExpectation::configuration`]). Replicas must speak version 4
+/// ([`PEER_PROTOCOL_VERSION_MIN`]); clients of version 2 and 3 are still served (the
+/// client protocol only grew).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The lowest protocol version this build accepts (from a client; a replica needs
 /// [`PEER_PROTOCOL_VERSION_MIN`]).
 pub const PROTOCOL_VERSION_MIN: u16 = 2;
 
-/// The lowest protocol version this build accepts from a replica: the peer messages of
-/// earlier versions do not carry membership changes.
-pub const PEER_PROTOCOL_VERSION_MIN: u16 = 3;
+/// The lowest protocol version this build accepts from a replica: the hellos of earlier
+/// versions do not say which configuration their sender knows.
+pub const PEER_PROTOCOL_VERSION_MIN: u16 = 4;
+
+/// Longest [`ReplicaIdentity::peer_addr`], in bytes of UTF-8.
+pub const PEER_ADDR_BYTES_MAX: usize = 255;
 
 /// Most members a [`ReplicaIdentity`] may list (the consensus core's limit).
 pub const IDENTITY_MEMBERS_MAX: usize = paxos_core::MEMBERS_MAX;
@@ -107,6 +117,13 @@ pub struct ReplicaIdentity {
     /// zero and empty). A member that admits it answers with them ([`Accepted::cluster`]).
     /// Version 3 and later.
     pub joining: bool,
+    /// The id of the latest configuration (membership) the replica knows; 0 when joining.
+    /// Version 4 and later (decoded as 0 from earlier versions).
+    pub configuration: u64,
+    /// Where the replica accepts peer connections (`HOST:PORT`, at most
+    /// [`PEER_ADDR_BYTES_MAX`] bytes), so that a member that does not know it yet can link
+    /// back to it; empty when not known or joining. Version 4 and later.
+    pub peer_addr: String,
 }
 
 impl ReplicaIdentity {
@@ -119,6 +136,8 @@ impl ReplicaIdentity {
             members: Vec::new(),
             sessions_max,
             joining: true,
+            configuration: 0,
+            peer_addr: String::new(),
         }
     }
 }
@@ -369,6 +388,12 @@ pub struct HandshakeExpectation {
     /// What to tell a replica that joins ([`ReplicaIdentity::joining`]) when it is
     /// accepted; joining replicas are refused when `None`.
     pub cluster: Option<ClusterInfo>,
+    /// The id of the latest configuration this node knows, if it admits newcomers: a
+    /// member whose id is not in `replicas` is then accepted when it knows a later
+    /// configuration and says where to reach it (see [`is_newcomer`]). This node may have
+    /// been down while that member was added; the newcomer's messages are how it catches
+    /// up. `None`: only the ids in `replicas`.
+    pub configuration: Option<u64>,
 }
 
 impl HandshakeExpectation {
@@ -380,6 +405,7 @@ impl HandshakeExpectation {
             replicas: None,
             identity: None,
             cluster: None,
+            configuration: None,
         }
     }
 
@@ -391,6 +417,7 @@ impl HandshakeExpectation {
             replicas: Some(ids.into_iter().collect()),
             identity: None,
             cluster: None,
+            configuration: None,
         }
     }
 
@@ -515,10 +542,37 @@ fn check_header(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), Ha
     Ok(())
 }
 
+/// Whether `hello` is from a *newcomer*: a member whose id is not among
+/// `expected.replicas`, that knows a later configuration than `expected.configuration`
+/// and says where it accepts peer connections. Such a replica was added while this node
+/// was down or cut off, so this node admits it (and may link back to it) rather than
+/// refuse the very member it needs to catch up from. A replica removed from the cluster
+/// knows an earlier configuration than the members that removed it, so they still refuse
+/// it.
+pub fn is_newcomer(hello: &Hello, expected: &HandshakeExpectation) -> bool {
+    let (PeerRole::Replica(node_id), Some(ids), Some(local)) =
+        (hello.role, &expected.replicas, expected.configuration)
+    else {
+        return false;
+    };
+    match &hello.identity {
+        Some(remote) => {
+            !ids.contains(&node_id)
+                && !remote.joining
+                && remote.configuration > local
+                && !remote.peer_addr.is_empty()
+        }
+        None => false,
+    }
+}
+
 fn check_role(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
     match (hello.role, &expected.replicas) {
         (PeerRole::Client, _) if expected.accept_clients => Ok(()),
         (PeerRole::Replica(node_id), Some(ids)) if !ids.contains(&node_id) => {
+            if is_newcomer(hello, expected) {
+                return Ok(());
+            }
             Err(HandshakeRefusal::UnknownNode { node_id })
         }
         (PeerRole::Replica(_), Some(_)) => Ok(()),
@@ -545,6 +599,44 @@ mod tests {
             check_hello(&Hello::new("prod", PeerRole::Client), &clients),
             Ok(())
         );
+    }
+
+    /// A member of a later configuration than this node knows is admitted (it was added
+    /// while this node was away); one of the same or an earlier configuration (a removed
+    /// member), one that does not say where to reach it, and a joining replica are not.
+    #[test]
+    fn newcomers_know_a_later_configuration() {
+        let identity = |configuration: u64, peer_addr: &str| ReplicaIdentity {
+            cluster_uid: Uid([1; 16]),
+            instance: Uid([2; 16]),
+            members: vec![1, 2, 3],
+            sessions_max: 10,
+            joining: false,
+            configuration,
+            peer_addr: peer_addr.into(),
+        };
+        let mut expected = HandshakeExpectation::replicas_of("prod", identity(5, "h:1"));
+        let hello = |id: u64, configuration: u64, addr: &str| {
+            Hello::replica("prod", id, identity(configuration, addr))
+        };
+        let unknown = |h: &Hello, e: &HandshakeExpectation| {
+            check_hello(h, e) == Err(HandshakeRefusal::UnknownNode { node_id: 4 })
+        };
+        // Without a configuration of its own, the node admits members only.
+        assert!(!is_newcomer(&hello(4, 6, "h:4"), &expected));
+        assert!(unknown(&hello(4, 6, "h:4"), &expected));
+        expected.configuration = Some(5);
+        assert!(is_newcomer(&hello(4, 6, "h:4"), &expected));
+        assert_eq!(check_hello(&hello(4, 6, "h:4"), &expected), Ok(()));
+        for refused in [hello(4, 5, "h:4"), hello(4, 2, "h:4"), hello(4, 9, "")] {
+            assert!(!is_newcomer(&refused, &expected), "{refused:?}");
+            assert!(unknown(&refused, &expected), "{refused:?}");
+        }
+        // A member is a member, whatever configuration it knows.
+        assert!(!is_newcomer(&hello(2, 9, "h:2"), &expected));
+        assert_eq!(check_hello(&hello(2, 1, "h:2"), &expected), Ok(()));
+        let joining = Hello::replica("prod", 4, ReplicaIdentity::joining(Uid([3; 16]), 10));
+        assert!(!is_newcomer(&joining, &expected));
     }
 
     #[test]
