@@ -14,6 +14,9 @@ use super::output::{self, layout_table, StatusEntry};
 /// quorum, whatever the key; reading never changes it.
 pub const HEALTH_KEY: &str = "__kvs_health__";
 
+/// How long past its timeout a check is cut off if its clients overrun their bounds.
+const CHECK_SLACK: Duration = Duration::from_millis(500);
+
 /// The most endpoints checked at once (the endpoints given, or the members).
 const ENDPOINTS_MAX: usize = 64;
 
@@ -95,17 +98,21 @@ async fn check(
     check_timeout: Duration,
 ) -> Health {
     let started = tokio::time::Instant::now();
+    let deadline = started + check_timeout;
     let work = async {
-        let per_attempt = check_timeout.min(options.attempt_timeout);
-        let options = ClientOptions {
-            request_timeout: check_timeout,
-            connect_timeout: check_timeout.min(options.connect_timeout),
-            attempt_timeout: per_attempt,
-            ..options.clone()
+        // One client per part, each given what is left of the check's time.
+        let client = |left: Duration| {
+            let left = left.max(Duration::from_millis(1));
+            let options = ClientOptions {
+                request_timeout: left,
+                connect_timeout: left.min(options.connect_timeout),
+                attempt_timeout: left.min(options.attempt_timeout),
+                ..options.clone()
+            };
+            let routes = std::iter::once(endpoint.to_owned()).chain(via.iter().cloned());
+            Client::connect(routes, options).map_err(|e| e.to_string())
         };
-        let routes = std::iter::once(endpoint.to_owned()).chain(via.iter().cloned());
-        let client = Client::connect(routes, options).map_err(|e| e.to_string())?;
-        let node = client
+        let node = client(check_timeout)?
             .status_of(endpoint)
             .await
             .map_err(|e| format!("unreachable: {}", output::strip_endpoint(endpoint, &e)))?;
@@ -115,14 +122,14 @@ async fn check(
                 node.id, node.role
             ));
         }
-        client
+        client(deadline.saturating_duration_since(tokio::time::Instant::now()))?
             .get(HEALTH_KEY)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
     };
-    // The client bounds each part by the timeout; this bounds them together.
-    let error = match tokio::time::timeout(check_timeout, work).await {
+    // The clients bound themselves by the check's time; this is a safety net.
+    let error = match tokio::time::timeout(check_timeout + CHECK_SLACK, work).await {
         Ok(Ok(())) => None,
         Ok(Err(reason)) => Some(reason),
         Err(_elapsed) => Some(format!(

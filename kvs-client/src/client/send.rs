@@ -245,13 +245,19 @@ impl Client {
             ErrorReply::NotLeader {
                 leader_addr: Some(leader),
                 ..
-            } if endpoint::validate(&leader).is_ok() && !search.silent.contains(&leader) => {
+            } if endpoint::validate(&leader).is_ok()
+                && !search.silent.contains(&leader)
+                && !search.tried.contains(&leader) =>
+            {
                 self.leader_hint().leader = Some(leader.clone());
                 search.redirected_by = Some(target);
                 search.target = leader;
             }
             // A redirect to a node that just left an attempt unanswered (the others have
-            // not noticed yet) counts as no leader named.
+            // not noticed yet) or could not be connected to counts as no leader named; so
+            // does one to an address tried in this round already (the node itself, as a
+            // container may see the leader's published address): the next endpoint is
+            // tried instead.
             ErrorReply::NotLeader { .. }
             | ErrorReply::Unavailable { .. }
             | ErrorReply::ShuttingDown => {
