@@ -4,6 +4,16 @@
 # start real kvs-server processes). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Formatting and lints need rustfmt and clippy: added with rustup when they are missing.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+  else
+    echo "scripts/test.sh needs rustfmt and clippy: install them (rustup component add" \
+      "rustfmt clippy, or your distribution's rustfmt and rust-clippy packages)" >&2
+    exit 1
+  fi
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p kvs-client --no-default-features --all-targets -- -D warnings
