@@ -147,7 +147,7 @@ use std::time::Duration;
 /// Formats a duration for messages: `5s` for whole seconds, `1500ms` otherwise.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms >= 1000 && ms % 1000 == 0 {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

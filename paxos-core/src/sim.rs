@@ -966,7 +966,7 @@ impl Sim {
         }
         self.nodes[i].applied.push(value);
         let len = self.nodes[i].applied.len() as u64;
-        if len % self.opts.snapshot_every == 0 {
+        if len.is_multiple_of(self.opts.snapshot_every) {
             let mlog = self.nodes[i].mlog.clone();
             self.nodes[i].snapshot = (len, self.nodes[i].applied.clone(), mlog);
             self.rewrite_disk(i);

@@ -378,7 +378,7 @@ pub(crate) fn search(compiled: &Compiled, limits: &Limits) -> SearchReport {
         if ok_remaining == 0 {
             break SearchResult::Linearizable;
         }
-        if iterations % DEADLINE_POLL_ITERATIONS == 0
+        if iterations.is_multiple_of(DEADLINE_POLL_ITERATIONS)
             && limits.deadline.is_some_and(|d| Instant::now() >= d)
         {
             break SearchResult::Exhausted(BudgetLimit::Time);
