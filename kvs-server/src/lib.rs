@@ -15,11 +15,14 @@
 //! | [`state_machine`], [`sessions`] | the replicated map and exactly-once sessions |
 //! | [`identity`] | the durable identity of a data dir, and who may vote |
 //! | [`repair`] | a data dir with a damaged log or snapshot: moved aside, repaired from peers |
+//! | [`admin`] | the admin HTTP listener (`--admin-addr`): metrics, health, status page |
+//! | [`metrics`] | the Prometheus metrics of a replica |
 //! | [`config`] | flags, config file and defaults, resolved into a [`config::NodeConfig`] |
 //! | [`error`] | [`error::ServerError`], why a replica cannot start or had to stop |
 #![forbid(unsafe_code)]
 
 pub mod acceptor_failures;
+pub mod admin;
 pub mod answers;
 pub mod config;
 pub mod dev;
@@ -28,6 +31,7 @@ pub mod disk;
 pub mod error;
 pub mod event;
 pub mod identity;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod repair;

@@ -25,8 +25,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -41,9 +41,13 @@ use wire::{
     PeerReachability, PeerRole, WireError,
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::frames::PeerFrames;
+use crate::admin::events::{Kind, Notables};
 use crate::event::Event;
 use crate::identity::{IdentityError, IdentityStore, LinkEvent};
+use crate::metrics::Metrics;
 use crate::snapshot::transfer::{Credits, Outgoing};
 
 /// How many messages may wait for a peer link; beyond that they are dropped (the consensus
@@ -84,6 +88,18 @@ pub struct Links {
     links: BTreeMap<NodeId, (String, CancellationToken)>,
     frames: PeerFrames,
     dialer: Dialer,
+    /// Metrics and notable events, once the replica has them ([`Links::observe`]).
+    telemetry: Arc<OnceLock<LinkTelemetry>>,
+    /// `kvs_network_peer_sent_failures_total` of each peer, looked up once.
+    failures: BTreeMap<NodeId, Counter>,
+}
+
+/// Where the links report: metrics, and notable events (a link lost or restored).
+pub struct LinkTelemetry {
+    /// The replica's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The replica's notable events.
+    pub events: Arc<Notables>,
 }
 
 impl Links {
@@ -95,7 +111,15 @@ impl Links {
             links: BTreeMap::new(),
             frames: PeerFrames::default(),
             dialer,
+            telemetry: Arc::new(OnceLock::new()),
+            failures: BTreeMap::new(),
         }
+    }
+
+    /// From now on the links (those running too) count their failures in `metrics` and
+    /// record links lost and restored in `events`. Only the first call counts.
+    pub fn observe(&mut self, metrics: Arc<Metrics>, events: Arc<Notables>) {
+        let _ = self.telemetry.set(LinkTelemetry { metrics, events });
     }
 
     /// The peers linked, with their addresses.
@@ -128,6 +152,7 @@ impl Links {
             store: Arc::clone(&self.dialer.store),
             reachable: Arc::clone(&reachable),
             shutdown: stop.clone(),
+            telemetry: Arc::clone(&self.telemetry),
         };
         self.dialer
             .tasks
@@ -160,10 +185,23 @@ impl Links {
         };
         match self.frames.frame(message) {
             Ok(frame) => {
-                let _ = tx.try_send(frame);
+                if tx.try_send(frame).is_err() {
+                    self.sent_failure(to, 1);
+                }
             }
             Err(e) => tracing::error!(peer = to, error = %e, "cannot encode a message to a peer"),
         }
+    }
+
+    /// Counts `n` messages to `to` dropped.
+    fn sent_failure(&mut self, to: NodeId, n: u64) {
+        let Some(t) = self.telemetry.get() else {
+            return;
+        };
+        self.failures
+            .entry(to)
+            .or_insert_with(|| t.metrics.peer(to).sent_failures)
+            .inc_by(n);
     }
 
     /// Whether each peer's outbound link is connected, in id order.
@@ -201,9 +239,65 @@ struct Outbound {
     store: Arc<IdentityStore>,
     reachable: Arc<AtomicBool>,
     shutdown: CancellationToken,
+    telemetry: Arc<OnceLock<LinkTelemetry>>,
+}
+
+/// What an outbound link last was, for logging its changes only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// Not tried yet.
+    New,
+    /// Connected, since then.
+    Up(Instant),
+    /// Down, since then.
+    Down(Instant),
 }
 
 impl Outbound {
+    /// Notes the link's new state: logs and records a change (lost, restored).
+    fn note(&self, state: &mut LinkState, up: bool, why: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        let (to, addr) = (self.to, &self.addr);
+        let change = match (*state, up) {
+            (LinkState::Up(_), true) | (LinkState::Down(_), false) => None,
+            (LinkState::New, true) => Some((false, format!("link to peer {to} ({addr}) up"))),
+            (LinkState::Down(since), true) => Some((
+                false,
+                format!(
+                    "link to peer {to} ({addr}) restored after {:.1} s down",
+                    now.saturating_duration_since(since).as_secs_f64()
+                ),
+            )),
+            (LinkState::New, false) => {
+                Some((true, format!("cannot reach peer {to} ({addr}): {why}")))
+            }
+            (LinkState::Up(_), false) => {
+                Some((true, format!("lost the link to peer {to} ({addr}): {why}")))
+            }
+        };
+        *state = if up {
+            LinkState::Up(now)
+        } else {
+            LinkState::Down(now)
+        };
+        let Some((warn, text)) = change else {
+            return;
+        };
+        match self.telemetry.get() {
+            Some(t) if warn => t.events.warn(Kind::Link, text),
+            Some(t) => t.events.info(Kind::Link, text),
+            None if warn => tracing::warn!(peer = to, "{text}"),
+            None => tracing::info!(peer = to, "{text}"),
+        }
+    }
+
+    /// Counts `n` messages dropped while the link is down.
+    fn dropped(&self, n: u64) {
+        if let (Some(t), true) = (self.telemetry.get(), n > 0) {
+            t.metrics.peer(self.to).sent_failures.inc_by(n);
+        }
+    }
+
     /// Connects (again and again) and sends what arrives on `rx` and on the snapshot lane,
     /// until shutdown or until the event loop is gone. Each accepted handshake is reported
     /// as [`LinkEvent::Admitted`].
@@ -211,6 +305,7 @@ impl Outbound {
         let SnapshotLane { mut chunks, epoch } = lane;
         let mut backoff = BACKOFF_MIN;
         let mut last_refusal: Option<String> = None;
+        let mut state = LinkState::New;
         while !self.shutdown.is_cancelled() {
             let hello = self.hello_now();
             let connected = tokio::select! {
@@ -221,10 +316,15 @@ impl Outbound {
                 Ok(f) => f,
                 Err(e) => {
                     self.reachable.store(false, Ordering::Relaxed);
+                    self.note(&mut state, false, &e);
                     self.refused(&e, &mut last_refusal);
                     // Messages queued while the peer is unreachable are stale by the time
                     // it is back; the core resends what is still needed.
-                    while rx.try_recv().is_ok() {}
+                    let mut stale = 0;
+                    while rx.try_recv().is_ok() {
+                        stale += 1;
+                    }
+                    self.dropped(stale);
                     while chunks.try_recv().is_ok() {}
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -239,6 +339,7 @@ impl Outbound {
             last_refusal = None;
             epoch.fetch_add(1, Ordering::AcqRel);
             self.reachable.store(true, Ordering::Relaxed);
+            self.note(&mut state, true, &"connected");
             self.store.report(LinkEvent::Admitted(self.to));
             let ended = self.pump(&mut framed, &mut rx, &mut chunks).await;
             self.reachable.store(false, Ordering::Relaxed);
@@ -248,6 +349,7 @@ impl Outbound {
             if ended == Pump::Stop {
                 return;
             }
+            self.note(&mut state, false, &"the connection broke; reconnecting");
             tracing::debug!(peer = self.to, addr = %self.addr, "peer link lost; reconnecting");
         }
     }

@@ -9,6 +9,7 @@ use wire::ErrorReply;
 
 use super::start::Started;
 use crate::acceptor_failures;
+use crate::admin::PUBLISH_INTERVAL;
 use crate::error::ServerError;
 use crate::event::Event;
 use crate::identity::LinkEvent;
@@ -45,6 +46,10 @@ impl Started {
         // Injected failures are drawn on a timer of their own, whatever the load.
         let mut failure_draws = tokio::time::interval(acceptor_failures::DRAW_INTERVAL);
         failure_draws.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The status for the admin listener is published on a timer too, so that it stays
+        // fresh (and a lost quorum is noticed) while nothing else happens.
+        let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
+        publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stopping: Option<Instant> = None;
         self.node.drain();
         loop {
@@ -77,6 +82,7 @@ impl Started {
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => self.node.on_timer().await,
                 _ = failure_draws.tick(), if self.node.faults.enabled() => self.node.draw_failure(),
+                _ = publish.tick() => {}
                 _ = sweep.tick() => {
                     let limit = self.node.cfg.request_timeout;
                     self.node.pending.expire(Instant::now(), limit);
@@ -93,6 +99,7 @@ impl Started {
                 }
             }
             self.node.drain();
+            self.node.publish_if_due();
         }
     }
 

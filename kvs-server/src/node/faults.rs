@@ -10,6 +10,7 @@ use rand::Rng;
 
 use super::Node;
 use crate::acceptor_failures::{FailMode, FailureClock};
+use crate::admin::events::{Kind, Level};
 use crate::error::ServerError;
 use crate::storage::StorageCmd;
 
@@ -116,6 +117,18 @@ impl Node {
             "injected acceptor failure: in-memory state dropped (in crash mode, log records \
              not yet durable too)"
         );
+        self.monitor.forget();
+        self.monitor.metrics.acceptor_failures.inc();
+        self.monitor.events.count_acceptor_failure();
+        self.monitor.events.keep(
+            Level::Warn,
+            Kind::Acceptor,
+            format!(
+                "injected acceptor failure ({} mode): down for {down_ms} ms",
+                self.cfg.acceptor_fail_mode
+            ),
+        );
+        self.publish_status();
     }
 
     /// A failed replica's time to recover has come: recover, or wait a little longer for
@@ -171,6 +184,15 @@ impl Node {
             recoveries = faults.recoveries,
             lost_batches,
             "acceptor recovered from disk; catching up from peers"
+        );
+        self.monitor.metrics.acceptor_recoveries.inc();
+        self.monitor.events.keep(
+            Level::Info,
+            Kind::Acceptor,
+            format!(
+                "acceptor recovered from disk (commit slot {}); catching up from peers",
+                state.commit
+            ),
         );
         Ok(())
     }

@@ -15,10 +15,12 @@
 //! | [`snapshots`] | when to snapshot, and the snapshots shipped to and received from peers |
 //! | [`faults`] | the injected acceptor failures (`--acceptor-fail-prob`) |
 //! | [`status`] | the status report |
+//! | [`monitor`] | the status published for the admin listener, metrics, notable events |
 
 mod event_loop;
 mod faults;
 mod membership;
+mod monitor;
 mod output;
 mod pending;
 mod requests;
@@ -29,7 +31,7 @@ mod status;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paxos_core::{Ballot, Replica, Role};
+use paxos_core::Replica;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -98,11 +100,12 @@ struct Node {
     fatal: Option<ServerError>,
     /// What was last logged, to log changes only.
     seen: Seen,
+    /// The status published for the admin listener, metrics, notable events.
+    monitor: monitor::Monitor,
 }
 
 /// What the loop last logged about the replica.
 struct Seen {
-    role: (Role, Ballot),
     storage_backlogged: bool,
 }
 
@@ -138,6 +141,7 @@ impl Node {
             Event::Client { req, responder } => self.on_client(req, responder),
             // A failed acceptor hears nothing (a chunk gives its room back).
             Event::Peer { msg, .. } if self.faults.is_down() => {
+                // (It is not heard either: its health must not count peers it ignores.)
                 if let PeerMessage::SnapshotChunk { .. } = msg {
                     self.snapshots.drop_chunk();
                 }
@@ -146,6 +150,7 @@ impl Node {
                 from,
                 msg: PeerMessage::Paxos(m),
             } => {
+                self.monitor.heard_from(from, &m);
                 let now = self.now_ms();
                 self.replica.handle_message(now, from, m);
             }
@@ -159,6 +164,7 @@ impl Node {
                         data,
                     },
             } => {
+                self.monitor.heard_chunk(from);
                 let chunk = ChunkOf {
                     slot,
                     total: total_bytes,

@@ -3,11 +3,12 @@
 //! for them), membership changes, reads confirmed or aborted, proposals dropped, snapshots
 //! to ship.
 
-use paxos_core::{NodeId, Output, Value};
+use paxos_core::{Change, NodeId, Output, Value};
 use wire::{Command, ErrorReply, Reply, WriteOp};
 
 use super::pending::key_of;
 use super::Node;
+use crate::admin::events::{Kind, Level};
 use crate::error::ServerError;
 use crate::storage::StorageCmd;
 
@@ -25,14 +26,17 @@ impl Node {
                 break;
             }
         }
-        self.log_role_change();
+        self.observe_turn();
         self.sync_peers();
         self.outbox.flush();
     }
 
     fn carry_out(&mut self, out: Output) {
         match out {
-            Output::Send { to, message } => self.links.send(to, message),
+            Output::Send { to, message } => {
+                self.monitor.sending(to, &message);
+                self.links.send(to, message);
+            }
             Output::Persist { id, entries } => {
                 let cmd = StorageCmd::Append {
                     incarnation: self.faults.incarnation(),
@@ -67,7 +71,25 @@ impl Node {
                 reconfig,
                 outcome,
                 latest,
-            } => self.reconfigured(slot, reconfig, outcome, &latest),
+            } => {
+                if let Ok(from) = &outcome {
+                    let change = match &reconfig.change {
+                        Change::AddLearner { id, .. } => format!("added {id} as a learner"),
+                        Change::Promote { id } => format!("promoted {id} to voter"),
+                        Change::Remove { id } => format!("removed {id}"),
+                    };
+                    let voters: Vec<NodeId> = latest.voters().collect();
+                    let text = format!(
+                        "membership: {change} (chosen in slot {slot}, in effect from slot \
+                         {from}); configuration {}, voters {voters:?}",
+                        latest.id
+                    );
+                    self.monitor
+                        .events
+                        .keep(Level::Info, Kind::Membership, text);
+                }
+                self.reconfigured(slot, reconfig, outcome, &latest)
+            }
             Output::ReconfigDropped {
                 reconfig,
                 leader_hint,
@@ -77,7 +99,8 @@ impl Node {
                 if let Err(e) = crate::repair::finish(&self.cfg.data_dir) {
                     self.fatal = Some(e);
                 } else {
-                    tracing::info!("repaired from peers: this replica votes again");
+                    let text = "repaired from peers: this replica votes again".to_string();
+                    self.monitor.events.info(Kind::Election, text);
                 }
             }
         }
@@ -156,21 +179,5 @@ impl Node {
             paxos_core::ProposeError::NotLeader { leader_hint } => self.not_leader(leader_hint),
             paxos_core::ProposeError::Busy => ErrorReply::Busy,
         }
-    }
-
-    /// Logs a change of role.
-    fn log_role_change(&mut self) {
-        let role = (self.replica.role(), self.replica.ballot());
-        if role.0 != self.seen.role.0 {
-            tracing::info!(
-                id = self.cfg.id,
-                role = %role.0,
-                ballot = %role.1,
-                leader = ?self.replica.leader_hint(),
-                commit = self.replica.commit_index(),
-                "role changed"
-            );
-        }
-        self.seen.role = role;
     }
 }

@@ -13,6 +13,7 @@
 //! Time is a parameter (`now`), so the table is tested without clocks or sockets.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use rand::Rng;
 use wire::{ErrorReply, Reply, Session};
 
 use crate::answers::Responder;
+use crate::metrics::{Metrics, RequestOp};
 
 /// A write is found by its session: `(client id, seq)`. A write without a session has
 /// client id [`wire::NO_CLIENT_ID`] and a random tag as its seq.
@@ -36,6 +38,8 @@ struct PendingWrite {
     /// The first request and every retry of it that arrived while it was in flight.
     responders: Vec<Responder>,
     since: Instant,
+    /// What kind of write, for its latency.
+    op: RequestOp,
     /// The command proposed (see the module docs).
     proposed: Bytes,
 }
@@ -72,9 +76,16 @@ pub(crate) struct Pending {
     next_read_id: u64,
     /// The core takes one membership change at a time, so at most one waits here.
     change: Option<PendingChange>,
+    /// Where the latency of each answer, and each failed write, is counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Pending {
+    /// From now on answers are measured in `metrics`.
+    pub(crate) fn observe(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
     /// True when no request waits.
     pub(crate) fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.reads.is_empty() && self.change.is_none()
@@ -153,13 +164,26 @@ impl Pending {
         }
     }
 
-    /// Records a write just proposed as the command `proposed`.
+    /// Records a put just proposed as the command `proposed`.
+    #[cfg(test)]
     pub(crate) fn insert_write(
         &mut self,
         key: SessionKey,
         responder: Responder,
         proposed: Bytes,
         now: Instant,
+    ) {
+        self.insert_write_of(key, responder, proposed, now, RequestOp::Put);
+    }
+
+    /// Records a write of kind `op` just proposed as the command `proposed`.
+    pub(crate) fn insert_write_of(
+        &mut self,
+        key: SessionKey,
+        responder: Responder,
+        proposed: Bytes,
+        now: Instant,
+        op: RequestOp,
     ) {
         debug_assert!(
             !proposed.is_empty(),
@@ -170,6 +194,7 @@ impl Pending {
         let write = PendingWrite {
             responders: vec![responder],
             since: now,
+            op,
             proposed,
         };
         let previous = self.writes.insert(key, write);
@@ -195,6 +220,12 @@ impl Pending {
             return false;
         };
         self.proposals.remove(&proposal_id(&write.proposed));
+        if let Some(m) = &self.metrics {
+            m.observe_request(write.op, write.since.elapsed());
+            if answer.is_err() {
+                m.proposals_failed.inc();
+            }
+        }
         for r in write.responders {
             r.respond(answer.clone());
         }
@@ -221,7 +252,11 @@ impl Pending {
 
     /// Takes the read `id`: its key and its responder.
     pub(crate) fn take_read(&mut self, id: u64) -> Option<(Bytes, Responder)> {
-        self.reads.remove(&id).map(|r| (r.key, r.responder))
+        let read = self.reads.remove(&id)?;
+        if let Some(m) = &self.metrics {
+            m.observe_request(RequestOp::Get, read.since.elapsed());
+        }
+        Some((read.key, read.responder))
     }
 
     /// Answers `Timeout` to every request that has waited longer than `limit` at `now`

@@ -12,6 +12,7 @@ use wire::{
 use super::pending::key_of;
 use super::Node;
 use crate::answers::Responder;
+use crate::metrics::RequestOp;
 
 /// Where a valid request goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,12 +98,19 @@ impl Node {
             }));
             return;
         }
+        let taken = Instant::now();
         match route(req, self.cfg.unsafe_local_reads) {
-            Route::Status => responder.respond(Ok(Reply::Status(Box::new(self.status())))),
-            Route::ReadStale(key) => responder.respond(Ok(Reply::Value {
-                value: self.sm.get_bytes(&key),
-                stale: true,
-            })),
+            Route::Status => {
+                responder.respond(Ok(Reply::Status(Box::new(self.status()))));
+                self.answered_at_once(RequestOp::Status, taken);
+            }
+            Route::ReadStale(key) => {
+                responder.respond(Ok(Reply::Value {
+                    value: self.sm.get_bytes(&key),
+                    stale: true,
+                }));
+                self.answered_at_once(RequestOp::GetStale, taken);
+            }
             Route::ReadLocalUnsafe(key) => responder.respond(Ok(Reply::Value {
                 value: self.sm.get_bytes(&key),
                 stale: false,
@@ -117,6 +125,11 @@ impl Node {
             } => self.change_members(expected, change, force, responder),
             Route::Refuse(e) => responder.respond(Err(e)),
         }
+    }
+
+    /// Measures a request answered without waiting for consensus.
+    fn answered_at_once(&self, op: RequestOp, taken: Instant) {
+        self.monitor.metrics.observe_request(op, taken.elapsed());
     }
 
     /// Asks the core to confirm leadership for a read of `key`.
@@ -143,6 +156,12 @@ impl Node {
             None => self.pending.sessionless_tag(&mut self.rng),
         };
         let key = key_of(&session);
+        let kind = match &op {
+            WriteOp::Put { .. } => RequestOp::Put,
+            WriteOp::Delete { .. } => RequestOp::Del,
+            WriteOp::Cas { .. } => RequestOp::Cas,
+            WriteOp::RegisterSession => RequestOp::Session,
+        };
         let Some(responder) = self.pending.join_write(key, responder) else {
             return; // a retry of a write still in flight here
         };
@@ -160,8 +179,11 @@ impl Node {
         match self.replica.propose(self.now_ms(), raw.clone()) {
             Ok(()) => self
                 .pending
-                .insert_write(key, responder, raw, Instant::now()),
-            Err(e) => responder.respond(Err(self.propose_error(e))),
+                .insert_write_of(key, responder, raw, Instant::now(), kind),
+            Err(e) => {
+                self.monitor.metrics.proposals_failed.inc();
+                responder.respond(Err(self.propose_error(e)));
+            }
         }
     }
 }

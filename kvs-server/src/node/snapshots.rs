@@ -19,6 +19,7 @@ use bytes::Bytes;
 use paxos_core::NodeId;
 
 use super::{note_values, Node};
+use crate::admin::events::{Kind, Level};
 use crate::error::ServerError;
 use crate::event::{Report, SnapshotWritten};
 use crate::snapshot::transfer::{Chunk, Credits, Incoming, Outgoing, Received, Start};
@@ -172,8 +173,18 @@ impl Node {
                 return;
             }
         };
-        let ms = started.elapsed().as_millis() as u64;
+        let took = started.elapsed();
+        let ms = took.as_millis() as u64;
         tracing::info!(slot, bytes = size, keys, ms, "snapshot taken");
+        self.monitor
+            .metrics
+            .snapshot_save
+            .observe(took.as_secs_f64());
+        self.monitor.events.keep(
+            Level::Info,
+            Kind::Snapshot,
+            format!("snapshot of slot {slot} saved: {keys} keys, {size} bytes in {ms} ms"),
+        );
         if slot <= self.snapshots.last_slot {
             return;
         }
@@ -360,6 +371,15 @@ impl Node {
             keys = sm.len(),
             configuration = membership.latest().id,
             "installed a snapshot from a peer"
+        );
+        self.monitor.metrics.snapshot_installed.inc();
+        self.monitor.events.keep(
+            Level::Info,
+            Kind::Snapshot,
+            format!(
+                "installed a snapshot of slot {slot} from peer {from} ({} keys)",
+                sm.len()
+            ),
         );
         self.replace_state_machine(sm);
         self.replica

@@ -17,24 +17,28 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use paxos_core::{
-    Ballot, Membership, MembershipLog, NodeId, RecoveredState, Replica, Role,
-    RECONFIG_DELAY_DEFAULT,
+    Membership, MembershipLog, NodeId, RecoveredState, Replica, RECONFIG_DELAY_DEFAULT,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use super::faults::Faults;
+use super::monitor::Monitor;
 use super::pending::Pending;
 use super::snapshots::Snapshots;
 use super::{note_values, Node, NodeConfig, Seen};
+use crate::admin::{Admin, Notables, Status};
 use crate::dir_lock::DirLock;
 use crate::error::ServerError;
 use crate::event::{Event, Report};
 use crate::identity::{self, IdentityError, IdentityStore, LinkEvent, Origin};
+use crate::metrics::Metrics;
 use crate::net::clients::{self, ClientService, Outbox, ValueBytesSeen};
 use crate::net::peers::{self, Acceptor, Dialer, Links, PeerRegistry};
 use crate::snapshot;
@@ -70,6 +74,8 @@ pub(super) struct Started {
     /// Ends the client listener and connections: on shutdown (a child of its token), or
     /// when the replica stops for any other reason (a fatal error).
     pub(super) clients_stop: CancellationToken,
+    /// Ends the admin listener when dropped, once the replica has stopped.
+    pub(super) _admin: DropGuard,
     pub(super) _lock: DirLock,
 }
 
@@ -87,6 +93,8 @@ pub(super) async fn start(
     let lock = DirLock::acquire(&cfg.data_dir)?;
     let paxos_config = cfg.paxos_config();
     paxos_config.validate()?;
+    // The admin listener first, so that a replica recovering or joining answers `/ready`.
+    let monitoring = Monitoring::start(&cfg).await?;
     // The identity first: it decides whether this directory may be used at all, and it
     // must be durable before any connection (opening the log creates files).
     let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
@@ -95,6 +103,7 @@ pub(super) async fn start(
         return Ok(None);
     }
     let (reports_tx, reports) = mpsc::unbounded_channel::<Report>();
+    crate::metrics::register_wal_dir(&cfg.data_dir.join(WAL_DIR_NAME), &monitoring.metrics);
     let (sm, state, storage) =
         recover(&cfg, &store, reports_tx.clone()).map_err(|e| damaged(&cfg, e))?;
     let mut rng = StdRng::from_os_rng();
@@ -125,7 +134,14 @@ pub(super) async fn start(
 
     let (peer_listener, client_listener) = bind(&cfg).await?;
     let (inbox_tx, inbox) = mpsc::channel::<Event>(INBOX_EVENTS_MAX);
-    let peers = PeerNetwork::start(&cfg, &store, &core.replica, peer_listener, inbox_tx.clone());
+    let peers = PeerNetwork::start(
+        &cfg,
+        &store,
+        &core.replica,
+        peer_listener,
+        inbox_tx.clone(),
+        &monitoring,
+    );
     if !store.snapshot().joined && !join(&store, &mut link_rx, shutdown).await? {
         core.storage.close();
         peers.stop().await;
@@ -139,6 +155,7 @@ pub(super) async fn start(
         inbox_tx,
         &clients_stop,
         &peers.tasks,
+        &monitoring.metrics.client_connections,
     );
     let network = PeerSide {
         links: peers.links,
@@ -147,8 +164,10 @@ pub(super) async fn start(
         credits: peers.credits,
         store,
     };
-    let mut node = Node::assemble(cfg, core, clients, network);
+    let (monitor, admin_stop) = monitoring.into_monitor();
+    let mut node = Node::assemble(cfg, core, clients, network, monitor);
     node.sync_peers();
+    node.publish_status();
     Ok(Some(Started {
         node,
         inbox,
@@ -157,6 +176,7 @@ pub(super) async fn start(
         links_stop: peers.links_stop,
         tasks: peers.tasks,
         clients_stop,
+        _admin: admin_stop,
         _lock: lock,
     }))
 }
@@ -194,6 +214,7 @@ impl PeerNetwork {
         replica: &Replica,
         listener: TcpListener,
         inbox: mpsc::Sender<Event>,
+        monitoring: &Monitoring,
     ) -> PeerNetwork {
         let tasks = TaskTracker::new();
         let links_stop = CancellationToken::new();
@@ -211,6 +232,11 @@ impl PeerNetwork {
             tasks: tasks.clone(),
         };
         let mut links = Links::new(dialer);
+        // Before the first link starts, so that its first connection is recorded.
+        links.observe(
+            Arc::clone(&monitoring.metrics),
+            Arc::clone(&monitoring.events),
+        );
         let mut outgoing = Outgoing::default();
         for (peer, addr) in super::membership::wanted_peers(cfg, replica) {
             links.connect(peer, &addr, &mut outgoing);
@@ -264,6 +290,7 @@ impl ClientSide {
         inbox: mpsc::Sender<Event>,
         shutdown: &CancellationToken,
         tasks: &TaskTracker,
+        connections: &Gauge,
     ) -> ClientSide {
         let outbox = Outbox::default();
         let values = ValueBytesSeen::default();
@@ -274,6 +301,7 @@ impl ClientSide {
             outbox: outbox.clone(),
             limits: cfg.limits.clone(),
             values: values.clone(),
+            connections: connections.clone(),
         };
         let cluster = cfg.cluster_id.clone();
         tasks.spawn(clients::listen(
@@ -299,8 +327,20 @@ struct Core {
 
 impl Node {
     /// The node of a replica just started.
-    fn assemble(cfg: NodeConfig, core: Core, clients: ClientSide, network: PeerSide) -> Node {
+    fn assemble(
+        cfg: NodeConfig,
+        core: Core,
+        clients: ClientSide,
+        mut network: PeerSide,
+        mut monitor: Monitor,
+    ) -> Node {
         let now = Instant::now();
+        monitor.baseline(core.replica.commit_index(), core.sm.applied());
+        network
+            .outgoing
+            .observe(Arc::clone(&monitor.metrics), Arc::clone(&monitor.events));
+        let mut pending = Pending::default();
+        pending.observe(Arc::clone(&monitor.metrics));
         Node {
             faults: Faults::new(cfg.acceptor_fail_prob, now),
             snapshots: Snapshots::new(core.sm.applied(), network.outgoing, network.credits),
@@ -309,7 +349,7 @@ impl Node {
             sm: core.sm,
             storage: core.storage,
             start: now,
-            pending: Pending::default(),
+            pending,
             links: network.links,
             registry: network.registry,
             store: network.store,
@@ -322,10 +362,63 @@ impl Node {
             rng: core.rng,
             fatal: None,
             seen: Seen {
-                role: (Role::Follower, Ballot::ZERO),
                 storage_backlogged: false,
             },
+            monitor,
         }
+    }
+}
+
+/// The replica's metrics, notable events and published status, and the admin listener
+/// that serves them (if `--admin-addr` is given), from the start of start-up on.
+struct Monitoring {
+    metrics: Arc<Metrics>,
+    events: Arc<Notables>,
+    status: watch::Sender<Status>,
+    /// Ends the admin listener when dropped: at once if start-up fails or stops early.
+    stop: DropGuard,
+}
+
+impl Monitoring {
+    /// Binds and starts the admin listener, if any: a bind failure is a start-up error
+    /// naming the address.
+    async fn start(cfg: &NodeConfig) -> Result<Monitoring, ServerError> {
+        let metrics = Arc::new(Metrics::new());
+        let events = Arc::new(Notables::new(cfg.id));
+        let (status, status_rx) = watch::channel(Status::starting(cfg.id, Instant::now()));
+        let stop = CancellationToken::new();
+        if let Some(addr) = &cfg.admin_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    what: "admin HTTP",
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let local = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| addr.clone());
+            tracing::info!(id = cfg.id, admin = %local, "admin HTTP listener: /metrics, /health, /ready, /status, /");
+            let admin = Arc::new(Admin {
+                status: status_rx,
+                metrics: Arc::clone(&metrics),
+                events: Arc::clone(&events),
+            });
+            tokio::spawn(crate::admin::serve(listener, admin, stop.clone()));
+        }
+        Ok(Monitoring {
+            metrics,
+            events,
+            status,
+            stop: stop.drop_guard(),
+        })
+    }
+
+    /// The event loop's side of monitoring, and what ends the admin listener when dropped.
+    fn into_monitor(self) -> (Monitor, DropGuard) {
+        let monitor = Monitor::new(self.metrics, self.events, self.status, Instant::now());
+        (monitor, self.stop)
     }
 }
 

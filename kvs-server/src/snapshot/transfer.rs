@@ -24,6 +24,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use paxos_core::NodeId;
@@ -32,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 use wire::PeerMessage;
 
 use super::format;
+use crate::admin::events::{Kind, Notables};
 use crate::disk::{Disk, Open};
+use crate::metrics::Metrics;
 use crate::state_machine::StateMachine;
 
 /// Chunks received and not yet written to disk, at most (the [`Credits`]).
@@ -101,9 +104,16 @@ pub enum Start {
 pub struct Outgoing {
     lanes: BTreeMap<NodeId, Lane>,
     running: BTreeMap<NodeId, Running>,
+    /// Where transfers report their duration and bytes, and are recorded as events.
+    telemetry: Option<(Arc<Metrics>, Arc<Notables>)>,
 }
 
 impl Outgoing {
+    /// From now on transfers are measured in `metrics` and recorded in `events`.
+    pub fn observe(&mut self, metrics: Arc<Metrics>, events: Arc<Notables>) {
+        self.telemetry = Some((metrics, events));
+    }
+
     /// Registers the snapshot lane of `peer`: its chunk queue and its link's epoch.
     pub fn add_peer(&mut self, peer: NodeId, tx: mpsc::Sender<Bytes>, epoch: Arc<AtomicU64>) {
         self.lanes.insert(peer, Lane { tx, epoch });
@@ -142,11 +152,11 @@ impl Outgoing {
         let tx = lane.tx.clone();
         let epoch = Arc::clone(&lane.epoch);
         let (thread_cancel, thread_done) = (cancel.clone(), Arc::clone(&done));
+        let telemetry = self.telemetry.clone();
         tokio::task::spawn_blocking(move || {
-            match stream(&path, &tx, &epoch, &thread_cancel) {
-                Ok(bytes) => tracing::info!(peer = to, bytes, "snapshot sent"),
-                Err(e) => tracing::info!(peer = to, reason = %e, "snapshot transfer stopped"),
-            }
+            let started = Instant::now();
+            let sent = stream(&path, &tx, &epoch, &thread_cancel);
+            report_sent(to, slot, &sent, started.elapsed(), telemetry.as_ref());
             thread_done.store(true, Ordering::Release);
         });
         self.running.insert(to, Running { slot, cancel, done });
@@ -164,6 +174,44 @@ impl Outgoing {
     pub fn cancel_all(&mut self) {
         for r in self.running.values() {
             r.cancel.cancel();
+        }
+    }
+}
+
+/// Logs and measures a transfer to `to` that ended with `sent` after `took`.
+fn report_sent(
+    to: NodeId,
+    slot: u64,
+    sent: &Result<u64, String>,
+    took: Duration,
+    telemetry: Option<&(Arc<Metrics>, Arc<Notables>)>,
+) {
+    let Some((metrics, events)) = telemetry else {
+        match sent {
+            Ok(bytes) => tracing::info!(peer = to, bytes, "snapshot sent"),
+            Err(e) => tracing::info!(peer = to, reason = %e, "snapshot transfer stopped"),
+        }
+        return;
+    };
+    match sent {
+        Ok(bytes) => {
+            metrics.snapshot_send.observe(took.as_secs_f64());
+            metrics.snapshot_sent_bytes.inc_by(*bytes);
+            metrics.snapshot_send_success.inc();
+            events.info(
+                Kind::Snapshot,
+                format!(
+                    "snapshot of slot {slot} sent to peer {to}: {bytes} bytes in {:.1} s",
+                    took.as_secs_f64()
+                ),
+            );
+        }
+        Err(e) => {
+            metrics.snapshot_send_failures.inc();
+            events.info(
+                Kind::Snapshot,
+                format!("snapshot transfer to peer {to} stopped: {e}"),
+            );
         }
     }
 }

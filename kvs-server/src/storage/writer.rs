@@ -3,10 +3,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use paxos_core::{PersistEntry, RecoveredState};
 
 use super::{batch_bytes, record, replay, Shared, StorageCmd, StorageError, StorageEvent};
+use crate::metrics::Metrics;
 use crate::wal::{Wal, WalOptions};
 
 /// The storage thread's state: the log, and the mirror of what it holds.
@@ -17,6 +19,9 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     /// The encoding of the record being appended, reused from one record to the next.
     scratch: Vec<u8>,
+    /// Where each fsync's duration goes: the metrics of the replica that registered this
+    /// log's directory ([`crate::metrics::register_wal_dir`]), if any.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What the writer has done in the current group and not yet synced or reported.
@@ -36,12 +41,14 @@ fn fatal(e: crate::wal::WalError) -> StorageEvent {
 impl Writer {
     /// A writer of `wal`, whose records replay to `mirror`.
     pub(super) fn new(wal: Wal, options: WalOptions, mirror: RecoveredState) -> Writer {
+        let metrics = crate::metrics::for_wal_dir(wal.dir());
         Writer {
             wal,
             options,
             mirror,
             shared: Arc::new(Shared::default()),
             scratch: Vec::new(),
+            metrics,
         }
     }
 
@@ -106,7 +113,7 @@ impl Writer {
                 if slot <= self.mirror.snapshot_slot {
                     return Ok(());
                 }
-                self.wal.sync().map_err(fatal)?;
+                self.sync()?;
                 self.mirror.snapshot_slot = slot;
                 self.mirror.accepted = self.mirror.accepted.split_off(&slot);
                 self.mirror.commit = self.mirror.commit.max(slot);
@@ -130,7 +137,7 @@ impl Writer {
         on_event: &impl Fn(StorageEvent),
     ) -> Result<(), StorageEvent> {
         if std::mem::take(&mut group.unsynced) {
-            self.wal.sync().map_err(fatal)?;
+            self.sync()?;
         }
         // Off the backlog before the report, so the event loop woken by it sees the room.
         self.shared
@@ -138,6 +145,16 @@ impl Writer {
             .fetch_sub(std::mem::take(&mut group.bytes), Ordering::AcqRel);
         if let Some((incarnation, id)) = group.durable.take() {
             on_event(StorageEvent::Durable { incarnation, id });
+        }
+        Ok(())
+    }
+
+    /// Makes everything written durable, timing the fsync.
+    fn sync(&mut self) -> Result<(), StorageEvent> {
+        let started = Instant::now();
+        self.wal.sync().map_err(fatal)?;
+        if let Some(m) = &self.metrics {
+            m.observe_fsync(started.elapsed());
         }
         Ok(())
     }

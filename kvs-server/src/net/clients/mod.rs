@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -105,6 +106,24 @@ pub struct ClientService {
     pub limits: ClientLimits,
     /// The largest value an answer may carry, kept up to date by the event loop.
     pub values: ValueBytesSeen,
+    /// Client connections open (`kvs_server_client_connections`).
+    pub connections: Gauge,
+}
+
+/// Counts a client connection open while it lives.
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: &Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Accepts client connections until `shutdown` is cancelled; each connection is served by
@@ -133,8 +152,10 @@ pub async fn listen(
             shutdown: shutdown.clone(),
         };
         let writers = tasks.clone();
+        let counted = Counted::new(&service.connections);
         tasks.spawn(async move {
             connection.serve(stream, &writers).await;
+            drop(counted);
             drop(permit);
         });
     }

@@ -263,6 +263,7 @@ async fn at_shutdown_a_connection_delivers_its_last_answer_then_closes_cleanly()
         outbox: outbox.clone(),
         limits: ClientLimits::default(),
         values: ValueBytesSeen::default(),
+        connections: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
