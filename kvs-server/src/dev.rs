@@ -423,6 +423,11 @@ pub async fn run(args: DevArgs) -> Result<(), ServerError> {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
+    // Listening for Ctrl-C and SIGTERM from here on: one during the start stops the
+    // replicas started so far (they are in process groups of their own and would not hear
+    // a Ctrl-C).
+    let signal = crate::wait_for_signal();
+    tokio::pin!(signal);
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut children = Vec::new();
     for replica in &replicas {
@@ -434,13 +439,23 @@ pub async fn run(args: DevArgs) -> Result<(), ServerError> {
             }
         }
     }
-    if let Err(e) = wait_ready(&mut children, &replicas, &mut exits).await {
-        stop_all(&mut children, &mut exits).await;
-        return Err(e);
+    let ready = tokio::select! {
+        ready = wait_ready(&mut children, &replicas, &mut exits) => Some(ready),
+        () = &mut signal => None,
+    };
+    match ready {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            stop_all(&mut children, &mut exits).await;
+            return Err(e);
+        }
+        None => {
+            say("stopping...\n");
+            stop_all(&mut children, &mut exits).await;
+            return Ok(());
+        }
     }
     say(&banner(&args, &replicas, &children));
-    let signal = crate::wait_for_signal();
-    tokio::pin!(signal);
     loop {
         tokio::select! {
             () = &mut signal => break,
