@@ -96,6 +96,8 @@ impl Started {
                     let (writes, reads) = self.node.pending.len();
                     tracing::info!(id = self.node.cfg.id, writes, reads, "shutting down: finishing in-flight requests");
                     stopping = Some(Instant::now());
+                    self.node.monitor.set_stopping();
+                    self.node.publish_status();
                 }
             }
             self.node.drain();

@@ -47,6 +47,8 @@ pub(crate) struct Monitor {
     no_quorum_logged: Option<Instant>,
     commit_seen: u64,
     applied_seen: u64,
+    /// The replica is shutting down.
+    stopping: bool,
 }
 
 impl Monitor {
@@ -74,6 +76,7 @@ impl Monitor {
             no_quorum_logged: None,
             commit_seen: 0,
             applied_seen: 0,
+            stopping: false,
         }
     }
 
@@ -82,6 +85,11 @@ impl Monitor {
     pub(crate) fn baseline(&mut self, commit: u64, applied: u64) {
         self.commit_seen = commit;
         self.applied_seen = applied;
+    }
+
+    /// The replica is shutting down: it is no longer ready.
+    pub(crate) fn set_stopping(&mut self) {
+        self.stopping = true;
     }
 
     /// The replica dropped its state (an injected failure): what it knew of the leader and
@@ -215,10 +223,21 @@ impl Node {
                     ),
                 );
             }
-            (Role::Leader, _) => events.warn(
-                Kind::Election,
-                format!("stepped down as leader: a higher ballot {ballot} was seen"),
-            ),
+            (Role::Leader, _) => {
+                let was = self.monitor.ballot;
+                let why = if ballot > was && ballot.node != self.cfg.id {
+                    format!(
+                        "replica {} stands with a higher ballot {ballot}",
+                        ballot.node
+                    )
+                } else {
+                    self.reachability_summary()
+                };
+                events.warn(
+                    Kind::Election,
+                    format!("stepped down as leader (ballot {was}): {why}"),
+                );
+            }
             (_, Role::Candidate) if ballot != self.monitor.ballot => {
                 metrics.elections_started.inc();
                 self.election_started(was_role, was_leader, ballot);
@@ -386,7 +405,7 @@ impl Node {
             Phase::Repairing
         } else if replica.joining() {
             Phase::Joining
-        } else if self.removed {
+        } else if self.removed || self.monitor.stopping {
             Phase::Stopping
         } else {
             Phase::Running
