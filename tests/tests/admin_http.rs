@@ -263,3 +263,31 @@ async fn admin_listener_serves_metrics_health_status_and_the_page() {
         page.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_port_that_cannot_be_bound_stops_the_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = taken.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let cluster = common::start(ClusterOptions {
+        nodes: 1,
+        extra_args: vec!["--admin-addr".into(), addr.to_string()],
+        ..ClusterOptions::default()
+    });
+    let exit = wait_for(
+        "the replica to exit",
+        Duration::from_secs(20),
+        POLL,
+        || async { cluster.last_exit(1) },
+    )
+    .await
+    .or_fail(&cluster, "a replica whose admin port is taken kept running");
+    check!(&cluster, !exit.success(), "it exited with success: {exit}");
+    let log = cluster.log_tail(1, 8192).or_fail(&cluster, "log");
+    let expected = format!("cannot listen for admin HTTP on {addr}");
+    check!(
+        &cluster,
+        log.contains(&expected),
+        "no {expected:?} in its log:\n{log}"
+    );
+    drop(taken);
+}
