@@ -256,33 +256,12 @@ enum LinkState {
 impl Outbound {
     /// Notes the link's new state: logs and records a change (lost, restored).
     fn note(&self, state: &mut LinkState, up: bool, why: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        let (to, addr) = (self.to, &self.addr);
-        let change = match (*state, up) {
-            (LinkState::Up(_), true) | (LinkState::Down(_), false) => None,
-            (LinkState::New, true) => Some((false, format!("link to peer {to} ({addr}) up"))),
-            (LinkState::Down(since), true) => Some((
-                false,
-                format!(
-                    "link to peer {to} ({addr}) restored after {:.1} s down",
-                    now.saturating_duration_since(since).as_secs_f64()
-                ),
-            )),
-            (LinkState::New, false) => {
-                Some((true, format!("cannot reach peer {to} ({addr}): {why}")))
-            }
-            (LinkState::Up(_), false) => {
-                Some((true, format!("lost the link to peer {to} ({addr}): {why}")))
-            }
-        };
-        *state = if up {
-            LinkState::Up(now)
-        } else {
-            LinkState::Down(now)
-        };
+        let (next, change) = link_change(*state, up, Instant::now(), self.to, &self.addr, why);
+        *state = next;
         let Some((warn, text)) = change else {
             return;
         };
+        let to = self.to;
         match self.telemetry.get() {
             Some(t) if warn => t.events.warn(Kind::Link, text),
             Some(t) => t.events.info(Kind::Link, text),
@@ -433,6 +412,38 @@ impl Outbound {
             _ => {}
         }
     }
+}
+
+/// The next state of the link to `to` at `addr` when it is found `up` (or not) at `now`,
+/// and what to say about it if that is a change: `(warn, text)`. A link stays in a state
+/// from the first time it was found so, so that "restored after" counts the whole outage.
+fn link_change(
+    state: LinkState,
+    up: bool,
+    now: Instant,
+    to: NodeId,
+    addr: &str,
+    why: &dyn std::fmt::Display,
+) -> (LinkState, Option<(bool, String)>) {
+    let text = match (state, up) {
+        (LinkState::Up(_), true) | (LinkState::Down(_), false) => return (state, None),
+        (LinkState::New, true) => (false, format!("link to peer {to} ({addr}) up")),
+        (LinkState::Down(since), true) => (
+            false,
+            format!(
+                "link to peer {to} ({addr}) restored after {:.1} s down",
+                now.saturating_duration_since(since).as_secs_f64()
+            ),
+        ),
+        (LinkState::New, false) => (true, format!("cannot reach peer {to} ({addr}): {why}")),
+        (LinkState::Up(_), false) => (true, format!("lost the link to peer {to} ({addr}): {why}")),
+    };
+    let next = if up {
+        LinkState::Up(now)
+    } else {
+        LinkState::Down(now)
+    };
+    (next, Some(text))
 }
 
 /// How a connection of an outbound link ended.
@@ -769,5 +780,44 @@ impl Acceptor {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_link_is_logged_when_it_changes_and_an_outage_counts_from_its_start() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let why = "refused";
+        let (s, said) = link_change(LinkState::New, true, at(0), 2, "h:1", &why);
+        assert_eq!(said, Some((false, "link to peer 2 (h:1) up".into())));
+        let (s, said) = link_change(s, true, at(10), 2, "h:1", &why);
+        assert_eq!(said, None, "still up: nothing to say");
+        let (s, said) = link_change(s, false, at(1000), 2, "h:1", &why);
+        assert_eq!(
+            said,
+            Some((true, "lost the link to peer 2 (h:1): refused".into()))
+        );
+        let (s, said) = link_change(s, false, at(2000), 2, "h:1", &why);
+        assert_eq!(said, None, "still down: nothing to say");
+        let (s, said) = link_change(s, true, at(3500), 2, "h:1", &why);
+        assert_eq!(
+            said,
+            Some((
+                false,
+                "link to peer 2 (h:1) restored after 2.5 s down".into()
+            ))
+        );
+        assert_eq!(s, LinkState::Up(at(3500)));
+        let (_, said) = link_change(LinkState::New, false, at(0), 3, "h:2", &why);
+        assert_eq!(
+            said,
+            Some((true, "cannot reach peer 3 (h:2): refused".into()))
+        );
     }
 }
