@@ -255,6 +255,22 @@ async fn admin_listener_serves_metrics_health_status_and_the_page() {
         ready.status == 200,
         "survivor {survivor} is not ready: {ready:?}"
     );
+    // Its log says why, at warn: the links lost and the quorum it cannot reach.
+    let said = wait_for(
+        &format!("survivor {survivor} to log the lost quorum"),
+        HEALTH_BOUND,
+        POLL,
+        || async {
+            let log = cluster.log_tail(survivor, 64 * 1024).ok()?;
+            let lost = ids
+                .iter()
+                .filter(|&&id| id != survivor)
+                .all(|id| log.contains(&format!("lost the link to peer {id}")));
+            (lost && log.contains("no quorum: cannot reach 2 of 3 voters")).then_some(())
+        },
+    )
+    .await;
+    said.or_fail(&cluster, "notable events in the log");
     let page = http_get(addr, "/").await.or_fail(&cluster, "GET /");
     check!(
         &cluster,
