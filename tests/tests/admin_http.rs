@@ -75,7 +75,7 @@ async fn wait_health(cluster: &Cluster, id: u64, addr: SocketAddr, status: u16) 
 async fn admin_listener_serves_metrics_health_status_and_the_page() {
     let cluster = common::start(ClusterOptions {
         nodes: 3,
-        extra_args: admin_args(),
+        extra_args: stable_admin_args(),
         ..ClusterOptions::default()
     });
     let ids = cluster.ids();

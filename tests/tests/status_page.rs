@@ -101,7 +101,7 @@ async fn status_page_renders_in_chromium() {
     };
     let cluster = common::start(ClusterOptions {
         nodes: 3,
-        extra_args: admin_args(),
+        extra_args: stable_admin_args(),
         ..ClusterOptions::default()
     });
     let ids = cluster.ids();

@@ -24,6 +24,15 @@ pub fn admin_args() -> Vec<String> {
     vec!["--admin-addr".into(), "127.0.0.1:0".into()]
 }
 
+/// Arguments for a cluster whose pages and metrics are checked against one leader: the
+/// admin listener, and elections slow enough that a loaded machine does not change the
+/// leader between two reads.
+pub fn stable_admin_args() -> Vec<String> {
+    let mut args = admin_args();
+    args.extend(["--election-timeout-ms".into(), "2000..4000".into()]);
+    args
+}
+
 /// The admin address node `id` logged last (`admin=HOST:PORT`), if it has logged one.
 pub fn logged_admin_addr(cluster: &Cluster, id: u64) -> anyhow::Result<Option<SocketAddr>> {
     let log = std::fs::read_to_string(cluster.log_path(id))
