@@ -176,6 +176,11 @@ impl Links {
         self.queues.remove(&peer);
         self.reachable.remove(&peer);
         outgoing.remove_peer(peer);
+        // Its series go with it (they come back if it joins again).
+        self.failures.remove(&peer);
+        if let Some(t) = self.telemetry.get() {
+            t.metrics.remove_peer(peer);
+        }
     }
     /// Queues `message` for `to`, dropping it if the link's queue is full or `to` is
     /// unknown (best effort: the consensus core retransmits what matters).

@@ -338,7 +338,12 @@ impl Node {
         set_gauge(&m.keys, status.keys);
         set_gauge(&m.bytes, self.sm.data_bytes());
         set_gauge(&m.proposals_pending, status.pending.0 as u64);
-        for r in self.links.reachability() {
+        let links = self.links.reachability();
+        // Handles of peers no longer linked go: their series were removed with the link.
+        self.monitor
+            .peers
+            .retain(|id, _| links.iter().any(|r| r.id == *id));
+        for r in links {
             let up = i64::from(r.reachable);
             self.monitor.peer(r.id).reachable.set(up);
         }
