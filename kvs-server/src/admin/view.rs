@@ -219,3 +219,73 @@ fn members(s: &Status, now: Instant) -> Vec<MemberRow> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::admin::status::MemberView;
+
+    fn status(now: Instant, leader: Option<u64>, peers_heard: bool) -> Status {
+        let mut s = Status::starting(1, now - Duration::from_secs(30));
+        s.phase = Phase::Running;
+        s.leader = leader;
+        s.quorum = 2;
+        let heard = peers_heard.then_some(now);
+        s.members = (1..=3)
+            .map(|id| MemberView {
+                id,
+                voter: true,
+                this: id == 1,
+                addr: None,
+                link_up: (id != 1).then_some(peers_heard),
+                last_heard: if id == 1 { Some(now) } else { heard },
+                rtt_ms: None,
+                commit: (id != 1).then_some(5),
+            })
+            .collect();
+        s.commit = 7;
+        s.applied = 6;
+        s
+    }
+
+    #[test]
+    fn the_banner_names_what_is_wrong() {
+        let now = Instant::now();
+        let banner = |s: &Status| banner(s, status::health(s, now).is_ok(), now);
+        assert_eq!(banner(&status(now, Some(1), true)), "HEALTHY");
+        assert_eq!(banner(&status(now, Some(1), false)), "NO QUORUM");
+        assert_eq!(banner(&status(now, None, true)), "NO LEADER");
+        assert_eq!(banner(&status(now, Some(2), false)), "LEADER UNREACHABLE");
+        let mut s = status(now, Some(1), true);
+        s.phase = Phase::Repairing;
+        assert_eq!(banner(&s), "REPAIRING");
+    }
+
+    #[test]
+    fn members_show_their_link_and_lag() {
+        let now = Instant::now();
+        let v = StatusView::new(
+            &status(now, Some(1), true),
+            now,
+            &Metrics::new(),
+            &Notables::new(1),
+        );
+        let rows: Vec<(&str, Option<u64>, bool)> = v
+            .members
+            .iter()
+            .map(|m| (m.link, m.lag, m.leader))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("self", Some(1), true),
+                ("connected", Some(2), false),
+                ("connected", Some(2), false)
+            ]
+        );
+        assert!(v.health.ok && v.ready.ok);
+        assert_eq!(v.uptime_s, 30);
+    }
+}
