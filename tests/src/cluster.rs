@@ -183,16 +183,16 @@ impl Cluster {
 
     /// Adds node `id` to the running cluster's processes, with an empty data directory and
     /// `--initial-cluster-state existing`, and starts it: what an operator does after
-    /// `kvs-client member add`. Its `--peers` lists every node so far (itself included) at
-    /// their real addresses, and its other arguments come from `opts` as for the first
-    /// nodes. Only without proxies: a new node has no proxies on its links. Its addresses
-    /// are [`Cluster::layout`]'s entries for `id` (reserve them with
-    /// [`Cluster::reserve_node`] first, to give them to `member add`).
+    /// `kvs-client member add`. Its `--peers` lists every node so far (itself included), and
+    /// its other arguments come from `opts` as for the first nodes. Its addresses are
+    /// [`Cluster::layout`]'s entries for `id` (reserve them with [`Cluster::reserve_node`]
+    /// first, to give them to `member add`).
+    ///
+    /// With proxies, the new node dials every other node through its own proxies, and the
+    /// others have a proxy to it too; but the nodes already running reach it at the address
+    /// its membership records (given to `member add`) until they are restarted with
+    /// [`Cluster::relink`]. Only then can every link to it be cut.
     pub fn add_node(&mut self, id: u64, opts: &ClusterOptions) -> anyhow::Result<()> {
-        ensure!(
-            self.layout.peer_proxies.is_none(),
-            "nodes can be added only to a cluster without proxies"
-        );
         ensure!(!self.nodes.contains_key(&id), "node {id} exists already");
         let (peer, client) = match self.reserved.remove(&id) {
             Some(ports) => ports,
@@ -224,15 +224,47 @@ impl Cluster {
 
     /// Reserves the peer and client addresses of a node to add later as `id` (they are in
     /// [`Cluster::layout`] from now on, and held until [`Cluster::add_node`] starts it).
+    ///
+    /// With proxies, it also starts the proxies of the links between `id` and every node
+    /// so far, both ways, and a client proxy for it.
     pub fn reserve_node(&mut self, id: u64) -> anyhow::Result<()> {
         ensure!(!self.nodes.contains_key(&id), "node {id} exists already");
         if self.reserved.contains_key(&id) {
             return Ok(());
         }
         let (peer, client) = (ReservedPort::new()?, ReservedPort::new()?);
+        let others = self.layout.ids();
         self.layout.peer_listen.insert(id, peer.addr());
         self.layout.client_listen.insert(id, client.addr());
+        if let Some(layout_proxies) = self.layout.peer_proxies.as_mut() {
+            for other in others {
+                for link @ (_, to) in [(id, other), (other, id)] {
+                    let proxy = Proxy::start(self.layout.peer_listen[&to])?;
+                    layout_proxies.insert(link, proxy.addr());
+                    self.peer_proxies.insert(link, proxy);
+                }
+            }
+        }
+        if let Some(client_proxies) = self.layout.client_proxies.as_mut() {
+            let proxy = Proxy::start(client.addr())?;
+            client_proxies.insert(id, proxy.addr());
+            self.client_proxies.insert(id, proxy);
+        }
         self.reserved.insert(id, (peer, client));
+        Ok(())
+    }
+
+    /// Gives node `id`, from its next start on, the command line of the current layout:
+    /// its `--peers` then names every node added since it started, through its proxies.
+    /// A node added with [`Cluster::add_node`] keeps its `--initial-cluster-state existing`.
+    pub fn relink(&self, id: u64, opts: &ClusterOptions) -> anyhow::Result<()> {
+        let data_dir = node_data_dir(&self.root, id);
+        let mut args = self.layout.node_args(id, &data_dir, opts);
+        let mut node = self.node(id)?;
+        if node.args().iter().any(|a| a == "existing") {
+            args.extend(["--initial-cluster-state".into(), "existing".into()]);
+        }
+        node.set_args(args);
         Ok(())
     }
 

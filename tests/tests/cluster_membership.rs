@@ -2,9 +2,12 @@
 //!
 //! - Grow 3 → 5 and shrink back under a register workload: each new replica starts empty
 //!   with `--initial-cluster-state existing`, catches up (by snapshot, then the log) as a
-//!   learner and is promoted; then two originals are removed, the leader first (it hands
-//!   over and exits with success). The history is linearizable, every acknowledged write is
-//!   read back, and the three remaining replicas hold the same data.
+//!   learner and is promoted (an original follower is killed with -9 and restarted
+//!   meanwhile); every node is then killed with -9 in turn and restarted, the leader is cut
+//!   off from the others until they elect another, and two originals are removed, the
+//!   leader first (it hands over and exits with success), the second while a member that
+//!   stays is cut off. The history is linearizable, every acknowledged write is read back,
+//!   and the three remaining replicas hold the same data.
 //! - Replace a replica whose disk was lost: it is removed, a new id is added with an empty
 //!   data dir, catches up and is promoted, and is then the vote writes need.
 //! - Bad input: promoting a learner that is not running, is paused, or does not exist;
@@ -77,6 +80,26 @@ fn add(cluster: &Cluster, id: u64) -> MemberChange {
 
 async fn list(cluster: &Cluster, client: &Client) -> MemberList {
     client.member_list().await.or_fail(cluster, "member list")
+}
+
+/// The member list as a replica that knows a leader gives it: right after a partition
+/// heals, the member that was cut off may start an election, and for that long no
+/// replica knows a leader.
+async fn led_list(cluster: &Cluster, client: &Client) -> MemberList {
+    wait_for(
+        "a member list naming a leader",
+        CONVERGE_BOUND,
+        POLL,
+        || async move {
+            client
+                .member_list()
+                .await
+                .ok()
+                .filter(|l| l.leader.is_some())
+        },
+    )
+    .await
+    .or_fail(cluster, "member list")
 }
 
 fn voters(list: &MemberList) -> BTreeSet<u64> {
@@ -236,7 +259,10 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_to_five_then_remove_two_originals_the_leader_first() {
-    let opts = options();
+    let opts = ClusterOptions {
+        proxies: true,
+        ..options()
+    };
     let mut cluster = start(opts.clone());
     wait_leader(&cluster, &[1, 2, 3]).await;
     let client = admin(&cluster);
@@ -254,7 +280,7 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
 
     let (catch_up_4, promote_4) = grow(&mut cluster, &client, 4, &opts).await;
     // kill -9 an original follower between two changes, and restart it from its data dir.
-    let leader = list(&cluster, &client)
+    let leader = led_list(&cluster, &client)
         .await
         .leader
         .or_fail_none(&cluster, "a leader");
@@ -269,13 +295,37 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
     // it, since node 5 knows a later configuration.
     let (catch_up_5, promote_5) = grow(&mut cluster, &client, 5, &opts).await;
     wait_caught_up(&cluster, &client, victim).await;
-    // kill -9 a member that joined during the run, and restart it: it recovers its
-    // membership from its own data dir.
-    cluster.kill(4).or_fail(&cluster, "kill -9 node 4");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.restart(4).or_fail(&cluster, "restart node 4");
-    wait_caught_up(&cluster, &client, 4).await;
-    let members = list(&cluster, &client).await;
+    // kill -9 every node in turn, the members that joined included, and restart it from its
+    // data dir with a command line naming every member through its proxies: from then on
+    // every link can be cut.
+    for id in 1..=5 {
+        cluster.relink(id, &opts).or_fail(&cluster, "relink");
+        cluster.kill(id).or_fail(&cluster, "kill -9");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.restart(id).or_fail(&cluster, "restart");
+        wait_caught_up(&cluster, &client, id).await;
+    }
+    // Cut the leader off from every other member: the others elect a leader of their own.
+    // Again until an original leads (each time, three of the four others are originals),
+    // so that the first removal below removes the leader.
+    for attempt in 1..=10 {
+        let cut_off = led_list(&cluster, &client)
+            .await
+            .leader
+            .or_fail_none(&cluster, "a leader");
+        if attempt > 1 && cut_off <= 3 {
+            break;
+        }
+        cluster
+            .isolate(cut_off)
+            .or_fail(&cluster, "isolate the leader");
+        let others: Vec<u64> = (1..=5).filter(|&id| id != cut_off).collect();
+        let new_leader = wait_leader(&cluster, &others).await;
+        during.wait_acked_more(&cluster, 10, CONVERGE_BOUND).await;
+        cluster.heal_all();
+        eprintln!("  leader {cut_off} cut off: node {new_leader} took over; healed");
+    }
+    let members = led_list(&cluster, &client).await;
     check!(
         &cluster,
         voters(&members) == BTreeSet::from([1, 2, 3, 4, 5]) && learners(&members).is_empty(),
@@ -284,11 +334,30 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
 
     // Remove the leader first: it hands over, and exits with success.
     let leader = members.leader.or_fail_none(&cluster, "a leader");
+    check!(
+        &cluster,
+        leader <= 3,
+        "no original led after ten leaders were cut off"
+    );
     let originals: Vec<u64> = [leader]
         .into_iter()
         .chain([1, 2, 3].into_iter().filter(|&id| id != leader).take(1))
         .collect();
-    for &id in &originals {
+    for (i, &id) in originals.iter().enumerate() {
+        // The second removal is made while a member that stays is cut off from the others.
+        let bystander = if i == 1 {
+            let leader_now = led_list(&cluster, &client).await.leader;
+            let bystander = [4, 5]
+                .into_iter()
+                .find(|&b| Some(b) != leader_now)
+                .or_fail_none(&cluster, "a member that is not the leader");
+            cluster
+                .isolate(bystander)
+                .or_fail(&cluster, "isolate a member");
+            Some(bystander)
+        } else {
+            None
+        };
         change(&cluster, &client, MemberChange::Remove { id }).await;
         check!(
             &cluster,
@@ -301,10 +370,15 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
             log_contains(&cluster, id, "this replica was removed from the cluster"),
             "node {id} did not log its removal"
         );
+        if let Some(bystander) = bystander {
+            during.wait_acked_more(&cluster, 10, CONVERGE_BOUND).await;
+            cluster.heal_all();
+            eprintln!("  node {id} removed while node {bystander} was cut off; healed");
+        }
     }
     during.wait_acked_more(&cluster, 20, CONVERGE_BOUND).await;
     let remaining: Vec<u64> = (1..=5).filter(|id| !originals.contains(id)).collect();
-    let members = list(&cluster, &client).await;
+    let members = led_list(&cluster, &client).await;
     check!(
         &cluster,
         voters(&members) == remaining.iter().copied().collect::<BTreeSet<u64>>(),
@@ -329,7 +403,7 @@ async fn grow_to_five_then_remove_two_originals_the_leader_first() {
     verify_replicas_agree(&cluster, &client, &remaining, &keys).await;
     eprintln!(
         "SUMMARY membership grow-shrink: {} keys before, 3 -> 5 -> 3 (removed {originals:?}, \
-         leader first; kill -9 of node {victim} and of node 4 on the way); node 4 caught up in {catch_up_4:?}, promoted in {promote_4:?}; node 5 \
+         leader first; kill -9 of node {victim}, then of every node in turn; the leader cut off, and a member cut off during the second removal); node 4 caught up in {catch_up_4:?}, promoted in {promote_4:?}; node 5 \
          caught up in {catch_up_5:?}, promoted in {promote_5:?}; {} acknowledged writes read \
          back; {ops} register operations linearizable",
         keys_before(),
@@ -714,7 +788,7 @@ async fn a_replica_away_while_the_members_changed_catches_up_from_members_it_nev
         );
     }
     let meanwhile = Writers::spawn(&client, "meanwhile", 2, 40).finish().await;
-    let members = list(&cluster, &client).await;
+    let members = led_list(&cluster, &client).await;
     check!(
         &cluster,
         voters(&members) == BTreeSet::from([away, 4, 5]),

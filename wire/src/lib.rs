@@ -121,7 +121,7 @@ pub use codec::{
 pub use command::{Command, WriteOp};
 pub use error::WireError;
 pub use handshake::{
-    check_hello, check_identity, client_handshake, is_newcomer, server_handshake,
+    check_hello, check_identity, client_handshake, is_newcomer, is_removed, server_handshake,
     server_handshake_with, Accepted, ClusterInfo, HandshakeExpectation, HandshakeRefusal, Hello,
     HelloReply, PeerRole, ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT,
     IDENTITY_MEMBERS_MAX, MAGIC, PEER_ADDR_BYTES_MAX, PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION,

@@ -648,6 +648,10 @@ fn hello_and_reply_records_roundtrip() {
             got: Uid([4; 16]),
         }),
         HelloReply::Refused(HandshakeRefusal::MissingIdentity { node_id: 9 }),
+        HelloReply::Refused(HandshakeRefusal::Removed {
+            node_id: 2,
+            configuration: 7,
+        }),
     ];
     for reply in replies {
         assert_eq!(HelloReply::decode(&reply.encode()), Ok(reply));

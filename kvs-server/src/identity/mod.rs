@@ -546,6 +546,15 @@ pub enum LinkEvent {
     /// A peer refused this replica as not a member of the cluster: a replica whose removal
     /// was chosen learns this way that the removal is in effect at that peer.
     NotAMember(u64),
+    /// A peer refused this replica as removed from the cluster: it knows a later
+    /// configuration without this replica, and has delivered every slot this replica
+    /// could still vote in ([`wire::HandshakeRefusal::Removed`]).
+    Removed {
+        /// The peer that said so.
+        peer: u64,
+        /// The configuration it knows.
+        configuration: u64,
+    },
 }
 
 /// The identity of a running replica, shared by its peer links: it records the instances

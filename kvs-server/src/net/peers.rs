@@ -414,6 +414,15 @@ impl Outbound {
             {
                 self.store.report(LinkEvent::NotAMember(to));
             }
+            HandshakeRefusal::Removed {
+                node_id,
+                configuration,
+            } if self.hello.role == PeerRole::Replica(*node_id) => {
+                self.store.report(LinkEvent::Removed {
+                    peer: to,
+                    configuration: *configuration,
+                });
+            }
             _ => {}
         }
     }

@@ -90,6 +90,9 @@ impl Started {
                 Some(event) = self.links.recv() => match event {
                     LinkEvent::Fatal(e) => self.node.fatal = Some(ServerError::Identity(e)),
                     LinkEvent::NotAMember(peer) => self.node.refused_as_non_member(peer),
+                    LinkEvent::Removed { peer, configuration } => {
+                        self.node.refused_as_removed(peer, configuration);
+                    }
                     LinkEvent::Admitted(_) => {}
                 },
                 _ = shutdown.cancelled(), if stopping.is_none() => {

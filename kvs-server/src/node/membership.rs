@@ -185,6 +185,7 @@ impl Node {
         for gone in self.registry.set(allowed, cluster, configuration) {
             tracing::info!(peer = gone, "no longer a member: closed its connections");
         }
+        self.notice_removal_chosen();
     }
 
     /// The client address of member `id`: the one its membership records, else its
@@ -381,15 +382,27 @@ impl Node {
             }
         };
         self.pending.answer_change(&reconfig, &answer);
-        if outcome.is_ok() && !latest.contains(self.cfg.id) && self.leaving.is_none() {
-            tracing::info!(
-                id = self.cfg.id,
-                slot,
-                "this replica's removal is chosen: it keeps voting until the removal takes effect"
-            );
-            self.leaving = Some(latest.voters().collect());
+        if outcome.is_ok() {
+            self.notice_removal_chosen();
         }
         self.snapshot_if_due();
+    }
+
+    /// This replica's removal is chosen, whether it delivered the change itself or
+    /// installed a snapshot that holds it (it lagged too far behind): it keeps voting until
+    /// the removal is in effect, and learns that it is from the peers of the configuration
+    /// that removes it ([`Node::refused_as_non_member`]), or from the core.
+    fn notice_removal_chosen(&mut self) {
+        let latest = self.replica.membership_log().latest();
+        if self.leaving.is_some() || self.replica.joining() || latest.contains(self.cfg.id) {
+            return;
+        }
+        tracing::info!(
+            id = self.cfg.id,
+            configuration = latest.id,
+            "this replica's removal is chosen: it keeps voting until the removal takes effect"
+        );
+        self.leaving = Some(latest.voters().collect());
     }
 
     /// Peer `peer` refused this replica as not a member. If this replica's removal was
@@ -412,6 +425,26 @@ impl Node {
             );
             self.on_removed();
         }
+    }
+
+    /// Peer `peer` refused this replica as removed: it knows `configuration`, later than
+    /// the one this replica stated, without this replica, and it forgot this replica only
+    /// once it had delivered every slot this replica could vote in. This replica may have
+    /// missed its removal altogether (it lagged, and the snapshot it installed was older);
+    /// it stops, as on [`paxos_core::Output::Removed`].
+    pub(super) fn refused_as_removed(&mut self, peer: NodeId, configuration: u64) {
+        let known = self.replica.membership_log().latest().id;
+        if self.removed || self.replica.joining() || configuration <= known {
+            return;
+        }
+        tracing::info!(
+            id = self.cfg.id,
+            peer,
+            configuration,
+            known,
+            "a peer knows a later configuration without this replica: it was removed"
+        );
+        self.on_removed();
     }
 
     /// A change this leader took never got a slot: the client may try the new leader.

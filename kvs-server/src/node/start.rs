@@ -782,7 +782,7 @@ async fn join(
                     admitted.insert(peer);
                 }
                 Some(LinkEvent::Fatal(reason)) => return Err(ServerError::JoinRefused(reason)),
-                Some(LinkEvent::NotAMember(_)) => {}
+                Some(LinkEvent::NotAMember(_) | LinkEvent::Removed { .. }) => {}
                 None => return Err(ServerError::LinksStopped),
             },
             _ = shutdown.cancelled() => return Ok(false),

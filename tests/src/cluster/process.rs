@@ -155,6 +155,16 @@ impl NodeProcess {
         }
     }
 
+    /// The command line of the next start.
+    pub(crate) fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    /// Replaces the command line of the next starts.
+    pub(crate) fn set_args(&mut self, args: Vec<OsString>) {
+        self.args = args;
+    }
+
     /// Starts the process with its fixed command line, stdout and stderr appended to the log
     /// (after a marker line saying which start this is).
     pub(crate) fn start(&mut self) -> anyhow::Result<()> {

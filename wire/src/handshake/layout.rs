@@ -42,6 +42,7 @@
 //!     9 cluster uid mismatch expected 16 bytes, got 16 bytes
 //!    10 member replaced      node_id u64, known 16 bytes, got 16 bytes
 //!    11 missing identity     node_id u64
+//!    12 removed              node_id u64, configuration u64 (version 4)
 //! text = u16 length, then UTF-8 (at most 512 bytes; longer text is cut when encoding)
 //! ```
 //!
@@ -81,6 +82,7 @@ const CODE_SESSIONS_MAX_MISMATCH: u8 = 8;
 const CODE_CLUSTER_UID_MISMATCH: u8 = 9;
 const CODE_MEMBER_REPLACED: u8 = 10;
 const CODE_MISSING_IDENTITY: u8 = 11;
+const CODE_REMOVED: u8 = 12;
 const IDENTITY_NONE: u8 = 0;
 const IDENTITY_PRESENT: u8 = 1;
 const IDENTITY_JOINING: u8 = 2;
@@ -366,6 +368,7 @@ fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
         HandshakeRefusal::ClusterUidMismatch { .. } => CODE_CLUSTER_UID_MISMATCH,
         HandshakeRefusal::MemberReplaced { .. } => CODE_MEMBER_REPLACED,
         HandshakeRefusal::MissingIdentity { .. } => CODE_MISSING_IDENTITY,
+        HandshakeRefusal::Removed { .. } => CODE_REMOVED,
         HandshakeRefusal::Other { code, .. } => *code,
     };
     out.put_u8(code);
@@ -414,6 +417,13 @@ fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
             out.put_slice(&got.0);
         }
         HandshakeRefusal::MissingIdentity { node_id } => out.put_u64(*node_id),
+        HandshakeRefusal::Removed {
+            node_id,
+            configuration,
+        } => {
+            out.put_u64(*node_id);
+            out.put_u64(*configuration);
+        }
         HandshakeRefusal::Other { .. } => {}
     }
 }
@@ -461,6 +471,10 @@ fn refusal(r: &mut Reader<'_>) -> Result<HandshakeRefusal, HandshakeRefusal> {
             got: r.uid()?,
         },
         CODE_MISSING_IDENTITY => HandshakeRefusal::MissingIdentity { node_id: r.u64()? },
+        CODE_REMOVED => HandshakeRefusal::Removed {
+            node_id: r.u64()?,
+            configuration: r.u64()?,
+        },
         // A newer peer's refusal: its fields are unknown here, its text says it all.
         code => return Ok(HandshakeRefusal::Other { code, message }),
     };

@@ -117,8 +117,9 @@ pub struct ReplicaIdentity {
     /// zero and empty). A member that admits it answers with them ([`Accepted::cluster`]).
     /// Version 3 and later.
     pub joining: bool,
-    /// The id of the latest configuration (membership) the replica knows; 0 when joining.
-    /// Version 4 and later (decoded as 0 from earlier versions).
+    /// The id of the latest configuration (membership) the replica knows; 0 when it knows
+    /// none yet (it joins, and has not been sent a membership). Version 4 and later
+    /// (decoded as 0 from earlier versions).
     pub configuration: u64,
     /// Where the replica accepts peer connections (`HOST:PORT`, at most
     /// [`PEER_ADDR_BYTES_MAX`] bytes), so that a member that does not know it yet can link
@@ -357,6 +358,20 @@ pub enum HandshakeRefusal {
         /// The replica's id.
         node_id: u64,
     },
+    /// A replica of this cluster connected that is not a member of the later configuration
+    /// the accepting node knows: it was removed from the cluster, and the accepting node
+    /// has delivered every slot it could still vote in. See [`is_removed`].
+    #[error(
+        "node {node_id} was removed from the cluster: it is not a member of configuration \
+         {configuration}, which the accepting node knows (a later one than the connecting \
+         node's)"
+    )]
+    Removed {
+        /// The removed replica's id.
+        node_id: u64,
+        /// The accepting node's latest configuration id.
+        configuration: u64,
+    },
     /// The record starts well but is not a valid hello or reply.
     #[error("malformed handshake: {reason}")]
     Malformed {
@@ -465,7 +480,9 @@ pub fn check_hello(hello: &Hello, expected: &HandshakeExpectation) -> Result<(),
             max: PROTOCOL_VERSION,
         });
     }
-    check_role(hello, expected)?;
+    if let Err(refusal) = check_role(hello, expected) {
+        return Err(removed(hello, expected).unwrap_or(refusal));
+    }
     match (hello.role, &expected.identity) {
         (PeerRole::Replica(node_id), Some(local)) => match &hello.identity {
             Some(remote) if remote.joining && expected.cluster.is_none() => {
@@ -566,6 +583,42 @@ pub fn is_newcomer(hello: &Hello, expected: &HandshakeExpectation) -> bool {
     }
 }
 
+/// Whether `hello` is from a replica that was removed: a member of this cluster (its
+/// identity matches this node's, and it has a membership: it is not joining) whose id is
+/// not among `expected.replicas`, and that knows a configuration (not 0: a replica that
+/// joined has none until it is sent one), but an earlier one than
+/// `expected.configuration`. Ids are never reused, and a node that knows a configuration
+/// also knows the ones before it, so the connecting replica was a member of an earlier
+/// configuration and is not one of the later one. `expected.replicas` holds a removed
+/// member until the accepting node has delivered every slot it could vote in, so the
+/// removal is in effect: the removed replica may stop.
+pub fn is_removed(hello: &Hello, expected: &HandshakeExpectation) -> bool {
+    removed(hello, expected).is_some()
+}
+
+/// The [`HandshakeRefusal::Removed`] for `hello`, if it is from a removed replica (see
+/// [`is_removed`]).
+fn removed(hello: &Hello, expected: &HandshakeExpectation) -> Option<HandshakeRefusal> {
+    let (PeerRole::Replica(node_id), Some(ids), Some(local), Some(configuration)) = (
+        hello.role,
+        &expected.replicas,
+        &expected.identity,
+        expected.configuration,
+    ) else {
+        return None;
+    };
+    let remote = hello.identity.as_ref()?;
+    let removed = !ids.contains(&node_id)
+        && !remote.joining
+        && remote.configuration != 0
+        && remote.configuration < configuration
+        && check_identity(local, remote).is_ok();
+    removed.then_some(HandshakeRefusal::Removed {
+        node_id,
+        configuration,
+    })
+}
+
 fn check_role(hello: &Hello, expected: &HandshakeExpectation) -> Result<(), HandshakeRefusal> {
     match (hello.role, &expected.replicas) {
         (PeerRole::Client, _) if expected.accept_clients => Ok(()),
@@ -628,15 +681,65 @@ mod tests {
         expected.configuration = Some(5);
         assert!(is_newcomer(&hello(4, 6, "h:4"), &expected));
         assert_eq!(check_hello(&hello(4, 6, "h:4"), &expected), Ok(()));
-        for refused in [hello(4, 5, "h:4"), hello(4, 2, "h:4"), hello(4, 9, "")] {
+        for refused in [hello(4, 5, "h:4"), hello(4, 9, "")] {
             assert!(!is_newcomer(&refused, &expected), "{refused:?}");
             assert!(unknown(&refused, &expected), "{refused:?}");
         }
+        // An earlier configuration: a removed member (see `removed_members_are_told_so`).
+        assert!(!is_newcomer(&hello(4, 2, "h:4"), &expected));
+        assert!(is_removed(&hello(4, 2, "h:4"), &expected));
         // A member is a member, whatever configuration it knows.
         assert!(!is_newcomer(&hello(2, 9, "h:2"), &expected));
         assert_eq!(check_hello(&hello(2, 1, "h:2"), &expected), Ok(()));
         let joining = Hello::replica("prod", 4, ReplicaIdentity::joining(Uid([3; 16]), 10));
         assert!(!is_newcomer(&joining, &expected));
+    }
+
+    /// A member of this cluster that knows an earlier configuration and is not in this
+    /// node's is told it was removed; one of another cluster, a joining replica, and a
+    /// node whose own configuration is unknown are told "unknown node".
+    #[test]
+    fn removed_members_are_told_so() {
+        let identity = |configuration: u64| ReplicaIdentity {
+            cluster_uid: Uid([1; 16]),
+            instance: Uid([2; 16]),
+            members: vec![1, 2, 3],
+            sessions_max: 10,
+            joining: false,
+            configuration,
+            peer_addr: "h:2".into(),
+        };
+        let mut expected = HandshakeExpectation::replicas_of("prod", identity(6));
+        expected.replicas = Some(BTreeSet::from([1, 3, 4]));
+        let hello = |configuration: u64| Hello::replica("prod", 2, identity(configuration));
+        let unknown = Err(HandshakeRefusal::UnknownNode { node_id: 2 });
+        assert_eq!(check_hello(&hello(4), &expected), unknown);
+        expected.configuration = Some(6);
+        let removed = Err(HandshakeRefusal::Removed {
+            node_id: 2,
+            configuration: 6,
+        });
+        assert_eq!(check_hello(&hello(4), &expected), removed);
+        assert!(is_removed(&hello(5), &expected));
+        // A later configuration: a newcomer, admitted.
+        assert_eq!(check_hello(&hello(7), &expected), Ok(()));
+        // The same configuration without it cannot be; not "removed" either.
+        assert_eq!(check_hello(&hello(6), &expected), unknown);
+        // A replica that joined and knows the cluster, but no membership yet: not removed
+        // (this node may not know yet that it was added).
+        assert_eq!(check_hello(&hello(0), &expected), unknown);
+        let mut other = hello(4);
+        if let Some(i) = other.identity.as_mut() {
+            i.cluster_uid = Uid([9; 16]);
+        }
+        assert_eq!(check_hello(&other, &expected), unknown);
+        let joining = Hello::replica("prod", 2, ReplicaIdentity::joining(Uid([3; 16]), 10));
+        assert!(!is_removed(&joining, &expected));
+        // A member is never "removed".
+        assert!(!is_removed(
+            &Hello::replica("prod", 1, identity(1)),
+            &expected
+        ));
     }
 
     #[test]
