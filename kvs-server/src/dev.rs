@@ -182,10 +182,18 @@ fn check_ports(replicas: &[DevReplica]) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Set in the environment of the replicas `dev` starts: such a replica stops (gracefully)
+/// when its standard input, a pipe from `dev`, reaches its end, that is when `dev` is gone,
+/// even killed with -9. A replica started by hand is not tied to anything.
+pub const PARENT_PIPE_ENV: &str = "KVS_DEV_PARENT_PIPE";
+
 /// A running replica process, as the parent sees it.
 struct Child {
     id: NodeId,
     pid: u32,
+    /// The write end of its standard input, never written: the replica stops when it
+    /// closes, with this process ([`PARENT_PIPE_ENV`]).
+    _parent_pipe: Option<tokio::process::ChildStdin>,
     /// The last line it logged, for the error if it fails to start.
     last_line: Arc<Mutex<String>>,
     /// Relays its stderr; ends when the process closes it.
@@ -204,7 +212,8 @@ fn spawn(
 ) -> Result<Child, ServerError> {
     let mut child = tokio::process::Command::new(exe)
         .args(&replica.flags)
-        .stdin(Stdio::null())
+        .env(PARENT_PIPE_ENV, "1")
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -217,6 +226,7 @@ fn spawn(
         })?;
     let id = replica.id;
     let pid = child.id().unwrap_or_default();
+    let parent_pipe = child.stdin.take();
     let last_line = Arc::new(Mutex::new(String::new()));
     let relay = match child.stderr.take() {
         Some(stderr) => tokio::spawn(relay_lines(stderr, id, Arc::clone(&last_line))),
@@ -230,6 +240,7 @@ fn spawn(
     Ok(Child {
         id,
         pid,
+        _parent_pipe: parent_pipe,
         last_line,
         relay,
         exited: false,

@@ -102,6 +102,9 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
     init_logs(args.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL));
     let cfg = args.resolve()?;
     let shutdown = CancellationToken::new();
+    if std::env::var_os(kvs_server::dev::PARENT_PIPE_ENV).is_some() {
+        stop_with_parent(shutdown.clone());
+    }
     let mut node = tokio::spawn(kvs_server::node::run(cfg, shutdown.clone()));
     tokio::select! {
         r = &mut node => return r?,
@@ -114,6 +117,31 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
         Err(_) => Err(ServerError::StopTimeout {
             secs: STOP_MAX.as_secs(),
         }),
+    }
+}
+
+/// A replica started by `kvs-server dev` stops, gracefully, when `dev` is gone: its
+/// standard input is a pipe from `dev`, which nobody writes, so reading it ends (or fails)
+/// exactly when `dev` exits, however it exits.
+fn stop_with_parent(shutdown: CancellationToken) {
+    let watch = move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = std::io::Read::read(&mut stdin, &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        complain("the dev cluster that started this replica is gone: stopping\n");
+        shutdown.cancel();
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("dev-parent".into())
+        .spawn(watch)
+    {
+        complain(&format!(
+            "warning: cannot watch the dev cluster that started this replica: {e}\n"
+        ));
     }
 }
 

@@ -320,3 +320,45 @@ fn dev_fails_at_once_when_a_client_port_is_taken() {
     );
     eprintln!("SUMMARY dev-port-taken: exit {status} after {took:.1?}");
 }
+
+/// `kill -9` of `dev` itself cannot forward anything to the replicas; they notice that
+/// the pipe `dev` holds to each of them closed, and stop on their own, freeing their ports.
+#[test]
+fn dev_killed_with_9_takes_its_replicas_with_it() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let client_port = free_ports(9, 3);
+    let (peer_port, admin_port) = (client_port + 3, client_port + 6);
+    let flags = [
+        format!("--client-port={client_port}"),
+        format!("--peer-port={peer_port}"),
+        format!("--admin-port={admin_port}"),
+    ];
+    let (mut dev, lines) = start_dev(data.path(), &flags);
+    let pids = read_banner(&mut dev, &lines);
+    assert_eq!(pids.len(), 3, "three replicas in the banner: {pids:?}");
+    signal(dev.child.id(), libc::SIGKILL);
+    let _ = dev.child.wait();
+    let killed_at = Instant::now();
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .map(|&(_, pid)| pid)
+            .filter(|&pid| process_exists(pid))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < STOP_BOUND,
+            "replicas {left:?} still run {STOP_BOUND:?} after dev was killed with -9"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = killed_at.elapsed();
+    let free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", client_port + i)).is_ok());
+    assert!(
+        free,
+        "the client ports are still taken after the replicas stopped"
+    );
+    eprintln!("SUMMARY dev-killed: its 3 replicas stopped {stopped:.1?} after kill -9 of dev");
+}
