@@ -114,8 +114,10 @@ struct Damage {
 }
 
 /// Flips one byte in the payload of a record of `dir/wal` that a later sync marker proves
-/// was synced: the record in the middle of those before the segment's last marker.
-fn damage_log(cluster: &Cluster, dir: &Path) -> Damage {
+/// was synced: the record in the middle of those before the segment's last marker. `None`
+/// if there is no such record (a snapshot taken just before the replica stopped let it
+/// drop every record it had).
+fn damage_log(cluster: &Cluster, dir: &Path) -> Option<Damage> {
     let wal = dir.join("wal");
     let mut segments: Vec<PathBuf> = fs::read_dir(&wal)
         .or_fail(cluster, &format!("list {}", wal.display()))
@@ -149,22 +151,20 @@ fn damage_log(cluster: &Cluster, dir: &Path) -> Damage {
             .iter()
             .filter(|r| r.marker && r.offset > victim.offset)
             .count();
-        return Damage {
+        return Some(Damage {
             segment,
             record_offset: victim.offset,
             byte_offset,
             markers_after,
             data_records: all.iter().filter(|r| !r.marker).count(),
-        };
+        });
     }
-    fail(
-        cluster,
-        format!(
-            "no record followed by a sync marker in any segment of {}",
-            wal.display()
-        ),
-    )
+    None
 }
+
+/// How many times [`damage_and_prepare`] restarts a replica whose log holds no synced
+/// record to damage, and writes more, before it gives up.
+const DAMAGE_ATTEMPTS: usize = 5;
 
 /// What node `id` logged since its last start.
 fn log_since_start(cluster: &Cluster, id: u64) -> String {
@@ -322,16 +322,42 @@ fn run_repair_command(cluster: &Cluster, id: u64, damage: &Damage) -> Prepared {
 
 /// Stops follower `id` gracefully, damages its log, checks the refusal and prepares the
 /// repair. Returns the damage and the refusal time.
-fn damage_and_prepare(cluster: &Cluster, id: u64) -> (Damage, Duration, Prepared) {
-    let status = cluster
-        .terminate(id)
-        .or_fail(cluster, &format!("SIGTERM of node {id}"));
-    check!(
-        cluster,
-        status.success(),
-        "node {id} exited with {status:?}"
-    );
-    let damage = damage_log(cluster, &cluster.data_dir(id));
+///
+/// The replica's log holds records only from its last snapshot on; if it took one just
+/// before it stopped, there is nothing to damage: it is started again and a few more keys
+/// are written through `writer`, up to [`DAMAGE_ATTEMPTS`] times.
+async fn damage_and_prepare(
+    cluster: &Cluster,
+    id: u64,
+    writer: &Client,
+) -> (Damage, Duration, Prepared) {
+    let mut attempt = 0;
+    let damage = loop {
+        attempt += 1;
+        let status = cluster
+            .terminate(id)
+            .or_fail(cluster, &format!("SIGTERM of node {id}"));
+        check!(
+            cluster,
+            status.success(),
+            "node {id} exited with {status:?}"
+        );
+        if let Some(damage) = damage_log(cluster, &cluster.data_dir(id)) {
+            break damage;
+        }
+        check!(
+            cluster,
+            attempt < DAMAGE_ATTEMPTS,
+            "no record followed by a sync marker in any segment of node {id}'s log after \
+             {attempt} stops"
+        );
+        eprintln!("  node {id}: no synced record left to damage (a snapshot); writing more");
+        cluster
+            .restart(id)
+            .or_fail(cluster, &format!("restart of node {id}"));
+        write_all(cluster, writer, &format!("more-{attempt}"), 2, 5).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     eprintln!(
         "  node {id}: flipped byte {} in the record at offset {} of {} ({} records, {} sync \
          markers after it)",
@@ -485,7 +511,7 @@ async fn repaired_under_writes(snapshot_every: Option<u64>) {
     let Some(damaged) = ids.iter().copied().find(|&i| i != leader) else {
         fail(&cluster, "no follower");
     };
-    let (damage, refusal, _) = damage_and_prepare(&cluster, damaged);
+    let (damage, refusal, _) = damage_and_prepare(&cluster, damaged, &writer).await;
     let while_down = write_all(&cluster, &writer, "while-down", 2, 10).await;
 
     // 4. Restarted with its usual flags while writes go on, it repairs and votes again.
@@ -565,7 +591,7 @@ async fn a_repair_waits_for_every_peer() {
         dir.join(MARK).exists(),
         dir.join("wal").is_dir()
     );
-    damage_and_prepare(&cluster, damaged);
+    damage_and_prepare(&cluster, damaged, &writer).await;
 
     // The other follower down: the leader is up, but not every peer can answer.
     let proof = cluster
