@@ -236,6 +236,7 @@ fn docker_chaos() {
 
     // A project of our own, on ports and a subnet nobody else uses.
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+    let admin_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let program = compose_program().expect("checked with the prerequisites");
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker/compose.yaml");
     let mut project = None;
@@ -251,6 +252,9 @@ fn docker_chaos() {
         ];
         for (i, port) in ports.iter().enumerate() {
             env.push((format!("KVS_PORT_{}", i + 1), port.to_string()));
+        }
+        for (i, port) in admin_ports.iter().enumerate() {
+            env.push((format!("KVS_ADMIN_PORT_{}", i + 1), port.to_string()));
         }
         let p = Project {
             program: program.clone(),
