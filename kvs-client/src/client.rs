@@ -4,6 +4,7 @@
 
 mod members;
 mod operations;
+mod ranges;
 mod routing;
 mod send;
 
@@ -19,6 +20,7 @@ use wire::{ErrorReply, Hello, NodeStatus, Op, PeerRole, ReadConsistency, Reply};
 use crate::session::Sessions;
 use crate::{endpoint, ClientOptions, Error, RetryHandle, WriteOutcome};
 pub use members::{MemberChangeOutcome, MemberChanged};
+pub use ranges::{Entry, KeyRange, RangeOptions, RangePager};
 use routing::LeaderHint;
 use send::{AttemptError, ConnectionSlot, Route};
 
@@ -257,6 +259,10 @@ impl Client {
             (Op::Cas { .. }, Reply::Mismatch { current }) => {
                 Ok(WriteOutcome::Cas(CasOutcome::Mismatch { current }))
             }
+            (Op::DeleteRange { .. }, Reply::DeletedRange { count }) => {
+                Ok(WriteOutcome::DeletedRange { count })
+            }
+            (Op::Txn(_), Reply::TxnDone { succeeded }) => Ok(WriteOutcome::Txn { succeeded }),
             (_, other) => Err(Error::OutcomeUnknown {
                 reason: unexpected(endpoint, "the reply to the retried write", &other).to_string(),
                 retry: Box::new(handle.clone()),

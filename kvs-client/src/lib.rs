@@ -135,12 +135,17 @@ mod options;
 mod retry;
 mod session;
 
-pub use client::{CasOutcome, Client, MemberChangeOutcome, MemberChanged};
+pub use client::{
+    CasOutcome, Client, Entry, KeyRange, MemberChangeOutcome, MemberChanged, RangeOptions,
+    RangePager,
+};
 pub use error::Error;
 pub use options::ClientOptions;
 pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
-pub use wire::{ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole, NodeStatus};
+pub use wire::{
+    Compare, ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole, NodeStatus, Txn, TxnOp,
+};
 
 use std::time::Duration;
 

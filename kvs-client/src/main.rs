@@ -87,6 +87,8 @@ mod cli {
     pub mod endpoint;
     pub mod members;
     pub mod output;
+    pub mod ranges;
+    pub mod txn_file;
 }
 
 use std::process::ExitCode;
@@ -135,10 +137,56 @@ async fn run(args: Args) -> u8 {
         Err(e) => return commands::fail(&e),
     };
     let json = args.output == Format::Json;
+    let style = cli::ranges::Style {
+        hex: args.hex,
+        format: args.output,
+    };
+    let plain = !args.hex && args.output != Format::Table;
     match args.command {
-        Command::Put { key, value } => commands::put(&client, key, value, json).await,
-        Command::Get { key, stale } => commands::get(&client, key, stale, json).await,
-        Command::Del { key } => commands::del(&client, key, json).await,
+        Command::Put {
+            key,
+            value: Some(value),
+            from_file: None,
+        } if plain && value != "-" => commands::put(&client, key, value, json).await,
+        Command::Put {
+            key,
+            value,
+            from_file,
+        } => cli::ranges::put(&client, &key, value, from_file, style).await,
+        Command::Get {
+            key,
+            stale,
+            prefix,
+            to,
+            limit,
+            keys_only,
+            count_only,
+            raw,
+        } => {
+            let get = cli::ranges::GetArgs {
+                key,
+                prefix,
+                to,
+                limit,
+                keys_only,
+                count_only,
+                stale,
+                raw,
+            };
+            match get.key.clone() {
+                Some(key) if plain && !get.raw && !get.is_range() => {
+                    commands::get(&client, key, stale, json).await
+                }
+                _ => cli::ranges::get(&client, get, style).await,
+            }
+        }
+        Command::Del {
+            key: Some(key),
+            prefix: None,
+            to: None,
+        } if plain => commands::del(&client, key, json).await,
+        Command::Del { key, prefix, to } => cli::ranges::del(&client, key, prefix, to, style).await,
+        Command::Txn { file } => cli::ranges::txn(&client, file, style).await,
         Command::Cas {
             key,
             values,

@@ -34,7 +34,9 @@ impl RetryHandle {
     pub fn new(session: Session, op: Op) -> Result<RetryHandle, Error> {
         if !op.is_write() {
             return Err(Error::InvalidRetry {
-                reason: "only a put, delete or compare-and-swap can be retried".to_owned(),
+                reason: "only a put, delete, compare-and-swap, range delete or transaction \
+                         can be retried"
+                    .to_owned(),
             });
         }
         if session.client_id == wire::NO_CLIENT_ID || session.seq == 0 {
@@ -111,6 +113,16 @@ pub enum WriteOutcome {
     },
     /// A compare-and-swap.
     Cas(CasOutcome),
+    /// A range delete: how many keys it removed when it was applied.
+    DeletedRange {
+        /// How many keys it removed.
+        count: u64,
+    },
+    /// A transaction: whether its compares held.
+    Txn {
+        /// True if the success operations were applied.
+        succeeded: bool,
+    },
 }
 
 #[cfg(test)]

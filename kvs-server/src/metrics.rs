@@ -50,11 +50,17 @@ pub enum RequestOp {
     Status,
     /// A member list or change.
     Member,
+    /// A range read (one page), linearizable or stale.
+    Range,
+    /// A range delete.
+    DelRange,
+    /// A multi-key transaction.
+    Txn,
 }
 
 impl RequestOp {
     /// Every operation, in label order.
-    pub const ALL: [RequestOp; 8] = [
+    pub const ALL: [RequestOp; 11] = [
         RequestOp::Put,
         RequestOp::Get,
         RequestOp::GetStale,
@@ -63,6 +69,9 @@ impl RequestOp {
         RequestOp::Session,
         RequestOp::Status,
         RequestOp::Member,
+        RequestOp::Range,
+        RequestOp::DelRange,
+        RequestOp::Txn,
     ];
 
     /// The `op` label.
@@ -76,6 +85,9 @@ impl RequestOp {
             RequestOp::Session => "session",
             RequestOp::Status => "status",
             RequestOp::Member => "member",
+            RequestOp::Range => "range",
+            RequestOp::DelRange => "del_range",
+            RequestOp::Txn => "txn",
         }
     }
 }

@@ -9,10 +9,13 @@
 //! applied every slot itself (the property test `tests/session_determinism.rs` checks it).
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 
 use bytes::Bytes;
 use paxos_core::{ChangeError, MembershipLog, Reconfig};
-use wire::{Command, ErrorReply, Reply, Session, WriteOp};
+use wire::{
+    Command, ErrorReply, RangeMode, RangePage, RangeRequest, Reply, Session, TxnOp, WriteOp,
+};
 
 use crate::sessions::{self, Known, SessionTable};
 pub use crate::sessions::{SessionResults, SESSIONS_MAX, SESSION_RESULTS_MAX};
@@ -284,9 +287,94 @@ impl StateMachine {
                     }
                 }
             }
+            WriteOp::DeleteRange { from, to } => Reply::DeletedRange {
+                count: self.remove_range(&from, to.as_deref()),
+            },
+            WriteOp::Txn(txn) => {
+                let succeeded = txn
+                    .compares
+                    .iter()
+                    .all(|c| c.holds(self.data.get(&c.key()[..]).map(|v| &**v)));
+                let ops = if succeeded { txn.success } else { txn.failure };
+                for op in ops {
+                    match op {
+                        TxnOp::Put { key, value } => self.insert(key, value),
+                        TxnOp::Delete { key } => {
+                            self.remove(&key);
+                        }
+                    }
+                }
+                Reply::TxnDone { succeeded }
+            }
             // Handled by `apply` before any data operation; kept total for safety.
             WriteOp::RegisterSession => Reply::Written,
         }
+    }
+
+    /// Removes every key in `[from, to)`; returns how many there were.
+    fn remove_range(&mut self, from: &[u8], to: Option<&[u8]>) -> u64 {
+        if to.is_some_and(|to| to <= from) {
+            return 0; // an empty range (and BTreeMap::range would panic on it)
+        }
+        let end = to.map_or(Bound::Unbounded, Bound::Excluded);
+        let doomed: Vec<Blob> = self
+            .data
+            .range::<[u8], _>((Bound::Included(from), end))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &doomed {
+            if let Some(old) = self.data.remove(key) {
+                self.data_bytes -= (key.len() + old.len()) as u64;
+            }
+            self.note_change(key);
+        }
+        doomed.len() as u64
+    }
+
+    /// Reads one page of a range: at most the request's limit and a page's worth of keys
+    /// ([`wire::RANGE_PAGE_KEYS_MAX`] keys, about [`wire::RANGE_PAGE_BYTES_MAX`] bytes, at
+    /// least one entry), or counts at most [`wire::RANGE_COUNT_PAGE_MAX`] keys without
+    /// copying any. `stale` is copied into the page.
+    pub fn range(&self, req: &RangeRequest, stale: bool) -> RangePage {
+        let mut page = RangePage {
+            stale,
+            ..RangePage::default()
+        };
+        let to = req.to.as_deref();
+        if to.is_some_and(|to| to <= &req.from[..]) {
+            return page;
+        }
+        let end = to.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut entries = self
+            .data
+            .range::<[u8], _>((Bound::Included(&req.from[..]), end));
+        let page_max = match req.mode {
+            RangeMode::Count => wire::RANGE_COUNT_PAGE_MAX,
+            RangeMode::Entries | RangeMode::KeysOnly => wire::RANGE_PAGE_KEYS_MAX,
+        };
+        let max = req.limit.unwrap_or(page_max).clamp(1, page_max);
+        let mut bytes = 0usize;
+        for (key, value) in entries.by_ref() {
+            if page.count == max || bytes >= wire::RANGE_PAGE_BYTES_MAX {
+                page.next = Some(Bytes::copy_from_slice(key));
+                break;
+            }
+            page.count += 1;
+            match req.mode {
+                RangeMode::Count => {}
+                RangeMode::KeysOnly => {
+                    bytes += key.len();
+                    page.keys.push(Bytes::copy_from_slice(key));
+                }
+                RangeMode::Entries => {
+                    bytes += key.len() + value.len();
+                    page.keys.push(Bytes::copy_from_slice(key));
+                    page.values.push(Bytes::copy_from_slice(value));
+                }
+            }
+        }
+        debug_assert!(page.count <= max);
+        page
     }
 
     fn insert(&mut self, key: Bytes, value: Bytes) {
@@ -539,5 +627,164 @@ mod delta_tests {
             "newer change wins"
         );
         assert_eq!(d2.get(&b"b"[..]), Some(&None), "older change restored");
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use wire::{Compare, RangeMode, RangeRequest, ReadConsistency, Txn, TxnOp};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn cmd(seq: u64, op: WriteOp) -> Command {
+        Command {
+            session: Session {
+                client_id: wire::NO_CLIENT_ID,
+                seq,
+            },
+            op,
+        }
+    }
+
+    fn filled(keys: &[&str]) -> StateMachine {
+        let mut sm = StateMachine::new();
+        for (slot, k) in keys.iter().enumerate() {
+            let put = WriteOp::Put {
+                key: b(k),
+                value: b(&format!("v-{k}")),
+            };
+            sm.apply(slot as u64, cmd(slot as u64, put));
+            sm.finish_slot(slot as u64);
+        }
+        sm
+    }
+
+    fn req(from: &str, to: Option<&str>, limit: Option<u64>, mode: RangeMode) -> RangeRequest {
+        RangeRequest {
+            from: b(from),
+            to: to.map(b),
+            limit,
+            mode,
+            consistency: ReadConsistency::Linearizable,
+        }
+    }
+
+    #[test]
+    fn a_range_is_from_inclusive_to_exclusive_with_a_limit_and_a_continuation() {
+        let sm = filled(&["a", "b1", "b2", "b3", "c"]);
+        let page = sm.range(&req("b", Some("c"), None, RangeMode::Entries), false);
+        assert_eq!(page.keys, vec![b("b1"), b("b2"), b("b3")]);
+        assert_eq!(page.values, vec![b("v-b1"), b("v-b2"), b("v-b3")]);
+        assert_eq!((page.count, page.next), (3, None));
+        let limited = sm.range(&req("b", Some("c"), Some(2), RangeMode::KeysOnly), true);
+        assert_eq!(limited.keys, vec![b("b1"), b("b2")]);
+        assert!(limited.values.is_empty());
+        assert_eq!(limited.next, Some(b("b3")));
+        assert!(limited.stale);
+        let count = sm.range(&req("", None, None, RangeMode::Count), false);
+        assert_eq!((count.count, count.keys.len(), count.next), (5, 0, None));
+        let empty = sm.range(&req("c", Some("b"), None, RangeMode::Entries), false);
+        assert_eq!((empty.count, empty.next), (0, None));
+    }
+
+    #[test]
+    fn a_page_ends_after_a_page_worth_of_bytes() {
+        let mut sm = StateMachine::new();
+        let value = Bytes::from(vec![7u8; 300 * 1024]);
+        for (slot, k) in ["k1", "k2", "k3", "k4", "k5"].iter().enumerate() {
+            let put = WriteOp::Put {
+                key: b(k),
+                value: value.clone(),
+            };
+            sm.apply(slot as u64, cmd(slot as u64, put));
+        }
+        let page = sm.range(&req("", None, None, RangeMode::Entries), false);
+        // 4 x 300 KiB crosses 1 MiB: the fourth entry is the last of the page.
+        assert_eq!(page.count, 4);
+        assert_eq!(page.next, Some(b("k5")));
+    }
+
+    #[test]
+    fn delete_range_and_txn_are_deterministic_and_exactly_once() {
+        let mut a = filled(&["a", "p/1", "p/2", "p/3", "q"]);
+        let mut c = filled(&["a", "p/1", "p/2", "p/3", "q"]);
+        let client = {
+            let r = a.apply(5, cmd(99, WriteOp::RegisterSession));
+            c.apply(5, cmd(99, WriteOp::RegisterSession));
+            match r.reply {
+                Ok(Reply::SessionRegistered { client_id }) => client_id,
+                other => panic!("{other:?}"),
+            }
+        };
+        let session = Session {
+            client_id: client,
+            seq: 1,
+        };
+        let del = Command {
+            session,
+            op: WriteOp::DeleteRange {
+                from: b("p/"),
+                to: wire::prefix_end(b"p/"),
+            },
+        };
+        let txn = |seq| Command {
+            session: Session {
+                client_id: client,
+                seq,
+            },
+            op: WriteOp::Txn(Txn {
+                compares: vec![
+                    Compare::Absent { key: b("p/1") },
+                    Compare::Value {
+                        key: b("a"),
+                        value: b("v-a"),
+                    },
+                ],
+                success: vec![
+                    TxnOp::Put {
+                        key: b("p/new"),
+                        value: b("x"),
+                    },
+                    TxnOp::Delete { key: b("q") },
+                ],
+                failure: vec![TxnOp::Put {
+                    key: b("failed"),
+                    value: b("1"),
+                }],
+            }),
+        };
+        for sm in [&mut a, &mut c] {
+            assert_eq!(
+                sm.apply(6, del.clone()).reply,
+                Ok(Reply::DeletedRange { count: 3 })
+            );
+            // The same write again: answered from the session table, not applied.
+            let retry = sm.apply(7, del.clone());
+            assert_eq!(retry.reply, Ok(Reply::DeletedRange { count: 3 }));
+            assert!(!retry.fresh);
+            assert_eq!(
+                sm.apply(8, txn(2)).reply,
+                Ok(Reply::TxnDone { succeeded: true })
+            );
+            // Now p/new exists but p/1 is still absent: the same compares hold; a
+            // different txn whose compare fails applies the failure branch.
+            let mut failing = txn(3);
+            if let WriteOp::Txn(t) = &mut failing.op {
+                t.compares = vec![Compare::Exists { key: b("q") }];
+            }
+            assert_eq!(
+                sm.apply(9, failing).reply,
+                Ok(Reply::TxnDone { succeeded: false })
+            );
+            sm.finish_slot(9);
+        }
+        assert_eq!(a, c, "two replicas applying the same commands agree");
+        let keys: Vec<&[u8]> = a.data().keys().map(|k| &**k).collect();
+        assert_eq!(keys, vec![&b"a"[..], b"failed", b"p/new"]);
+        assert_eq!(a.data_bytes(), c.data_bytes());
+        assert_eq!(a.data_bytes(), 1 + 3 + 6 + 1 + 5 + 1);
     }
 }

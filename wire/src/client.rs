@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::FRAME_BYTES_MAX_DEFAULT;
+use crate::kv::{self, RangePage, RangeRequest, Txn};
 use crate::membership::{check_addr, MemberChange, MemberList};
 use crate::status::NodeStatus;
 
@@ -129,6 +130,21 @@ pub enum Op {
         /// after the change (to remove members that are down for good).
         force: bool,
     },
+    /// Reads one page of a key range (or counts its keys). Answered with [`Reply::Range`];
+    /// served like [`Op::Get`] (linearizable through the leader unless stale). Version 4:
+    /// a server that predates it cannot decode it and closes the connection.
+    Range(RangeRequest),
+    /// Removes every key in `[from, to)` (`to`: `None`, to the last key) as one write,
+    /// one slot of the log. Answered with [`Reply::DeletedRange`]. Version 4.
+    DeleteRange {
+        /// The first key removed (inclusive).
+        from: Bytes,
+        /// The end of the range (exclusive); `None`: to the last key.
+        to: Option<Bytes>,
+    },
+    /// A multi-key transaction, applied atomically as one write. Answered with
+    /// [`Reply::TxnDone`]. Version 4.
+    Txn(Txn),
 }
 
 impl Op {
@@ -139,7 +155,13 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => Some(key),
-            Op::Status | Op::RegisterSession | Op::MemberList | Op::MemberChange { .. } => None,
+            Op::Status
+            | Op::RegisterSession
+            | Op::MemberList
+            | Op::MemberChange { .. }
+            | Op::Range(_)
+            | Op::DeleteRange { .. }
+            | Op::Txn(_) => None,
         }
     }
 
@@ -147,7 +169,14 @@ impl Op {
     /// [`Op::RegisterSession`] goes through the log too, but changes no key: it is not a
     /// write.
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+        matches!(
+            self,
+            Op::Put { .. }
+                | Op::Delete { .. }
+                | Op::Cas { .. }
+                | Op::DeleteRange { .. }
+                | Op::Txn(_)
+        )
     }
 }
 
@@ -203,6 +232,19 @@ pub enum Reply {
         /// The first slot the new configuration governs (it takes effect a fixed number
         /// of slots after the one it was chosen in).
         effective_from_slot: u64,
+    },
+    /// The answer to [`Op::Range`]: one page.
+    Range(RangePage),
+    /// The answer to [`Op::DeleteRange`].
+    DeletedRange {
+        /// How many keys it removed.
+        count: u64,
+    },
+    /// The answer to [`Op::Txn`].
+    TxnDone {
+        /// True if every compare held and the success operations were applied; false if
+        /// the failure operations were.
+        succeeded: bool,
     },
 }
 
@@ -407,6 +449,9 @@ pub fn validate(op: &Op) -> Result<(), ErrorReply> {
             check_size("value", new, VALUE_BYTES_MAX)
         }
         Op::MemberChange { change, .. } => validate_change(change),
+        Op::Range(req) => kv::validate_range(req),
+        Op::DeleteRange { from, to } => kv::validate_bounds(from, to.as_ref()),
+        Op::Txn(txn) => kv::validate_txn(txn),
         Op::Get { .. } | Op::Delete { .. } | Op::Status | Op::RegisterSession | Op::MemberList => {
             Ok(())
         }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Session;
+use crate::kv::Txn;
 use crate::WireError;
 
 /// One state-machine command, agreed on through Paxos and applied in slot order.
@@ -51,6 +52,15 @@ pub enum WriteOp {
     },
     /// Register a new client session (see [`crate::Op::RegisterSession`]). Changes no key.
     RegisterSession,
+    /// Remove every key in `[from, to)` (`to`: `None`, to the last key).
+    DeleteRange {
+        /// The first key removed (inclusive).
+        from: Bytes,
+        /// The end of the range (exclusive).
+        to: Option<Bytes>,
+    },
+    /// A multi-key transaction (see [`crate::Txn`]).
+    Txn(Txn),
 }
 
 impl Command {

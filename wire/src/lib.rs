@@ -104,6 +104,7 @@ pub mod client;
 pub mod codec;
 pub mod command;
 pub mod handshake;
+pub mod kv;
 pub mod membership;
 pub mod peer;
 pub mod status;
@@ -126,6 +127,10 @@ pub use handshake::{
     HelloReply, PeerRole, ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT,
     IDENTITY_MEMBERS_MAX, MAGIC, PEER_ADDR_BYTES_MAX, PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION,
     PROTOCOL_VERSION_MIN,
+};
+pub use kv::{
+    in_range, prefix_end, Compare, RangeMode, RangePage, RangeRequest, Txn, TxnOp,
+    RANGE_COUNT_PAGE_MAX, RANGE_PAGE_BYTES_MAX, RANGE_PAGE_KEYS_MAX, TXN_BYTES_MAX, TXN_OPS_MAX,
 };
 pub use membership::{MemberAddrs, MemberChange, MemberInfo, MemberList};
 pub use peer::{PeerMessage, SNAPSHOT_CHUNK_BYTES};

@@ -1,10 +1,25 @@
 //! The command line: global flags and subcommands.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::bench::BenchArgs;
+
+/// The syntax of a transaction file, shown by `kvs-client txn --help`.
+const TXN_SYNTAX: &str = "Transaction syntax (one item per line, '#' starts a comment):
+  value(\"KEY\") = \"VALUE\"   the key holds exactly VALUE
+  exists(\"KEY\")              the key exists
+  absent(\"KEY\")              the key is absent
+  (blank line)
+  put KEY VALUE                applied if every compare holds
+  del KEY
+  (blank line)
+  put KEY VALUE                applied otherwise
+  del KEY
+A KEY or VALUE is a word without spaces, or a double-quoted string with the escapes
+\\\" \\\\ \\n \\t \\r and \\xHH.";
 
 /// Command-line client of the replicated key-value store.
 #[derive(Debug, Parser)]
@@ -41,6 +56,11 @@ pub struct Args {
     #[arg(short, long, value_enum, default_value_t = Format::Text, global = true)]
     pub output: Format,
 
+    /// Keys are given in hex (for keys that are not UTF-8): key arguments, --prefix and
+    /// --to; keys are then printed in hex too.
+    #[arg(long, global = true)]
+    pub hex: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -53,31 +73,74 @@ pub enum Format {
     Text,
     /// One JSON object.
     Json,
+    /// Aligned columns with a header (text where a command prints no rows).
+    Table,
 }
 
 /// A subcommand and its arguments.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE (`-`: the bytes of stdin), or to the bytes of a file.
     Put {
         /// The key.
         key: String,
-        /// The value (any bytes the shell can pass).
-        value: OsString,
+        /// The value (any bytes the shell can pass); `-` reads it from stdin.
+        #[arg(required_unless_present = "from_file", conflicts_with = "from_file")]
+        value: Option<OsString>,
+        /// Read the value from this file (at most the server's value limit, 1 MiB).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
     },
-    /// Print KEY's value (exit 1 if absent).
+    /// Print KEY's value (exit 1 if absent), or the keys of a range: --prefix P, or KEY
+    /// --to END (`[KEY, END)`), with --limit, --keys-only or --count-only.
     Get {
-        /// The key.
-        key: String,
+        /// The key (with --to: the first key of the range).
+        #[arg(required_unless_present = "prefix")]
+        key: Option<String>,
         /// Read from any node, which may lag behind the leader.
         #[arg(long)]
         stale: bool,
+        /// Every key starting with P.
+        #[arg(long, value_name = "P", conflicts_with_all = ["key", "to"])]
+        prefix: Option<String>,
+        /// Every key from KEY (inclusive) to END (exclusive).
+        #[arg(long, value_name = "END", requires = "key")]
+        to: Option<String>,
+        /// At most N keys (at least 1).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Print only how many keys the range holds.
+        #[arg(long, conflicts_with = "keys_only")]
+        count_only: bool,
+        /// Write the value's exact bytes, without a newline (one key only).
+        #[arg(long, conflicts_with_all = ["prefix", "to", "keys_only", "count_only", "limit"])]
+        raw: bool,
     },
-    /// Remove KEY (exit 1 if it did not exist).
+    /// Remove KEY (exit 1 if it did not exist), or every key of a range as one write
+    /// (--prefix P, or KEY --to END), printing how many were removed.
     #[command(alias = "delete")]
     Del {
-        /// The key.
-        key: String,
+        /// The key (with --to: the first key of the range).
+        #[arg(required_unless_present = "prefix")]
+        key: Option<String>,
+        /// Every key starting with P.
+        #[arg(long, value_name = "P", conflicts_with_all = ["key", "to"])]
+        prefix: Option<String>,
+        /// Every key from KEY (inclusive) to END (exclusive).
+        #[arg(long, value_name = "END", requires = "key")]
+        to: Option<String>,
+    },
+    /// Apply a transaction read from stdin or --file: compares, a blank line, the
+    /// operations if they all hold, a blank line, the operations otherwise. Prints
+    /// SUCCESS (exit 0) or FAILURE (exit 1); a malformed file exits 2 naming the line.
+    #[command(after_help = TXN_SYNTAX)]
+    Txn {
+        /// Read the transaction from this file instead of stdin.
+        #[arg(long, value_name = "F")]
+        file: Option<PathBuf>,
     },
     /// Compare-and-swap: set KEY to NEW if its value is EXPECTED, or with --absent if KEY is
     /// absent (exit 1 on a mismatch).

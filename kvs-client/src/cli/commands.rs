@@ -125,6 +125,26 @@ pub async fn retry(client: &Client, token: &str, json: bool) -> u8 {
         }
         Ok(WriteOutcome::Deleted { existed }) => del_result(&key, existed, json),
         Ok(WriteOutcome::Cas(outcome)) => cas_result(&key, &outcome, json),
+        Ok(WriteOutcome::DeletedRange { count }) => {
+            if json {
+                print_json(&json!({ "deleted": count }));
+            } else {
+                println!("{count}");
+            }
+            EXIT_OK
+        }
+        Ok(WriteOutcome::Txn { succeeded }) => {
+            if json {
+                print_json(&json!({ "succeeded": succeeded }));
+            } else {
+                println!("{}", if succeeded { "SUCCESS" } else { "FAILURE" });
+            }
+            if succeeded {
+                EXIT_OK
+            } else {
+                EXIT_NOT_FOUND
+            }
+        }
         Err(e) => fail(&e),
     }
 }

@@ -111,5 +111,7 @@ pub(super) fn answers(op: &Op, reply: &Reply) -> bool {
         (Op::Put { .. }, Reply::Written)
             | (Op::Delete { .. }, Reply::Deleted { .. })
             | (Op::Cas { .. }, Reply::Swapped | Reply::Mismatch { .. })
+            | (Op::DeleteRange { .. }, Reply::DeletedRange { .. })
+            | (Op::Txn(_), Reply::TxnDone { .. })
     )
 }

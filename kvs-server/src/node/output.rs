@@ -4,7 +4,7 @@
 //! to ship.
 
 use paxos_core::{Change, NodeId, Output, Value};
-use wire::{Command, ErrorReply, Reply, WriteOp};
+use wire::{Command, ErrorReply, WriteOp};
 
 use super::pending::key_of;
 use super::Node;
@@ -49,11 +49,8 @@ impl Node {
             }
             Output::Committed { slot, value } => self.apply(slot, value),
             Output::ReadReady { id } => {
-                if let Some((key, responder)) = self.pending.take_read(id) {
-                    responder.respond(Ok(Reply::Value {
-                        value: self.sm.get_bytes(&key),
-                        stale: false,
-                    }));
+                if let Some((query, responder)) = self.pending.take_read(id) {
+                    responder.respond(Ok(self.answer_read(&query, false)));
                 }
             }
             Output::ReadAborted { id, leader_hint } => {

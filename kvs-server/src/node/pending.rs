@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use paxos_core::Reconfig;
 use rand::Rng;
-use wire::{ErrorReply, Reply, Session};
+use wire::{ErrorReply, RangeRequest, Reply, Session};
 
 use crate::answers::Responder;
 use crate::metrics::{Metrics, RequestOp};
@@ -51,9 +51,24 @@ fn proposal_id(raw: &Bytes) -> ProposalId {
     (raw.as_ptr() as usize, raw.len())
 }
 
+/// What a read asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ReadQuery {
+    /// One key's value.
+    Key(Bytes),
+    /// One page of a range.
+    Range(RangeRequest),
+}
+
+impl From<Bytes> for ReadQuery {
+    fn from(key: Bytes) -> Self {
+        ReadQuery::Key(key)
+    }
+}
+
 /// A linearizable read waiting for the core's `ReadReady`.
 struct PendingRead {
-    key: Bytes,
+    key: ReadQuery,
     responder: Responder,
     since: Instant,
 }
@@ -240,9 +255,15 @@ impl Pending {
     }
 
     /// Records a read of `key` handed to the core as `id`.
-    pub(crate) fn insert_read(&mut self, id: u64, key: Bytes, responder: Responder, now: Instant) {
+    pub(crate) fn insert_read(
+        &mut self,
+        id: u64,
+        key: impl Into<ReadQuery>,
+        responder: Responder,
+        now: Instant,
+    ) {
         let read = PendingRead {
-            key,
+            key: key.into(),
             responder,
             since: now,
         };
@@ -251,10 +272,14 @@ impl Pending {
     }
 
     /// Takes the read `id`: its key and its responder.
-    pub(crate) fn take_read(&mut self, id: u64) -> Option<(Bytes, Responder)> {
+    pub(crate) fn take_read(&mut self, id: u64) -> Option<(ReadQuery, Responder)> {
         let read = self.reads.remove(&id)?;
         if let Some(m) = &self.metrics {
-            m.observe_request(RequestOp::Get, read.since.elapsed());
+            let op = match read.key {
+                ReadQuery::Key(_) => RequestOp::Get,
+                ReadQuery::Range(_) => RequestOp::Range,
+            };
+            m.observe_request(op, read.since.elapsed());
         }
         Some((read.key, read.responder))
     }

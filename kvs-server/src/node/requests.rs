@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use wire::{
-    ClientRequest, Command, ErrorReply, MemberChange, Op, ReadConsistency, Reply, Session, WriteOp,
+    ClientRequest, Command, ErrorReply, MemberChange, Op, RangeRequest, ReadConsistency, Reply,
+    Session, WriteOp,
 };
 
-use super::pending::key_of;
+use super::pending::{key_of, ReadQuery};
 use super::Node;
 use crate::answers::Responder;
 use crate::metrics::RequestOp;
@@ -26,6 +27,10 @@ pub(crate) enum Route {
     ReadLocalUnsafe(Bytes),
     /// A linearizable read: the leader confirms it still leads, then answers.
     ReadIndex(Bytes),
+    /// A range read answered from the local state, as stale as it may be.
+    RangeStale(RangeRequest),
+    /// A linearizable range read, served like [`Route::ReadIndex`].
+    RangeIndex(RangeRequest),
     /// A write, proposed to the log; with the client's session if it gave one for a
     /// change (registrations and writes without a session get a tag instead).
     Write(Option<Session>, WriteOp),
@@ -54,6 +59,12 @@ pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
         } => return Route::ReadStale(key),
         Op::Get { key, .. } if unsafe_local_reads => return Route::ReadLocalUnsafe(key),
         Op::Get { key, .. } => return Route::ReadIndex(key),
+        Op::Range(req) if req.consistency == ReadConsistency::Stale => {
+            return Route::RangeStale(req)
+        }
+        Op::Range(req) => return Route::RangeIndex(req),
+        Op::DeleteRange { from, to } => WriteOp::DeleteRange { from, to },
+        Op::Txn(txn) => WriteOp::Txn(txn),
         Op::Put { key, value } => WriteOp::Put { key, value },
         Op::Delete { key } => WriteOp::Delete { key },
         Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
@@ -116,6 +127,14 @@ impl Node {
                 stale: false,
             })),
             Route::ReadIndex(key) => self.start_read(key, responder),
+            Route::RangeStale(req) => {
+                responder.respond(Ok(self.answer_read(&ReadQuery::Range(req), true)));
+                self.answered_at_once(RequestOp::Range, taken);
+            }
+            Route::RangeIndex(req) if self.cfg.unsafe_local_reads => {
+                responder.respond(Ok(self.answer_read(&ReadQuery::Range(req), false)));
+            }
+            Route::RangeIndex(req) => self.start_read(ReadQuery::Range(req), responder),
             Route::Write(session, op) => self.propose_write(session, op, responder),
             Route::MemberList => self.list_members(responder),
             Route::MemberChange {
@@ -132,8 +151,20 @@ impl Node {
         self.monitor.metrics.observe_request(op, taken.elapsed());
     }
 
+    /// The answer to a read from the local state (`stale`: without confirming it is
+    /// current).
+    pub(super) fn answer_read(&self, query: &ReadQuery, stale: bool) -> Reply {
+        match query {
+            ReadQuery::Key(key) => Reply::Value {
+                value: self.sm.get_bytes(key),
+                stale,
+            },
+            ReadQuery::Range(req) => Reply::Range(self.sm.range(req, stale)),
+        }
+    }
+
     /// Asks the core to confirm leadership for a read of `key`.
-    fn start_read(&mut self, key: Bytes, responder: Responder) {
+    fn start_read(&mut self, key: impl Into<ReadQuery>, responder: Responder) {
         let id = self.pending.next_read_id();
         match self.replica.read(self.now_ms(), id) {
             Ok(()) => self.pending.insert_read(id, key, responder, Instant::now()),
@@ -161,6 +192,8 @@ impl Node {
             WriteOp::Delete { .. } => RequestOp::Del,
             WriteOp::Cas { .. } => RequestOp::Cas,
             WriteOp::RegisterSession => RequestOp::Session,
+            WriteOp::DeleteRange { .. } => RequestOp::DelRange,
+            WriteOp::Txn(_) => RequestOp::Txn,
         };
         let Some(responder) = self.pending.join_write(key, responder) else {
             return; // a retry of a write still in flight here

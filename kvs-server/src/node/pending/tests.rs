@@ -47,7 +47,7 @@ fn reads_are_numbered_and_taken_once() {
     pending.insert_read(a, Bytes::from_static(b"k"), probe.responder(10), now);
     pending.insert_read(b, Bytes::from_static(b"j"), probe.responder(11), now);
     let (key, responder) = pending.take_read(a).unwrap_or_else(|| panic!("read {a}"));
-    assert_eq!(&key[..], b"k");
+    assert_eq!(key, ReadQuery::Key(Bytes::from_static(b"k")));
     assert!(pending.take_read(a).is_none());
     responder.respond(Ok(Reply::Value {
         value: None,
