@@ -558,6 +558,48 @@ async fn the_cli_reads_and_deletes_ranges_runs_transactions_and_carries_raw_byte
         "an odd hex key: {:?}",
         odd.stderr
     );
+    // The benchmark writes under its prefix and removes it all with one range delete.
+    let bench = cli(
+        c,
+        &[
+            "bench",
+            "--clients",
+            "2",
+            "--conns",
+            "1",
+            "--ops",
+            "20",
+            "--keys",
+            "10",
+        ]
+        .into_iter()
+        .chain(["--prefix", "bench/", "--cleanup"])
+        .collect::<Vec<_>>(),
+        b"",
+    )
+    .await;
+    let removed = bench
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cleanup: removed "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    check!(
+        c,
+        bench.code == Some(0) && removed.is_some_and(|n| n > 0),
+        "bench --cleanup: exit {:?}, stderr {:?}",
+        bench.code,
+        bench.stderr
+    );
+    expect(
+        c,
+        &["get", "--prefix", "bench/", "--count-only"],
+        b"",
+        0,
+        b"0\n",
+    )
+    .await;
+
     // Larger than the value limit: a clear error, exit 2.
     let too_big = dir.path().join("big.bin");
     std::fs::write(&too_big, vec![0u8; wire::VALUE_BYTES_MAX + 1]).or_fail(c, "writing");

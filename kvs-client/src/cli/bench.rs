@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use kvs_client::{Client, ClientOptions, NodeRole};
+use kvs_client::{Client, ClientOptions, KeyRange, NodeRole};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -52,6 +52,12 @@ pub struct BenchArgs {
     /// Read from any node without confirming with the leader (may be stale).
     #[arg(long)]
     pub stale: bool,
+    /// The prefix of every key written and read (keys are PREFIX followed by 8 digits).
+    #[arg(long, default_value = "key")]
+    pub prefix: String,
+    /// Afterwards, remove every key starting with the prefix, with one range delete.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 /// The outcome of a run.
@@ -66,8 +72,25 @@ pub struct BenchReport {
     pub hist: Histogram<u64>,
 }
 
-fn key(i: u64) -> String {
-    format!("key{i:08}")
+fn key(prefix: &str, i: u64) -> String {
+    format!("{prefix}{i:08}")
+}
+
+/// `--cleanup`: one range delete of the prefix; false if it failed.
+async fn cleanup(client: &Client, prefix: &str) -> bool {
+    match client
+        .delete_range(KeyRange::prefix(prefix.to_owned()))
+        .await
+    {
+        Ok(count) => {
+            eprintln!("cleanup: removed {count} keys starting with {prefix:?}");
+            true
+        }
+        Err(e) => {
+            eprintln!("error: cleanup failed: {e}");
+            false
+        }
+    }
 }
 
 /// Runs the benchmark; returns the process exit code.
@@ -114,6 +137,9 @@ pub async fn run(
         }
     };
     print_report(&args, &report, json_out);
+    if args.cleanup && !cleanup(&clients_per_conn[0], &args.prefix).await {
+        return 3;
+    }
     if let Some(e) = last_error {
         eprintln!("last error: {e}");
     }
@@ -190,7 +216,7 @@ async fn client_loop(
     let mut errors = 0u64;
     let mut last_error = None;
     for _ in 0..ops {
-        let k = key(rng.random_range(0..args.keys));
+        let k = key(&args.prefix, rng.random_range(0..args.keys));
         let write = match args.workload {
             Workload::Put => true,
             Workload::Get => false,
@@ -221,6 +247,7 @@ async fn preload(clients: &[Client], args: &BenchArgs, value: &Bytes) -> Result<
         let c = clients[(w % clients.len() as u64) as usize].clone();
         let next = next.clone();
         let keys = args.keys;
+        let prefix = args.prefix.clone();
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -228,7 +255,7 @@ async fn preload(clients: &[Client], args: &BenchArgs, value: &Bytes) -> Result<
                 if k >= keys {
                     return Ok(());
                 }
-                c.put(key(k), value.clone())
+                c.put(key(&prefix, k), value.clone())
                     .await
                     .map_err(|e| e.to_string())?;
             }
