@@ -7,6 +7,7 @@ mod operations;
 mod ranges;
 mod routing;
 mod send;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +24,7 @@ pub use members::{MemberChangeOutcome, MemberChanged};
 pub use ranges::{Entry, KeyRange, RangeOptions, RangePager};
 use routing::LeaderHint;
 use send::{AttemptError, ConnectionSlot, Route};
+pub use snapshot::SnapshotSource;
 
 /// How many times one write registers a new session after the cluster forgot the current
 /// one before it gives up (each time, nothing of the write was applied).

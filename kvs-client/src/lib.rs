@@ -137,12 +137,13 @@ mod session;
 
 pub use client::{
     CasOutcome, Client, Entry, KeyRange, MemberChangeOutcome, MemberChanged, RangeOptions,
-    RangePager,
+    RangePager, SnapshotSource,
 };
 pub use error::Error;
 pub use options::ClientOptions;
 pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
+pub use wire::{backup, SnapshotStream};
 pub use wire::{
     Compare, ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole, NodeStatus, Txn, TxnOp,
 };

@@ -88,6 +88,7 @@ mod cli {
     pub mod members;
     pub mod output;
     pub mod ranges;
+    pub mod snapshot;
     pub mod txn_file;
 }
 
@@ -206,6 +207,7 @@ async fn run(args: Args) -> u8 {
         }
         Command::Retry { token } => commands::retry(&client, &token, json).await,
         Command::Member(member) => cli::members::run(&client, member, json).await,
+        Command::Snapshot(snapshot) => cli::snapshot::run(&client, snapshot, json).await,
         Command::Bench(bench) => {
             let options = client.options().clone();
             cli::bench::run(&args.endpoints, options, bench, json).await

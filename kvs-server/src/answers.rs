@@ -41,6 +41,7 @@ pub(crate) fn answer_bytes(resp: &ClientResponse) -> usize {
     let carried = match &resp.result {
         Ok(wire::Reply::Value { value: Some(v), .. }) => v.len(),
         Ok(wire::Reply::Mismatch { current: Some(v) }) => v.len(),
+        Ok(wire::Reply::SnapshotChunk { data }) => data.len(),
         _ => 0,
     };
     carried + ANSWER_OVERHEAD_BYTES

@@ -17,6 +17,9 @@ pub enum ServerError {
     /// A setting is missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `kvs-server restore` failed.
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
     /// The consensus settings cannot work together.
     #[error("invalid cluster configuration: {0}")]
     Cluster(#[from] paxos_core::ConfigError),

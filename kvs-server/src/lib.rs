@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod repair;
+pub mod restore;
 pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;

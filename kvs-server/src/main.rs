@@ -96,6 +96,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
             return kvs_server::dev::run(args).await;
         }
         Some(Command::Repair(args)) => return repair(&args.data_dir),
+        Some(Command::Restore(args)) => return restore(&args),
         None => {}
     }
     let args = cli.replica.merged(matches)?;
@@ -146,6 +147,40 @@ fn stop_with_parent(shutdown: CancellationToken) {
 }
 
 /// `kvs-server repair --data-dir DIR`.
+/// `kvs-server restore`: see [`kvs_server::restore`].
+fn restore(args: &kvs_server::config::RestoreArgs) -> Result<(), ServerError> {
+    use kvs_server::config::parse_members;
+    let started = std::time::Instant::now();
+    let options = kvs_server::restore::RestoreOptions {
+        from: args.from.clone(),
+        data_dir: args.data_dir.clone(),
+        id: args.id,
+        peers: parse_members(&args.peers, "--peers")?,
+        client_addrs: match &args.client_addrs {
+            Some(s) => parse_members(s, "--client-addrs")?,
+            None => Default::default(),
+        },
+        cluster_name: args.cluster_id.clone(),
+        token: args.initial_cluster_token.clone(),
+    };
+    let done = kvs_server::restore::restore(&options)?;
+    let h = &done.header;
+    say(&format!(
+        "restored {} keys of slot {} (from cluster \"{}\" {}) into {} as member {} of new \
+         cluster {} ({} bytes) in {} ms; start it with the same --id, --peers and --data-dir\n",
+        h.keys,
+        h.slot,
+        h.cluster_name,
+        h.cluster_uid,
+        args.data_dir.display(),
+        args.id,
+        done.cluster_uid,
+        done.snapshot_bytes,
+        started.elapsed().as_millis()
+    ));
+    Ok(())
+}
+
 fn repair(dir: &std::path::Path) -> Result<(), ServerError> {
     let _lock = kvs_server::dir_lock::DirLock::acquire(dir)?;
     let done = kvs_server::repair::prepare(dir)?;

@@ -145,6 +145,46 @@ pub enum Op {
     /// A multi-key transaction, applied atomically as one write. Answered with
     /// [`Reply::TxnDone`]. Version 4.
     Txn(Txn),
+    /// Starts streaming a consistent snapshot of the whole store (a backup), by the
+    /// leader: the state at a slot at least as new as every write acknowledged before the
+    /// request arrived (linearizable). Answered with [`Reply::SnapshotStream`]; the bytes
+    /// then come with [`Op::SnapshotRead`] on the same connection. At most
+    /// [`SNAPSHOT_SAVES_MAX`] at once per replica ([`ErrorReply::SnapshotBusy`]).
+    SnapshotSave,
+    /// Reads the next chunk of a snapshot stream opened with [`Op::SnapshotSave`], from
+    /// the replica that opened it. Answered with [`Reply::SnapshotChunk`] of at most
+    /// [`SNAPSHOT_STREAM_CHUNK_BYTES`]; reading the last byte ends the stream, and a stream
+    /// nobody reads for a while is dropped.
+    SnapshotRead {
+        /// The stream ([`SnapshotStream::stream`]).
+        stream: u64,
+        /// Where the chunk starts in the snapshot.
+        offset: u64,
+    },
+}
+
+/// Largest chunk of a snapshot stream ([`Reply::SnapshotChunk`]): well inside a default
+/// frame.
+pub const SNAPSHOT_STREAM_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How many snapshot streams ([`Op::SnapshotSave`]) a replica serves at once.
+pub const SNAPSHOT_SAVES_MAX: usize = 2;
+
+/// A snapshot stream opened by [`Op::SnapshotSave`]: what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStream {
+    /// The stream's id, for [`Op::SnapshotRead`].
+    pub stream: u64,
+    /// The snapshot covers every slot below this one.
+    pub slot: u64,
+    /// Keys in the snapshot.
+    pub keys: u64,
+    /// The snapshot's length in bytes.
+    pub bytes: u64,
+    /// The cluster's name (`--cluster-id`).
+    pub cluster_name: String,
+    /// The cluster's identity.
+    pub cluster_uid: [u8; 16],
 }
 
 impl Op {
@@ -159,6 +199,8 @@ impl Op {
             | Op::RegisterSession
             | Op::MemberList
             | Op::MemberChange { .. }
+            | Op::SnapshotSave
+            | Op::SnapshotRead { .. }
             | Op::Range(_)
             | Op::DeleteRange { .. }
             | Op::Txn(_) => None,
@@ -245,6 +287,14 @@ pub enum Reply {
         /// True if every compare held and the success operations were applied; false if
         /// the failure operations were.
         succeeded: bool,
+    },
+    /// The answer to [`Op::SnapshotSave`]: a stream is open.
+    SnapshotStream(Box<SnapshotStream>),
+    /// The answer to [`Op::SnapshotRead`]: the bytes from the offset asked for (empty at
+    /// the end).
+    SnapshotChunk {
+        /// The bytes.
+        data: Bytes,
     },
 }
 
@@ -382,6 +432,15 @@ pub enum ErrorReply {
         /// The most learners.
         learners_max: u64,
     },
+    /// The replica streams as many snapshots as it may at once; retry once one ends.
+    #[error(
+        "busy: this replica already streams {saves_max} snapshots, the most it serves at \
+         once; retry once one of them ends"
+    )]
+    SnapshotBusy {
+        /// How many it streams at once at most.
+        saves_max: u64,
+    },
 }
 
 fn learner_not_ready(id: u64, lag: Option<u64>, allowed: u64) -> String {
@@ -449,6 +508,7 @@ pub fn validate(op: &Op) -> Result<(), ErrorReply> {
             check_size("value", new, VALUE_BYTES_MAX)
         }
         Op::MemberChange { change, .. } => validate_change(change),
+        Op::SnapshotSave | Op::SnapshotRead { .. } => Ok(()),
         Op::Range(req) => kv::validate_range(req),
         Op::DeleteRange { from, to } => kv::validate_bounds(from, to.as_ref()),
         Op::Txn(txn) => kv::validate_txn(txn),

@@ -100,6 +100,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod client;
 pub mod codec;
 pub mod command;
@@ -113,7 +114,8 @@ mod error;
 
 pub use client::{
     validate, ClientRequest, ClientResponse, ErrorReply, Op, ReadConsistency, Reply, Session,
-    KEY_BYTES_MAX, NO_CLIENT_ID, SESSION_WINDOW, VALUE_BYTES_MAX,
+    SnapshotStream, KEY_BYTES_MAX, NO_CLIENT_ID, SESSION_WINDOW, SNAPSHOT_SAVES_MAX,
+    SNAPSHOT_STREAM_CHUNK_BYTES, VALUE_BYTES_MAX,
 };
 pub use codec::{
     decode, encode, encode_into, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,

@@ -175,6 +175,9 @@ pub enum Command {
     /// List and change the cluster's members (one change at a time).
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Back up the whole store to a file, or describe a backup file.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 /// `endpoint` subcommands.
@@ -243,6 +246,28 @@ pub enum MemberCommand {
         /// (to remove members that are down for good).
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// `snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stream a consistent snapshot of the whole store from the leader (at least as new as
+    /// every write acknowledged before it started) into FILE, written atomically with a
+    /// checksum. Progress on stderr when it is a terminal. Waits at least 60 s (or
+    /// --timeout-ms if longer) for the leader to prepare it and for each chunk. Exit 3 if
+    /// the cluster cannot serve it (busy: at most 2 saves at once per replica), 1 if FILE
+    /// cannot be written.
+    Save {
+        /// The backup file to write (replaced if it exists).
+        file: std::path::PathBuf,
+    },
+    /// Check a backup file in full and show its slot, keys, bytes, checksum, cluster and
+    /// format version. Exit 2, naming the file and the defect, if it is damaged or
+    /// truncated.
+    Status {
+        /// The backup file.
+        file: std::path::PathBuf,
     },
 }
 

@@ -285,7 +285,8 @@ impl Client {
             | ErrorReply::MemberExists { .. }
             | ErrorReply::AlreadyVoter { .. }
             | ErrorReply::LastVoter { .. }
-            | ErrorReply::TooManyMembers { .. } => {
+            | ErrorReply::TooManyMembers { .. }
+            | ErrorReply::SnapshotBusy { .. } => {
                 let error = Error::Rejected(refusal);
                 return ControlFlow::Break(Err(unknown_if(search.maybe_applied, error)));
             }

@@ -259,6 +259,11 @@ pub fn store_script(id: u64) -> Script {
                     reason: "this fake keeps no membership".into(),
                 })
             }
+            Op::SnapshotSave | Op::SnapshotRead { .. } => {
+                return Err(ErrorReply::Invalid {
+                    reason: "this fake keeps no snapshots".into(),
+                })
+            }
             Op::Range(_) | Op::DeleteRange { .. } | Op::Txn(_) => {
                 return Err(ErrorReply::Invalid {
                     reason: "this fake serves no ranges or transactions".into(),

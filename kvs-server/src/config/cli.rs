@@ -38,6 +38,40 @@ pub enum Command {
     /// the damaged files aside (deleting nothing) and marks the data dir; start the replica
     /// again with its usual flags afterwards.
     Repair(RepairArgs),
+    /// Bootstrap the data dir of a member of a new cluster from a backup file
+    /// (`kvs-client snapshot save`): checks the whole file first, refuses a data dir that
+    /// is not empty, and writes the snapshot with a membership of --peers and a new
+    /// cluster identity. Restore every member from the same file with the same --peers,
+    /// each with its own --id, then start them with those flags.
+    Restore(RestoreArgs),
+}
+
+/// `kvs-server restore` settings.
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The new member's data dir; it must be absent or empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The new member's id (a member of --peers).
+    #[arg(long)]
+    pub id: u64,
+    /// Every member of the new cluster as ID=HOST:PORT, comma-separated.
+    #[arg(long)]
+    pub peers: String,
+    /// Client addresses of the members as ID=HOST:PORT, recorded in the membership so
+    /// followers can point clients to the leader.
+    #[arg(long)]
+    pub client_addrs: Option<String>,
+    /// The new cluster's id (what peers and clients present).
+    #[arg(long, default_value = "kvs")]
+    pub cluster_id: String,
+    /// Mixed into the new cluster identity (default: the cluster id), with the backup's
+    /// checksum: members restored from one file with the same flags agree on it.
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
 }
 
 /// `kvs-server repair` settings.

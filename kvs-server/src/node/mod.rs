@@ -17,6 +17,7 @@
 //! | [`status`] | the status report |
 //! | [`monitor`] | the status published for the admin listener, metrics, notable events |
 
+mod backups;
 mod event_loop;
 mod faults;
 mod membership;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use wire::PeerMessage;
 
 pub use crate::config::NodeConfig;
+pub use start::initial_membership;
 
 use crate::error::ServerError;
 use crate::event::{Event, Report};

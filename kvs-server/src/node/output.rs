@@ -48,6 +48,14 @@ impl Node {
                 }
             }
             Output::Committed { slot, value } => self.apply(slot, value),
+            // The read rounds of snapshot saves (backups).
+            Output::ReadReady { id } if self.is_backup_read(id) => {
+                self.backup_read_done(id, Ok(()));
+            }
+            Output::ReadAborted { id, leader_hint } if self.is_backup_read(id) => {
+                let refusal = self.not_leader(leader_hint);
+                self.backup_read_done(id, Err(refusal));
+            }
             Output::ReadReady { id } => {
                 if let Some((query, responder)) = self.pending.take_read(id) {
                     responder.respond(Ok(self.answer_read(&query, false)));

@@ -45,6 +45,15 @@ pub(crate) enum Route {
         /// Skip the quorum check.
         force: bool,
     },
+    /// A snapshot stream to open (a backup), on the leader.
+    SnapshotSave,
+    /// The next chunk of a snapshot stream.
+    SnapshotRead {
+        /// The stream.
+        stream: u64,
+        /// Where the chunk starts.
+        offset: u64,
+    },
     /// Refused at once.
     Refuse(ErrorReply),
 }
@@ -70,6 +79,8 @@ pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
         Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
         Op::RegisterSession => WriteOp::RegisterSession,
         Op::MemberList => return Route::MemberList,
+        Op::SnapshotSave => return Route::SnapshotSave,
+        Op::SnapshotRead { stream, offset } => return Route::SnapshotRead { stream, offset },
         Op::MemberChange {
             expected,
             change,
@@ -142,6 +153,8 @@ impl Node {
                 change,
                 force,
             } => self.change_members(expected, change, force, responder),
+            Route::SnapshotSave => self.start_backup(responder),
+            Route::SnapshotRead { stream, offset } => self.read_backup(stream, offset, responder),
             Route::Refuse(e) => responder.respond(Err(e)),
         }
     }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use paxos_core::NodeId;
 
+use super::backups::Backups;
 use super::{note_values, Node};
 use crate::admin::events::{Kind, Level};
 use crate::error::ServerError;
@@ -51,6 +52,8 @@ pub(crate) struct Snapshots {
     ship_after: BTreeSet<NodeId>,
     /// Room for received chunks, shared with the peer connections (flow control).
     credits: Credits,
+    /// Snapshots streamed to clients (backups).
+    backups: Backups,
 }
 
 impl Snapshots {
@@ -65,7 +68,18 @@ impl Snapshots {
             outgoing,
             ship_after: BTreeSet::new(),
             credits,
+            backups: Backups::default(),
         }
+    }
+
+    /// The snapshots streamed to clients.
+    pub(crate) fn backups(&self) -> &Backups {
+        &self.backups
+    }
+
+    /// The slot of the latest snapshot on disk.
+    pub(crate) fn last_slot(&self) -> u64 {
+        self.last_slot
     }
 
     /// Gives back the room of a received chunk this replica drops.
@@ -154,8 +168,13 @@ impl Node {
     }
 
     /// A background snapshot is durable (or failed): let the core and the log forget what
-    /// it covers.
+    /// it covers, and stream it to the clients waiting for it.
     pub(super) fn snapshot_written(&mut self, written: SnapshotWritten) {
+        self.snapshot_done(written);
+        self.serve_waiting_backups();
+    }
+
+    fn snapshot_done(&mut self, written: SnapshotWritten) {
         self.snapshots.writing = false;
         let SnapshotWritten {
             slot,

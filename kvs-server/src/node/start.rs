@@ -531,23 +531,33 @@ fn recover(
 /// addresses the flags give for it (its `--peers` entry and its `--client-addrs` entry;
 /// this replica's own client address is `--client-addr` if `--client-addrs` has none).
 fn first_membership(cfg: &NodeConfig, members: &[NodeId]) -> Result<MembershipLog, ServerError> {
+    let mut client_addrs = cfg.client_addrs.clone();
+    client_addrs
+        .entry(cfg.id)
+        .or_insert_with(|| cfg.client_addr.clone());
+    initial_membership(members, &cfg.peers, &client_addrs)
+}
+
+/// The first membership of a cluster of `members`, each a voter, recorded with its peer
+/// address (from `peers`) and client address (from `client_addrs`, if there). Also the
+/// membership `kvs-server restore` gives a restored cluster.
+pub fn initial_membership(
+    members: &[NodeId],
+    peers: &BTreeMap<NodeId, String>,
+    client_addrs: &BTreeMap<NodeId, String>,
+) -> Result<MembershipLog, ServerError> {
     let mut metas: BTreeMap<NodeId, Bytes> = BTreeMap::new();
     for &id in members {
-        let Some(peer_addr) = cfg.peers.get(&id) else {
+        let Some(peer_addr) = peers.get(&id) else {
             tracing::warn!(
                 member = id,
                 "--peers gives no address for a member of the cluster: it is recorded without one"
             );
             continue;
         };
-        let client_addr = cfg
-            .client_addrs
-            .get(&id)
-            .or((id == cfg.id).then_some(&cfg.client_addr))
-            .cloned();
         let addrs = wire::MemberAddrs {
             peer_addr: peer_addr.clone(),
-            client_addr,
+            client_addr: client_addrs.get(&id).cloned(),
         };
         let meta = addrs.encode().map_err(|e| ServerError::Membership {
             reason: format!("member {id}: {e}"),
