@@ -488,3 +488,74 @@ async fn a_cluster_restored_from_a_backup_serves_every_key_acknowledged_before_t
         logs()
     );
 }
+
+/// A replica streams at most two snapshots at once: a third save is refused as busy, with
+/// nothing else disturbed, until one of the two has been read to its end. Writes and reads
+/// are served while the streams are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_concurrent_save_is_refused_as_busy_until_one_ends() {
+    let cluster = start(ClusterOptions {
+        proxies: false,
+        ..fast_options(3)
+    });
+    wait_leader(&cluster, &[1, 2, 3]).await;
+    let client = client(&cluster, Duration::from_secs(30));
+    for i in 0..100 {
+        client
+            .put(key(i), value(i))
+            .await
+            .or_fail(&cluster, "a put");
+    }
+    let step = Duration::from_secs(30);
+    let mut first = client
+        .snapshot_open(step)
+        .await
+        .or_fail(&cluster, "first save");
+    let second = client
+        .snapshot_open(step)
+        .await
+        .or_fail(&cluster, "second save");
+    check!(&cluster, first.info().keys == 100, "{:?}", first.info());
+    check!(
+        &cluster,
+        first.endpoint() == second.endpoint(),
+        "both from the leader"
+    );
+    let third = client.snapshot_open(step).await;
+    check!(
+        &cluster,
+        matches!(
+            &third,
+            Err(kvs_client::Error::Rejected(
+                kvs_client::ErrorReply::SnapshotBusy { saves_max: 2 }
+            ))
+        ),
+        "a third save while two are open: {third:?}"
+    );
+    // The store is served meanwhile.
+    client
+        .put("while-open", "yes")
+        .await
+        .or_fail(&cluster, "a put");
+    let got = client.get("while-open").await.or_fail(&cluster, "a get");
+    check!(&cluster, got.as_deref() == Some(&b"yes"[..]), "{got:?}");
+    // Reading one to its end frees its room.
+    let mut received = 0u64;
+    // Bounded: each chunk is at least one byte of the stream.
+    while let Some(chunk) = first.next_chunk().await.or_fail(&cluster, "a chunk") {
+        received += chunk.len() as u64;
+    }
+    check!(&cluster, received == first.info().bytes, "{received} bytes");
+    let again = client
+        .snapshot_open(step)
+        .await
+        .or_fail(&cluster, "a save after one ended");
+    check!(
+        &cluster,
+        again.info().keys == 101 && again.info().slot > first.info().slot,
+        "the new save holds the write made meanwhile: {:?} after {:?}",
+        again.info(),
+        first.info()
+    );
+    drop(second);
+}
