@@ -302,6 +302,29 @@ async fn a_cluster_restored_from_a_backup_serves_every_key_acknowledged_before_t
         );
     }
     cluster.kill_all();
+    // A save that cannot reach the cluster leaves no file behind, not even a temporary one.
+    let unreachable = run(
+        &cli,
+        &[
+            "--endpoints",
+            &endpoints,
+            "snapshot",
+            "save",
+            &dir.path().join("none.kvs").to_string_lossy(),
+        ],
+    );
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "{}",
+        text(&unreachable.stderr)
+    );
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list the temp dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.contains("none.kvs"))
+        .collect();
+    assert!(left.is_empty(), "a failed save left {left:?}");
 
     // Restore a new three-replica cluster on new ports.
     let ports: Vec<(ReservedPort, ReservedPort)> = (0..3)
@@ -469,6 +492,15 @@ async fn a_cluster_restored_from_a_backup_serves_every_key_acknowledged_before_t
         "read back {} keys in {:.1} s",
         KEYS + acked_before_save.len(),
         reading.elapsed().as_secs_f64()
+    );
+    // It holds exactly the keys of the backup.
+    let count = restored_client
+        .count(kvs_client::KeyRange::prefix(""), None, false)
+        .await
+        .expect("a count");
+    assert_eq!(
+        count, keys,
+        "keys in the restored cluster, and in the backup"
     );
     // The restored cluster starts at the backup's slot and takes writes.
     restored_client
