@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{ErrorReply, ReadConsistency, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::codec::FRAME_BYTES_MAX_DEFAULT;
 
 /// Most keys returned in one page of a range read.
 pub const RANGE_PAGE_KEYS_MAX: u64 = 65_536;
@@ -32,6 +33,16 @@ pub const TXN_OPS_MAX: usize = 128;
 
 /// Most bytes of keys and values in one transaction (2 MiB): it fits one frame.
 pub const TXN_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+// A largest transaction (its bytes, plus a generous 64 bytes of encoding per compare or
+// operation) fits a default frame with room for the envelope, as a request and inside a
+// replicated command; so does a fullest page of a range read (the bytes after which it
+// ends, one more maximal entry, and its per-key encoding).
+const _: () = assert!(TXN_BYTES_MAX + TXN_OPS_MAX * 64 + 1024 <= FRAME_BYTES_MAX_DEFAULT);
+const _: () = assert!(
+    RANGE_PAGE_BYTES_MAX + KEY_BYTES_MAX + VALUE_BYTES_MAX + RANGE_PAGE_KEYS_MAX as usize * 16
+        <= FRAME_BYTES_MAX_DEFAULT
+);
 
 /// What a range read returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -25,8 +25,9 @@ A KEY or VALUE is a word without spaces, or a double-quoted string with the esca
 #[derive(Debug, Parser)]
 #[command(name = "kvs-client", version, about, long_about = None)]
 #[command(
-    after_help = "Exit codes: 0 success; 1 key not found, CAS mismatch, or a membership \
-    change refused (nothing changed); 2 usage error or invalid input; 3 unavailable, \
+    after_help = "Exit codes: 0 success; 1 key not found, CAS mismatch, transaction \
+    FAILURE, or a membership change refused (nothing changed); 2 usage error or invalid \
+    input; 3 unavailable, \
     timeout or connection error (nothing applied); 4 outcome unknown (a write may or may \
     not have been applied: retry it with the token printed, `kvs-client retry TOKEN`, not \
     by running it again; a membership change: see `kvs-client member list`); 5 session \
