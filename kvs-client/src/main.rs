@@ -78,6 +78,35 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// What the tool prints goes through these in place of the standard macros, which panic
+// when stdout or stderr is closed (`kvs-client get --prefix p | head -1`, or a log
+// collector that went away): a write that fails is dropped, and the exit code still says
+// how the command went. They are defined before the modules, so every module uses them.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::write_out(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprintln {
+    () => { $crate::write_err(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_err(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stdout, ignoring a closed or failing stdout.
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args);
+}
+
+/// Writes to stderr, ignoring a closed or failing stderr.
+fn write_err(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
 /// The tool's parts: the command line, the subcommands and what they print.
 mod cli {
     pub mod args;

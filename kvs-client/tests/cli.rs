@@ -773,3 +773,33 @@ fn endpoint_health_is_bounded_and_can_reach_the_leader_via_other_addresses() {
     );
     assert_eq!(via.code, 0, "{}{}", via.stdout(), via.stderr);
 }
+
+/// Output to a closed stdout and stderr (`kvs-client ... | head -1`, a log collector gone)
+/// is dropped: the tool still exits with the code of what it did, never with a panic.
+#[test]
+fn closed_stdout_and_stderr_do_not_make_the_tool_panic() {
+    let exit_code = |args: &[&str]| {
+        let (out_reader, out_writer) = std::io::pipe().unwrap_or_else(|e| panic!("pipe: {e}"));
+        let (err_reader, err_writer) = std::io::pipe().unwrap_or_else(|e| panic!("pipe: {e}"));
+        // Nobody reads: every write the tool makes fails with a broken pipe.
+        drop(out_reader);
+        drop(err_reader);
+        let status = Command::new(env!("CARGO_BIN_EXE_kvs-client"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out_writer)
+            .stderr(err_writer)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kvs-client: {e}"));
+        status.code()
+    };
+    // Nothing listens on port 1: an error on stderr, exit 3.
+    assert_eq!(
+        exit_code(&["--endpoints", "127.0.0.1:1", "get", "k"]),
+        Some(3)
+    );
+    assert_eq!(
+        exit_code(&["--endpoints", "127.0.0.1:1", "-o", "json", "status"]),
+        Some(3)
+    );
+}
