@@ -151,6 +151,10 @@ fn put_value(out: &mut Vec<u8>, value: &Value) -> Result<(), RecordError> {
         Value::Commands(commands) => commands,
         Value::Reconfig(reconfig) => return put_reconfig(out, reconfig),
     };
+    if commands.is_empty() {
+        // Refused on read: never written.
+        return Err(RecordError::EmptyBatch);
+    }
     out.push(VALUE_COMMANDS);
     let count = u32::try_from(commands.len()).map_err(|_| RecordError::TooLong(commands.len()))?;
     out.extend_from_slice(&count.to_le_bytes());
@@ -186,7 +190,17 @@ pub fn decode(raw: &[u8]) -> Result<PersistEntry, RecordError> {
         None => Err(RecordError::Empty),
         Some(&RECORD_VERSION) => Reader::new(raw, 1).entry(),
         Some(first) if LEGACY_FIRST_BYTES.contains(first) => {
-            wire::decode(raw).map_err(|e| RecordError::Legacy(e.to_string()))
+            let entry: PersistEntry =
+                wire::decode(raw).map_err(|e| RecordError::Legacy(e.to_string()))?;
+            // The same rule as the current format: a record read here is rewritten in it at
+            // the next compaction, and must then read back.
+            match &entry {
+                PersistEntry::Accepted {
+                    value: Value::Commands(commands),
+                    ..
+                } if commands.is_empty() => Err(RecordError::EmptyBatch),
+                _ => Ok(entry),
+            }
         }
         Some(&version) => Err(RecordError::UnknownVersion(version)),
     }
@@ -432,6 +446,21 @@ mod tests {
             longer.push(0);
             assert_eq!(decode(&longer), Err(RecordError::Trailing(1)));
         }
+    }
+
+    /// Found by fuzzing (fuzz target `storage_record`): a record of an earlier release
+    /// holding an empty batch was read, but its rewrite in the current format was refused
+    /// on the next read. Both formats now refuse it, and it is never written.
+    #[test]
+    fn an_empty_batch_is_refused_in_every_format() {
+        let legacy = [0x01, 0x01, 0x01, 0x26, 0x01, 0x00];
+        assert_eq!(decode(&legacy), Err(RecordError::EmptyBatch));
+        let entry = PersistEntry::Accepted {
+            slot: 1,
+            ballot: Ballot { round: 1, node: 38 },
+            value: Value::Commands(vec![]),
+        };
+        assert_eq!(encode(&entry), Err(RecordError::EmptyBatch));
     }
 
     #[test]

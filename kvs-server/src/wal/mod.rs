@@ -81,6 +81,7 @@
 //! new segment of the current format.
 #![warn(missing_docs)]
 
+pub mod decode;
 mod dir;
 mod error;
 mod options;
