@@ -29,10 +29,45 @@ pub enum PeerMessage {
     },
 }
 
+impl PeerMessage {
+    /// Whether the message carries a batch of no command: never proposed, and refused by
+    /// the log's record format, so a receiver drops the connection instead of acting on it.
+    pub fn carries_empty_batch(&self) -> bool {
+        use paxos_core::{Message, Value};
+        let empty = |value: &Value| matches!(value, Value::Commands(c) if c.is_empty());
+        match self {
+            PeerMessage::Paxos(Message::Accept { entries, .. }) => {
+                entries.iter().any(|(_, value)| empty(value))
+            }
+            PeerMessage::Paxos(Message::Promise { accepted, .. }) => {
+                accepted.iter().any(|e| empty(&e.value))
+            }
+            PeerMessage::Paxos(Message::CatchUp { entries, .. }) => {
+                entries.iter().any(|e| empty(&e.value))
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use paxos_core::{Ballot, Message, Value};
+
+    #[test]
+    fn an_empty_batch_is_noticed() {
+        let accept = |value: Value| {
+            PeerMessage::Paxos(Message::Accept {
+                ballot: Ballot { round: 1, node: 1 },
+                entries: vec![(1, Value::Noop), (2, value)],
+                commit: 0,
+            })
+        };
+        assert!(accept(Value::Commands(vec![])).carries_empty_batch());
+        assert!(!accept(Value::Commands(vec![Bytes::from("c")])).carries_empty_batch());
+        assert!(!accept(Value::Noop).carries_empty_batch());
+    }
 
     #[test]
     fn peer_messages_roundtrip() {

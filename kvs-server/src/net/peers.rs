@@ -743,6 +743,11 @@ impl Acceptor {
                     return;
                 }
             };
+            if msg.carries_empty_batch() {
+                // The log refuses to store one: acting on it would stop this replica.
+                tracing::warn!(peer = from, %remote, "closing a peer connection: a message with an empty batch of commands");
+                return;
+            }
             if let PeerMessage::SnapshotChunk { .. } = msg {
                 // Not read on until the writer has room (the event loop gives it back if it
                 // drops the chunk): TCP then slows the sender down.
