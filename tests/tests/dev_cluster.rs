@@ -89,6 +89,19 @@ fn free_ports(count: u16, salt: u64) -> u16 {
     panic!("no {count} consecutive free ports found");
 }
 
+/// Nine free consecutive ports (`salt` picks where to look): the client port base, and the
+/// flags giving `dev` them as its client, peer and admin port bases.
+fn port_flags(salt: u64) -> (u16, [String; 3]) {
+    let client_port = free_ports(9, salt);
+    let (peer_port, admin_port) = (client_port + 3, client_port + 6);
+    let flags = [
+        format!("--client-port={client_port}"),
+        format!("--peer-port={peer_port}"),
+        format!("--admin-port={admin_port}"),
+    ];
+    (client_port, flags)
+}
+
 /// Starts `kvs-server dev` with `extra` flags; stdout comes line by line on the channel,
 /// stderr is kept.
 fn start_dev(data_dir: &std::path::Path, extra: &[String]) -> (Dev, mpsc::Receiver<String>) {
@@ -179,13 +192,7 @@ fn read_banner(dev: &mut Dev, lines: &mpsc::Receiver<String>) -> Vec<(u64, u32)>
 async fn dev_runs_each_replica_as_a_process_that_can_be_killed_for_failover() {
     let started = Instant::now();
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let client_port = free_ports(9, 1);
-    let (peer_port, admin_port) = (client_port + 3, client_port + 6);
-    let flags = [
-        format!("--client-port={client_port}"),
-        format!("--peer-port={peer_port}"),
-        format!("--admin-port={admin_port}"),
-    ];
+    let (client_port, flags) = port_flags(1);
     let (mut dev, lines) = start_dev(data.path(), &flags);
     let pids = read_banner(&mut dev, &lines);
     assert_eq!(
@@ -326,13 +333,7 @@ fn dev_fails_at_once_when_a_client_port_is_taken() {
 #[test]
 fn dev_killed_with_9_takes_its_replicas_with_it() {
     let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let client_port = free_ports(9, 3);
-    let (peer_port, admin_port) = (client_port + 3, client_port + 6);
-    let flags = [
-        format!("--client-port={client_port}"),
-        format!("--peer-port={peer_port}"),
-        format!("--admin-port={admin_port}"),
-    ];
+    let (client_port, flags) = port_flags(3);
     let (mut dev, lines) = start_dev(data.path(), &flags);
     let pids = read_banner(&mut dev, &lines);
     assert_eq!(pids.len(), 3, "three replicas in the banner: {pids:?}");
