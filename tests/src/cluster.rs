@@ -54,7 +54,7 @@ pub use binary::{find_server_binary, SERVER_BIN_ENV};
 pub use layout::{Layout, ReservedPort};
 pub use network::Link;
 pub use options::ClusterOptions;
-pub use process::{process_exists, process_start_ticks};
+pub use process::{process_exists, process_start_ticks, send_signal, wait_child_exit};
 pub use wait::{wait_for, wait_until, wait_until_blocking};
 
 /// Network shapes as sets of links to cut (pure functions, usable without a cluster).

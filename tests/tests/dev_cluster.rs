@@ -3,12 +3,14 @@
 //! immediate failure when a port it needs is taken.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvs_client::{Client, ClientOptions, NodeRole};
-use tests::cluster::{find_server_binary, process_exists};
+use tests::cluster::{
+    find_server_binary, process_exists, send_signal, wait_child_exit as wait_exit,
+};
 
 /// How long the cluster may take to print its banner (replicas started and listening).
 const BANNER_BOUND: Duration = Duration::from_secs(60);
@@ -52,27 +54,9 @@ impl Dev {
     }
 }
 
+/// Sends `signal` to `pid`; a process already gone is not an error here.
 fn signal(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = i32::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) with a valid signal; the pid is one this test started or read from
-    // the banner of a process it started.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
-    while started.elapsed() < bound {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(_) => return None,
-        }
-    }
-    None
+    let _ = send_signal(pid, signal);
 }
 
 /// A base port from which `count` consecutive loopback ports are free now, tried at

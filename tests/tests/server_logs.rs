@@ -4,11 +4,11 @@
 //! itself, serve writes and reads, and stop cleanly on SIGTERM, logging all along into the
 //! closed pipes.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvs_client::{Client, ClientOptions};
-use tests::cluster::{find_server_binary, ReservedPort};
+use tests::cluster::{find_server_binary, send_signal, wait_child_exit as wait_exit, ReservedPort};
 
 /// Writes sent once the pipes are closed.
 const WRITES: usize = 50;
@@ -27,18 +27,6 @@ impl Drop for Replica {
             let _ = self.0.wait();
         }
     }
-}
-
-fn wait_exit(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    let started = Instant::now();
-    while started.elapsed() < bound {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("cannot wait for the replica: {e}"),
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,10 +88,8 @@ async fn a_replica_whose_log_pipes_are_closed_keeps_serving_and_stops_cleanly() 
         "the replica exited though it served every request"
     );
 
-    let pid = i32::try_from(replica.0.id()).unwrap_or_else(|e| panic!("{e}"));
-    // SAFETY: kill(2) with a pid of our own child, not yet reaped, and a valid signal.
-    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(sent, 0, "cannot send SIGTERM");
+    send_signal(replica.0.id(), libc::SIGTERM)
+        .unwrap_or_else(|e| panic!("cannot send SIGTERM: {e}"));
     let status = wait_exit(&mut replica.0, STOP_BOUND)
         .unwrap_or_else(|| panic!("the replica did not stop within {STOP_BOUND:?} of SIGTERM"));
     assert!(

@@ -88,7 +88,7 @@ fn spawn_retrying(command: &mut Command) -> io::Result<Child> {
 }
 
 /// Sends `signal` to `pid`.
-pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     // SAFETY: kill(2) has no memory-safety preconditions.
     if unsafe { libc::kill(pid, signal) } == 0 {
@@ -96,6 +96,20 @@ pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Waits up to `bound` for `child` to exit; `None` if it still runs (or cannot be waited
+/// for).
+pub fn wait_child_exit(child: &mut std::process::Child, bound: Duration) -> Option<ExitStatus> {
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Whether a process with this pid exists (a zombie still counts until it is reaped).
