@@ -33,8 +33,15 @@ pub enum Event {
         req: ClientRequest,
         /// Where the answer goes.
         responder: Responder,
+        /// Who sent it: the identity proven by the client's TLS certificate, if the
+        /// connection presented one that was verified; `None` on a plain connection or a
+        /// TLS connection without a client certificate.
+        identity: Option<ClientIdentity>,
     },
 }
+
+/// The identity a client proved: the subject common name of its verified TLS certificate.
+pub type ClientIdentity = std::sync::Arc<str>;
 
 /// A report from work the event loop handed off.
 #[derive(Debug)]

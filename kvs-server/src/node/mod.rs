@@ -140,7 +140,11 @@ impl Node {
     /// A message from the network.
     fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Client { req, responder } => self.on_client(req, responder),
+            Event::Client {
+                req,
+                responder,
+                identity,
+            } => self.on_client(req, responder, identity),
             // A failed acceptor hears nothing (a chunk gives its room back).
             Event::Peer { msg, .. } if self.faults.is_down() => {
                 // (It is not heard either: its health must not count peers it ignores.)

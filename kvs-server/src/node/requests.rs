@@ -13,6 +13,7 @@ use wire::{
 use super::pending::{key_of, ReadQuery};
 use super::Node;
 use crate::answers::Responder;
+use crate::event::ClientIdentity;
 use crate::metrics::RequestOp;
 
 /// Where a valid request goes.
@@ -109,7 +110,13 @@ pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
 
 impl Node {
     /// Takes a client request: answers it, or hands it to the core and records it.
-    pub(super) fn on_client(&mut self, req: ClientRequest, responder: Responder) {
+    pub(super) fn on_client(
+        &mut self,
+        req: ClientRequest,
+        responder: Responder,
+        identity: Option<ClientIdentity>,
+    ) {
+        let _ = &identity;
         if let Err(e) = wire::validate(&req.op) {
             responder.respond(Err(e));
             return;

@@ -38,7 +38,7 @@ use wire::{ClientRequest, ErrorReply, HandshakeExpectation};
 pub use crate::answers::{Outbox, Responder, ValueBytesSeen};
 
 use crate::answers::ConnectionOut;
-use crate::event::Event;
+use crate::event::{ClientIdentity, Event};
 
 /// Limits on client traffic.
 #[derive(Clone, Debug)]
@@ -150,6 +150,7 @@ pub async fn listen(
             expect: expect.clone(),
             service: service.clone(),
             shutdown: shutdown.clone(),
+            identity: None,
         };
         let writers = tasks.clone();
         let counted = Counted::new(&service.connections);
@@ -167,6 +168,9 @@ struct Connection {
     expect: HandshakeExpectation,
     service: ClientService,
     shutdown: CancellationToken,
+    /// Who the client proved to be (its TLS certificate), told to the event loop with
+    /// every request.
+    identity: Option<ClientIdentity>,
 }
 
 type Frames = Framed<TcpStream, LengthDelimitedCodec>;
@@ -257,7 +261,13 @@ impl Connection {
                 responder.respond_now(Err(ErrorReply::Busy));
                 continue;
             }
-            if events.send(Event::Client { req, responder }).await.is_err() {
+            let identity = self.identity.clone();
+            let event = Event::Client {
+                req,
+                responder,
+                identity,
+            };
+            if events.send(event).await.is_err() {
                 return;
             }
         }
