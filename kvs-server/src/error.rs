@@ -17,6 +17,9 @@ pub enum ServerError {
     /// A setting is missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `kvs-server certs` failed.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertsError),
     /// `kvs-server restore` failed.
     #[error(transparent)]
     Restore(#[from] crate::restore::RestoreError),

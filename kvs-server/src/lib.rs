@@ -17,6 +17,8 @@
 //! | [`repair`] | a data dir with a damaged log or snapshot: moved aside, repaired from peers |
 //! | [`admin`] | the admin HTTP listener (`--admin-addr`): metrics, health, status page |
 //! | [`metrics`] | the Prometheus metrics of a replica |
+//! | [`tls`] | TLS on the client port and the peer links: settings, verifiers, rotation, expiry |
+//! | [`certs`] | development certificates (`kvs-server certs`) |
 //! | [`config`] | flags, config file and defaults, resolved into a [`config::NodeConfig`] |
 //! | [`error`] | [`error::ServerError`], why a replica cannot start or had to stop |
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@
 pub mod acceptor_failures;
 pub mod admin;
 pub mod answers;
+pub mod certs;
 pub mod config;
 pub mod dev;
 pub mod dir_lock;
@@ -40,6 +43,7 @@ pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod wal;
 
 pub use error::ServerError;

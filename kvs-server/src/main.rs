@@ -97,6 +97,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), ServerError> {
         }
         Some(Command::Repair(args)) => return repair(&args.data_dir),
         Some(Command::Restore(args)) => return restore(&args),
+        Some(Command::Certs(args)) => return certs(&args),
         None => {}
     }
     let args = cli.replica.merged(matches)?;
@@ -146,7 +147,25 @@ fn stop_with_parent(shutdown: CancellationToken) {
     }
 }
 
-/// `kvs-server repair --data-dir DIR`.
+/// `kvs-server certs`: see [`kvs_server::certs`].
+fn certs(args: &kvs_server::config::CertsArgs) -> Result<(), ServerError> {
+    let done = kvs_server::certs::generate(&args.spec())?;
+    let mut text = format!("wrote to {}:\n", args.out.display());
+    for file in done.files() {
+        let name = file.file_name().unwrap_or(file.as_os_str());
+        text.push_str(&format!("  {}\n", name.to_string_lossy()));
+    }
+    text.push_str(&format!(
+        "valid for {} days; keys are mode 0600. A replica uses ca.pem as --trusted-ca-file \
+         and --peer-trusted-ca-file, node-<id>.pem and node-<id>-key.pem as --cert-file/\
+         --key-file and --peer-cert-file/--peer-key-file; a client uses ca.pem as --cacert \
+         and client-<name>.pem and client-<name>-key.pem as --cert/--key.\n",
+        args.days
+    ));
+    say(&text);
+    Ok(())
+}
+
 /// `kvs-server restore`: see [`kvs_server::restore`].
 fn restore(args: &kvs_server::config::RestoreArgs) -> Result<(), ServerError> {
     use kvs_server::config::parse_members;
@@ -181,6 +200,7 @@ fn restore(args: &kvs_server::config::RestoreArgs) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// `kvs-server repair --data-dir DIR`.
 fn repair(dir: &std::path::Path) -> Result<(), ServerError> {
     let _lock = kvs_server::dir_lock::DirLock::acquire(dir)?;
     let done = kvs_server::repair::prepare(dir)?;

@@ -44,6 +44,53 @@ pub enum Command {
     /// cluster identity. Restore every member from the same file with the same --peers,
     /// each with its own --id, then start them with those flags.
     Restore(RestoreArgs),
+    /// Generate development certificates with a new CA: `ca.pem` and `ca-key.pem`,
+    /// `node-<id>.pem` and `node-<id>-key.pem` for ids 1..=--nodes (member id as URI SAN
+    /// urn:kvs:member:<id>; DNS localhost, IP 127.0.0.1 and ::1 and every --host; usable
+    /// for both the client port and the peer links), `client-<name>.pem` and
+    /// `client-<name>-key.pem` for each --client (subject CN = name). Keys are written
+    /// mode 0600; existing files are not overwritten without --force.
+    Certs(CertsArgs),
+}
+
+/// `kvs-server certs` settings.
+#[derive(Args, Debug, Clone)]
+pub struct CertsArgs {
+    /// Where to write the files (created if absent).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Node certificates for member ids 1..=N.
+    #[arg(long, default_value_t = crate::certs::NODES_DEFAULT)]
+    pub nodes: u64,
+    /// A client certificate with this name as subject Common Name (the identity the
+    /// replicas see); repeat for more. Default: one client, "root".
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
+    /// One more name for the node certificates, an IP address or a DNS name; repeat for
+    /// more.
+    #[arg(long = "host", value_name = "H")]
+    pub hosts: Vec<String>,
+    /// Days every certificate is valid from now.
+    #[arg(long, default_value_t = crate::certs::DAYS_DEFAULT)]
+    pub days: u32,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl CertsArgs {
+    /// What to generate.
+    pub fn spec(&self) -> crate::certs::CertsSpec {
+        let mut spec = crate::certs::CertsSpec::new(&self.out);
+        spec.nodes = self.nodes;
+        if !self.clients.is_empty() {
+            spec.clients = self.clients.clone();
+        }
+        spec.hosts = self.hosts.clone();
+        spec.days = self.days;
+        spec.force = self.force;
+        spec
+    }
 }
 
 /// `kvs-server restore` settings.

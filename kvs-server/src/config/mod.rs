@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::{ArgMatches, FromArgMatches};
 use paxos_core::NodeId;
 
-pub use cli::{Cli, Command, DevArgs, ReplicaArgs, RestoreArgs};
+pub use cli::{CertsArgs, Cli, Command, DevArgs, ReplicaArgs, RestoreArgs};
 pub use error::ConfigError;
 pub use parse::{check_fail_prob, parse_members, parse_range};
 
