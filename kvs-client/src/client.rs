@@ -18,6 +18,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use wire::{ErrorReply, Hello, NodeStatus, Op, PeerRole, ReadConsistency, Reply};
 
+use tokio_rustls::TlsConnector;
+
+use crate::connection::Tls;
 use crate::session::Sessions;
 use crate::{endpoint, ClientOptions, Error, RetryHandle, WriteOutcome};
 pub use members::{MemberChangeOutcome, MemberChanged};
@@ -79,6 +82,8 @@ struct Inner {
     endpoints: Vec<String>,
     options: ClientOptions,
     hello: Hello,
+    /// Built once from [`ClientOptions::tls`]; `None`: plain TCP.
+    tls: Option<Tls>,
     sessions: Arc<Sessions>,
     /// Where leader-only requests go first.
     leader: Mutex<LeaderHint>,
@@ -93,8 +98,9 @@ impl Client {
     /// Creates a client of the cluster reachable at `endpoints` (`host:port` client
     /// addresses of some or all of its nodes).
     ///
-    /// Checks the endpoints (at least one, each `host:port`) and the options, and connects
-    /// nothing yet: connections are opened on first use, so a node that is down does not
+    /// Checks the endpoints (at least one, each `host:port`) and the options, reads the TLS
+    /// files if [`ClientOptions::tls`] names any ([`Error::TlsConfig`] names a file that
+    /// cannot be used), and connects nothing yet: connections are opened on first use, so a node that is down does not
     /// fail this call. Duplicate endpoints are ignored.
     pub fn connect(
         endpoints: impl IntoIterator<Item = impl Into<String>>,
@@ -115,9 +121,17 @@ impl Client {
             });
         }
         options.validate()?;
+        let tls = match &options.tls {
+            None => None,
+            Some(tls) => Some(Tls {
+                connector: TlsConnector::from(tls.client_config()?),
+                presents_certificate: tls.identity.is_some(),
+            }),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 hello: Hello::new(options.cluster_id.clone(), PeerRole::Client),
+                tls,
                 endpoints: list,
                 options,
                 sessions: Arc::new(Sessions::new()),

@@ -18,13 +18,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
-use wire::{ClientRequest, ClientResponse, ErrorReply, Hello, Op, Reply, Session, WireError};
+use wire::{
+    ClientRequest, ClientResponse, ErrorReply, HandshakeRefusal, Hello, Op, Reply, Session,
+    WireError,
+};
+
+use crate::Error;
 
 /// Frames queued for the writer task at most; senders wait when it is full.
 const FRAMES_QUEUED_MAX: usize = 1024;
@@ -47,6 +54,150 @@ pub(crate) enum ConnectError {
     Unreachable(String),
     /// The node refused the handshake or is not a kvs node: a configuration error.
     Refused(WireError),
+    /// TLS is configured one way here and another there, or a certificate is refused: a
+    /// configuration error, reported as it is.
+    Config(Error),
+}
+
+/// The TLS side of a client: its rustls configuration, and whether it presents a client
+/// certificate.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) connector: TlsConnector,
+    pub(crate) presents_certificate: bool,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("presents_certificate", &self.presents_certificate)
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxedRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxedWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The first TLS record byte of an alert (content type 21) and of a handshake (22): what a
+/// TLS server answers a plain-TCP client with, instead of the handshake's magic.
+const TLS_RECORD_TYPES: [u8; 2] = [0x15, 0x16];
+
+fn timed_out(connect_timeout: Duration) -> ConnectError {
+    ConnectError::Unreachable(format!(
+        "connect timed out after {}",
+        crate::format_duration(connect_timeout)
+    ))
+}
+
+/// One connection being opened: where to, and until when.
+struct Dial<'a> {
+    endpoint: &'a str,
+    hello: &'a Hello,
+    deadline: Instant,
+    connect_timeout: Duration,
+}
+
+impl Dial<'_> {
+    fn remaining(&self) -> Result<Duration, ConnectError> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out(self.connect_timeout));
+        }
+        Ok(remaining)
+    }
+
+    fn config_error(&self, error: impl FnOnce(String) -> Error) -> ConnectError {
+        ConnectError::Config(error(self.endpoint.to_owned()))
+    }
+
+    /// The TLS handshake over `stream`, verifying the node's certificate.
+    async fn tls(
+        &self,
+        tls: &Tls,
+        stream: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let name = crate::tls::server_name(self.endpoint)
+            .map_err(|reason| self.config_error(|endpoint| Error::Tls { endpoint, reason }))?;
+        let connecting = tls.connector.connect(name, stream);
+        match tokio::time::timeout_at(self.deadline, connecting).await {
+            Err(_) => Err(timed_out(self.connect_timeout)),
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(self.tls_failure(&e, tls.presents_certificate)),
+        }
+    }
+
+    /// Reads a failed TLS exchange: a configuration error when rustls says why, a
+    /// connection error worth retrying otherwise.
+    fn tls_failure(&self, error: &std::io::Error, presented: bool) -> ConnectError {
+        let Some(tls_error) = crate::tls::rustls_error(error) else {
+            return ConnectError::Unreachable(format!("TLS handshake: {error}"));
+        };
+        match tls_error {
+            // The first bytes are no TLS record: a plain kvs node answering our hello.
+            rustls::Error::InvalidMessage(_) => {
+                self.config_error(|endpoint| Error::NotTlsPort { endpoint })
+            }
+            rustls::Error::AlertReceived(alert)
+                if crate::tls::refuses_client_certificate(alert) =>
+            {
+                let reason = crate::tls::describe_refusal(alert, presented);
+                self.config_error(|endpoint| Error::ClientCertificateRefused { endpoint, reason })
+            }
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => self
+                .config_error(|endpoint| Error::Tls {
+                    endpoint,
+                    reason: "the node's certificate is not trusted: it is not signed by a CA \
+                             of --cacert"
+                        .to_owned(),
+                }),
+            rustls::Error::InvalidCertificate(e) => self.config_error(|endpoint| Error::Tls {
+                endpoint,
+                reason: format!("the node's certificate is not trusted: {e}"),
+            }),
+            other => self.config_error(|endpoint| Error::Tls {
+                endpoint,
+                reason: other.to_string(),
+            }),
+        }
+    }
+
+    /// The kvs handshake, over TLS when `tls` is given.
+    async fn handshake<T>(
+        &self,
+        framed: &mut Framed<T, LengthDelimitedCodec>,
+        tls: Option<&Tls>,
+    ) -> Result<(), ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let remaining = self.remaining()?;
+        match wire::client_handshake(framed, self.hello, remaining).await {
+            Ok(_accepted) => Ok(()),
+            Err(WireError::BadReply(HandshakeRefusal::BadMagic { got }))
+                if tls.is_none() && got.first().is_some_and(|b| TLS_RECORD_TYPES.contains(b)) =>
+            {
+                Err(self.config_error(|endpoint| Error::TlsRequired { endpoint }))
+            }
+            Err(e @ (WireError::PeerRefused(_) | WireError::BadReply(_))) => {
+                Err(ConnectError::Refused(e))
+            }
+            // In TLS 1.3 a node checks the client certificate after our side of the TLS
+            // handshake is done: its refusal is the first thing read.
+            Err(WireError::Io(e)) if tls.is_some() && crate::tls::rustls_error(&e).is_some() => {
+                let presented = tls.is_some_and(|tls| tls.presents_certificate);
+                Err(self.tls_failure(&e, presented))
+            }
+            Err(e) => Err(ConnectError::Unreachable(format!("handshake: {e}"))),
+        }
+    }
+}
+
+/// The stream under a framed connection that only exchanged the handshake.
+fn handshaken_io<T>(framed: Framed<T, LengthDelimitedCodec>) -> T {
+    let parts = framed.into_parts();
+    // The handshake reads exactly its record, so no frame byte can be buffered yet.
+    debug_assert!(parts.read_buf.is_empty() && parts.write_buf.is_empty());
+    parts.io
 }
 
 /// Why a request got no answer.
@@ -97,23 +248,19 @@ struct Pending {
 }
 
 impl Connection {
-    /// Connects to `endpoint` and runs the handshake, all within `connect_timeout`.
+    /// Connects to `endpoint`, runs TLS over the TCP connection when `tls` is given, then
+    /// the handshake, all within `connect_timeout`.
     pub(crate) async fn open(
         endpoint: &str,
         hello: &Hello,
         connect_timeout: Duration,
         frame_bytes_max: usize,
+        tls: Option<&Tls>,
     ) -> Result<Arc<Connection>, ConnectError> {
         let deadline = Instant::now() + connect_timeout;
-        let timed_out = || {
-            ConnectError::Unreachable(format!(
-                "connect timed out after {}",
-                crate::format_duration(connect_timeout)
-            ))
-        };
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(endpoint))
             .await
-            .map_err(|_| timed_out())?
+            .map_err(|_| timed_out(connect_timeout))?
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => ConnectError::NoListener(e.to_string()),
                 _ => ConnectError::Unreachable(e.to_string()),
@@ -123,22 +270,27 @@ impl Connection {
             .set_nodelay(true)
             .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
         let codec = wire::frame_codec_with_max(frame_bytes_max).map_err(ConnectError::Refused)?;
-        let mut framed = Framed::new(stream, codec.clone());
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(timed_out());
-        }
-        match wire::client_handshake(&mut framed, hello, remaining).await {
-            Ok(_accepted) => {}
-            Err(e @ (WireError::PeerRefused(_) | WireError::BadReply(_))) => {
-                return Err(ConnectError::Refused(e))
+        let dial = Dial {
+            endpoint,
+            hello,
+            deadline,
+            connect_timeout,
+        };
+        let (read_half, write_half): (BoxedRead, BoxedWrite) = match tls {
+            None => {
+                let mut framed = Framed::new(stream, codec.clone());
+                dial.handshake(&mut framed, None).await?;
+                let (read_half, write_half) = handshaken_io(framed).into_split();
+                (Box::new(read_half), Box::new(write_half))
             }
-            Err(e) => return Err(ConnectError::Unreachable(format!("handshake: {e}"))),
-        }
-        let parts = framed.into_parts();
-        // The handshake reads exactly its record, so no frame byte can be buffered yet.
-        debug_assert!(parts.read_buf.is_empty() && parts.write_buf.is_empty());
-        let (read_half, write_half) = parts.io.into_split();
+            Some(tls) => {
+                let stream = dial.tls(tls, stream).await?;
+                let mut framed = Framed::new(stream, codec.clone());
+                dial.handshake(&mut framed, Some(tls)).await?;
+                let (read_half, write_half) = tokio::io::split(handshaken_io(framed));
+                (Box::new(read_half), Box::new(write_half))
+            }
+        };
 
         let (frames, queue) = mpsc::channel(FRAMES_QUEUED_MAX);
         let shared = Arc::new(Shared {
@@ -305,7 +457,7 @@ impl Drop for ForgetOnDrop<'_> {
 }
 
 async fn write_frames(
-    mut sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    mut sink: FramedWrite<BoxedWrite, LengthDelimitedCodec>,
     mut queue: mpsc::Receiver<(u64, Bytes)>,
     shared: Arc<Shared>,
 ) {
@@ -328,7 +480,7 @@ async fn write_frames(
 /// Writes `first` and whatever else is queued (up to a limit), then flushes once. Requests
 /// whose callers have given up are skipped.
 async fn write_batch(
-    sink: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    sink: &mut FramedWrite<BoxedWrite, LengthDelimitedCodec>,
     queue: &mut mpsc::Receiver<(u64, Bytes)>,
     shared: &Shared,
     (id, first): (u64, Bytes),
@@ -356,7 +508,7 @@ async fn write_batch(
 }
 
 async fn read_responses(
-    mut stream: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    mut stream: FramedRead<BoxedRead, LengthDelimitedCodec>,
     shared: Arc<Shared>,
 ) {
     let reason = loop {
@@ -425,6 +577,7 @@ mod tests {
             &hello,
             Duration::from_secs(5),
             wire::FRAME_BYTES_MAX_DEFAULT,
+            None,
         )
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))

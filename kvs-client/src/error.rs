@@ -123,6 +123,60 @@ pub enum Error {
         source: WireError,
     },
 
+    /// A TLS file of [`TlsOptions`](crate::TlsOptions) cannot be read or holds no usable
+    /// certificate or key. A configuration error, found by
+    /// [`Client::connect`](crate::Client::connect).
+    #[error("TLS: cannot use the {what} {source_name}: {reason}")]
+    TlsConfig {
+        /// Which file: `CA certificate file`, `client certificate file`, `client key file`.
+        what: String,
+        /// The file's path (or `(given in memory)` for inline PEM).
+        source_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The endpoint answered a TLS client with the plain-TCP handshake: TLS is not on
+    /// there. A configuration error: it is not retried.
+    #[error("{endpoint} is not a TLS port: connect without --cacert")]
+    NotTlsPort {
+        /// The endpoint connected to.
+        endpoint: String,
+    },
+
+    /// The endpoint answered a plain-TCP client with TLS: it serves clients over TLS
+    /// only. A configuration error: it is not retried. (A node that names the refusal in
+    /// its handshake reply gives [`Error::Handshake`] with its text instead.)
+    #[error(
+        "{endpoint} is a TLS port: connect with --cacert (and --cert and --key if it \
+         requires client certificates)"
+    )]
+    TlsRequired {
+        /// The endpoint connected to.
+        endpoint: String,
+    },
+
+    /// The node refused the client certificate, or required one and none was given. A
+    /// configuration error: it is not retried.
+    #[error("{endpoint}: the server refused the client certificate: {reason}")]
+    ClientCertificateRefused {
+        /// The endpoint connected to.
+        endpoint: String,
+        /// The node's alert, read as a reason (unknown CA, expired, none given, ...).
+        reason: String,
+    },
+
+    /// The TLS handshake failed otherwise: the node's certificate is not signed by the
+    /// trusted CA, has expired, or does not name the endpoint's host; or the node refused
+    /// the handshake. A configuration error: it is not retried.
+    #[error("TLS with {endpoint} failed: {reason}")]
+    Tls {
+        /// The endpoint connected to.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+
     /// A node answered with a reply that does not fit the request (a bug on one side).
     #[error("protocol error from {endpoint}: {reason}")]
     Protocol {

@@ -134,6 +134,7 @@ mod error;
 mod options;
 mod retry;
 mod session;
+mod tls;
 
 pub use client::{
     CasOutcome, Client, Entry, KeyRange, MemberChangeOutcome, MemberChanged, RangeOptions,
@@ -143,6 +144,7 @@ pub use error::Error;
 pub use options::ClientOptions;
 pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
+pub use tls::{ClientIdentity, Pem, TlsOptions};
 pub use wire::{backup, SnapshotStream};
 pub use wire::{
     Compare, ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole, NodeStatus, Txn, TxnOp,

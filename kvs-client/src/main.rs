@@ -125,7 +125,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kvs_client::{Client, ClientOptions};
+use kvs_client::{Client, ClientOptions, TlsOptions};
 
 use cli::args::{Args, Command, EndpointCommand, Format};
 use cli::commands::{self, EXIT_UNAVAILABLE};
@@ -157,9 +157,17 @@ fn main() -> ExitCode {
 
 /// Runs the command; returns the process exit code.
 async fn run(args: Args) -> u8 {
+    let tls = args.cacert.as_ref().map(|ca| {
+        let tls = TlsOptions::with_ca_file(ca);
+        match (&args.cert_file, &args.key_file) {
+            (Some(cert), Some(key)) => tls.identity_files(cert, key),
+            _ => tls, // clap requires both or neither
+        }
+    });
     let options = ClientOptions {
         cluster_id: args.cluster_id.clone(),
         request_timeout: Duration::from_millis(args.timeout_ms),
+        tls,
         ..ClientOptions::default()
     };
     let client = match Client::connect(args.endpoints.iter().map(|e| e.trim()), options) {

@@ -1,4 +1,4 @@
-//! How a [`Client`](crate::Client) behaves: cluster id, time limits, frame size.
+//! How a [`Client`](crate::Client) behaves: cluster id, time limits, frame size, TLS.
 
 use std::time::Duration;
 
@@ -6,7 +6,7 @@ use wire::{
     Hello, PeerRole, FRAME_BYTES_MAX_CEILING, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_MIN,
 };
 
-use crate::Error;
+use crate::{Error, TlsOptions};
 
 /// Settings of a [`Client`](crate::Client). [`Default`] suits the dev cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub struct ClientOptions {
     /// [`wire::FRAME_BYTES_MAX_MIN`]`..=`[`wire::FRAME_BYTES_MAX_CEILING`].
     /// Default [`wire::FRAME_BYTES_MAX_DEFAULT`].
     pub frame_bytes_max: usize,
+    /// TLS to every node, verifying its certificate against a CA and the endpoint's host
+    /// (and presenting a client certificate if one is given). `None` (the default): plain
+    /// TCP.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -43,6 +47,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(1),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            tls: None,
         }
     }
 }

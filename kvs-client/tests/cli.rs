@@ -803,3 +803,67 @@ fn closed_stdout_and_stderr_do_not_make_the_tool_panic() {
         Some(3)
     );
 }
+
+#[test]
+fn tls_flags_come_in_pairs_and_name_an_unusable_file() {
+    let harness = Harness::new();
+    let fake = harness.fake(1, store_script(1));
+    let endpoint = fake.addr.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing-ca.pem");
+    let missing = missing.to_str().expect("UTF-8 path");
+    for (args, wanted) in [
+        (
+            vec!["--cacert", missing, "--cert", "c.pem", "get", "k"],
+            "--key",
+        ),
+        (
+            vec!["--cacert", missing, "--key", "k.pem", "get", "k"],
+            "--cert",
+        ),
+        (
+            vec!["--cert", "c.pem", "--key", "k.pem", "get", "k"],
+            "--cacert",
+        ),
+    ] {
+        let run = kvs(&endpoint, &args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(wanted), "{args:?}: {}", run.stderr);
+    }
+    let run = kvs(&endpoint, &["--cacert", missing, "get", "k"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CA certificate file") && run.stderr.contains("missing-ca.pem"),
+        "{}",
+        run.stderr
+    );
+    // The same from the environment, for a subcommand's own flags too.
+    let output = Command::new(env!("CARGO_BIN_EXE_kvs-client"))
+        .env("KVS_ENDPOINTS", &endpoint)
+        .env("KVS_CACERT", missing)
+        .env("KVS_CERT", "c.pem")
+        .env_remove("KVS_KEY")
+        .args(["member", "list"])
+        .output()
+        .expect("run kvs-client");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--key"));
+    // A TLS client at this plain fake node is told so, and exits 3.
+    let ca = dir.path().join("ca.pem");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("CA");
+    std::fs::write(&ca, cert.pem()).expect("write");
+    let run = kvs(
+        &endpoint,
+        &["--cacert", ca.to_str().expect("UTF-8"), "get", "k"],
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("is not a TLS port: connect without --cacert"),
+        "{}",
+        run.stderr
+    );
+}

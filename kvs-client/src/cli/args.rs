@@ -31,7 +31,10 @@ A KEY or VALUE is a word without spaces, or a double-quoted string with the esca
     timeout or connection error (nothing applied); 4 outcome unknown (a write may or may \
     not have been applied: retry it with the token printed, `kvs-client retry TOKEN`, not \
     by running it again; a membership change: see `kvs-client member list`); 5 session \
-    expired (the retry came too late: not applied now, never will be; read the key)."
+    expired (the retry came too late: not applied now, never will be; read the key).\n\n\
+    TLS: --cacert FILE, and --cert FILE --key FILE where the replicas require client \
+    certificates (or KVS_CACERT, KVS_CERT, KVS_KEY); a refused certificate or a port of \
+    the other kind exits 3 at once."
 )]
 pub struct Args {
     /// Client addresses of the nodes, host:port, comma-separated.
@@ -52,6 +55,28 @@ pub struct Args {
     #[arg(long, default_value_t = 5000, global = true,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
+
+    /// Connect over TLS, trusting the CA certificates in this PEM file to sign the nodes'
+    /// certificates (which must name the endpoint's host). Without it: plain TCP.
+    #[arg(long, env = "KVS_CACERT", value_name = "FILE", global = true)]
+    pub cacert: Option<PathBuf>,
+
+    /// Present this client certificate (PEM) to the nodes; its subject Common Name is the
+    /// client's identity. Needed where the nodes run with --client-cert-auth. Needs --key
+    /// and --cacert.
+    #[arg(long = "cert", env = "KVS_CERT", value_name = "FILE", global = true,
+          requires_all = ["key_file", "cacert"])]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        env = "KVS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text, global = true)]

@@ -265,7 +265,8 @@ pub fn fail(error: &Error) -> u8 {
         Error::InvalidEndpoint { .. }
         | Error::InvalidOptions { .. }
         | Error::Rejected(_)
-        | Error::InvalidRetry { .. } => EXIT_USAGE,
+        | Error::InvalidRetry { .. }
+        | Error::TlsConfig { .. } => EXIT_USAGE,
         Error::OutcomeUnknown { retry, .. } => {
             let token = base64::encode(&retry.to_bytes());
             eprintln!("retry: kvs-client retry {token}");
@@ -275,6 +276,10 @@ pub fn fail(error: &Error) -> u8 {
         Error::Unavailable { .. }
         | Error::Timeout { .. }
         | Error::Handshake { .. }
+        | Error::NotTlsPort { .. }
+        | Error::TlsRequired { .. }
+        | Error::ClientCertificateRefused { .. }
+        | Error::Tls { .. }
         | Error::Protocol { .. } => EXIT_UNAVAILABLE,
     }
 }

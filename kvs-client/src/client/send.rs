@@ -387,6 +387,7 @@ impl Client {
             &self.inner.hello,
             options.connect_timeout,
             options.frame_bytes_max,
+            self.inner.tls.as_ref(),
         )
         .await
         .map_err(|e| match e {
@@ -396,6 +397,7 @@ impl Client {
                 endpoint: endpoint.to_owned(),
                 source,
             }),
+            ConnectError::Config(error) => AttemptError::Fatal(error),
         })?;
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
