@@ -29,6 +29,7 @@ mod layout;
 mod network;
 mod options;
 mod process;
+mod tls;
 mod wait;
 
 #[cfg(test)]
@@ -55,6 +56,7 @@ pub use layout::{Layout, ReservedPort};
 pub use network::Link;
 pub use options::ClusterOptions;
 pub use process::{process_exists, process_start_ticks, send_signal, wait_child_exit};
+pub use tls::{TlsFiles, TlsPki, TLS_CLIENT, TLS_SPARE_NODES};
 pub use wait::{wait_for, wait_until, wait_until_blocking};
 
 /// Network shapes as sets of links to cut (pure functions, usable without a cluster).
@@ -74,6 +76,8 @@ pub struct Cluster {
     peer_proxies: BTreeMap<Link, Proxy>,
     client_proxies: BTreeMap<u64, Proxy>,
     cut: Mutex<BTreeSet<Link>>,
+    /// The CA of a cluster with TLS.
+    pki: Option<TlsPki>,
     /// Addresses held for nodes to add later ([`Cluster::reserve_node`]).
     reserved: BTreeMap<u64, (ReservedPort, ReservedPort)>,
     root: PathBuf,
@@ -124,7 +128,21 @@ impl Cluster {
                 proxy.set_fake_faults(opts.fake_network_faults);
             }
         }
+        let temp_dir = tempfile::Builder::new()
+            .prefix("kvs-cluster-")
+            .tempdir()
+            .context("cannot create the cluster's temporary directory")?;
+        let root = temp_dir.path().to_path_buf();
+        let pki = match opts.tls {
+            false => None,
+            true => Some(TlsPki::generate(
+                &root.join("tls"),
+                opts.nodes + TLS_SPARE_NODES,
+                &[TLS_CLIENT],
+            )?),
+        };
         let layout = Layout {
+            tls: pki.as_ref().map(|pki| pki.files().clone()),
             peer_listen,
             client_listen,
             peer_proxies: opts
@@ -138,11 +156,6 @@ impl Cluster {
             }),
         };
 
-        let temp_dir = tempfile::Builder::new()
-            .prefix("kvs-cluster-")
-            .tempdir()
-            .context("cannot create the cluster's temporary directory")?;
-        let root = temp_dir.path().to_path_buf();
         let mut nodes = BTreeMap::new();
         for &id in &ids {
             let data_dir = node_data_dir(&root, id);
@@ -163,6 +176,7 @@ impl Cluster {
             peer_proxies,
             client_proxies,
             cut: Mutex::new(BTreeSet::new()),
+            pki,
             reserved: BTreeMap::new(),
             root,
             temp_dir: Mutex::new(Some(temp_dir)),
@@ -271,6 +285,33 @@ impl Cluster {
     /// Every address of the cluster.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The certificates of a cluster started with [`ClusterOptions::tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.layout.tls.as_ref()
+    }
+
+    /// The CA of a cluster started with [`ClusterOptions::tls`], to issue more certificates
+    /// it trusts.
+    pub fn tls_pki(&self) -> Option<&TlsPki> {
+        self.pki.as_ref()
+    }
+
+    /// Client options for this cluster: the defaults, with TLS (the CA, and the
+    /// [`TLS_CLIENT`] certificate) when the cluster runs with it.
+    pub fn client_options(&self) -> kvs_client::ClientOptions {
+        kvs_client::ClientOptions {
+            tls: self.tls().map(|tls| tls.client_options(TLS_CLIENT)),
+            ..kvs_client::ClientOptions::default()
+        }
+    }
+
+    /// The `kvs-client` flags that give it this cluster's TLS (none without TLS).
+    pub fn client_tls_args(&self) -> Vec<std::ffi::OsString> {
+        self.tls()
+            .map(|tls| tls.client_args(TLS_CLIENT))
+            .unwrap_or_default()
     }
 
     /// The addresses clients should use, in id order (the client proxies when enabled).

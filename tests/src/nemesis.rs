@@ -911,7 +911,7 @@ pub fn status_client(cluster: &Cluster) -> anyhow::Result<Client> {
     let options = ClientOptions {
         request_timeout: Duration::from_millis(700),
         connect_timeout: Duration::from_millis(300),
-        ..ClientOptions::default()
+        ..cluster.client_options()
     };
     Ok(Client::connect(endpoints, options)?)
 }

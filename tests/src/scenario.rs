@@ -114,6 +114,10 @@ pub struct Scenario {
     /// scenario's checks catch a fault without effect. See
     /// [`ClusterOptions::fake_network_faults`].
     pub fake_network_faults: bool,
+    /// Run the cluster with TLS everywhere ([`ClusterOptions::tls`]): every client of the
+    /// scenario (workload, nemesis, checks) then connects with the cluster's CA and client
+    /// certificate.
+    pub tls: bool,
 }
 
 impl Scenario {
@@ -140,6 +144,7 @@ impl Scenario {
             },
             minimums: Minimums::default(),
             fake_network_faults: false,
+            tls: false,
         }
     }
 }
@@ -341,7 +346,7 @@ struct RunState {
 }
 
 async fn run_async(
-    scenario: Scenario,
+    mut scenario: Scenario,
     seed: u64,
     fault_time: Duration,
 ) -> Result<Summary, Box<Failure>> {
@@ -359,9 +364,11 @@ async fn run_async(
         snapshot_every: scenario.snapshot_every,
         extra_args,
         fake_network_faults: scenario.fake_network_faults,
+        tls: scenario.tls,
         ..ClusterOptions::default()
     };
     let cluster = Arc::new(Cluster::start(options).expect("start the cluster"));
+    scenario.client_options.tls = cluster.client_options().tls;
     let history = History::new();
     let log = FaultLog::new(&history);
     let mut outcome = RunState {

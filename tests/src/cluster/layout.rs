@@ -13,6 +13,7 @@ use std::path::Path;
 
 use super::network::Link;
 use super::options::ClusterOptions;
+use super::tls::TlsFiles;
 
 /// A loopback port picked by the OS and held (bound) until [`ReservedPort::release`], so no
 /// other allocation in this process can pick it meanwhile. Between release and the server's
@@ -55,6 +56,8 @@ pub struct Layout {
     pub peer_proxies: Option<BTreeMap<Link, SocketAddr>>,
     /// The proxy in front of each node's client address; `None` without proxies.
     pub client_proxies: Option<BTreeMap<u64, SocketAddr>>,
+    /// The certificates of a cluster with TLS everywhere; `None`: plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Layout {
@@ -123,6 +126,9 @@ impl Layout {
         if let Some(n) = opts.snapshot_every {
             args.extend(["--snapshot-every".into(), n.to_string().into()]);
         }
+        if let Some(tls) = &self.tls {
+            args.extend(tls.node_args(id));
+        }
         args.extend(opts.extra_args.iter().map(OsString::from));
         args
     }
@@ -159,6 +165,7 @@ mod tests {
             }),
             client_proxies: proxies
                 .then(|| ids.iter().map(|&i| (i, addr(6000 + i as u16))).collect()),
+            tls: None,
         }
     }
 
@@ -239,6 +246,32 @@ mod tests {
         );
         let plain = layout(false).node_args(1, Path::new("/d"), &ClusterOptions::default());
         assert_eq!(plain.len(), 10);
+    }
+
+    #[test]
+    fn tls_gives_every_node_its_certificate_on_both_ports_and_requires_client_certificates() {
+        let mut l = layout(true);
+        l.tls = Some(TlsFiles::at(Path::new("/tls")));
+        let args = l.node_args(2, Path::new("/d"), &ClusterOptions::default());
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args[10..],
+            [
+                "--cert-file",
+                "/tls/node-2.pem",
+                "--key-file",
+                "/tls/node-2-key.pem",
+                "--trusted-ca-file",
+                "/tls/ca.pem",
+                "--client-cert-auth",
+                "--peer-cert-file",
+                "/tls/node-2.pem",
+                "--peer-key-file",
+                "/tls/node-2-key.pem",
+                "--peer-trusted-ca-file",
+                "/tls/ca.pem",
+            ]
+        );
     }
 
     #[test]

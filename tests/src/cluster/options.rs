@@ -31,6 +31,11 @@ pub struct ClusterOptions {
     /// [`Proxy::set_fake_faults`](crate::proxy::Proxy::set_fake_faults)). Only for proving
     /// that the checks of a fault's effect fail when the fault has none. Off by default.
     pub fake_network_faults: bool,
+    /// TLS everywhere: certificates made by `kvs_server::certs` in `<root>/tls` (see
+    /// [`TlsFiles`](super::TlsFiles)), client ports with `--client-cert-auth`, peer ports
+    /// with mutual TLS. Clients then need [`Cluster::client_options`](super::Cluster::client_options).
+    /// Off by default.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +50,7 @@ impl Default for ClusterOptions {
             extra_args: Vec::new(),
             binary: None,
             fake_network_faults: false,
+            tls: false,
         }
     }
 }

@@ -101,17 +101,25 @@ pub fn client_options(request_timeout: Duration) -> ClientOptions {
     }
 }
 
-/// A client of every endpoint.
+/// The cluster's client options (with its TLS, if any) and the given request budget.
+pub fn cluster_client_options(cluster: &Cluster, request_timeout: Duration) -> ClientOptions {
+    ClientOptions {
+        request_timeout,
+        ..cluster.client_options()
+    }
+}
+
+/// A client of every endpoint (with the cluster's TLS, if any).
 pub fn client(cluster: &Cluster, request_timeout: Duration) -> Client {
-    Client::connect(cluster.client_endpoints(), client_options(request_timeout))
-        .or_fail(cluster, "creating a client")
+    let options = cluster_client_options(cluster, request_timeout);
+    Client::connect(cluster.client_endpoints(), options).or_fail(cluster, "creating a client")
 }
 
 /// A client that knows only node `id`'s endpoint (it still follows redirects).
 pub fn node_client(cluster: &Cluster, id: u64, request_timeout: Duration) -> Client {
     let endpoint = cluster.client_endpoint(id).or_fail(cluster, "endpoint");
-    Client::connect([endpoint], client_options(request_timeout))
-        .or_fail(cluster, "creating a client")
+    let options = cluster_client_options(cluster, request_timeout);
+    Client::connect([endpoint], options).or_fail(cluster, "creating a client")
 }
 
 /// The status of each of `ids` that answers within a short budget.
