@@ -142,6 +142,14 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         .collect();
     let record_refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     let segment = kvs_server::wal::decode::encode_segment(1, 0, &record_refs).unwrap();
+    let addrs = MemberAddrs {
+        peer_addr: "10.0.0.1:7000".to_owned(),
+        client_addr: Some("10.0.0.1:7001".to_owned()),
+    };
+    let voters = [1, 2, 3];
+    let mut metas = BTreeMap::new();
+    metas.insert(1, addrs.encode().unwrap());
+    let log = paxos_core::MembershipLog::new(16, paxos_core::Membership::initial(&voters, &metas));
     let mut data = BTreeMap::new();
     data.insert(
         b"color".to_vec().into_boxed_slice(),
@@ -153,13 +161,33 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     );
     let sm = kvs_server::state_machine::StateMachine::from_parts(
         12,
-        data,
+        data.clone(),
         kvs_server::sessions::SessionTable::default(),
     );
     let snapshot = kvs_server::snapshot::encode(&sm).unwrap();
+    // A snapshot with every section filled: sessions with results, and a membership.
+    let mut results = BTreeMap::new();
+    results.insert(3, Reply::Written);
+    results.insert(4, Reply::Deleted { existed: false });
+    let mut sessions = BTreeMap::new();
+    sessions.insert(
+        42,
+        kvs_server::sessions::SessionResults {
+            last_slot: 11,
+            floor: 2,
+            results,
+        },
+    );
+    let mut full = kvs_server::state_machine::StateMachine::from_parts(
+        12,
+        data,
+        kvs_server::sessions::SessionTable::from_parts(1, 99, sessions),
+    );
     let empty_snapshot =
         kvs_server::snapshot::encode(&kvs_server::state_machine::StateMachine::new()).unwrap();
-    let body = snapshot.clone();
+    full.set_membership(log.clone());
+    let full_snapshot = kvs_server::snapshot::encode(&full).unwrap();
+    let body = full_snapshot.clone();
     let header = wire::backup::BackupHeader {
         version: 1,
         cluster_uid: wire::handshake::Uid([7; 16]),
@@ -171,14 +199,62 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     };
     let mut backup = header.encode().unwrap();
     backup.extend_from_slice(&body);
-    let addrs = MemberAddrs {
-        peer_addr: "10.0.0.1:7000".to_owned(),
-        client_addr: Some("10.0.0.1:7001".to_owned()),
+    // A segment with a sync marker between two records: a marker's length field, and a
+    // payload the fix-up fills in.
+    let mut marked = kvs_server::wal::decode::encode_segment(1, 0, &record_refs[..1]).unwrap();
+    marked.extend_from_slice(&0x8000_001cu32.to_le_bytes());
+    marked.extend_from_slice(&[0; 8 + 28]);
+    marked.extend_from_slice(&(records[1].len() as u32).to_le_bytes());
+    marked.extend_from_slice(&[0; 8]);
+    marked.extend_from_slice(&records[1]);
+    checks::fix_wal_segment(&mut marked);
+    // The handshake as a stream: a mode byte (the side and the expectation, see
+    // checks::handshake_stream), then what the other side sends.
+    let identity = wire::handshake::ReplicaIdentity {
+        cluster_uid: wire::handshake::Uid([7; 16]),
+        instance: wire::handshake::Uid([9; 16]),
+        members: vec![1, 2, 3],
+        sessions_max: 1000,
+        joining: false,
+        configuration: 5,
+        peer_addr: "10.0.0.2:7000".to_owned(),
     };
-    let voters = [1, 2, 3];
-    let mut metas = BTreeMap::new();
-    metas.insert(1, addrs.encode().unwrap());
-    let log = paxos_core::MembershipLog::new(16, paxos_core::Membership::initial(&voters, &metas));
+    let joining = wire::handshake::ReplicaIdentity::joining(wire::handshake::Uid([8; 16]), 1000);
+    let stream_hellos = [
+        (0u8, Hello::new("prod", PeerRole::Client)),
+        (1, Hello::new("prod", PeerRole::Replica(2))),
+        (2, Hello::replica("prod", 2, identity.clone())),
+        (3, Hello::replica("prod", 4, joining)),
+    ];
+    let stream_replies = [
+        (0x80u8, replies[0].clone()),
+        (0x81, replies[1].clone()),
+        (
+            0x83,
+            HelloReply::Accepted(wire::handshake::Accepted {
+                node_id: 1,
+                version: wire::handshake::PROTOCOL_VERSION,
+                cluster: Some(wire::handshake::ClusterInfo {
+                    cluster_uid: wire::handshake::Uid([7; 16]),
+                    members: vec![1, 2, 3],
+                    voters: vec![1, 2, 3],
+                }),
+            }),
+        ),
+    ];
+    let mut streams: Vec<Vec<u8>> = stream_hellos
+        .iter()
+        .map(|(mode, hello)| {
+            let mut out = vec![*mode];
+            out.extend_from_slice(&hello.encode().unwrap());
+            out
+        })
+        .collect();
+    streams.extend(stream_replies.iter().map(|(mode, reply)| {
+        let mut out = vec![*mode];
+        out.extend_from_slice(&reply.encode());
+        out
+    }));
     vec![
         ("client_request", request_bytes),
         ("client_frames", frames),
@@ -207,10 +283,24 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             "handshake_reply",
             replies.iter().map(|r| r.encode().to_vec()).collect(),
         ),
-        ("wal_segment", vec![segment]),
+        ("wal_segment", vec![segment.clone()]),
         ("storage_record", records.clone()),
-        ("snapshot", vec![snapshot, empty_snapshot]),
-        ("backup", vec![backup]),
+        (
+            "snapshot",
+            vec![
+                snapshot.clone(),
+                empty_snapshot.clone(),
+                full_snapshot.clone(),
+            ],
+        ),
+        ("backup", vec![backup.clone()]),
+        ("wal_segment_fixed", vec![segment, marked]),
+        (
+            "snapshot_fixed",
+            vec![snapshot, empty_snapshot, full_snapshot],
+        ),
+        ("backup_fixed", vec![backup]),
+        ("handshake_stream", streams),
         (
             "membership",
             vec![
@@ -267,9 +357,18 @@ fn every_seed_decodes() {
                 "handshake_reply" => HelloReply::decode(&input).is_ok(),
                 "wal_segment" => kvs_server::wal::decode::segment(&input)
                     .is_ok_and(|s| s.defect.is_none() && s.payloads.len() == 4),
+                "wal_segment_fixed" => kvs_server::wal::decode::segment(&input)
+                    .is_ok_and(|s| s.defect.is_none() && !s.payloads.is_empty()),
                 "storage_record" => kvs_server::storage::record::decode(&input).is_ok(),
-                "snapshot" => kvs_server::snapshot::decode(&input, Path::new("seed")).is_ok(),
-                "backup" => wire::backup::verify(input.as_slice()).is_ok(),
+                "snapshot" | "snapshot_fixed" => {
+                    kvs_server::snapshot::decode(&input, Path::new("seed")).is_ok()
+                }
+                "backup" | "backup_fixed" => wire::backup::verify(input.as_slice()).is_ok(),
+                "handshake_stream" => match input.split_first() {
+                    Some((mode, record)) if mode & 0x80 == 0 => Hello::decode(record).is_ok(),
+                    Some((_, record)) => HelloReply::decode(record).is_ok(),
+                    None => false,
+                },
                 "membership" => {
                     MemberAddrs::decode(&input).is_ok()
                         || wire::membership::decode_membership_log(&input).is_ok()
@@ -279,4 +378,73 @@ fn every_seed_decodes() {
             assert!(ok, "a seed of {target} does not decode: {input:?}");
         }
     }
+}
+
+/// The seed of `target` numbered `n`.
+fn seed(target: &str, n: usize) -> Vec<u8> {
+    let (_, inputs) = seeds()
+        .into_iter()
+        .find(|(name, _)| *name == target)
+        .unwrap();
+    inputs[n].clone()
+}
+
+/// `bytes` with the first occurrence of `from` replaced by `to` (of the same length).
+fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the pattern is there");
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
+
+#[test]
+fn the_fix_ups_carry_changed_bytes_past_the_checksums() {
+    // WAL: a changed payload byte fails the record's chained checksum; fixed, every record
+    // reads again, the changed one included.
+    let segment = seed("wal_segment_fixed", 0);
+    let mut changed = replaced(&segment, b"a command", b"a cummand");
+    let damaged = kvs_server::wal::decode::segment(&changed).unwrap();
+    assert!(damaged.payloads.len() < 4, "{damaged:?}");
+    checks::fix_wal_segment(&mut changed);
+    let fixed = kvs_server::wal::decode::segment(&changed).unwrap();
+    assert_eq!((fixed.payloads.len(), fixed.defect), (4, None));
+    assert!(fixed.payloads[1].windows(9).any(|w| w == b"a cummand"));
+    // A length made longer than the bytes left becomes the bytes left.
+    let mut longer = segment.clone();
+    let first_len = kvs_server::wal::decode::SEGMENT_HEADER_LEN;
+    longer[first_len..first_len + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    checks::fix_wal_segment(&mut longer);
+    let fixed = kvs_server::wal::decode::segment(&longer).unwrap();
+    assert_eq!((fixed.payloads.len(), fixed.defect), (1, None));
+
+    // Snapshot: a changed value fails the trailing checksum; fixed, it decodes to the
+    // changed value. A missing checksum, and bytes after it, are fixed the same way.
+    let origin = Path::new("test");
+    let snapshot = seed("snapshot_fixed", 2);
+    let changed = replaced(&snapshot, b"blue", b"blux");
+    let err = kvs_server::snapshot::decode(&changed, origin).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    let fixed = checks::fix_snapshot(&changed).unwrap();
+    let sm = kvs_server::snapshot::decode(&fixed, origin).unwrap();
+    assert_eq!(kvs_server::snapshot::encode(&sm).unwrap(), fixed);
+    assert!(fixed.windows(4).any(|w| w == b"blux"));
+    let cut = &changed[..changed.len() - 4];
+    assert_eq!(checks::fix_snapshot(cut), Some(fixed.clone()));
+    let mut longer = changed.clone();
+    longer.extend_from_slice(b"more");
+    assert_eq!(checks::fix_snapshot(&longer), Some(fixed.clone()));
+    assert_eq!(checks::fix_snapshot(&snapshot), None, "already valid");
+
+    // Backup: a changed body byte fails the body checksum (and the snapshot's own); fixed,
+    // the file verifies and its body is the fixed snapshot.
+    let backup = seed("backup_fixed", 0);
+    let changed = replaced(&backup, b"blue", b"blux");
+    assert!(wire::backup::verify(changed.as_slice()).is_err());
+    let fixed_backup = checks::fix_backup(&changed);
+    let header = wire::backup::verify(fixed_backup.as_slice()).unwrap();
+    assert!(fixed_backup.ends_with(&fixed));
+    assert_eq!(header.body_bytes, fixed.len() as u64);
 }
