@@ -2,6 +2,7 @@
 //! reads and writes under a session, `send`: attempts at one node after another,
 //! `routing`: where the next attempt goes).
 
+mod auth;
 mod members;
 mod operations;
 mod ranges;
@@ -279,6 +280,7 @@ impl Client {
                 Ok(WriteOutcome::DeletedRange { count })
             }
             (Op::Txn(_), Reply::TxnDone { succeeded }) => Ok(WriteOutcome::Txn { succeeded }),
+            (Op::Auth(_), Reply::AuthChanged) => Ok(WriteOutcome::AuthChanged),
             (_, other) => Err(Error::OutcomeUnknown {
                 reason: unexpected(endpoint, "the reply to the retried write", &other).to_string(),
                 retry: Box::new(handle.clone()),

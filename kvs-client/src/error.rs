@@ -186,6 +186,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// Auth is enabled and this client's identity (the common name of its certificate) may
+    /// not do this: it has none (no client certificate), it is not a user, or none of its
+    /// roles grants what the operation needs (`reason` says which). Nothing was applied.
+    /// Retrying cannot help until an admin grants it.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// The identity the cluster saw, if any.
+        identity: Option<String>,
+        /// What was refused and why.
+        reason: String,
+    },
+
     /// A membership change was sent and got no definite answer in time: it may or may not
     /// have been applied (it may still be). List the members to find out; sending the same
     /// change again is safe ([`Client::member_change`](crate::Client::member_change)).

@@ -146,8 +146,10 @@ pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
 pub use tls::{ClientIdentity, Pem, TlsOptions};
 pub use wire::{backup, SnapshotStream};
+pub use wire::auth::{Grant, RoleInfo, UserInfo};
 pub use wire::{
-    Compare, ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole, NodeStatus, Txn, TxnOp,
+    AuthChange, AuthStatus, Compare, ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole,
+    NodeStatus, Permission, Txn, TxnOp, ADMIN_ROLE,
 };
 
 use std::time::Duration;

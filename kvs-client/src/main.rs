@@ -16,6 +16,10 @@
 //!   member add ID --peer-addr HOST:PORT --client-addr HOST:PORT    add a learner
 //!   member promote ID        make a caught-up learner a voter
 //!   member remove ID [--force]   remove a member (the leader included)
+//!   auth enable|disable|status   turn permission checks on or off; users, roles, grants
+//!   role add NAME | delete NAME | list
+//!   role grant NAME --prefix P --perm read|write|readwrite | revoke NAME --prefix P
+//!   user add NAME | delete NAME | list | grant-role NAME ROLE | revoke-role NAME ROLE
 //! ```
 //!
 //! Output (text, the default): on success `put`, `del` and `cas` print nothing; `get` prints
@@ -40,6 +44,10 @@
 //! `member list`: `{"config_id","in_effect","leader","served_by","members":[{"id",
 //! "peer_addr","client_addr","role":"voter"|"learner","leader","applied","lag"}]}` (unknown
 //! values `null`). `member add|promote|remove`: `{"ok":true,"config_id","already_done"}`.
+//! `auth enable|disable`, `role add|delete|grant|revoke`, `user add|delete|grant-role|
+//! revoke-role`: `{"ok":true}`. `auth status`: `{"enabled","roles":[{"name","builtin",
+//! "grants":[{"prefix","prefix_encoding","perm"}]}],"users":[{"name","roles"}]}`; `role
+//! list`: `{"roles":[...]}` and `user list`: `{"users":[...]}`, the same shapes.
 //!
 //! Errors go to stderr as one line, `error: ...`, in both modes; an unknown outcome adds a
 //! second line with the retry token.
@@ -54,7 +62,12 @@
 //! answer); 4 outcome unknown (a write was sent but no answer came: it may or
 //! may not have been applied; for a membership change, `member list` shows); 5 session expired (a `retry` came too late: the cluster no
 //! longer remembers the write, so it was not applied now and never will be; whether the
-//! first attempt was applied is unknown: read the key).
+//! first attempt was applied is unknown: read the key); 6 permission denied (auth is
+//! enabled and the identity of this client's certificate may not do what it asked: it has
+//! no certificate, is not a user, or no role of it grants the permission; nothing was
+//! applied). An auth change the cluster refuses (an unknown role or user, one that exists,
+//! a change to the built-in admin role, the last user holding admin) exits 1: nothing
+//! changed.
 //!
 //! ## Retrying after exit 4
 //!
@@ -110,6 +123,7 @@ fn write_err(args: std::fmt::Arguments<'_>) {
 /// The tool's parts: the command line, the subcommands and what they print.
 mod cli {
     pub mod args;
+    pub mod auth;
     pub mod base64;
     pub mod bench;
     pub mod commands;
@@ -245,6 +259,9 @@ async fn run(args: Args) -> u8 {
         Command::Retry { token } => commands::retry(&client, &token, json).await,
         Command::Member(member) => cli::members::run(&client, member, json).await,
         Command::Snapshot(snapshot) => cli::snapshot::run(&client, snapshot, json).await,
+        Command::Auth(auth) => cli::auth::auth(&client, auth, json).await,
+        Command::Role(role) => cli::auth::role(&client, role, args.hex, json).await,
+        Command::User(user) => cli::auth::user(&client, user, json).await,
         Command::Bench(bench) => {
             let options = client.options().clone();
             cli::bench::run(&args.endpoints, options, bench, json).await

@@ -123,6 +123,8 @@ pub enum WriteOutcome {
         /// True if the success operations were applied.
         succeeded: bool,
     },
+    /// An auth change: it is applied.
+    AuthChanged,
 }
 
 #[cfg(test)]

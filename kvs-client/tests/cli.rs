@@ -867,3 +867,100 @@ fn tls_flags_come_in_pairs_and_name_an_unusable_file() {
         run.stderr
     );
 }
+
+/// A fake leader with auth enabled: alice may write under `patient/` only, `role add admin`
+/// is refused, and the auth state is one role and one user.
+fn auth_script() -> Script {
+    use bytes::Bytes;
+    use wire::auth::{Grant, RoleInfo, UserInfo};
+    use wire::{AuthChange, AuthStatus, Permission};
+    answer_with(move |request| match &request.op {
+        Op::Put { key, .. } if key.starts_with(b"patient/") => Ok(Reply::Written),
+        Op::Put { key, .. } => Err(ErrorReply::PermissionDenied {
+            identity: Some("alice".into()),
+            reason: format!(
+                "\"alice\" may not write \"{}\" (no role grants write on it)",
+                key.escape_ascii()
+            ),
+        }),
+        Op::Auth(AuthChange::RoleAdd { role }) if role == "admin" => Err(ErrorReply::AuthRefused {
+            reason: "role \"admin\" exists".into(),
+        }),
+        Op::Auth(_) => Ok(Reply::AuthChanged),
+        Op::AuthStatus => Ok(Reply::AuthStatus(Box::new(AuthStatus {
+            enabled: true,
+            roles: vec![RoleInfo {
+                name: "doctors".into(),
+                grants: vec![Grant {
+                    prefix: Bytes::from_static(b"patient/"),
+                    perm: Permission::ReadWrite,
+                }],
+            }],
+            users: vec![UserInfo {
+                name: "alice".into(),
+                roles: vec!["doctors".into()],
+            }],
+        }))),
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+#[test]
+fn permission_denied_exits_6_and_auth_commands_report_what_they_did() {
+    let harness = Harness::new();
+    let node = harness.fake(1, auth_script());
+    let allowed = kvs(&node.addr, &["put", "patient/1", "v"]);
+    assert_eq!((allowed.code, allowed.stderr.as_str()), (0, ""));
+    let denied = kvs(&node.addr, &["put", "billing/1", "v"]);
+    assert_eq!(denied.code, 6, "{}", denied.stderr);
+    assert_eq!(
+        denied.stderr,
+        "error: permission denied: \"alice\" may not write \"billing/1\" (no role grants write \
+         on it)\n"
+    );
+    let grant = kvs(
+        &node.addr,
+        &[
+            "role",
+            "grant",
+            "doctors",
+            "--prefix",
+            "patient/",
+            "--perm",
+            "readwrite",
+        ],
+    );
+    assert_eq!(
+        (grant.code, grant.stdout()),
+        (
+            0,
+            "role \"doctors\" granted readwrite on prefix \"patient/\"\n"
+        )
+    );
+    let added = kvs(&node.addr, &["-o", "json", "user", "add", "alice"]);
+    assert_eq!((added.code, added.json()), (0, json!({ "ok": true })));
+    let refused = kvs(&node.addr, &["role", "add", "admin"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert_eq!(
+        refused.stderr,
+        "error: rejected: auth change refused: role \"admin\" exists\n"
+    );
+    let users = kvs(&node.addr, &["user", "list"]);
+    assert_eq!(
+        (users.code, users.stdout()),
+        (0, "USER   ROLES\nalice  doctors\n")
+    );
+    let status = kvs(&node.addr, &["-o", "json", "auth", "status"]);
+    assert_eq!(status.code, 0);
+    assert_eq!(status.json()["enabled"], true);
+    assert_eq!(
+        status.json()["roles"][0]["grants"][0],
+        json!({ "prefix": "patient/", "prefix_encoding": "utf8", "perm": "readwrite" })
+    );
+    let hex = kvs(
+        &node.addr,
+        &["--hex", "role", "revoke", "doctors", "--prefix", "zz"],
+    );
+    assert_eq!(hex.code, 2, "bad hex is a usage error: {}", hex.stderr);
+    assert!(hex.stderr.contains("not hex"), "{}", hex.stderr);
+}

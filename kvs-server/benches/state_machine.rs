@@ -28,6 +28,7 @@ fn apply_puts(c: &mut Criterion) {
                         seq: 1,
                     },
                     op: WriteOp::RegisterSession,
+                    origin: None,
                 };
                 match sm.apply(0, register).reply {
                     Ok(wire::Reply::SessionRegistered { client_id }) => Some(client_id),
@@ -54,6 +55,7 @@ fn apply_puts(c: &mut Criterion) {
                         key: names[at as usize].clone(),
                         value: value.clone(),
                     },
+                    origin: None,
                 };
                 sm.apply(slot, cmd);
             }

@@ -42,6 +42,7 @@ pub(crate) fn answer_bytes(resp: &ClientResponse) -> usize {
         Ok(wire::Reply::Value { value: Some(v), .. }) => v.len(),
         Ok(wire::Reply::Mismatch { current: Some(v) }) => v.len(),
         Ok(wire::Reply::SnapshotChunk { data }) => data.len(),
+        Ok(wire::Reply::AuthStatus(status)) => status.bytes(),
         _ => 0,
     };
     carried + ANSWER_OVERHEAD_BYTES

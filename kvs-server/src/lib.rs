@@ -13,6 +13,7 @@
 //! | [`disk`] | the narrow file-system interface under them, real or simulated (power cuts, faults) |
 //! | [`snapshot`] | the snapshot file format, its files, and transfers between replicas |
 //! | [`state_machine`], [`sessions`] | the replicated map and exactly-once sessions |
+//! | [`auth`] | users, roles and grants as replicated state, and the permission checks |
 //! | [`identity`] | the durable identity of a data dir, and who may vote |
 //! | [`repair`] | a data dir with a damaged log or snapshot: moved aside, repaired from peers |
 //! | [`admin`] | the admin HTTP listener (`--admin-addr`): metrics, health, status page |
@@ -26,6 +27,7 @@
 pub mod acceptor_failures;
 pub mod admin;
 pub mod answers;
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod dev;

@@ -56,11 +56,13 @@ pub enum RequestOp {
     DelRange,
     /// A multi-key transaction.
     Txn,
+    /// An auth change or a read of the auth state.
+    Auth,
 }
 
 impl RequestOp {
     /// Every operation, in label order.
-    pub const ALL: [RequestOp; 11] = [
+    pub const ALL: [RequestOp; 12] = [
         RequestOp::Put,
         RequestOp::Get,
         RequestOp::GetStale,
@@ -72,6 +74,7 @@ impl RequestOp {
         RequestOp::Range,
         RequestOp::DelRange,
         RequestOp::Txn,
+        RequestOp::Auth,
     ];
 
     /// The `op` label.
@@ -88,6 +91,7 @@ impl RequestOp {
             RequestOp::Range => "range",
             RequestOp::DelRange => "del_range",
             RequestOp::Txn => "txn",
+            RequestOp::Auth => "auth",
         }
     }
 }

@@ -280,7 +280,8 @@ fn copy_snapshot(
         writer.entry(&k, &v).map_err(|e| body(e.to_string()))?;
         keys += 1;
     }
-    let (sessions, _old_membership) = reader.finish().map_err(|e| body(e.to_string()))?;
+    // The sessions and the auth state carry over; the membership is the new cluster's.
+    let tail = reader.finish().map_err(|e| body(e.to_string()))?;
     if keys != header.keys {
         return Err(body(format!(
             "it holds {keys} keys, the header says {}",
@@ -288,7 +289,7 @@ fn copy_snapshot(
         )));
     }
     let (mut out, bytes) = writer
-        .finish(&sessions, Some(membership))
+        .finish(&tail.sessions, Some(membership), &tail.auth)
         .map_err(io_err("write", to))?;
     out.flush().map_err(io_err("write", to))?;
     let file = out

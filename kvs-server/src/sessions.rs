@@ -25,6 +25,11 @@
 //!   (The order in which commands of one slot were applied does not enter it: that is what
 //!   diverged replicas before.)
 //!
+//! - **A denied write is remembered like an applied one.** A write the permission check
+//!   refuses when it is applied changes no key, but its refusal is recorded as its outcome:
+//!   every replica decides it from the same replicated auth state at the same slot, and a
+//!   retry answers the same refusal (a grant given afterwards does not apply it later).
+//!
 //! Why a capacity bound and not expiry by leader-stamped time (the Raft dissertation's
 //! §6.3): a bound limits memory however many clients register, needs no clock in the log,
 //! and the least recently active session is the one least likely to retry. Either way the
@@ -42,6 +47,10 @@ pub const SESSION_RESULTS_MAX: usize = wire::SESSION_WINDOW as usize;
 /// forgotten first when a new one registers.
 pub const SESSIONS_MAX: usize = 10_000;
 
+/// What a session remembers of a write: the reply first given, or the refusal it got when
+/// it was applied (a write denied by the permission check at apply time).
+pub type Outcome = Result<Reply, ErrorReply>;
+
 /// One session's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionResults {
@@ -50,15 +59,15 @@ pub struct SessionResults {
     /// Every sequence number at or below this is finished: a write with one of them that is
     /// not in `results` is answered "session expired". Results are always above it.
     pub floor: u64,
-    /// seq -> the reply first given.
-    pub results: BTreeMap<u64, Reply>,
+    /// seq -> the outcome first given.
+    pub results: BTreeMap<u64, Outcome>,
 }
 
 /// What the table knows about one write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known<'a> {
-    /// Applied before: answer with this reply, do not apply again.
-    Applied(&'a Reply),
+    /// Applied before: answer with this outcome, do not apply again.
+    Applied(&'a Outcome),
     /// The table cannot tell whether it was applied: refuse it.
     Expired,
     /// Never applied: apply it.
@@ -177,10 +186,10 @@ impl SessionTable {
     /// if that answer cannot change by the time it would be applied: a remembered reply,
     /// or "expired" for a known session's sequence number at or below its floor. An unknown
     /// session is not refused here: this replica may not have applied its registration yet.
-    pub fn settled(&self, session: &Session) -> Option<Result<Reply, ErrorReply>> {
+    pub fn settled(&self, session: &Session) -> Option<Outcome> {
         self.sessions.get(&session.client_id)?;
         match self.known(session) {
-            Known::Applied(reply) => Some(Ok(reply.clone())),
+            Known::Applied(outcome) => Some(outcome.clone()),
             Known::Expired => Some(Err(expired(session))),
             Known::New => None,
         }
@@ -216,10 +225,10 @@ impl SessionTable {
         client_id
     }
 
-    /// Records the reply of `session`'s write, applied in `slot` (the write must be
+    /// Records the outcome of `session`'s write, applied in `slot` (the write must be
     /// [`Known::New`]). Forgets the oldest result beyond [`SESSION_RESULTS_MAX`] and raises
     /// the floor to just below the oldest result kept.
-    pub fn record(&mut self, slot: u64, session: Session, reply: Reply) {
+    pub fn record(&mut self, slot: u64, session: Session, reply: Outcome) {
         debug_assert_eq!(self.known(&session), Known::New);
         self.touch(slot, session.client_id);
         let Some(s) = self.sessions.get_mut(&session.client_id) else {
@@ -309,7 +318,7 @@ mod tests {
         let a = t.register(1, 5);
         let b = t.register(1, 5);
         let c = t.register(2, 5);
-        t.record(3, s(a, 1), Reply::Written);
+        t.record(3, s(a, 1), Ok(Reply::Written));
         // b and c are idler than a; b (slot 1) goes first.
         let d = t.register(4, 5);
         assert_eq!(t.known(&s(b, 1)), Known::Expired);
@@ -333,12 +342,12 @@ mod tests {
         let top = SESSION_RESULTS_MAX as u64 + 5;
         // Sequence number 3 is never applied: a hole.
         for seq in (1..=top).filter(|&q| q != 3) {
-            t.record(seq, s(a, seq), Reply::Written);
+            t.record(seq, s(a, seq), Ok(Reply::Written));
         }
         assert_eq!(t.known(&s(a, 3)), Known::Expired, "a hole below the window");
         assert_eq!(t.known(&s(a, 1)), Known::Expired);
         assert_eq!(t.settled(&s(a, 1)), Some(Err(expired(&s(a, 1)))));
-        assert_eq!(t.known(&s(a, top)), Known::Applied(&Reply::Written));
+        assert_eq!(t.known(&s(a, top)), Known::Applied(&Ok(Reply::Written)));
         assert_eq!(t.known(&s(a, top + 1)), Known::New);
         assert_eq!(t.known(&s(a, 0)), Known::Expired, "0 is never a valid seq");
     }

@@ -1,7 +1,8 @@
 //! The replicated state machine: an ordered map of byte keys to byte values, plus the
 //! client sessions that make retried writes exactly-once ([`crate::sessions`]), plus the
 //! membership as of the last applied slot (so that a snapshot carries the membership that
-//! governs the slots after it).
+//! governs the slots after it), plus the users, roles and grants ([`crate::auth`]) that
+//! every command is checked against when it is applied.
 //!
 //! Every replica applies the same commands in the same slot order, so everything here must
 //! be deterministic: no clocks, no randomness, no hash-map iteration order. A replica
@@ -13,12 +14,11 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use paxos_core::{ChangeError, MembershipLog, Reconfig};
-use wire::{
-    Command, ErrorReply, RangeMode, RangePage, RangeRequest, Reply, Session, TxnOp, WriteOp,
-};
+use wire::{Command, RangeMode, RangePage, RangeRequest, Reply, Session, TxnOp, WriteOp};
 
+use crate::auth::AuthState;
 use crate::sessions::{self, Known, SessionTable};
-pub use crate::sessions::{SessionResults, SESSIONS_MAX, SESSION_RESULTS_MAX};
+pub use crate::sessions::{Outcome, SessionResults, SESSIONS_MAX, SESSION_RESULTS_MAX};
 
 /// A key or value as stored: one exact-size allocation behind a 16-byte handle (a `Bytes`
 /// handle is 32 bytes, and sharing one adds another allocation per key and per value).
@@ -45,16 +45,19 @@ pub struct StateMachine {
     /// in. `None` for a replica that joins a cluster and has not installed a snapshot
     /// yet, or a store read from a snapshot of an earlier version.
     membership: Option<MembershipLog>,
+    /// Users, roles and grants as of `applied`.
+    auth: AuthState,
 }
 
-/// Two stores are equal when they hold the same data, sessions and membership at the same
-/// slot.
+/// Two stores are equal when they hold the same data, sessions, membership and auth state
+/// at the same slot.
 impl PartialEq for StateMachine {
     fn eq(&self, other: &Self) -> bool {
         self.applied == other.applied
             && self.data == other.data
             && self.sessions == other.sessions
             && self.membership == other.membership
+            && self.auth == other.auth
     }
 }
 
@@ -66,10 +69,13 @@ pub struct Applied {
     /// The session of the command (client id [`wire::NO_CLIENT_ID`] and the proposer's tag
     /// for a command without a session).
     pub session: Session,
-    /// The answer for the client: a reply, or [`ErrorReply::SessionExpired`].
-    pub reply: Result<Reply, ErrorReply>,
-    /// True if the command changed the state: executed, or a session registered. False for
-    /// a retry of a write applied earlier, and for a write refused as expired.
+    /// The answer for the client: a reply, [`ErrorReply::SessionExpired`],
+    /// [`ErrorReply::PermissionDenied`] or [`ErrorReply::AuthRefused`].
+    pub reply: Outcome,
+    /// True if the command was executed: a write or auth change applied, or a session
+    /// registered. False for a retry of a write applied earlier, a write refused as
+    /// expired, and a command refused (permission denied, an auth change that does not
+    /// apply; a session still remembers that refusal).
     pub fresh: bool,
 }
 
@@ -97,7 +103,18 @@ impl StateMachine {
             applied,
             data_bytes,
             membership: None,
+            auth: AuthState::default(),
         }
+    }
+
+    /// The users, roles and grants as of the last applied slot.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    /// Sets the users, roles and grants as of the last applied slot (from a snapshot).
+    pub fn set_auth(&mut self, auth: AuthState) {
+        self.auth = auth;
     }
 
     /// The membership log as of the last applied slot, if known.
@@ -199,10 +216,11 @@ impl StateMachine {
         &self.sessions
     }
 
-    /// The first reply given to this session's write, if it was applied and is remembered.
-    pub fn result_of(&self, session: &Session) -> Option<&Reply> {
+    /// The first outcome given to this session's write, if it was applied and is
+    /// remembered.
+    pub fn result_of(&self, session: &Session) -> Option<&Outcome> {
         match self.sessions.known(session) {
-            Known::Applied(reply) => Some(reply),
+            Known::Applied(outcome) => Some(outcome),
             Known::Expired | Known::New => None,
         }
     }
@@ -210,7 +228,7 @@ impl StateMachine {
     /// The answer to `session`'s write that applying it could not change: a remembered
     /// reply, or "session expired" when the table has certainly forgotten it. A replica
     /// answers these without going through the log.
-    pub fn settled(&self, session: &Session) -> Option<Result<Reply, ErrorReply>> {
+    pub fn settled(&self, session: &Session) -> Option<Outcome> {
         self.sessions.settled(session)
     }
 
@@ -225,11 +243,23 @@ impl StateMachine {
     ///
     /// A command without a session is executed (or registers a session); a command of a
     /// session is executed only if the session table knows it has never been applied, and
-    /// answered from the table or refused as expired otherwise.
+    /// answered from the table or refused as expired otherwise. Either is first checked
+    /// against the auth state as of this slot with the identity the command carries: a
+    /// command refused changes nothing, and a session remembers the refusal as its
+    /// outcome.
     pub fn apply(&mut self, slot: u64, command: Command) -> Applied {
         debug_assert!(slot >= self.applied, "slots are applied in order");
         let session = command.session;
+        let identity = command.origin.and_then(|o| o.identity);
+        let identity = identity.as_deref();
         if let WriteOp::RegisterSession = command.op {
+            if let Err(denied) = self.auth.authorize_write(identity, &command.op) {
+                return Applied {
+                    session,
+                    reply: Err(denied),
+                    fresh: false,
+                };
+            }
             let client_id = self.sessions.register(slot, session.seq);
             return Applied {
                 session,
@@ -237,27 +267,42 @@ impl StateMachine {
                 fresh: true,
             };
         }
-        if command.is_sessionless() {
+        if session.client_id == wire::NO_CLIENT_ID {
+            let reply = self.execute_as(identity, command.op);
+            let fresh = reply.is_ok();
             return Applied {
                 session,
-                reply: Ok(self.execute(command.op)),
-                fresh: true,
+                reply,
+                fresh,
             };
         }
         self.sessions.touch(slot, session.client_id);
         let (reply, fresh) = match self.sessions.known(&session) {
-            Known::Applied(reply) => (Ok(reply.clone()), false),
+            Known::Applied(outcome) => (outcome.clone(), false),
             Known::Expired => (Err(sessions::expired(&session)), false),
             Known::New => {
-                let reply = self.execute(command.op);
+                let reply = self.execute_as(identity, command.op);
                 self.sessions.record(slot, session, reply.clone());
-                (Ok(reply), true)
+                let fresh = reply.is_ok();
+                (reply, fresh)
             }
         };
         Applied {
             session,
             reply,
             fresh,
+        }
+    }
+
+    /// Executes `op` if `identity` may, as of this slot.
+    fn execute_as(&mut self, identity: Option<&str>, op: WriteOp) -> Outcome {
+        self.auth.authorize_write(identity, &op)?;
+        match op {
+            WriteOp::Auth(change) => {
+                self.auth.apply(&change, identity)?;
+                Ok(Reply::AuthChanged)
+            }
+            op => Ok(self.execute(op)),
         }
     }
 
@@ -306,8 +351,9 @@ impl StateMachine {
                 }
                 Reply::TxnDone { succeeded }
             }
-            // Handled by `apply` before any data operation; kept total for safety.
-            WriteOp::RegisterSession => Reply::Written,
+            // Handled by `apply` and `execute_as` before any data operation; kept total
+            // for safety.
+            WriteOp::RegisterSession | WriteOp::Auth(_) => Reply::Written,
         }
     }
 
@@ -414,11 +460,13 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::ErrorReply;
 
     fn cmd(client_id: u64, seq: u64, op: WriteOp) -> Command {
         Command {
             session: Session { client_id, seq },
             op,
+            origin: None,
         }
     }
 
@@ -568,7 +616,7 @@ mod tests {
             client_id: c,
             seq: SESSION_RESULTS_MAX as u64 + 9,
         };
-        assert_eq!(sm.result_of(&recent), Some(&Reply::Written));
+        assert_eq!(sm.result_of(&recent), Some(&Ok(Reply::Written)));
     }
 }
 
@@ -589,6 +637,7 @@ mod delta_tests {
                 key: Bytes::from_static(k.as_bytes()),
                 value: Bytes::from_static(v.as_bytes()),
             },
+            origin: None,
         };
         let mut seq = 0;
         let mut apply = |sm: &mut StateMachine, mut c: Command| {
@@ -607,6 +656,7 @@ mod delta_tests {
             op: WriteOp::Delete {
                 key: Bytes::from_static(b"b"),
             },
+            origin: None,
         };
         apply(&mut sm, del);
         let d = sm.take_delta();
@@ -646,6 +696,7 @@ mod range_tests {
                 seq,
             },
             op,
+            origin: None,
         }
     }
 
@@ -729,6 +780,7 @@ mod range_tests {
                 from: b("p/"),
                 to: wire::prefix_end(b"p/"),
             },
+            origin: None,
         };
         let txn = |seq| Command {
             session: Session {
@@ -755,6 +807,7 @@ mod range_tests {
                     value: b("1"),
                 }],
             }),
+            origin: None,
         };
         for sm in [&mut a, &mut c] {
             assert_eq!(
@@ -786,5 +839,252 @@ mod range_tests {
         assert_eq!(keys, vec![&b"a"[..], b"failed", b"p/new"]);
         assert_eq!(a.data_bytes(), c.data_bytes());
         assert_eq!(a.data_bytes(), 1 + 3 + 6 + 1 + 5 + 1);
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use std::path::Path;
+
+    use super::*;
+    use wire::{AuthChange, ErrorReply, Permission, ADMIN_ROLE};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// Applies `op` from `who` in its own slot, without a session.
+    fn run(sm: &mut StateMachine, who: Option<&str>, op: WriteOp) -> Applied {
+        let slot = sm.applied();
+        let tag = Session {
+            client_id: wire::NO_CLIENT_ID,
+            seq: slot + 1,
+        };
+        let applied = sm.apply(slot, Command::new(tag, op, who.map(str::to_owned)));
+        sm.finish_slot(slot);
+        applied
+    }
+
+    fn admin(sm: &mut StateMachine, change: AuthChange) {
+        let shown = format!("{change:?}");
+        let applied = run(sm, Some("root"), WriteOp::Auth(change));
+        assert_eq!(applied.reply, Ok(Reply::AuthChanged), "{shown}");
+    }
+
+    fn put(key: &str) -> WriteOp {
+        WriteOp::Put {
+            key: b(key),
+            value: b("v"),
+        }
+    }
+
+    /// root holds admin, alice the role doctors (readwrite on patient/); auth enabled.
+    fn clinic() -> StateMachine {
+        let mut sm = StateMachine::new();
+        admin(
+            &mut sm,
+            AuthChange::UserAdd {
+                user: "root".into(),
+            },
+        );
+        admin(
+            &mut sm,
+            AuthChange::UserAdd {
+                user: "alice".into(),
+            },
+        );
+        admin(
+            &mut sm,
+            AuthChange::RoleAdd {
+                role: "doctors".into(),
+            },
+        );
+        admin(
+            &mut sm,
+            AuthChange::RoleGrant {
+                role: "doctors".into(),
+                prefix: b("patient/"),
+                perm: Permission::ReadWrite,
+            },
+        );
+        admin(
+            &mut sm,
+            AuthChange::UserGrantRole {
+                user: "root".into(),
+                role: ADMIN_ROLE.into(),
+            },
+        );
+        admin(
+            &mut sm,
+            AuthChange::UserGrantRole {
+                user: "alice".into(),
+                role: "doctors".into(),
+            },
+        );
+        admin(&mut sm, AuthChange::Enable);
+        sm
+    }
+
+    fn is_denied(applied: &Applied) -> bool {
+        matches!(applied.reply, Err(ErrorReply::PermissionDenied { .. }))
+    }
+
+    #[test]
+    fn a_write_is_checked_at_apply_with_the_identity_it_carries() {
+        let mut sm = clinic();
+        assert_eq!(
+            run(&mut sm, Some("alice"), put("patient/1")).reply,
+            Ok(Reply::Written)
+        );
+        let denied = run(&mut sm, Some("alice"), put("billing/1"));
+        assert!(is_denied(&denied) && !denied.fresh, "{denied:?}");
+        assert_eq!(sm.get(b"billing/1"), None, "a denied write changes nothing");
+        assert!(is_denied(&run(&mut sm, None, put("patient/2"))));
+        assert!(is_denied(&run(&mut sm, Some("mallory"), put("patient/2"))));
+        // A command of the layout before origins carries no identity: refused while
+        // auth is enabled.
+        let old = Command {
+            session: Session {
+                client_id: wire::NO_CLIENT_ID,
+                seq: 99,
+            },
+            op: put("patient/3"),
+            origin: None,
+        };
+        let slot = sm.applied();
+        assert!(is_denied(&sm.apply(slot, old)));
+        assert_eq!(sm.get(b"patient/3"), None);
+        // Auth changes need the admin role at apply too.
+        let grab = WriteOp::Auth(AuthChange::UserGrantRole {
+            user: "alice".into(),
+            role: ADMIN_ROLE.into(),
+        });
+        assert!(is_denied(&run(&mut sm, Some("alice"), grab)));
+        // Disabled again, everything goes.
+        admin(&mut sm, AuthChange::Disable);
+        assert_eq!(
+            run(&mut sm, None, put("billing/1")).reply,
+            Ok(Reply::Written)
+        );
+    }
+
+    /// A write proposed while alice held the grant, chosen in a slot after the revoke, is
+    /// refused: every replica decides by the state as of the slot, not as the receiving
+    /// replica saw it.
+    #[test]
+    fn a_revoke_chosen_before_a_write_applies_to_it_on_every_replica() {
+        let mut a = clinic();
+        let c = register(&mut a, Some("alice"));
+        let mut other = clinic();
+        assert_eq!(register(&mut other, Some("alice")), c);
+        let revoke = Command::new(
+            tag(500),
+            WriteOp::Auth(AuthChange::RoleRevoke {
+                role: "doctors".into(),
+                prefix: b("patient/"),
+            }),
+            Some("root".into()),
+        );
+        let write = Command::new(
+            Session {
+                client_id: c,
+                seq: 1,
+            },
+            put("patient/9"),
+            Some("alice".into()),
+        );
+        for sm in [&mut a, &mut other] {
+            let slot = sm.applied();
+            assert_eq!(sm.apply(slot, revoke.clone()).reply, Ok(Reply::AuthChanged));
+            let denied = sm.apply(slot, write.clone());
+            assert!(is_denied(&denied), "{denied:?}");
+            sm.finish_slot(slot);
+            assert_eq!(sm.get(b"patient/9"), None);
+        }
+        assert_eq!(a, other, "replicas agree, refusal remembered included");
+        // The session remembers the refusal: a retry after the grant is given back is
+        // answered the same and not applied.
+        admin(
+            &mut a,
+            AuthChange::RoleGrant {
+                role: "doctors".into(),
+                prefix: b("patient/"),
+                perm: Permission::ReadWrite,
+            },
+        );
+        let slot = a.applied();
+        let retry = a.apply(slot, write.clone());
+        assert!(is_denied(&retry) && !retry.fresh);
+        assert_eq!(a.get(b"patient/9"), None);
+        assert!(matches!(
+            a.settled(&write.session),
+            Some(Err(ErrorReply::PermissionDenied { .. }))
+        ));
+        // Without the revoke first, the same write is applied.
+        let mut c2 = clinic();
+        register(&mut c2, Some("alice"));
+        let slot = c2.applied();
+        assert_eq!(c2.apply(slot, write).reply, Ok(Reply::Written));
+    }
+
+    fn tag(seq: u64) -> Session {
+        Session {
+            client_id: wire::NO_CLIENT_ID,
+            seq,
+        }
+    }
+
+    fn register(sm: &mut StateMachine, who: Option<&str>) -> u64 {
+        match run(sm, who, WriteOp::RegisterSession).reply {
+            Ok(Reply::SessionRegistered { client_id }) => client_id,
+            other => panic!("registration answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registering_a_session_needs_a_user_while_auth_is_enabled() {
+        let mut sm = clinic();
+        let before = sm.sessions().registered();
+        assert!(is_denied(&run(&mut sm, None, WriteOp::RegisterSession)));
+        assert!(is_denied(&run(
+            &mut sm,
+            Some("mallory"),
+            WriteOp::RegisterSession
+        )));
+        assert_eq!(sm.sessions().registered(), before, "nothing registered");
+        register(&mut sm, Some("alice"));
+    }
+
+    #[test]
+    fn the_auth_state_and_remembered_refusals_survive_a_snapshot() {
+        let mut sm = clinic();
+        let c = register(&mut sm, Some("alice"));
+        let slot = sm.applied();
+        let denied = sm.apply(
+            slot,
+            Command::new(
+                Session {
+                    client_id: c,
+                    seq: 1,
+                },
+                put("billing/1"),
+                Some("alice".into()),
+            ),
+        );
+        assert!(is_denied(&denied));
+        sm.finish_slot(slot);
+        let bytes = crate::snapshot::encode(&sm).unwrap_or_default();
+        let back =
+            crate::snapshot::decode(&bytes, Path::new("s")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, sm);
+        assert!(back.auth().enabled());
+        assert_eq!(back.auth().status(), sm.auth().status());
+        assert_eq!(
+            back.settled(&Session {
+                client_id: c,
+                seq: 1
+            }),
+            Some(denied.reply)
+        );
     }
 }

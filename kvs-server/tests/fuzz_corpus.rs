@@ -167,8 +167,8 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let snapshot = kvs_server::snapshot::encode(&sm).unwrap();
     // A snapshot with every section filled: sessions with results, and a membership.
     let mut results = BTreeMap::new();
-    results.insert(3, Reply::Written);
-    results.insert(4, Reply::Deleted { existed: false });
+    results.insert(3, Ok(Reply::Written));
+    results.insert(4, Ok(Reply::Deleted { existed: false }));
     let mut sessions = BTreeMap::new();
     sessions.insert(
         42,

@@ -153,7 +153,11 @@ impl Clients {
             }
             Step::Write { op, .. } => (none, write_op(*op)),
         };
-        Command { session, op }
+        Command {
+            session,
+            op,
+            origin: None,
+        }
     }
 
     /// Learns from what applying a command did; checks exactly-once.

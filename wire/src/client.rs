@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthChange, AuthStatus};
 use crate::codec::FRAME_BYTES_MAX_DEFAULT;
 use crate::kv::{self, RangePage, RangeRequest, Txn};
 use crate::membership::{check_addr, MemberChange, MemberList};
@@ -161,6 +162,17 @@ pub enum Op {
         /// Where the chunk starts in the snapshot.
         offset: u64,
     },
+    /// Changes the users, roles or grants, or turns auth on or off ([`crate::auth`]):
+    /// goes through the replicated log like a write (with a session, exactly once) and is
+    /// answered [`Reply::AuthChanged`], or [`ErrorReply::AuthRefused`] when the change
+    /// does not apply (an unknown role, a user that exists, ...). While auth is enabled it
+    /// needs the [`crate::auth::ADMIN_ROLE`]. Version 4: a server that predates it cannot
+    /// decode it and closes the connection.
+    Auth(AuthChange),
+    /// Reads the whole auth state, linearizably through the leader. Answered with
+    /// [`Reply::AuthStatus`]; while auth is enabled it needs the
+    /// [`crate::auth::ADMIN_ROLE`].
+    AuthStatus,
 }
 
 /// Largest chunk of a snapshot stream ([`Reply::SnapshotChunk`]): well inside a default
@@ -203,13 +215,15 @@ impl Op {
             | Op::SnapshotRead { .. }
             | Op::Range(_)
             | Op::DeleteRange { .. }
-            | Op::Txn(_) => None,
+            | Op::Txn(_)
+            | Op::Auth(_)
+            | Op::AuthStatus => None,
         }
     }
 
     /// Whether this operation changes the store (and so goes through the replicated log).
     /// [`Op::RegisterSession`] goes through the log too, but changes no key: it is not a
-    /// write.
+    /// write. [`Op::Auth`] is one (it changes replicated state, exactly once).
     pub fn is_write(&self) -> bool {
         matches!(
             self,
@@ -218,6 +232,7 @@ impl Op {
                 | Op::Cas { .. }
                 | Op::DeleteRange { .. }
                 | Op::Txn(_)
+                | Op::Auth(_)
         )
     }
 }
@@ -296,6 +311,10 @@ pub enum Reply {
         /// The bytes.
         data: Bytes,
     },
+    /// The answer to [`Op::Auth`]: the change is applied.
+    AuthChanged,
+    /// The answer to [`Op::AuthStatus`].
+    AuthStatus(Box<AuthStatus>),
 }
 
 /// A failed outcome. The text of each is meant to be printed by a command-line client.
@@ -441,6 +460,26 @@ pub enum ErrorReply {
         /// How many it streams at once at most.
         saves_max: u64,
     },
+    /// Auth is enabled and the request's identity may not do this: it has none (no client
+    /// certificate), it is not a user, or none of its roles grants what the request
+    /// needs. Nothing was applied. The text names the identity, what it asked for and why,
+    /// for example `permission denied: "alice" may not write "patient/1" (no role grants
+    /// write on it)`.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// The identity of the request (its certificate's common name), if it had one.
+        identity: Option<String>,
+        /// What was refused and why.
+        reason: String,
+    },
+    /// An auth change ([`Op::Auth`]) that does not apply to the auth state as it is: an
+    /// unknown user or role, one that exists already, a change to the built-in admin role,
+    /// removing the last user holding admin while auth is enabled, ... Nothing changed.
+    #[error("auth change refused: {reason}")]
+    AuthRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 fn learner_not_ready(id: u64, lag: Option<u64>, allowed: u64) -> String {
@@ -512,9 +551,13 @@ pub fn validate(op: &Op) -> Result<(), ErrorReply> {
         Op::Range(req) => kv::validate_range(req),
         Op::DeleteRange { from, to } => kv::validate_bounds(from, to.as_ref()),
         Op::Txn(txn) => kv::validate_txn(txn),
-        Op::Get { .. } | Op::Delete { .. } | Op::Status | Op::RegisterSession | Op::MemberList => {
-            Ok(())
-        }
+        Op::Auth(change) => change.validate(),
+        Op::Get { .. }
+        | Op::Delete { .. }
+        | Op::Status
+        | Op::RegisterSession
+        | Op::MemberList
+        | Op::AuthStatus => Ok(()),
     }
 }
 

@@ -100,6 +100,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod codec;
@@ -121,7 +122,8 @@ pub use codec::{
     decode, encode, encode_into, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,
     FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_MIN,
 };
-pub use command::{Command, WriteOp};
+pub use auth::{AuthChange, AuthStatus, Permission, ADMIN_ROLE};
+pub use command::{Command, Origin, WriteOp};
 pub use error::WireError;
 pub use handshake::{
     check_hello, check_identity, client_handshake, is_newcomer, is_removed, server_handshake,

@@ -31,7 +31,10 @@ A KEY or VALUE is a word without spaces, or a double-quoted string with the esca
     timeout or connection error (nothing applied); 4 outcome unknown (a write may or may \
     not have been applied: retry it with the token printed, `kvs-client retry TOKEN`, not \
     by running it again; a membership change: see `kvs-client member list`); 5 session \
-    expired (the retry came too late: not applied now, never will be; read the key).\n\n\
+    expired (the retry came too late: not applied now, never will be; read the key); 6 \
+    permission denied (auth is enabled and this client's certificate name may not do \
+    it: nothing applied). An auth change refused by the cluster (unknown role, user \
+    exists, last admin, ...) exits 1.\n\n\
     TLS: --cacert FILE, and --cert FILE --key FILE where the replicas require client \
     certificates (or KVS_CACERT, KVS_CERT, KVS_KEY); a refused certificate or a port of \
     the other kind exits 3 at once."
@@ -204,6 +207,111 @@ pub enum Command {
     /// Back up the whole store to a file, or describe a backup file.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Turn permission checks on or off, or show users, roles and grants.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Add, delete, list roles; grant and revoke their permissions on key prefixes.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Add, delete, list users (named as their client certificate's common name); give
+    /// them roles and take them away.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `auth` subcommands.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum AuthCommand {
+    /// Turn permission checks on: refused unless this client's certificate names a user
+    /// holding the admin role (so that someone can still administer the cluster).
+    Enable,
+    /// Turn permission checks off: every request is allowed (needs the admin role).
+    Disable,
+    /// Whether auth is enabled, every role with its grants, every user with its roles
+    /// (needs the admin role while auth is enabled).
+    Status,
+}
+
+/// `role` subcommands. The role `admin` is built in: it grants everything and the admin
+/// operations, and cannot be deleted or changed.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum RoleCommand {
+    /// Add a role without permissions.
+    Add {
+        /// The role's name.
+        name: String,
+    },
+    /// Delete a role (users holding it lose it).
+    Delete {
+        /// The role's name.
+        name: String,
+    },
+    /// Grant a role a permission on every key starting with a prefix (replacing its
+    /// permission on that prefix, if it had one).
+    Grant {
+        /// The role's name.
+        name: String,
+        /// The key prefix ("" for every key; hex with --hex).
+        #[arg(long, value_name = "P")]
+        prefix: String,
+        /// What it allows.
+        #[arg(long, value_enum)]
+        perm: PermArg,
+    },
+    /// Take a role's permission on exactly this prefix away.
+    Revoke {
+        /// The role's name.
+        name: String,
+        /// The key prefix of the permission (hex with --hex).
+        #[arg(long, value_name = "P")]
+        prefix: String,
+    },
+    /// List the roles and their permissions.
+    List,
+}
+
+/// A permission on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PermArg {
+    /// Get and range reads, and the compares of a transaction.
+    Read,
+    /// Put, delete, compare-and-swap (which also needs read), range deletes, transaction
+    /// operations.
+    Write,
+    /// Both.
+    Readwrite,
+}
+
+/// `user` subcommands.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum UserCommand {
+    /// Add a user without roles; its name is the common name (CN) of its client
+    /// certificate.
+    Add {
+        /// The user's name.
+        name: String,
+    },
+    /// Delete a user (refused for the last user holding admin while auth is enabled).
+    Delete {
+        /// The user's name.
+        name: String,
+    },
+    /// Give a user a role.
+    GrantRole {
+        /// The user's name.
+        name: String,
+        /// The role's name.
+        role: String,
+    },
+    /// Take a role from a user.
+    RevokeRole {
+        /// The user's name.
+        name: String,
+        /// The role's name.
+        role: String,
+    },
+    /// List the users and their roles.
+    List,
 }
 
 /// `endpoint` subcommands.
@@ -299,12 +407,84 @@ pub enum SnapshotCommand {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
-    use super::Args;
+    use super::*;
 
     #[test]
     fn args_are_consistent() {
         Args::command().debug_assert();
+    }
+
+    fn parse(line: &[&str]) -> Result<Command, String> {
+        let argv = std::iter::once("kvs-client").chain(line.iter().copied());
+        Args::try_parse_from(argv)
+            .map(|a| a.command)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn auth_role_and_user_commands_parse() {
+        assert!(matches!(
+            parse(&["auth", "enable"]),
+            Ok(Command::Auth(AuthCommand::Enable))
+        ));
+        assert!(matches!(
+            parse(&["auth", "status", "-o", "json"]),
+            Ok(Command::Auth(AuthCommand::Status))
+        ));
+        let grant = parse(&[
+            "role",
+            "grant",
+            "doctors",
+            "--prefix",
+            "patient/",
+            "--perm",
+            "readwrite",
+        ]);
+        assert!(
+            matches!(&grant, Ok(Command::Role(RoleCommand::Grant { name, prefix, perm: PermArg::Readwrite }))
+                if name == "doctors" && prefix == "patient/"),
+            "{grant:?}"
+        );
+        let everything = parse(&["role", "grant", "r", "--prefix", "", "--perm", "read"]);
+        assert!(
+            matches!(&everything, Ok(Command::Role(RoleCommand::Grant { prefix, .. })) if prefix.is_empty())
+        );
+        assert!(matches!(
+            parse(&["role", "revoke", "r", "--prefix", "p/"]),
+            Ok(Command::Role(RoleCommand::Revoke { .. }))
+        ));
+        assert!(matches!(
+            parse(&["role", "list"]),
+            Ok(Command::Role(RoleCommand::List))
+        ));
+        assert!(matches!(
+            parse(&["user", "grant-role", "alice", "doctors"]),
+            Ok(Command::User(UserCommand::GrantRole { .. }))
+        ));
+        assert!(matches!(
+            parse(&["user", "revoke-role", "alice", "doctors"]),
+            Ok(Command::User(UserCommand::RevokeRole { .. }))
+        ));
+        assert!(matches!(
+            parse(&["user", "add", "alice"]),
+            Ok(Command::User(UserCommand::Add { .. }))
+        ));
+        // What is wrong is named.
+        let bad_perm = parse(&["role", "grant", "r", "--prefix", "p", "--perm", "all"]);
+        assert!(
+            matches!(&bad_perm, Err(e) if e.contains("--perm")),
+            "{bad_perm:?}"
+        );
+        assert!(
+            parse(&["role", "grant", "r", "--perm", "read"]).is_err(),
+            "--prefix is required"
+        );
+        assert!(
+            parse(&["user", "grant-role", "alice"]).is_err(),
+            "the role is required"
+        );
+        assert!(parse(&["auth", "on"]).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use clap::CommandFactory;
-use kvs_client::{CasOutcome, Client, Error, RetryHandle, WriteOutcome};
+use kvs_client::{CasOutcome, Client, Error, ErrorReply, RetryHandle, WriteOutcome};
 use serde_json::{json, Map, Value};
 
 use super::args::Args;
@@ -16,7 +16,7 @@ use super::{base64, output};
 pub const EXIT_OK: u8 = 0;
 /// Key not found, or CAS mismatch.
 pub const EXIT_NOT_FOUND: u8 = 1;
-/// A membership change refused by the cluster: nothing changed.
+/// A membership or auth change refused by the cluster: nothing changed.
 pub const EXIT_REFUSED: u8 = 1;
 /// Usage error or invalid input.
 pub const EXIT_USAGE: u8 = 2;
@@ -26,6 +26,8 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_OUTCOME_UNKNOWN: u8 = 4;
 /// A retried write's session expired: not applied now, never applicable again.
 pub const EXIT_SESSION_EXPIRED: u8 = 5;
+/// Permission denied: auth is enabled and this client's identity may not do it.
+pub const EXIT_PERMISSION_DENIED: u8 = 6;
 
 /// `put KEY VALUE`.
 pub async fn put(client: &Client, key: String, value: OsString, json: bool) -> u8 {
@@ -130,6 +132,12 @@ pub async fn retry(client: &Client, token: &str, json: bool) -> u8 {
                 print_json(&json!({ "deleted": count }));
             } else {
                 println!("{count}");
+            }
+            EXIT_OK
+        }
+        Ok(WriteOutcome::AuthChanged) => {
+            if json {
+                print_json(&json!({ "ok": true }));
             }
             EXIT_OK
         }
@@ -260,7 +268,11 @@ pub fn print_json(value: &Value) {
 pub fn fail(error: &Error) -> u8 {
     eprintln!("error: {error}");
     match error {
+        Error::PermissionDenied { .. } | Error::Rejected(ErrorReply::PermissionDenied { .. }) => {
+            EXIT_PERMISSION_DENIED
+        }
         Error::Rejected(e) if e.is_membership_refusal() => EXIT_REFUSED,
+        Error::Rejected(ErrorReply::AuthRefused { .. }) => EXIT_REFUSED,
         Error::MembershipUnknown { .. } => EXIT_OUTCOME_UNKNOWN,
         Error::InvalidEndpoint { .. }
         | Error::InvalidOptions { .. }

@@ -113,5 +113,6 @@ pub(super) fn answers(op: &Op, reply: &Reply) -> bool {
             | (Op::Cas { .. }, Reply::Swapped | Reply::Mismatch { .. })
             | (Op::DeleteRange { .. }, Reply::DeletedRange { .. })
             | (Op::Txn(_), Reply::TxnDone { .. })
+            | (Op::Auth(_), Reply::AuthChanged)
     )
 }

@@ -273,9 +273,14 @@ impl Client {
                     SendError::SessionUnknown
                 }));
             }
+            ErrorReply::PermissionDenied { identity, reason } => {
+                let error = Error::PermissionDenied { identity, reason };
+                return ControlFlow::Break(Err(unknown_if(search.maybe_applied, error)));
+            }
             // Refused for what it is, not where it went (a membership change refused by
             // the leader among them).
             ErrorReply::TooLarge { .. }
+            | ErrorReply::AuthRefused { .. }
             | ErrorReply::Invalid { .. }
             | ErrorReply::ChangeInProgress
             | ErrorReply::StaleConfig { .. }

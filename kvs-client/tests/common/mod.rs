@@ -269,6 +269,11 @@ pub fn store_script(id: u64) -> Script {
                     reason: "this fake serves no ranges or transactions".into(),
                 })
             }
+            Op::Auth(_) | Op::AuthStatus => {
+                return Err(ErrorReply::Invalid {
+                    reason: "this fake keeps no users or roles".into(),
+                })
+            }
         })
     })
 }

@@ -10,6 +10,7 @@
 //! | [`start`] | start-up: lock the data dir, identity, recovery from snapshot and log, listeners, peer links, joining |
 //! | [`event_loop`] | the loop: wait for the next event, timer or report, handle it, carry out the outputs; graceful shutdown |
 //! | [`requests`] | routing a client request; [`pending`] is the table of requests waiting for consensus |
+//! | [`permissions`] | what a request needs from the auth state, checked where it is received |
 //! | [`output`] | the core's outputs: sends, persists, applying chosen commands and answering clients |
 //! | [`membership`] | the membership: links and peer port that follow it, member list and changes |
 //! | [`snapshots`] | when to snapshot, and the snapshots shipped to and received from peers |
@@ -24,6 +25,7 @@ mod membership;
 mod monitor;
 mod output;
 mod pending;
+mod permissions;
 mod requests;
 mod snapshots;
 mod start;

@@ -57,12 +57,12 @@ impl Node {
                 self.backup_read_done(id, Err(refusal));
             }
             Output::ReadReady { id } => {
-                if let Some((query, responder)) = self.pending.take_read(id) {
-                    responder.respond(Ok(self.answer_read(&query, false)));
+                if let Some((query, responder, identity)) = self.pending.take_read(id) {
+                    responder.respond(self.answer_confirmed_read(&query, identity.as_deref()));
                 }
             }
             Output::ReadAborted { id, leader_hint } => {
-                if let Some((_, responder)) = self.pending.take_read(id) {
+                if let Some((_, responder, _)) = self.pending.take_read(id) {
                     responder.respond(Err(self.not_leader(leader_hint)));
                 }
             }

@@ -22,6 +22,7 @@ use rand::Rng;
 use wire::{ErrorReply, RangeRequest, Reply, Session};
 
 use crate::answers::Responder;
+use crate::event::ClientIdentity;
 use crate::metrics::{Metrics, RequestOp};
 
 /// A write is found by its session: `(client id, seq)`. A write without a session has
@@ -58,6 +59,8 @@ pub(crate) enum ReadQuery {
     Key(Bytes),
     /// One page of a range.
     Range(RangeRequest),
+    /// The users, roles and grants.
+    Auth,
 }
 
 impl From<Bytes> for ReadQuery {
@@ -69,6 +72,8 @@ impl From<Bytes> for ReadQuery {
 /// A linearizable read waiting for the core's `ReadReady`.
 struct PendingRead {
     key: ReadQuery,
+    /// Who asked: its permission is checked when the read is confirmed.
+    identity: Option<ClientIdentity>,
     responder: Responder,
     since: Instant,
 }
@@ -254,16 +259,18 @@ impl Pending {
         id
     }
 
-    /// Records a read of `key` handed to the core as `id`.
+    /// Records a read of `key` by `identity` handed to the core as `id`.
     pub(crate) fn insert_read(
         &mut self,
         id: u64,
         key: impl Into<ReadQuery>,
+        identity: Option<ClientIdentity>,
         responder: Responder,
         now: Instant,
     ) {
         let read = PendingRead {
             key: key.into(),
+            identity,
             responder,
             since: now,
         };
@@ -271,17 +278,21 @@ impl Pending {
         debug_assert!(previous.is_none(), "read id {id} used twice");
     }
 
-    /// Takes the read `id`: its key and its responder.
-    pub(crate) fn take_read(&mut self, id: u64) -> Option<(ReadQuery, Responder)> {
+    /// Takes the read `id`: its key, its responder and who asked.
+    pub(crate) fn take_read(
+        &mut self,
+        id: u64,
+    ) -> Option<(ReadQuery, Responder, Option<ClientIdentity>)> {
         let read = self.reads.remove(&id)?;
         if let Some(m) = &self.metrics {
             let op = match read.key {
                 ReadQuery::Key(_) => RequestOp::Get,
                 ReadQuery::Range(_) => RequestOp::Range,
+                ReadQuery::Auth => RequestOp::Auth,
             };
             m.observe_request(op, read.since.elapsed());
         }
-        Some((read.key, read.responder))
+        Some((read.key, read.responder, read.identity))
     }
 
     /// Answers `Timeout` to every request that has waited longer than `limit` at `now`
@@ -316,7 +327,7 @@ impl Pending {
             self.answer_write(key, &Err(ErrorReply::Timeout));
         }
         for id in reads {
-            if let Some((_, responder)) = self.take_read(id) {
+            if let Some((_, responder, _)) = self.take_read(id) {
                 responder.respond(Err(ErrorReply::Timeout));
             }
         }

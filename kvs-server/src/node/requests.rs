@@ -11,6 +11,7 @@ use wire::{
 };
 
 use super::pending::{key_of, ReadQuery};
+use super::permissions::{check_at_receipt, read_needs};
 use super::Node;
 use crate::answers::Responder;
 use crate::event::ClientIdentity;
@@ -55,6 +56,8 @@ pub(crate) enum Route {
         /// Where the chunk starts.
         offset: u64,
     },
+    /// The users, roles and grants: read like a linearizable read.
+    AuthStatus,
     /// Refused at once.
     Refuse(ErrorReply),
 }
@@ -79,6 +82,8 @@ pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
         Op::Delete { key } => WriteOp::Delete { key },
         Op::Cas { key, expected, new } => WriteOp::Cas { key, expected, new },
         Op::RegisterSession => WriteOp::RegisterSession,
+        Op::Auth(change) => WriteOp::Auth(change),
+        Op::AuthStatus => return Route::AuthStatus,
         Op::MemberList => return Route::MemberList,
         Op::SnapshotSave => return Route::SnapshotSave,
         Op::SnapshotRead { stream, offset } => return Route::SnapshotRead { stream, offset },
@@ -109,14 +114,14 @@ pub(crate) fn route(req: ClientRequest, unsafe_local_reads: bool) -> Route {
 }
 
 impl Node {
-    /// Takes a client request: answers it, or hands it to the core and records it.
+    /// Takes a client request from `identity`: answers it, or hands it to the core and
+    /// records it.
     pub(super) fn on_client(
         &mut self,
         req: ClientRequest,
         responder: Responder,
         identity: Option<ClientIdentity>,
     ) {
-        let _ = &identity;
         if let Err(e) = wire::validate(&req.op) {
             responder.respond(Err(e));
             return;
@@ -128,7 +133,14 @@ impl Node {
             return;
         }
         let taken = Instant::now();
-        match route(req, self.cfg.unsafe_local_reads) {
+        let unsafe_reads = self.cfg.unsafe_local_reads;
+        let route = route(req, unsafe_reads);
+        let asker = identity.as_deref();
+        if let Err(denied) = check_at_receipt(self.sm.auth(), &route, asker, unsafe_reads) {
+            responder.respond(Err(denied));
+            return;
+        }
+        match route {
             Route::Status => {
                 responder.respond(Ok(Reply::Status(Box::new(self.status()))));
                 self.answered_at_once(RequestOp::Status, taken);
@@ -144,16 +156,20 @@ impl Node {
                 value: self.sm.get_bytes(&key),
                 stale: false,
             })),
-            Route::ReadIndex(key) => self.start_read(key, responder),
+            Route::ReadIndex(key) => self.start_read(key, identity, responder),
             Route::RangeStale(req) => {
                 responder.respond(Ok(self.answer_read(&ReadQuery::Range(req), true)));
                 self.answered_at_once(RequestOp::Range, taken);
             }
-            Route::RangeIndex(req) if self.cfg.unsafe_local_reads => {
+            Route::RangeIndex(req) if unsafe_reads => {
                 responder.respond(Ok(self.answer_read(&ReadQuery::Range(req), false)));
             }
-            Route::RangeIndex(req) => self.start_read(ReadQuery::Range(req), responder),
-            Route::Write(session, op) => self.propose_write(session, op, responder),
+            Route::RangeIndex(req) => self.start_read(ReadQuery::Range(req), identity, responder),
+            Route::AuthStatus => self.start_read(ReadQuery::Auth, identity, responder),
+            Route::Write(session, op) => {
+                let origin = identity.map(|i| i.to_string());
+                self.propose_write(session, op, origin, responder)
+            }
             Route::MemberList => self.list_members(responder),
             Route::MemberChange {
                 expected,
@@ -180,21 +196,46 @@ impl Node {
                 stale,
             },
             ReadQuery::Range(req) => Reply::Range(self.sm.range(req, stale)),
+            ReadQuery::Auth => Reply::AuthStatus(Box::new(self.sm.auth().status())),
         }
     }
 
-    /// Asks the core to confirm leadership for a read of `key`.
-    fn start_read(&mut self, key: impl Into<ReadQuery>, responder: Responder) {
+    /// Answers a linearizable read the leader has confirmed, if `identity` may make it
+    /// (as of the state now applied, at least as new as the read).
+    pub(super) fn answer_confirmed_read(
+        &self,
+        query: &ReadQuery,
+        identity: Option<&str>,
+    ) -> Result<Reply, ErrorReply> {
+        self.sm.auth().authorize(identity, [read_needs(query)])?;
+        Ok(self.answer_read(query, false))
+    }
+
+    /// Asks the core to confirm leadership for a read of `key` by `identity`.
+    fn start_read(
+        &mut self,
+        key: impl Into<ReadQuery>,
+        identity: Option<ClientIdentity>,
+        responder: Responder,
+    ) {
         let id = self.pending.next_read_id();
         match self.replica.read(self.now_ms(), id) {
-            Ok(()) => self.pending.insert_read(id, key, responder, Instant::now()),
+            Ok(()) => self
+                .pending
+                .insert_read(id, key, identity, responder, Instant::now()),
             Err(e) => responder.respond(Err(self.propose_error(e))),
         }
     }
 
-    /// Proposes a write, unless its answer is already settled or it is a retry of a write
-    /// in flight here (which then waits with it).
-    fn propose_write(&mut self, session: Option<Session>, op: WriteOp, responder: Responder) {
+    /// Proposes a write on behalf of `identity`, unless its answer is already settled or it
+    /// is a retry of a write in flight here (which then waits with it).
+    fn propose_write(
+        &mut self,
+        session: Option<Session>,
+        op: WriteOp,
+        identity: Option<String>,
+        responder: Responder,
+    ) {
         let session = match session {
             Some(session) => {
                 // Answered without the log when applying could not change the answer.
@@ -214,11 +255,12 @@ impl Node {
             WriteOp::RegisterSession => RequestOp::Session,
             WriteOp::DeleteRange { .. } => RequestOp::DelRange,
             WriteOp::Txn(_) => RequestOp::Txn,
+            WriteOp::Auth(_) => RequestOp::Auth,
         };
         let Some(responder) = self.pending.join_write(key, responder) else {
             return; // a retry of a write still in flight here
         };
-        let raw = match (Command { session, op }).encode() {
+        let raw = match Command::new(session, op, identity).encode() {
             Ok(raw) => raw,
             Err(e) => {
                 responder.respond(Err(ErrorReply::Invalid {

@@ -143,6 +143,7 @@ impl Node {
         let delta = self.sm.take_delta();
         let sessions = self.sm.sessions().clone();
         let membership = self.sm.membership().cloned();
+        let auth = self.sm.auth().clone();
         let slot = self.sm.applied();
         let keys = self.sm.len();
         let dir = self.cfg.data_dir.clone();
@@ -151,8 +152,14 @@ impl Node {
         self.snapshots.applied_bytes = 0;
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let written =
-                snapshot::write_merged(&dir, slot, &delta, &sessions, membership.as_ref());
+            let written = snapshot::write_merged(
+                &dir,
+                slot,
+                &delta,
+                &sessions,
+                membership.as_ref(),
+                &auth,
+            );
             let result = match written {
                 Ok(size) => Ok(size),
                 Err(e) => Err((e, delta)),

@@ -11,6 +11,7 @@ use crate::disk::{self, Disk, FileReader, FileWriter, Open};
 
 use super::format::{decode_from, encode_to, SnapshotReader, SnapshotWriter};
 use super::{SnapshotError, FILE_NAME, INCOMING_NAME, TEMP_NAME};
+use crate::auth::AuthState;
 use crate::sessions::SessionTable;
 use crate::state_machine::{Delta, StateMachine};
 
@@ -75,8 +76,17 @@ pub fn write_merged(
     delta: &Delta,
     sessions: &SessionTable,
     membership: Option<&MembershipLog>,
+    auth: &AuthState,
 ) -> Result<u64, SnapshotError> {
-    write_merged_on(&disk::RealDisk, dir, slot, delta, sessions, membership)
+    write_merged_on(
+        &disk::RealDisk,
+        dir,
+        slot,
+        delta,
+        sessions,
+        membership,
+        auth,
+    )
 }
 
 /// [`write_merged`] on `disk`.
@@ -87,6 +97,7 @@ pub fn write_merged_on(
     delta: &Delta,
     sessions: &SessionTable,
     membership: Option<&MembershipLog>,
+    auth: &AuthState,
 ) -> Result<u64, SnapshotError> {
     let base_path = dir.join(FILE_NAME);
     let mut base = match disk.open(&base_path, Open::Read) {
@@ -147,7 +158,7 @@ pub fn write_merged_on(
         b.finish()?;
     }
     let (buf, size) = w
-        .finish(sessions, membership)
+        .finish(sessions, membership, auth)
         .map_err(io_err("write", &tmp))?;
     publish(disk, dir, &tmp, &base_path, buf)?;
     Ok(size)

@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 use paxos_core::MembershipLog;
 
 use super::SnapshotError;
+use crate::auth::AuthState;
 use crate::sessions::SessionTable;
-use crate::state_machine::{Blob, SessionResults, StateMachine, SESSION_RESULTS_MAX};
+use crate::state_machine::{Blob, Outcome, SessionResults, StateMachine, SESSION_RESULTS_MAX};
 
-const MAGIC: &[u8; 8] = b"KVSSNAP4";
+const MAGIC: &[u8; 8] = b"KVSSNAP5";
+/// The format before the auth state and refusals remembered by sessions: read, never
+/// written.
+pub(crate) const MAGIC_V4: &[u8; 8] = b"KVSSNAP4";
 /// The format before the membership: read, never written.
 pub(crate) const MAGIC_V3: &[u8; 8] = b"KVSSNAP3";
 /// The format before session floors and registration: read, never written.
@@ -19,10 +23,12 @@ pub(crate) const MAGIC_V2: &[u8; 8] = b"KVSSNAP2";
 /// What every snapshot magic starts with; the last byte is the format version.
 const MAGIC_PREFIX: &[u8; 7] = b"KVSSNAP";
 /// The format version this build writes, and the oldest it reads.
-const VERSION: u8 = b'4';
+const VERSION: u8 = b'5';
 const VERSION_OLDEST: u8 = b'2';
 /// Largest membership log kept in a snapshot (a handful of memberships of a few members).
 const MEMBERSHIP_BYTES_MAX: usize = 64 * 1024;
+/// Largest auth state kept in a snapshot: its limit, plus room for its encoding.
+const AUTH_BYTES_MAX: usize = wire::auth::AUTH_STATE_BYTES_MAX + 64 * 1024;
 /// Largest reply stored in a session (a CAS mismatch carries the current value).
 const REPLY_BYTES_MAX: usize = wire::VALUE_BYTES_MAX + 1024;
 /// Bytes of the header: the magic, then the slot.
@@ -39,7 +45,7 @@ pub(crate) fn header(slot: u64) -> [u8; HEADER_BYTES] {
 /// The slot in a snapshot header, if it is one (of this format or an earlier one).
 pub(crate) fn header_slot(bytes: &[u8; HEADER_BYTES]) -> Option<u64> {
     let (magic, slot) = bytes.split_at(8);
-    if magic != MAGIC && magic != MAGIC_V3 && magic != MAGIC_V2 {
+    if magic != MAGIC && magic != MAGIC_V4 && magic != MAGIC_V3 && magic != MAGIC_V2 {
         return None;
     }
     let mut slot_bytes = [0u8; 8];
@@ -104,12 +110,13 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     /// Ends the keys, writes the sessions, the membership log (`None`: not known, which
-    /// only tests and a store of an earlier version have) and the checksum; returns the
-    /// bytes written.
+    /// only tests and a store of an earlier version have), the auth state and the
+    /// checksum; returns the bytes written.
     pub fn finish(
         mut self,
         table: &SessionTable,
         membership: Option<&MembershipLog>,
+        auth: &AuthState,
     ) -> io::Result<(W, u64)> {
         self.put(&0u32.to_le_bytes())?;
         self.put(&table.registered().to_le_bytes())?;
@@ -135,6 +142,9 @@ impl<W: Write> SnapshotWriter<W> {
         };
         self.put(&(membership.len() as u32).to_le_bytes())?;
         self.put(&membership)?;
+        let auth = wire::encode(&auth.status()).map_err(|e| io::Error::other(e.to_string()))?;
+        self.put(&(auth.len() as u32).to_le_bytes())?;
+        self.put(&auth)?;
         let crc = self.w.crc;
         self.w.inner.write_all(&crc.to_le_bytes())?;
         self.w.inner.flush()?;
@@ -148,7 +158,7 @@ pub fn encode_to(sm: &StateMachine, out: impl Write) -> io::Result<u64> {
     for (k, v) in sm.data() {
         w.entry(k, v)?;
     }
-    Ok(w.finish(sm.sessions(), sm.membership())?.1)
+    Ok(w.finish(sm.sessions(), sm.membership(), sm.auth())?.1)
 }
 
 /// Serializes `sm` as a snapshot in memory (for tests and small stores).
@@ -224,8 +234,9 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The sessions, the membership log (`None` in a snapshot of an earlier version, or
-    /// one written without) and the checksum check; call after the last entry.
-    pub fn finish(mut self) -> Result<(SessionTable, Option<MembershipLog>), SnapshotError> {
+    /// one written without), the auth state (empty in a snapshot of an earlier version)
+    /// and the checksum check; call after the last entry.
+    pub fn finish(mut self) -> Result<SnapshotTail, SnapshotError> {
         while self.next_entry()?.is_some() {}
         let v2 = self.version == b'2';
         let (registered, salt) = if v2 {
@@ -255,9 +266,13 @@ impl<R: Read> SnapshotReader<R> {
                     .r
                     .take_len(REPLY_BYTES_MAX)
                     .map_err(|e| self.corrupt(e))?;
-                let reply =
-                    wire::decode(&raw).map_err(|e| self.corrupt(format!("session reply: {e}")))?;
-                results.insert(seq, reply);
+                let outcome: Result<Outcome, _> = if self.version >= b'5' {
+                    wire::decode(&raw)
+                } else {
+                    wire::decode(&raw).map(Ok)
+                };
+                let outcome = outcome.map_err(|e| self.corrupt(format!("session reply: {e}")))?;
+                results.insert(seq, outcome);
             }
             let floor = match floor {
                 Some(floor) => floor,
@@ -291,6 +306,17 @@ impl<R: Read> SnapshotReader<R> {
         } else {
             None
         };
+        let auth = if self.version >= b'5' {
+            let raw = self
+                .r
+                .take_len(AUTH_BYTES_MAX)
+                .map_err(|e| self.corrupt(e))?;
+            let status =
+                wire::decode(&raw).map_err(|e| self.corrupt(format!("auth state: {e}")))?;
+            AuthState::from_status(&status).map_err(|e| self.corrupt(format!("auth state: {e}")))?
+        } else {
+            AuthState::default()
+        };
         let computed = self.r.crc;
         let mut tail = [0u8; 4];
         self.r
@@ -307,11 +333,24 @@ impl<R: Read> SnapshotReader<R> {
         if matches!(self.r.inner.read(&mut extra), Ok(n) if n > 0) {
             return Err(self.corrupt("unexpected bytes after the checksum".into()));
         }
-        Ok((
-            SessionTable::from_parts(registered, salt, sessions),
+        Ok(SnapshotTail {
+            sessions: SessionTable::from_parts(registered, salt, sessions),
             membership,
-        ))
+            auth,
+        })
     }
+}
+
+/// What a snapshot holds after its keys.
+#[derive(Debug)]
+pub struct SnapshotTail {
+    /// The session table.
+    pub sessions: SessionTable,
+    /// The membership log (`None` in a snapshot of an earlier version, or one written
+    /// without).
+    pub membership: Option<MembershipLog>,
+    /// The users, roles and grants (empty in a snapshot of an earlier version).
+    pub auth: AuthState,
 }
 
 /// The format version of a snapshot magic, or why it is not one this build reads: a
@@ -337,7 +376,7 @@ fn magic_version(magic: &[u8]) -> Result<u8, String> {
 
 /// The floor of a session read from the previous format: just below its oldest result if
 /// its window is full (older ones were forgotten), else 0.
-fn v2_floor(results: &BTreeMap<u64, wire::Reply>) -> u64 {
+fn v2_floor(results: &BTreeMap<u64, Outcome>) -> u64 {
     match results.first_key_value() {
         Some((&lowest, _)) if results.len() >= SESSION_RESULTS_MAX => lowest.saturating_sub(1),
         _ => 0,
@@ -357,11 +396,12 @@ pub fn decode_from(input: impl Read, origin: &Path) -> Result<StateMachine, Snap
         data.insert(k, v);
     }
     let slot = reader.slot;
-    let (sessions, membership) = reader.finish()?;
-    let mut sm = StateMachine::from_parts(slot, data, sessions);
-    if let Some(log) = membership {
+    let tail = reader.finish()?;
+    let mut sm = StateMachine::from_parts(slot, data, tail.sessions);
+    if let Some(log) = tail.membership {
         sm.set_membership(log);
     }
+    sm.set_auth(tail.auth);
     Ok(sm)
 }
 

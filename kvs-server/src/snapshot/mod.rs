@@ -3,12 +3,17 @@
 //!
 //! Format (little-endian), checked end to end by a trailing CRC32C:
 //! ```text
-//! magic "KVSSNAP3" | slot u64 | (key len u32 > 0, key, value len u32, value)* in key order
+//! magic "KVSSNAP5" | slot u64 | (key len u32 > 0, key, value len u32, value)* in key order
 //! | 0u32 (end of keys) | sessions registered u64 | id salt u64 | session count u64
-//! | (client u64, last slot u64, floor u64, n u32, (seq u64, len u32, reply)*)*
+//! | (client u64, last slot u64, floor u64, n u32, (seq u64, len u32, outcome)*)*
+//! | membership len u32 | membership log (empty: unknown)
+//! | auth len u32 | auth state (wire::AuthStatus)
 //! | crc32c u32 over everything before it
 //! ```
-//! The previous format, "KVSSNAP2", is still read: it has no registration counter, salt or
+//! An outcome is a `Result<wire::Reply, wire::ErrorReply>` (a write denied when applied is
+//! remembered with its refusal). Earlier formats are still read: "KVSSNAP4" has no auth
+//! state (read as auth disabled, no users or roles) and sessions remember replies only;
+//! "KVSSNAP3" has no membership either; "KVSSNAP2" has no registration counter, salt or
 //! floors (a session's floor is then taken as just below its oldest result if its window is
 //! full, else 0).
 //! A new snapshot is the previous snapshot file merged with the keys changed since (the
@@ -30,7 +35,9 @@ use std::io;
 use std::path::PathBuf;
 
 pub use file::{install_incoming, publish_incoming, read_file, write_file, write_merged};
-pub use format::{decode, decode_from, encode, encode_to, SnapshotReader, SnapshotWriter};
+pub use format::{
+    decode, decode_from, encode, encode_to, SnapshotReader, SnapshotTail, SnapshotWriter,
+};
 
 /// The snapshot's file name inside the data directory.
 pub const FILE_NAME: &str = "snapshot";

@@ -28,6 +28,7 @@ fn put(sm: &mut StateMachine, slot: u64, key: u64, len: usize) {
             key: Bytes::from(format!("key{key}")),
             value: Bytes::from(vec![(slot % 251) as u8 | 1; len]),
         },
+        origin: None,
     };
     sm.apply(slot, c);
     sm.finish_slot(slot);
@@ -69,6 +70,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 &delta,
                 sm.sessions(),
                 sm.membership(),
+                sm.auth(),
             )
         };
         let done = result.is_ok();

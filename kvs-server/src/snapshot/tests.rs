@@ -1,4 +1,4 @@
-use super::format::{header, MAGIC_V2, MAGIC_V3};
+use super::format::{header, MAGIC_V2, MAGIC_V3, MAGIC_V4};
 use super::*;
 use crate::state_machine::StateMachine;
 use bytes::Bytes;
@@ -15,6 +15,7 @@ fn sample() -> StateMachine {
             seq: 12345,
         },
         op: WriteOp::RegisterSession,
+        origin: None,
     };
     let ids: Vec<u64> = (0..3)
         .filter_map(|_| match sm.apply(0, register.clone()).reply {
@@ -33,6 +34,7 @@ fn sample() -> StateMachine {
                 key: Bytes::from(format!("k{i}")),
                 value: Bytes::from(vec![i as u8; i as usize]),
             },
+            origin: None,
         };
         sm.apply(i, c);
         sm.finish_slot(i);
@@ -64,6 +66,53 @@ fn membership_bytes(sm: &StateMachine) -> usize {
         .unwrap_or(0)
 }
 
+/// `sm` in format 4, as the previous version wrote it: sessions remember replies only, and
+/// no auth state follows the membership.
+fn encode_v4(sm: &StateMachine) -> Vec<u8> {
+    let mut out = MAGIC_V4.to_vec();
+    out.extend_from_slice(&sm.applied().to_le_bytes());
+    for (k, v) in sm.data() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let table = sm.sessions();
+    out.extend_from_slice(&table.registered().to_le_bytes());
+    out.extend_from_slice(&table.salt().to_le_bytes());
+    out.extend_from_slice(&(table.len() as u64).to_le_bytes());
+    for (client, s) in table.sessions() {
+        out.extend_from_slice(&client.to_le_bytes());
+        out.extend_from_slice(&s.last_slot.to_le_bytes());
+        out.extend_from_slice(&s.floor.to_le_bytes());
+        out.extend_from_slice(&(s.results.len() as u32).to_le_bytes());
+        for (seq, outcome) in &s.results {
+            out.extend_from_slice(&seq.to_le_bytes());
+            let r = v4_reply(outcome);
+            out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            out.extend_from_slice(&r);
+        }
+    }
+    let membership = sm
+        .membership()
+        .map(|m| wire::membership::encode_membership_log(m).unwrap_or_default())
+        .unwrap_or_default();
+    out.extend_from_slice(&(membership.len() as u32).to_le_bytes());
+    out.extend_from_slice(&membership);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A session's outcome as format 4 (and earlier) stored it: the reply alone.
+fn v4_reply(outcome: &crate::state_machine::Outcome) -> Vec<u8> {
+    match outcome {
+        Ok(reply) => wire::encode(reply).map(|b| b.to_vec()).unwrap_or_default(),
+        Err(e) => panic!("format 4 cannot hold a refusal: {e}"),
+    }
+}
+
 #[test]
 fn the_sample_has_sessions() {
     let sm = sample();
@@ -78,8 +127,8 @@ fn the_sample_has_sessions() {
 #[test]
 fn a_snapshot_of_the_previous_format_is_read() {
     let sm = sample();
-    let bytes = encode(&sm).unwrap_or_default();
-    // Rewrite as the previous format: no counter, salt or floors.
+    let bytes = encode_v4(&sm);
+    // Rewrite as format 2: no counter, salt or floors.
     let mut old = MAGIC_V2.to_vec();
     let keys_end = bytes.len() - 4 - membership_bytes(&sm) - sessions_bytes(&sm);
     old.extend_from_slice(&bytes[8..keys_end]);
@@ -88,9 +137,9 @@ fn a_snapshot_of_the_previous_format_is_read() {
         old.extend_from_slice(&client.to_le_bytes());
         old.extend_from_slice(&s.last_slot.to_le_bytes());
         old.extend_from_slice(&(s.results.len() as u32).to_le_bytes());
-        for (seq, reply) in &s.results {
+        for (seq, outcome) in &s.results {
             old.extend_from_slice(&seq.to_le_bytes());
-            let r = wire::encode(reply).unwrap_or_default();
+            let r = v4_reply(outcome);
             old.extend_from_slice(&(r.len() as u32).to_le_bytes());
             old.extend_from_slice(&r);
         }
@@ -107,7 +156,7 @@ fn a_snapshot_of_the_previous_format_is_read() {
 #[test]
 fn a_snapshot_of_version_3_is_read_without_a_membership() {
     let sm = sample();
-    let bytes = encode(&sm).unwrap_or_default();
+    let bytes = encode_v4(&sm);
     // Version 3 is version 4 without the membership.
     let mut old = MAGIC_V3.to_vec();
     old.extend_from_slice(&bytes[8..bytes.len() - 4 - membership_bytes(&sm)]);
@@ -126,13 +175,13 @@ fn the_membership_roundtrips_and_a_newer_format_is_named() {
     let back = decode(&bytes, Path::new("s")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(back.membership(), Some(&membership()));
     let mut newer = bytes.clone();
-    newer[7] = b'5';
+    newer[7] = b'6';
     let err = decode(&newer, Path::new("s"))
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        err.contains("snapshot format version 5 is not one this build reads (versions 2 to 4)"),
+        err.contains("snapshot format version 6 is not one this build reads (versions 2 to 5)"),
         "{err}"
     );
     let mut other = bytes;
@@ -144,13 +193,27 @@ fn the_membership_roundtrips_and_a_newer_format_is_named() {
     assert!(err.contains("not a snapshot file (bad magic)"), "{err}");
 }
 
-/// Bytes of the session part of `sm`'s snapshot (counter, salt and sessions).
+#[test]
+fn a_snapshot_of_version_4_is_read_with_auth_disabled_and_empty() {
+    let sm = sample();
+    let old = encode_v4(&sm);
+    let back = decode(&old, Path::new("old")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, sm);
+    assert!(back.auth().is_empty());
+    // Rewritten in the current format, it reads back the same.
+    let again = encode(&back).unwrap_or_default();
+    assert_eq!(&again[..8], b"KVSSNAP5");
+    assert_eq!(decode(&again, Path::new("new")).ok(), Some(sm));
+}
+
+/// Bytes of the session part of a snapshot of `sm` in format 4 (counter, salt and
+/// sessions).
 fn sessions_bytes(sm: &StateMachine) -> usize {
     let mut n = 8 + 8 + 8;
     for s in sm.sessions().sessions().values() {
         n += 8 + 8 + 8 + 4;
-        for reply in s.results.values() {
-            n += 8 + 4 + wire::encode(reply).map(|r| r.len()).unwrap_or(0);
+        for outcome in s.results.values() {
+            n += 8 + 4 + v4_reply(outcome).len();
         }
     }
     n
@@ -248,6 +311,7 @@ fn apply_all(sm: &mut StateMachine, from: u64, ops: &[(&str, Option<&str>)]) {
                 seq: slot,
             },
             op,
+            origin: None,
         };
         sm.apply(slot, c);
         sm.finish_slot(slot);
@@ -265,7 +329,7 @@ fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
     );
     // First snapshot: no file yet, so the delta is everything.
     let d = sm.take_delta();
-    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
         .unwrap_or_else(|e| panic!("{e}"));
     // Changes: insert before, between and after; replace one; delete one; delete a key
     // that never existed in the file.
@@ -283,7 +347,7 @@ fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
         ],
     );
     let d = sm.take_delta();
-    let size = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+    let size = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
         .unwrap_or_else(|e| panic!("{e}"));
     let on_disk = std::fs::read(dir.path().join(FILE_NAME)).unwrap_or_default();
     assert_eq!(
@@ -303,7 +367,7 @@ fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
     let mut sm = StateMachine::new();
     apply_all(&mut sm, 0, &[("a", Some("1")), ("b", Some("2"))]);
     let d = sm.take_delta();
-    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
         .unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join(FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap_or_default();
@@ -312,7 +376,7 @@ fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
     std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
     apply_all(&mut sm, 2, &[("c", Some("3"))]);
     let d = sm.take_delta();
-    let err = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership())
+    let err = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
         .err()
         .map(|e| e.to_string());
     assert!(

@@ -44,9 +44,9 @@ fn reads_are_numbered_and_taken_once() {
     let now = Instant::now();
     let (a, b) = (pending.next_read_id(), pending.next_read_id());
     assert_ne!(a, b);
-    pending.insert_read(a, Bytes::from_static(b"k"), probe.responder(10), now);
-    pending.insert_read(b, Bytes::from_static(b"j"), probe.responder(11), now);
-    let (key, responder) = pending.take_read(a).unwrap_or_else(|| panic!("read {a}"));
+    pending.insert_read(a, Bytes::from_static(b"k"), None, probe.responder(10), now);
+    pending.insert_read(b, Bytes::from_static(b"j"), None, probe.responder(11), now);
+    let (key, responder, _) = pending.take_read(a).unwrap_or_else(|| panic!("read {a}"));
     assert_eq!(key, ReadQuery::Key(Bytes::from_static(b"k")));
     assert!(pending.take_read(a).is_none());
     responder.respond(Ok(Reply::Value {
@@ -64,7 +64,13 @@ fn requests_that_waited_past_the_limit_time_out_and_the_others_wait_on() {
     let start = Instant::now();
     pending.insert_write((1, 1), probe.responder(1), command(1), start);
     let read = pending.next_read_id();
-    pending.insert_read(read, Bytes::from_static(b"k"), probe.responder(2), start);
+    pending.insert_read(
+        read,
+        Bytes::from_static(b"k"),
+        None,
+        probe.responder(2),
+        start,
+    );
     pending.insert_write(
         (1, 2),
         probe.responder(3),
@@ -94,7 +100,13 @@ fn a_stopping_replica_answers_everything_that_waits() {
     let now = Instant::now();
     pending.insert_write((1, 1), probe.responder(1), command(1), now);
     let read = pending.next_read_id();
-    pending.insert_read(read, Bytes::from_static(b"k"), probe.responder(2), now);
+    pending.insert_read(
+        read,
+        Bytes::from_static(b"k"),
+        None,
+        probe.responder(2),
+        now,
+    );
     pending.fail_all();
     let mut answers = probe.answers();
     answers.sort_by_key(|(id, _)| *id);
