@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use paxos_core::{Ballot, Message, PersistEntry, Value};
+use wire::auth::{AuthChange, AuthStatus, Grant, Permission, RoleInfo, UserInfo};
 use wire::{
-    ClientRequest, ClientResponse, Hello, HelloReply, MemberAddrs, Op, PeerMessage, PeerRole,
-    ReadConsistency, Reply, Session,
+    ClientRequest, ClientResponse, Command, ErrorReply, Hello, HelloReply, MemberAddrs, Op,
+    PeerMessage, PeerRole, ReadConsistency, Reply, Session, WriteOp,
 };
 
 #[path = "../../fuzz/src/checks.rs"]
@@ -60,10 +61,88 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             op: Op::Status,
         },
     ];
+    // The auth operations and their state.
+    let grant = AuthChange::RoleGrant {
+        role: "nurse".to_owned(),
+        prefix: Bytes::from("patient/"),
+        perm: Permission::ReadWrite,
+    };
+    let auth_status = AuthStatus {
+        enabled: true,
+        roles: vec![
+            RoleInfo {
+                name: wire::auth::ADMIN_ROLE.to_owned(),
+                grants: vec![Grant {
+                    prefix: Bytes::new(),
+                    perm: Permission::ReadWrite,
+                }],
+            },
+            RoleInfo {
+                name: "nurse".to_owned(),
+                grants: vec![Grant {
+                    prefix: Bytes::from("patient/"),
+                    perm: Permission::Read,
+                }],
+            },
+        ],
+        users: vec![
+            UserInfo {
+                name: "alice".to_owned(),
+                roles: vec![wire::auth::ADMIN_ROLE.to_owned()],
+            },
+            UserInfo {
+                name: "bob".to_owned(),
+                roles: vec!["nurse".to_owned()],
+            },
+        ],
+    };
+    let denied = ErrorReply::PermissionDenied {
+        identity: Some("bob".to_owned()),
+        reason: "\"bob\" may not write \"patient/1\"".to_owned(),
+    };
+    let requests: Vec<ClientRequest> = requests
+        .into_iter()
+        .chain([
+            ClientRequest {
+                id: 11,
+                session: Some(Session {
+                    client_id: 42,
+                    seq: 2,
+                }),
+                op: Op::Auth(grant.clone()),
+            },
+            ClientRequest {
+                id: 12,
+                session: None,
+                op: Op::AuthStatus,
+            },
+        ])
+        .collect();
     let request_bytes: Vec<Vec<u8>> = requests
         .iter()
         .map(|r| wire::encode(r).unwrap().to_vec())
         .collect();
+    // Commands as a log value holds them: with an origin, an auth change, and one of the
+    // layout before origins.
+    let session = Session {
+        client_id: 42,
+        seq: 5,
+    };
+    let put = WriteOp::Put {
+        key: Bytes::from("patient/1"),
+        value: Bytes::from("x"),
+    };
+    let old_layout = wire::encode(&(session, put.clone())).unwrap();
+    let commands = vec![
+        Command::new(session, put, Some("alice".to_owned()))
+            .encode()
+            .unwrap(),
+        Command::new(session, WriteOp::Auth(grant), None)
+            .encode()
+            .unwrap(),
+        old_layout,
+    ];
+    let auth_value = Value::Commands(commands.clone());
     let frames: Vec<Vec<u8>> = request_bytes
         .iter()
         .map(|payload| {
@@ -89,6 +168,14 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             id: 9,
             result: Ok(Reply::Deleted { existed: true }),
         },
+        ClientResponse {
+            id: 10,
+            result: Err(denied.clone()),
+        },
+        ClientResponse {
+            id: 11,
+            result: Ok(Reply::AuthStatus(Box::new(auth_status.clone()))),
+        },
     ];
     let ballot = Ballot { round: 3, node: 2 };
     let value = Value::Commands(vec![Bytes::from("a command"), Bytes::from("another")]);
@@ -101,6 +188,11 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             ballot,
             entries: vec![(6, value.clone()), (7, Value::Noop)],
             commit: 5,
+        }),
+        PeerMessage::Paxos(Message::Accept {
+            ballot,
+            entries: vec![(8, auth_value.clone())],
+            commit: 7,
         }),
         PeerMessage::SnapshotChunk {
             slot: 9,
@@ -169,6 +261,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let mut results = BTreeMap::new();
     results.insert(3, Ok(Reply::Written));
     results.insert(4, Ok(Reply::Deleted { existed: false }));
+    results.insert(5, Err(denied));
     let mut sessions = BTreeMap::new();
     sessions.insert(
         42,
@@ -186,6 +279,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let empty_snapshot =
         kvs_server::snapshot::encode(&kvs_server::state_machine::StateMachine::new()).unwrap();
     full.set_membership(log.clone());
+    full.set_auth(kvs_server::auth::AuthState::from_status(&auth_status).unwrap());
     let full_snapshot = kvs_server::snapshot::encode(&full).unwrap();
     let body = full_snapshot.clone();
     let header = wire::backup::BackupHeader {
@@ -270,6 +364,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             peers
                 .iter()
                 .map(|m| wire::encode(m).unwrap().to_vec())
+                .chain(commands.iter().map(|c| c.to_vec()))
                 .collect(),
         ),
         (
@@ -284,7 +379,21 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             replies.iter().map(|r| r.encode().to_vec()).collect(),
         ),
         ("wal_segment", vec![segment.clone()]),
-        ("storage_record", records.clone()),
+        (
+            "storage_record",
+            records
+                .iter()
+                .cloned()
+                .chain([
+                    kvs_server::storage::record::encode(&PersistEntry::Accepted {
+                        slot: 8,
+                        ballot,
+                        value: auth_value,
+                    })
+                    .unwrap(),
+                ])
+                .collect(),
+        ),
         (
             "snapshot",
             vec![
@@ -352,7 +461,9 @@ fn every_seed_decodes() {
                 "client_request" => wire::decode::<ClientRequest>(&input).is_ok(),
                 "client_frames" => input.len() > 4,
                 "client_response" => wire::decode::<ClientResponse>(&input).is_ok(),
-                "peer_message" => wire::decode::<PeerMessage>(&input).is_ok(),
+                "peer_message" => {
+                    wire::decode::<PeerMessage>(&input).is_ok() || Command::decode(&input).is_ok()
+                }
                 "handshake_hello" => Hello::decode(&input).is_ok(),
                 "handshake_reply" => HelloReply::decode(&input).is_ok(),
                 "wal_segment" => kvs_server::wal::decode::segment(&input)
