@@ -41,6 +41,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("snapshot_fixed", snapshot_fixed),
     ("backup_fixed", backup_fixed),
     ("handshake_stream", handshake_stream),
+    ("identity_file", identity_file),
+    ("certificate", certificate),
 ];
 
 /// A message decoded by `wire::decode` re-encodes to no more bytes than it came from, and
@@ -549,4 +551,50 @@ pub fn handshake_stream(data: &[u8]) {
             ));
         }
     }
+}
+
+/// `data` as a data directory's identity file (`kvs_server::identity`) whose checksum line
+/// matches: the text without its last line if that is a checksum line, ended by a newline,
+/// then the checksum line of that. `None` if `data` is not UTF-8.
+pub fn fix_identity(data: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(data).ok()?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(text);
+    let last_start = trimmed.rfind('\n').map_or(0, |i| i + 1);
+    let mut body = if trimmed[last_start..].starts_with("crc32c ") {
+        text[..last_start].to_owned()
+    } else {
+        text.to_owned()
+    };
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    let crc = crc32c(body.as_bytes());
+    body.push_str(&format!("crc32c {crc:08x}\n"));
+    Some(body)
+}
+
+/// A data directory's identity file with its checksum line made to match
+/// ([`fix_identity`]): never a checksum error then; what decodes encodes and decodes again
+/// to itself.
+pub fn identity_file(data: &[u8]) {
+    use kvs_server::identity::Identity;
+    let Some(text) = fix_identity(data) else {
+        return;
+    };
+    match Identity::decode(&text) {
+        Ok(identity) => {
+            let again = identity.encode();
+            assert_eq!(Identity::decode(&again), Ok(identity));
+        }
+        Err(reason) => assert_ne!(reason, "checksum mismatch"),
+    }
+}
+
+/// A certificate (DER) as a TLS peer or client presents it: the member id, the Common Name
+/// and the expiry read from it (`kvs_server::tls::identity`).
+pub fn certificate(data: &[u8]) {
+    use kvs_server::tls::identity;
+    let _ = identity::member_id(data);
+    let _ = identity::common_name(data);
+    let _ = identity::not_after_unix(data);
 }

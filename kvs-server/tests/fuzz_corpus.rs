@@ -410,6 +410,8 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ),
         ("backup_fixed", vec![backup]),
         ("handshake_stream", streams),
+        ("identity_file", identity_files()),
+        ("certificate", certificates()),
         (
             "membership",
             vec![
@@ -420,6 +422,51 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             ],
         ),
     ]
+}
+
+/// Identity files of a bootstrapped member and of one that joined.
+fn identity_files() -> Vec<Vec<u8>> {
+    use kvs_server::identity::{Identity, Origin};
+    let mut known = BTreeMap::new();
+    known.insert(2, wire::handshake::Uid([2; 16]));
+    let member = Identity {
+        cluster_name: "prod".to_owned(),
+        cluster_uid: wire::handshake::Uid([7; 16]),
+        member_id: 1,
+        instance: wire::handshake::Uid([1; 16]),
+        members: vec![1, 2, 3],
+        joined: true,
+        known,
+        origin: Origin::Bootstrapped,
+    };
+    let joined = Identity {
+        member_id: 4,
+        joined: false,
+        origin: Origin::Joined,
+        ..member.clone()
+    };
+    [member, joined]
+        .iter()
+        .map(|i| i.encode().into_bytes())
+        .collect()
+}
+
+/// Certificates (DER) of a CA, a replica (its member id in a URI SAN) and a client.
+fn certificates() -> Vec<Vec<u8>> {
+    use kvs_server::certs::{Authority, LeafSpec, Validity};
+    let validity = Validity::days_from_now(365);
+    let ca = Authority::new("kvs fuzz seeds", validity).unwrap();
+    let node = ca
+        .issue(&LeafSpec::node(2, &["localhost".to_owned()], validity))
+        .unwrap();
+    let client = ca.issue(&LeafSpec::client("alice", validity)).unwrap();
+    [ca.cert_pem().to_owned(), node.cert_pem, client.cert_pem]
+        .iter()
+        .map(|pem| {
+            let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            pem.contents
+        })
+        .collect()
 }
 
 #[test]
@@ -475,6 +522,13 @@ fn every_seed_decodes() {
                     kvs_server::snapshot::decode(&input, Path::new("seed")).is_ok()
                 }
                 "backup" | "backup_fixed" => wire::backup::verify(input.as_slice()).is_ok(),
+                "identity_file" => std::str::from_utf8(&input)
+                    .is_ok_and(|text| kvs_server::identity::Identity::decode(text).is_ok()),
+                "certificate" => {
+                    kvs_server::tls::identity::not_after_unix(&input).is_some()
+                        && (kvs_server::tls::identity::member_id(&input).is_ok()
+                            || kvs_server::tls::identity::common_name(&input).is_some())
+                }
                 "handshake_stream" => match input.split_first() {
                     Some((mode, record)) if mode & 0x80 == 0 => Hello::decode(record).is_ok(),
                     Some((_, record)) => HelloReply::decode(record).is_ok(),
@@ -558,4 +612,15 @@ fn the_fix_ups_carry_changed_bytes_past_the_checksums() {
     let header = wire::backup::verify(fixed_backup.as_slice()).unwrap();
     assert!(fixed_backup.ends_with(&fixed));
     assert_eq!(header.body_bytes, fixed.len() as u64);
+
+    // Identity file: a changed cluster name fails the checksum line; fixed, it decodes to
+    // the changed name.
+    let identity = seed("identity_file", 0);
+    let changed = replaced(&identity, b"prod", b"test");
+    let text = String::from_utf8(changed).unwrap();
+    let err = kvs_server::identity::Identity::decode(&text).unwrap_err();
+    assert_eq!(err, "checksum mismatch");
+    let fixed = checks::fix_identity(text.as_bytes()).unwrap();
+    let decoded = kvs_server::identity::Identity::decode(&fixed).unwrap();
+    assert_eq!(decoded.cluster_name, "test");
 }
