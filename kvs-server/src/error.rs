@@ -17,6 +17,9 @@ pub enum ServerError {
     /// A setting is missing or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// TLS material cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// `kvs-server certs` failed.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertsError),

@@ -233,6 +233,7 @@ pub struct Metrics {
     pub acceptor_failures: Counter,
     /// Recoveries from injected acceptor failures.
     pub acceptor_recoveries: Counter,
+    tls_expiry: Family<Label, Gauge>,
 }
 
 impl Default for Metrics {
@@ -277,6 +278,7 @@ impl Metrics {
             bytes: Gauge::default(),
             acceptor_failures: Counter::default(),
             acceptor_recoveries: Counter::default(),
+            tls_expiry: Family::default(),
         };
         for op in RequestOp::ALL {
             let duration = m
@@ -289,8 +291,22 @@ impl Metrics {
         m
     }
 
+    /// `kvs_server_tls_certificate_expiry_timestamp_seconds{link}`: when the TLS
+    /// certificate in use on `link` (`client` or `peer`) expires, in Unix time. The series
+    /// exists only for a link with TLS on.
+    pub fn tls_certificate_expiry(&self, link: &str) -> Gauge {
+        self.tls_expiry
+            .get_or_create(&[("link", link.to_string())])
+            .clone()
+    }
+
     fn register_all(&mut self) {
         let r = &mut self.registry;
+        r.register(
+            "kvs_server_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate in use expires (Unix time), by link: client, peer",
+            self.tls_expiry.clone(),
+        );
         r.register(
             "kvs_server_has_leader",
             "Whether a leader exists (1) or not (0), as this replica knows",

@@ -126,11 +126,11 @@ pub use auth::{AuthChange, AuthStatus, Permission, ADMIN_ROLE};
 pub use command::{Command, Origin, WriteOp};
 pub use error::WireError;
 pub use handshake::{
-    check_hello, check_identity, client_handshake, is_newcomer, is_removed, server_handshake,
-    server_handshake_with, Accepted, ClusterInfo, HandshakeExpectation, HandshakeRefusal, Hello,
-    HelloReply, PeerRole, ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX, HANDSHAKE_TIMEOUT_DEFAULT,
-    IDENTITY_MEMBERS_MAX, MAGIC, PEER_ADDR_BYTES_MAX, PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION,
-    PROTOCOL_VERSION_MIN,
+    check_hello, check_identity, client_handshake, is_newcomer, is_removed, refuse_handshake,
+    server_handshake, server_handshake_with, Accepted, ClusterInfo, HandshakeExpectation,
+    HandshakeRefusal, Hello, HelloReply, PeerRole, ReplicaIdentity, Uid, CLUSTER_ID_BYTES_MAX,
+    HANDSHAKE_TIMEOUT_DEFAULT, IDENTITY_MEMBERS_MAX, MAGIC, PEER_ADDR_BYTES_MAX,
+    PEER_PROTOCOL_VERSION_MIN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 pub use kv::{
     in_range, prefix_end, Compare, RangeMode, RangePage, RangeRequest, Txn, TxnOp,

@@ -652,6 +652,15 @@ fn hello_and_reply_records_roundtrip() {
             node_id: 2,
             configuration: 7,
         }),
+        HelloReply::Refused(HandshakeRefusal::TlsRequired),
+        HelloReply::Refused(HandshakeRefusal::CertificateMismatch {
+            claimed: 1,
+            certified: 2,
+        }),
+        HelloReply::Refused(HandshakeRefusal::CertificateNamesNoMember {
+            claimed: 3,
+            reason: "no URI SAN".into(),
+        }),
     ];
     for reply in replies {
         assert_eq!(HelloReply::decode(&reply.encode()), Ok(reply));
@@ -696,4 +705,31 @@ fn records_reject_trailing_and_missing_bytes() {
             message: "abc".into()
         }))
     );
+}
+
+#[tokio::test]
+async fn a_refusal_before_the_hello_reaches_the_client_with_its_reason() {
+    let (client, mut server) = tokio::io::duplex(4096);
+    let server = tokio::spawn(async move {
+        wire::refuse_handshake(
+            &mut server,
+            HandshakeRefusal::TlsRequired,
+            Duration::from_secs(5),
+        )
+        .await
+    });
+    let mut framed = Framed::new(client, wire::frame_codec());
+    let hello = Hello::new("kvs", PeerRole::Client);
+    let got = wire::client_handshake(&mut framed, &hello, Duration::from_secs(5)).await;
+    let Err(WireError::PeerRefused(refusal)) = got else {
+        panic!("{got:?}");
+    };
+    assert_eq!(refusal, HandshakeRefusal::TlsRequired);
+    assert!(refusal
+        .to_string()
+        .contains("requires TLS: connect with --cacert"));
+    assert!(matches!(
+        server.await.unwrap(),
+        WireError::Refused(HandshakeRefusal::TlsRequired)
+    ));
 }

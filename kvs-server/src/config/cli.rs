@@ -166,7 +166,8 @@ pub struct DevArgs {
 }
 
 /// Settings of one replica. Every flag can also come from the `--config` TOML file (same
-/// names with underscores); flags (and `KVS_LOG`) win. A setting given nowhere takes its
+/// names with underscores); flags (and `KVS_LOG`) win. The TLS files are read again when
+/// they change on disk (certificate rotation without a restart). A setting given nowhere takes its
 /// default from [`defaults`] when resolved.
 ///
 /// The one struct is both the flags (clap) and the file (serde): the file is read into it,
@@ -255,6 +256,39 @@ pub struct ReplicaArgs {
     /// A client connection that takes none of its answers for this long is closed.
     #[arg(long)]
     pub client_stall_timeout_ms: Option<u64>,
+    /// TLS on the client port: this replica's certificate (PEM, the chain with its own
+    /// certificate first). Needs --key-file. Clients then connect with --cacert; a plain
+    /// client is refused with "this port requires TLS".
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The CA (PEM) that client certificates are verified against: a client that presents
+    /// a certificate must have one signed by it, and its subject Common Name is its
+    /// identity. Without --client-cert-auth a client may also connect without one.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require every client to present a certificate signed by --trusted-ca-file.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// The lowest TLS version the client port accepts: 1.3 (the default) or 1.2.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub tls_min_version: Option<crate::tls::TlsVersion>,
+    /// Mutual TLS on the peer links: this replica's certificate (PEM), which must name its
+    /// member id as URI SAN urn:kvs:member:<id> (`kvs-server certs` makes such). Needs
+    /// --peer-key-file and --peer-trusted-ca-file; every replica of the cluster must use
+    /// peer TLS then: plain peer connections are neither accepted nor dialled.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA (PEM) every replica's peer certificate is verified against, both ways: a
+    /// replica is accepted only with a certificate signed by it that names the member id
+    /// it claims, and a dialled replica only if its certificate names the member dialled.
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
     /// Log filter (e.g. info, debug, kvs_server=debug).
     #[arg(long, env = "KVS_LOG")]
     pub log_level: Option<String>,

@@ -6,6 +6,13 @@ use std::path::PathBuf;
 /// config file is named by its flag too (the key is the flag's name with underscores).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A TLS file is missing, unreadable, or holds nothing usable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// TLS settings that do not go together (half a pair, a requirement without what it
+    /// needs).
+    #[error("{0}")]
+    TlsSettings(String),
     /// A required setting is missing.
     #[error("missing {flag}{about}")]
     Missing {

@@ -29,6 +29,7 @@ pub use parse::{check_fail_prob, parse_members, parse_range};
 use crate::acceptor_failures::FailMode;
 use crate::identity::InitialClusterState;
 use crate::net::clients::ClientLimits;
+use crate::tls::{ClientTlsSettings, PeerTlsSettings};
 
 /// The consensus core's batching limits. A slot's batch, a catch-up reply and a Promise
 /// (bounded by the in-flight bytes) must each fit in a peer frame
@@ -82,6 +83,10 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Client limits.
     pub limits: ClientLimits,
+    /// TLS on the client port; plain when `None`.
+    pub client_tls: Option<ClientTlsSettings>,
+    /// Mutual TLS on the peer links; plain when `None`.
+    pub peer_tls: Option<PeerTlsSettings>,
     /// Testing only, unsafe: serve linearizable reads locally (a planted bug for the checker).
     pub unsafe_local_reads: bool,
 }
@@ -176,6 +181,8 @@ impl ReplicaArgs {
                 a.request_timeout_ms.unwrap_or(defaults::REQUEST_TIMEOUT_MS),
             ),
             limits: client_limits(a)?,
+            client_tls: client_tls(a)?,
+            peer_tls: peer_tls(a, id)?,
             unsafe_local_reads: a.unsafe_local_reads,
         })
     }
@@ -253,4 +260,90 @@ fn client_limits(a: &ReplicaArgs) -> Result<ClientLimits, ConfigError> {
             .max(Duration::from_millis(1)),
         inflight_per_connection_max: d.inflight_per_connection_max,
     })
+}
+
+/// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth` and
+/// `--tls-min-version`, checked together and loaded (files readable, a certificate and a
+/// key in them, the key the certificate's, the CA usable).
+fn client_tls(a: &ReplicaArgs) -> Result<Option<ClientTlsSettings>, ConfigError> {
+    let needs_pair = |flag: &str| {
+        ConfigError::TlsSettings(format!(
+            "{flag} needs TLS on the client port: give --cert-file and --key-file"
+        ))
+    };
+    let client_cert_auth = a.client_cert_auth.unwrap_or(false);
+    let (cert_file, key_file) = match (&a.cert_file, &a.key_file) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            if a.trusted_ca_file.is_some() {
+                return Err(needs_pair("--trusted-ca-file"));
+            }
+            if client_cert_auth {
+                return Err(needs_pair("--client-cert-auth"));
+            }
+            if a.tls_min_version.is_some() {
+                return Err(needs_pair("--tls-min-version"));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => return Err(half_pair("--cert-file", "--key-file")),
+        (None, Some(_)) => return Err(half_pair("--key-file", "--cert-file")),
+    };
+    if client_cert_auth && a.trusted_ca_file.is_none() {
+        return Err(ConfigError::TlsSettings(
+            "--client-cert-auth needs --trusted-ca-file: the CA that client certificates must \
+             be signed by"
+                .into(),
+        ));
+    }
+    let settings = ClientTlsSettings {
+        cert_file,
+        key_file,
+        trusted_ca_file: a.trusted_ca_file.clone(),
+        client_cert_auth,
+        min_version: a.tls_min_version.unwrap_or_default(),
+    };
+    crate::tls::Settings::load(&settings)?;
+    Ok(Some(settings))
+}
+
+fn half_pair(given: &str, missing: &str) -> ConfigError {
+    ConfigError::TlsSettings(format!(
+        "{given} is given without {missing}: give both (or neither)"
+    ))
+}
+
+/// `--peer-cert-file`, `--peer-key-file` and `--peer-trusted-ca-file`: all three or none,
+/// loaded and checked (the certificate must name member `id`).
+fn peer_tls(a: &ReplicaArgs, id: NodeId) -> Result<Option<PeerTlsSettings>, ConfigError> {
+    let given = [
+        ("--peer-cert-file", &a.peer_cert_file),
+        ("--peer-key-file", &a.peer_key_file),
+        ("--peer-trusted-ca-file", &a.peer_trusted_ca_file),
+    ];
+    let missing: Vec<&str> = given
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(f, _)| *f)
+        .collect();
+    let (Some(cert_file), Some(key_file), Some(trusted_ca_file)) =
+        (&a.peer_cert_file, &a.peer_key_file, &a.peer_trusted_ca_file)
+    else {
+        if missing.len() == given.len() {
+            return Ok(None);
+        }
+        return Err(ConfigError::TlsSettings(format!(
+            "peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file \
+             together; missing {}",
+            missing.join(", ")
+        )));
+    };
+    let settings = PeerTlsSettings {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        trusted_ca_file: trusted_ca_file.clone(),
+        member_id: id,
+    };
+    crate::tls::Settings::load(&settings)?;
+    Ok(Some(settings))
 }

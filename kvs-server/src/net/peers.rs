@@ -44,11 +44,14 @@ use wire::{
 use prometheus_client::metrics::counter::Counter;
 
 use super::frames::PeerFrames;
+use super::stream::Stream;
 use crate::admin::events::{Kind, Notables};
 use crate::event::Event;
 use crate::identity::{IdentityError, IdentityStore, LinkEvent};
 use crate::metrics::Metrics;
 use crate::snapshot::transfer::{Credits, Outgoing};
+use crate::tls::identity::MemberIdError;
+use crate::tls::PeerTls;
 
 /// How many messages may wait for a peer link; beyond that they are dropped (the consensus
 /// core retransmits what matters).
@@ -76,7 +79,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 /// How long connecting to a peer, and each side of a peer handshake, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Frames = Framed<TcpStream, LengthDelimitedCodec>;
+type Frames = Framed<Stream, LengthDelimitedCodec>;
 
 /// The event loop's side of the links to its peers: where to queue messages for each, and
 /// whether each is reachable. Messages are encoded here, once per message however many
@@ -147,6 +150,7 @@ impl Links {
         let link = Outbound {
             to: peer,
             addr: addr.to_owned(),
+            tls: self.dialer.tls.clone(),
             hello: self.dialer.hello.clone(),
             configuration: Arc::clone(&self.dialer.configuration),
             store: Arc::clone(&self.dialer.store),
@@ -233,12 +237,15 @@ pub struct Dialer {
     pub shutdown: CancellationToken,
     /// Where the link tasks run.
     pub tasks: TaskTracker,
+    /// Mutual TLS on every link (`--peer-cert-file`, ...); plain when `None`.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 /// One outbound link: keeps a connection to peer `to` at `addr`, opened with `hello`.
 struct Outbound {
     to: NodeId,
     addr: String,
+    tls: Option<Arc<PeerTls>>,
     hello: Hello,
     configuration: Arc<AtomicU64>,
     store: Arc<IdentityStore>,
@@ -293,7 +300,7 @@ impl Outbound {
         while !self.shutdown.is_cancelled() {
             let hello = self.hello_now();
             let connected = tokio::select! {
-                c = connect(&self.addr, &hello) => c,
+                c = connect(&self.addr, &hello, self.tls.as_deref(), self.to) => c,
                 _ = self.shutdown.cancelled() => return,
             };
             let mut framed = match connected {
@@ -471,30 +478,65 @@ enum Pump {
 
 /// Dials `addr` and runs the handshake with `hello` only, then hangs up: how a replica
 /// joining a running cluster asks a member to admit it (and learns the cluster identity).
-pub async fn ask_to_join(addr: &str, hello: &Hello) -> Result<Accepted, WireError> {
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| WireError::HandshakeTimeout {
-            timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
-        })??;
-    let mut framed = Framed::new(stream, wire::frame_codec());
+/// With `tls`, the member's certificate must name member `expect`.
+pub async fn ask_to_join(
+    addr: &str,
+    hello: &Hello,
+    tls: Option<&PeerTls>,
+    expect: NodeId,
+) -> Result<Accepted, WireError> {
+    let mut framed = Framed::new(dial(addr, tls, expect).await?, wire::frame_codec());
     wire::client_handshake(&mut framed, hello, HANDSHAKE_TIMEOUT).await
 }
 
-async fn connect(addr: &str, hello: &Hello) -> Result<Frames, WireError> {
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| WireError::HandshakeTimeout {
-            timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
-        })??;
-    let _ = stream.set_nodelay(true);
+async fn connect(
+    addr: &str,
+    hello: &Hello,
+    tls: Option<&PeerTls>,
+    expect: NodeId,
+) -> Result<Frames, WireError> {
     let mut framed = Framed::new(
-        stream,
+        dial(addr, tls, expect).await?,
         wire::frame_codec_with_max(wire::FRAME_BYTES_MAX_CEILING)
             .unwrap_or_else(|_| wire::frame_codec()),
     );
     wire::client_handshake(&mut framed, hello, HANDSHAKE_TIMEOUT).await?;
     Ok(framed)
+}
+
+/// The name a dialling replica gives in TLS (SNI). Peers are checked by the member id
+/// their certificate names, not by a host name.
+const PEER_SERVER_NAME: &str = "kvs-peer";
+
+/// Connects to the replica at `addr`; with `tls`, over mutual TLS, accepting only a
+/// certificate chained to the peer CA that names member `expect`.
+async fn dial(addr: &str, tls: Option<&PeerTls>, expect: NodeId) -> Result<Stream, WireError> {
+    let timed_out = || WireError::HandshakeTimeout {
+        timeout_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out())??;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(stream));
+    };
+    let failed = |e: &dyn std::fmt::Display| {
+        WireError::Io(std::io::Error::other(format!(
+            "TLS with peer {expect} at {addr} failed: {e}"
+        )))
+    };
+    let config = tls.current().client(Some(expect)).map_err(|e| failed(&e))?;
+    let name = rustls_pki_types::ServerName::try_from(PEER_SERVER_NAME).map_err(|e| failed(&e))?;
+    let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => Ok(Stream::Dialled(Box::new(stream))),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(failed(
+            &"the peer closed the connection (is peer TLS on there?)",
+        )),
+        Ok(Err(e)) => Err(failed(&crate::tls::describe_io_error(&e))),
+        Err(_) => Err(timed_out()),
+    }
 }
 
 /// Who may connect on the peer port, shared by the listener (which reads it at every
@@ -677,6 +719,8 @@ pub struct Acceptor {
     pub frame_bytes_max: usize,
     /// Ends the listener and its connections.
     pub shutdown: CancellationToken,
+    /// Mutual TLS on every connection (`--peer-cert-file`, ...); plain when `None`.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 /// Accepts peer connections until shutdown; each is served by a task on `tasks`.
@@ -692,10 +736,24 @@ pub async fn listen(listener: TcpListener, acceptor: Arc<Acceptor>, tasks: TaskT
 impl Acceptor {
     /// Runs the handshake on one accepted connection, then forwards its messages.
     async fn receive(&self, stream: TcpStream, remote: SocketAddr) {
+        let tls = self.tls.as_ref().map(|t| Arc::clone(&t.current().server));
+        let stream = match super::listener::open(stream, tls, HANDSHAKE_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(super::listener::OpenError::Nothing) => return,
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "refused a peer connection");
+                return;
+            }
+        };
+        // With TLS, the member the (verified) certificate names: the hello must claim it.
+        let certified = self.tls.as_ref().map(|_| match stream.peer_certificate() {
+            Some(cert) => crate::tls::identity::member_id(cert),
+            None => Err(MemberIdError::None),
+        });
         let codec = wire::frame_codec_with_max(self.frame_bytes_max)
             .unwrap_or_else(|_| wire::frame_codec());
         let mut framed = Framed::new(stream, codec);
-        let Some(hello) = self.handshake(&mut framed, remote).await else {
+        let Some(hello) = self.handshake(&mut framed, remote, certified).await else {
             return;
         };
         let PeerRole::Replica(from) = hello.role else {
@@ -764,15 +822,30 @@ impl Acceptor {
     }
 
     /// The handshake of an accepted connection: the peer's hello if it is a replica whose
-    /// hello and instance are accepted.
-    async fn handshake(&self, framed: &mut Frames, remote: SocketAddr) -> Option<Hello> {
+    /// hello and instance are accepted and, over TLS, whose certificate names the member id
+    /// it claims (`certified`: what the certificate names; `None` without TLS).
+    async fn handshake(
+        &self,
+        framed: &mut Frames,
+        remote: SocketAddr,
+        certified: Option<Result<NodeId, MemberIdError>>,
+    ) -> Option<Hello> {
         let admit = |hello: &Hello| {
+            // Before the instance is recorded: a certificate of another member admits
+            // nothing.
+            let certificate = match (hello.role, certified) {
+                (PeerRole::Replica(claimed), Some(certified)) => {
+                    certificate_names(claimed, certified)
+                }
+                _ => Ok(()),
+            };
             let claim = match (hello.role, &hello.identity) {
                 (PeerRole::Replica(id), Some(identity)) => Some((id, identity.instance)),
                 _ => None, // check_hello already refused a replica without an identity
             };
             let store = Arc::clone(&self.store);
             async move {
+                certificate?;
                 let Some((id, instance)) = claim else {
                     return Ok(());
                 };
@@ -794,11 +867,42 @@ impl Acceptor {
                 PeerRole::Replica(_) => Some(hello),
                 _ => None,
             },
+            Err(WireError::Refused(HandshakeRefusal::CertificateMismatch {
+                claimed,
+                certified,
+            })) => {
+                tracing::warn!(
+                    %remote,
+                    claimed,
+                    certified,
+                    "refused a peer connection: replica {claimed} presented the certificate of member {certified}"
+                );
+                None
+            }
             Err(e) => {
                 tracing::warn!(%remote, error = %e, "refused a peer connection");
                 None
             }
         }
+    }
+}
+
+/// Whether a replica claiming member id `claimed` may use a certificate that names
+/// `certified`: only if it is the same id.
+fn certificate_names(
+    claimed: NodeId,
+    certified: Result<NodeId, MemberIdError>,
+) -> Result<(), HandshakeRefusal> {
+    match certified {
+        Ok(id) if id == claimed => Ok(()),
+        Ok(id) => Err(HandshakeRefusal::CertificateMismatch {
+            claimed,
+            certified: id,
+        }),
+        Err(e) => Err(HandshakeRefusal::CertificateNamesNoMember {
+            claimed,
+            reason: e.to_string(),
+        }),
     }
 }
 

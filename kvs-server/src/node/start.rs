@@ -45,6 +45,7 @@ use crate::snapshot;
 use crate::snapshot::transfer::{Credits, Outgoing};
 use crate::state_machine::StateMachine;
 use crate::storage::{self, Storage, WAL_DIR_NAME};
+use crate::tls::{ClientTls, PeerTls};
 use crate::wal::WalOptions;
 
 /// Events the inbox of the event loop holds at most: network tasks wait when it is full.
@@ -76,6 +77,8 @@ pub(super) struct Started {
     pub(super) clients_stop: CancellationToken,
     /// Ends the admin listener when dropped, once the replica has stopped.
     pub(super) _admin: DropGuard,
+    /// Ends the checks of the TLS files when dropped.
+    pub(super) _tls: DropGuard,
     pub(super) _lock: DirLock,
 }
 
@@ -95,11 +98,14 @@ pub(super) async fn start(
     paxos_config.validate()?;
     // The admin listener first, so that a replica recovering or joining answers `/ready`.
     let monitoring = Monitoring::start(&cfg).await?;
+    let tls = NodeTls::start(&cfg, &monitoring.metrics)?;
     // The identity first: it decides whether this directory may be used at all, and it
     // must be durable before any connection (opening the log creates files).
     let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let store = Arc::new(open_identity(&cfg, link_tx)?);
-    if store.snapshot().origin == Origin::Joining && !learn_cluster(&cfg, &store, shutdown).await? {
+    if store.snapshot().origin == Origin::Joining
+        && !learn_cluster(&cfg, &store, tls.peer.clone(), shutdown).await?
+    {
         return Ok(None);
     }
     let (reports_tx, reports) = mpsc::unbounded_channel::<Report>();
@@ -141,6 +147,7 @@ pub(super) async fn start(
         peer_listener,
         inbox_tx.clone(),
         &monitoring,
+        tls.peer.clone(),
     );
     if !store.snapshot().joined && !join(&store, &mut link_rx, shutdown).await? {
         core.storage.close();
@@ -151,7 +158,10 @@ pub(super) async fn start(
     let clients = ClientSide::start(
         &cfg,
         &core.sm,
-        client_listener,
+        ClientPort {
+            listener: client_listener,
+            tls: tls.client.clone(),
+        },
         inbox_tx,
         &clients_stop,
         &peers.tasks,
@@ -177,6 +187,7 @@ pub(super) async fn start(
         tasks: peers.tasks,
         clients_stop,
         _admin: admin_stop,
+        _tls: tls.watch,
         _lock: lock,
     }))
 }
@@ -215,6 +226,7 @@ impl PeerNetwork {
         listener: TcpListener,
         inbox: mpsc::Sender<Event>,
         monitoring: &Monitoring,
+        tls: Option<Arc<PeerTls>>,
     ) -> PeerNetwork {
         let tasks = TaskTracker::new();
         let links_stop = CancellationToken::new();
@@ -230,6 +242,7 @@ impl PeerNetwork {
             store: Arc::clone(store),
             shutdown: links_stop.clone(),
             tasks: tasks.clone(),
+            tls: tls.clone(),
         };
         let mut links = Links::new(dialer);
         // Before the first link starts, so that its first connection is recorded.
@@ -255,6 +268,7 @@ impl PeerNetwork {
             events: inbox,
             frame_bytes_max: wire::FRAME_BYTES_MAX_CEILING,
             shutdown: links_stop.clone(),
+            tls,
         };
         tasks.spawn(peers::listen(listener, Arc::new(acceptor), tasks.clone()));
         PeerNetwork {
@@ -275,6 +289,12 @@ impl PeerNetwork {
     }
 }
 
+/// The client listener and its TLS, if any.
+struct ClientPort {
+    listener: TcpListener,
+    tls: Option<Arc<ClientTls>>,
+}
+
 /// The client side of the network, as the event loop sees it.
 struct ClientSide {
     outbox: Outbox,
@@ -286,12 +306,13 @@ impl ClientSide {
     fn start(
         cfg: &NodeConfig,
         sm: &StateMachine,
-        listener: TcpListener,
+        port: ClientPort,
         inbox: mpsc::Sender<Event>,
         shutdown: &CancellationToken,
         tasks: &TaskTracker,
         connections: &Gauge,
     ) -> ClientSide {
+        let ClientPort { listener, tls } = port;
         let outbox = Outbox::default();
         let values = ValueBytesSeen::default();
         note_values(sm, &values);
@@ -302,6 +323,7 @@ impl ClientSide {
             limits: cfg.limits.clone(),
             values: values.clone(),
             connections: connections.clone(),
+            tls,
         };
         let cluster = cfg.cluster_id.clone();
         tasks.spawn(clients::listen(
@@ -367,6 +389,65 @@ impl Node {
             monitor,
         }
     }
+}
+
+/// TLS on the client port and on the peer links, as configured, and the task that
+/// reloads their files when they change.
+struct NodeTls {
+    client: Option<Arc<ClientTls>>,
+    peer: Option<Arc<PeerTls>>,
+    /// Ends the checks of the files when dropped.
+    watch: DropGuard,
+}
+
+impl NodeTls {
+    /// Loads the TLS material (a file that changed since the settings were checked is
+    /// checked again) and starts checking the files for changes, with their expiry in
+    /// `metrics`.
+    fn start(cfg: &NodeConfig, metrics: &Arc<Metrics>) -> Result<NodeTls, ServerError> {
+        let stop = CancellationToken::new();
+        let client = match &cfg.client_tls {
+            Some(settings) => Some(watched(settings.clone(), metrics, &stop)?),
+            None => None,
+        };
+        let peer = match &cfg.peer_tls {
+            Some(settings) => Some(watched(settings.clone(), metrics, &stop)?),
+            None => None,
+        };
+        if client.is_some() || peer.is_some() {
+            tracing::info!(
+                client_tls = client.is_some(),
+                peer_tls = peer.is_some(),
+                "TLS on; its files are checked for changes every {} s",
+                crate::tls::RELOAD_POLL.as_secs()
+            );
+        }
+        Ok(NodeTls {
+            client,
+            peer,
+            watch: stop.drop_guard(),
+        })
+    }
+}
+
+/// `settings` loaded, with a task that reloads them when their files change (until
+/// `stop`) and keeps their expiry metric.
+fn watched<S: crate::tls::Settings>(
+    settings: S,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<Arc<crate::tls::Tls<S>>, ServerError> {
+    let tls = Arc::new(crate::tls::Tls::new(settings)?);
+    let gauge = metrics.tls_certificate_expiry(S::LINK.as_str());
+    tokio::spawn(crate::tls::watch(
+        Arc::clone(&tls),
+        crate::tls::RELOAD_POLL,
+        stop.clone(),
+        move |not_after| {
+            gauge.set(not_after);
+        },
+    ));
+    Ok(tls)
 }
 
 /// The replica's metrics, notable events and published status, and the admin listener
@@ -602,6 +683,7 @@ fn warn_if_flags_differ(cfg: &NodeConfig, replica: &Replica) {
 async fn learn_cluster(
     cfg: &NodeConfig,
     store: &IdentityStore,
+    tls: Option<Arc<PeerTls>>,
     shutdown: &CancellationToken,
 ) -> Result<bool, ServerError> {
     let identity = store.snapshot();
@@ -623,7 +705,10 @@ async fn learn_cluster(
                 .into(),
         });
     }
-    let mut join = JoinProgress::default();
+    let mut join = JoinProgress {
+        tls,
+        ..JoinProgress::default()
+    };
     loop {
         for (id, addr) in &targets {
             join.ask(cfg, *id, addr, &hello).await?;
@@ -658,6 +743,8 @@ struct JoinProgress {
     voters: BTreeSet<NodeId>,
     /// The last refusal logged per member, to log changes only.
     said: BTreeMap<NodeId, String>,
+    /// Mutual TLS with the members, if peer TLS is on.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl JoinProgress {
@@ -672,7 +759,7 @@ impl JoinProgress {
         if self.admitted.contains(&id) {
             return Ok(());
         }
-        let refusal = match peers::ask_to_join(addr, hello).await {
+        let refusal = match peers::ask_to_join(addr, hello, self.tls.as_deref(), id).await {
             Ok(accepted) => return self.accepted(id, accepted),
             Err(wire::WireError::PeerRefused(wire::HandshakeRefusal::MemberReplaced {
                 ..

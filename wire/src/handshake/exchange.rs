@@ -134,6 +134,35 @@ where
     .await
 }
 
+/// Refuses a connection before any hello is checked: reads the peer's first record (so
+/// that closing does not reset the connection under the reply), sends `refusal`, and
+/// shuts down the sending half. Used where the port's own requirements fail before the
+/// handshake, such as a plain connection on a port that requires TLS
+/// ([`HandshakeRefusal::TlsRequired`]). Returns [`WireError::Refused`] with `refusal`
+/// once the refusal is sent, or the error that stopped it (a timeout after `timeout`).
+pub async fn refuse_handshake<T>(
+    io: &mut T,
+    refusal: HandshakeRefusal,
+    timeout: Duration,
+) -> WireError
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = with_timeout(timeout, async {
+        // Whatever the record says, the answer is the same; a bad magic stops the read
+        // early and is answered the same way.
+        read_record(io).await?;
+        let reply = HelloReply::Refused(refusal.clone()).encode();
+        io.write_all(&reply).await.map_err(closed_or_io)?;
+        io.shutdown().await.map_err(closed_or_io)?;
+        Ok(())
+    });
+    match exchange.await {
+        Ok(()) => WireError::Refused(refusal),
+        Err(e) => e,
+    }
+}
+
 fn ensure_first<T>(framed: &Framed<T, LengthDelimitedCodec>) -> Result<(), WireError> {
     if framed.read_buffer().is_empty() && framed.write_buffer().is_empty() {
         Ok(())

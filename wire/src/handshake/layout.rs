@@ -43,6 +43,9 @@
 //!    10 member replaced      node_id u64, known 16 bytes, got 16 bytes
 //!    11 missing identity     node_id u64
 //!    12 removed              node_id u64, configuration u64 (version 4)
+//!    13 TLS required         (no fields)
+//!    14 certificate mismatch claimed u64, certified u64
+//!    15 certificate names no member  claimed u64, reason text
 //! text = u16 length, then UTF-8 (at most 512 bytes; longer text is cut when encoding)
 //! ```
 //!
@@ -83,6 +86,9 @@ const CODE_CLUSTER_UID_MISMATCH: u8 = 9;
 const CODE_MEMBER_REPLACED: u8 = 10;
 const CODE_MISSING_IDENTITY: u8 = 11;
 const CODE_REMOVED: u8 = 12;
+const CODE_TLS_REQUIRED: u8 = 13;
+const CODE_CERTIFICATE_MISMATCH: u8 = 14;
+const CODE_CERTIFICATE_NAMES_NO_MEMBER: u8 = 15;
 const IDENTITY_NONE: u8 = 0;
 const IDENTITY_PRESENT: u8 = 1;
 const IDENTITY_JOINING: u8 = 2;
@@ -369,6 +375,9 @@ fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
         HandshakeRefusal::MemberReplaced { .. } => CODE_MEMBER_REPLACED,
         HandshakeRefusal::MissingIdentity { .. } => CODE_MISSING_IDENTITY,
         HandshakeRefusal::Removed { .. } => CODE_REMOVED,
+        HandshakeRefusal::TlsRequired => CODE_TLS_REQUIRED,
+        HandshakeRefusal::CertificateMismatch { .. } => CODE_CERTIFICATE_MISMATCH,
+        HandshakeRefusal::CertificateNamesNoMember { .. } => CODE_CERTIFICATE_NAMES_NO_MEMBER,
         HandshakeRefusal::Other { code, .. } => *code,
     };
     out.put_u8(code);
@@ -424,6 +433,15 @@ fn put_refusal(out: &mut BytesMut, refusal: &HandshakeRefusal) {
             out.put_u64(*node_id);
             out.put_u64(*configuration);
         }
+        HandshakeRefusal::TlsRequired => {}
+        HandshakeRefusal::CertificateMismatch { claimed, certified } => {
+            out.put_u64(*claimed);
+            out.put_u64(*certified);
+        }
+        HandshakeRefusal::CertificateNamesNoMember { claimed, reason } => {
+            out.put_u64(*claimed);
+            put_text(out, reason);
+        }
         HandshakeRefusal::Other { .. } => {}
     }
 }
@@ -474,6 +492,15 @@ fn refusal(r: &mut Reader<'_>) -> Result<HandshakeRefusal, HandshakeRefusal> {
         CODE_REMOVED => HandshakeRefusal::Removed {
             node_id: r.u64()?,
             configuration: r.u64()?,
+        },
+        CODE_TLS_REQUIRED => HandshakeRefusal::TlsRequired,
+        CODE_CERTIFICATE_MISMATCH => HandshakeRefusal::CertificateMismatch {
+            claimed: r.u64()?,
+            certified: r.u64()?,
+        },
+        CODE_CERTIFICATE_NAMES_NO_MEMBER => HandshakeRefusal::CertificateNamesNoMember {
+            claimed: r.u64()?,
+            reason: r.text()?,
         },
         // A newer peer's refusal: its fields are unknown here, its text says it all.
         code => return Ok(HandshakeRefusal::Other { code, message }),

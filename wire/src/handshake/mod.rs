@@ -23,7 +23,7 @@ pub mod layout;
 
 mod exchange;
 
-pub use exchange::{client_handshake, server_handshake, server_handshake_with};
+pub use exchange::{client_handshake, refuse_handshake, server_handshake, server_handshake_with};
 
 /// The first four bytes of every connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"KVSW";
@@ -371,6 +371,34 @@ pub enum HandshakeRefusal {
         node_id: u64,
         /// The accepting node's latest configuration id.
         configuration: u64,
+    },
+    /// A plain connection reached a port that requires TLS. The accepting side sends this
+    /// refusal in plain, then closes.
+    #[error(
+        "this port requires TLS: connect with --cacert (and --cert/--key if client \
+         certificates are required); a replica needs --peer-cert-file, --peer-key-file and \
+         --peer-trusted-ca-file"
+    )]
+    TlsRequired,
+    /// A replica claimed a member id that its TLS certificate does not name: a valid
+    /// certificate of one member cannot be used to act as another.
+    #[error(
+        "replica {claimed} presented the certificate of member {certified}: a replica's \
+         certificate must name its own member id (URI SAN urn:kvs:member:<id>)"
+    )]
+    CertificateMismatch {
+        /// The member id the hello claims.
+        claimed: u64,
+        /// The member id the certificate names.
+        certified: u64,
+    },
+    /// A replica presented a TLS certificate that names no single member id.
+    #[error("replica {claimed} presented a certificate that cannot be a replica's: {reason}")]
+    CertificateNamesNoMember {
+        /// The member id the hello claims.
+        claimed: u64,
+        /// What is wrong with the certificate.
+        reason: String,
     },
     /// The record starts well but is not a valid hello or reply.
     #[error("malformed handshake: {reason}")]

@@ -37,8 +37,10 @@ use wire::{ClientRequest, ErrorReply, HandshakeExpectation};
 
 pub use crate::answers::{Outbox, Responder, ValueBytesSeen};
 
+use super::stream::Stream;
 use crate::answers::ConnectionOut;
 use crate::event::{ClientIdentity, Event};
+use crate::tls::ClientTls;
 
 /// Limits on client traffic.
 #[derive(Clone, Debug)]
@@ -108,6 +110,8 @@ pub struct ClientService {
     pub values: ValueBytesSeen,
     /// Client connections open (`kvs_server_client_connections`).
     pub connections: Gauge,
+    /// TLS on the client port (`--cert-file`, ...); plain when `None`.
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 /// Counts a client connection open while it lives.
@@ -173,12 +177,28 @@ struct Connection {
     identity: Option<ClientIdentity>,
 }
 
-type Frames = Framed<TcpStream, LengthDelimitedCodec>;
+type Frames = Framed<Stream, LengthDelimitedCodec>;
 
 impl Connection {
-    /// Handshake, then requests until the connection or the node ends; then the answers
-    /// still due are written and the connection is closed.
-    async fn serve(self, stream: TcpStream, tasks: &TaskTracker) {
+    /// TLS (when the port has it), the handshake, then requests until the connection or
+    /// the node ends; then the answers still due are written and the connection is closed.
+    async fn serve(mut self, stream: TcpStream, tasks: &TaskTracker) {
+        let tls = self
+            .service
+            .tls
+            .as_ref()
+            .map(|t| Arc::clone(&t.current().server));
+        let stream = match super::listener::open(stream, tls, HANDSHAKE_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::info!(remote = %self.remote, error = %e, "refused a client connection");
+                return;
+            }
+        };
+        self.identity = stream
+            .peer_certificate()
+            .and_then(|cert| crate::tls::identity::common_name(cert))
+            .map(ClientIdentity::from);
         let limits = &self.service.limits;
         let codec = wire::frame_codec_with_max(limits.frame_bytes_max)
             .unwrap_or_else(|_| wire::frame_codec());

@@ -264,6 +264,7 @@ async fn at_shutdown_a_connection_delivers_its_last_answer_then_closes_cleanly()
         limits: ClientLimits::default(),
         values: ValueBytesSeen::default(),
         connections: Default::default(),
+        tls: None,
     };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
