@@ -436,8 +436,8 @@ fn pair(out: &Path, stem: &str) -> CertPaths {
     }
 }
 
-/// The files `spec` asks for, before any is written.
-fn planned(spec: &CertsSpec) -> GeneratedCerts {
+/// The files `spec` asks for (whether they exist or not).
+pub fn planned(spec: &CertsSpec) -> GeneratedCerts {
     let out = &spec.out;
     GeneratedCerts {
         ca: pair(out, "ca"),

@@ -74,6 +74,10 @@ pub fn replicas(args: &DevArgs) -> Result<Vec<DevReplica>, ServerError> {
             })
     };
     let state = initial_state(&args.data_dir, args.nodes)?;
+    let certs = match args.tls {
+        true => Some(dev_certs(&args.data_dir, args.nodes)?),
+        false => None,
+    };
     let (mut peers, mut clients) = (Vec::new(), Vec::new());
     for i in 1..=args.nodes {
         peers.push(format!("{i}={}", addr(args.peer_port, i)?));
@@ -81,7 +85,7 @@ pub fn replicas(args: &DevArgs) -> Result<Vec<DevReplica>, ServerError> {
     }
     let mut replicas = Vec::new();
     for id in 1..=args.nodes {
-        let replica = ReplicaArgs {
+        let mut replica = ReplicaArgs {
             id: Some(id),
             peers: Some(peers.join(",")),
             client_addr: Some(addr(args.client_port, id)?),
@@ -95,6 +99,9 @@ pub fn replicas(args: &DevArgs) -> Result<Vec<DevReplica>, ServerError> {
             log_level: Some(args.log_level.clone()),
             ..ReplicaArgs::default()
         };
+        if let Some(certs) = &certs {
+            with_tls(&mut replica, certs, id);
+        }
         replica.clone().resolve()?;
         replicas.push(DevReplica {
             id,
@@ -142,7 +149,62 @@ fn flags(replica: &ReplicaArgs) -> Vec<String> {
     );
     flag("acceptor-down-ms", replica.acceptor_down_ms.clone());
     flag("log-level", replica.log_level.clone());
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    flag("cert-file", path(&replica.cert_file));
+    flag("key-file", path(&replica.key_file));
+    flag("trusted-ca-file", path(&replica.trusted_ca_file));
+    flag(
+        "client-cert-auth",
+        replica.client_cert_auth.map(|b| b.to_string()),
+    );
+    flag("peer-cert-file", path(&replica.peer_cert_file));
+    flag("peer-key-file", path(&replica.peer_key_file));
+    flag("peer-trusted-ca-file", path(&replica.peer_trusted_ca_file));
     flags
+}
+
+/// Where `kvs-server dev --tls` keeps its certificates.
+pub fn certs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("certs")
+}
+
+/// The development certificates of `nodes` replicas in `DATA_DIR/certs`: the ones there,
+/// or new ones (a new CA) if any is missing.
+fn dev_certs(data_dir: &Path, nodes: u64) -> Result<crate::certs::GeneratedCerts, ServerError> {
+    let mut spec = crate::certs::CertsSpec::new(certs_dir(data_dir));
+    spec.nodes = nodes;
+    match crate::certs::generate(&spec) {
+        Ok(made) => Ok(made),
+        Err(crate::certs::CertsError::Exists { paths }) if paths.len() == spec_files(&spec) => {
+            // All there from an earlier start: kept.
+            Ok(crate::certs::planned(&spec))
+        }
+        Err(crate::certs::CertsError::Exists { .. }) => {
+            // Some are missing (more nodes than before): a new set, CA included.
+            spec.force = true;
+            Ok(crate::certs::generate(&spec)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn spec_files(spec: &crate::certs::CertsSpec) -> usize {
+    crate::certs::planned(spec).files().len()
+}
+
+/// Turns TLS on for replica `id`: its node certificate on both ports, the CA for clients
+/// (required) and peers.
+fn with_tls(replica: &mut ReplicaArgs, certs: &crate::certs::GeneratedCerts, id: NodeId) {
+    let Some((_, node)) = certs.nodes.iter().find(|(n, _)| *n == id) else {
+        return;
+    };
+    replica.cert_file = Some(node.cert.clone());
+    replica.key_file = Some(node.key.clone());
+    replica.trusted_ca_file = Some(certs.ca.cert.clone());
+    replica.client_cert_auth = Some(true);
+    replica.peer_cert_file = Some(node.cert.clone());
+    replica.peer_key_file = Some(node.key.clone());
+    replica.peer_trusted_ca_file = Some(certs.ca.cert.clone());
 }
 
 /// `new` only if no replica's data dir holds anything yet: the dev command sees every
@@ -403,6 +465,15 @@ fn banner(args: &DevArgs, replicas: &[DevReplica], children: &[Child]) -> String
             args.acceptor_fail_prob, args.acceptor_fail_mode, args.acceptor_down_ms
         ));
     }
+    if args.tls {
+        let certs = certs_dir(&args.data_dir);
+        let certs = certs.display();
+        text.push_str(&format!(
+            "  TLS everywhere (certificates in {certs}): clients need them, e.g.\n  \
+             export KVS_CACERT={certs}/ca.pem KVS_CERT={certs}/client-root.pem \
+             KVS_KEY={certs}/client-root-key.pem\n"
+        ));
+    }
     let endpoints: Vec<&str> = replicas.iter().map(|r| r.client_addr.as_str()).collect();
     text.push_str(&format!(
         "\nTry it (kvs-client uses these endpoints by default):\n  \
@@ -568,6 +639,33 @@ mod tests {
             Some(InitialClusterState::New)
         );
         assert!(replica.resolve().is_ok());
+    }
+
+    #[test]
+    fn with_tls_each_replica_gets_its_certificates_kept_across_starts() {
+        let (dir, args) = dev(&["--nodes", "2", "--tls"]);
+        let made = replicas(&args).unwrap_or_else(|e| panic!("{e}"));
+        let certs = certs_dir(dir.path());
+        let ca = std::fs::read(certs.join("ca.pem")).unwrap_or_else(|e| panic!("{e}"));
+        let argv = std::iter::once("kvs-server".to_owned()).chain(made[1].flags.clone());
+        let replica = crate::config::Cli::parse_from(argv).replica;
+        let cfg = replica.resolve().unwrap_or_else(|e| panic!("{e}"));
+        let client = cfg.client_tls.unwrap_or_else(|| panic!("no client TLS"));
+        assert_eq!(client.cert_file, certs.join("node-2.pem"));
+        assert!(client.client_cert_auth);
+        assert_eq!(client.trusted_ca_file, Some(certs.join("ca.pem")));
+        let peer = cfg.peer_tls.unwrap_or_else(|| panic!("no peer TLS"));
+        assert_eq!(peer.key_file, certs.join("node-2-key.pem"));
+        assert!(certs.join("client-root.pem").is_file());
+        // A second start keeps them.
+        replicas(&args).unwrap_or_else(|e| panic!("{e}"));
+        let again = std::fs::read(certs.join("ca.pem")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, ca);
+        // More nodes than there are certificates for: a new set.
+        let (_, mut more) = dev(&["--nodes", "3", "--tls"]);
+        more.data_dir = dir.path().to_owned();
+        replicas(&more).unwrap_or_else(|e| panic!("{e}"));
+        assert!(certs.join("node-3.pem").is_file());
     }
 
     #[test]

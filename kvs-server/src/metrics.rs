@@ -234,6 +234,8 @@ pub struct Metrics {
     /// Recoveries from injected acceptor failures.
     pub acceptor_recoveries: Counter,
     tls_expiry: Family<Label, Gauge>,
+    /// The same expiries, by link, for the status view.
+    tls_expiry_by_link: Mutex<BTreeMap<&'static str, i64>>,
 }
 
 impl Default for Metrics {
@@ -279,6 +281,7 @@ impl Metrics {
             acceptor_failures: Counter::default(),
             acceptor_recoveries: Counter::default(),
             tls_expiry: Family::default(),
+            tls_expiry_by_link: Mutex::new(BTreeMap::new()),
         };
         for op in RequestOp::ALL {
             let duration = m
@@ -291,12 +294,24 @@ impl Metrics {
         m
     }
 
-    /// `kvs_server_tls_certificate_expiry_timestamp_seconds{link}`: when the TLS
+    /// Sets `kvs_server_tls_certificate_expiry_timestamp_seconds{link}`: when the TLS
     /// certificate in use on `link` (`client` or `peer`) expires, in Unix time. The series
     /// exists only for a link with TLS on.
-    pub fn tls_certificate_expiry(&self, link: &str) -> Gauge {
+    pub fn set_tls_certificate_expiry(&self, link: &'static str, not_after_unix: i64) {
         self.tls_expiry
             .get_or_create(&[("link", link.to_string())])
+            .set(not_after_unix);
+        self.tls_expiry_by_link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(link, not_after_unix);
+    }
+
+    /// When the TLS certificate of each link with TLS on expires, in Unix time.
+    pub fn tls_certificate_expiries(&self) -> BTreeMap<&'static str, i64> {
+        self.tls_expiry_by_link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 

@@ -67,6 +67,17 @@ pub struct StatusView {
     pub events: Vec<Notable>,
     /// When this view was made, ms since the Unix epoch.
     pub now_unix_ms: u64,
+    /// The TLS certificate of each link with TLS on (`client`, `peer`); empty without TLS.
+    pub tls: std::collections::BTreeMap<&'static str, TlsCertificateView>,
+}
+
+/// The TLS certificate in use on a link.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TlsCertificateView {
+    /// When it expires, seconds since the Unix epoch.
+    pub not_after_unix: i64,
+    /// Seconds until it expires (negative: expired).
+    pub expires_in_s: i64,
 }
 
 /// A ballot.
@@ -172,8 +183,28 @@ impl StatusView {
             acceptor_failures_total: events.acceptor_failures.total(),
             events: events.latest(),
             now_unix_ms,
+            tls: tls_view(metrics, now_unix_ms),
         }
     }
+}
+
+/// The expiry of each link's TLS certificate, as of `now_unix_ms`.
+fn tls_view(
+    metrics: &Metrics,
+    now_unix_ms: u64,
+) -> std::collections::BTreeMap<&'static str, TlsCertificateView> {
+    let now_s = i64::try_from(now_unix_ms / 1000).unwrap_or(i64::MAX);
+    metrics
+        .tls_certificate_expiries()
+        .into_iter()
+        .map(|(link, not_after_unix)| {
+            let view = TlsCertificateView {
+                not_after_unix,
+                expires_in_s: not_after_unix.saturating_sub(now_s),
+            };
+            (link, view)
+        })
+        .collect()
 }
 
 /// The banner: `HEALTHY`, or the first thing wrong.
@@ -287,5 +318,27 @@ mod tests {
         );
         assert!(v.health.ok && v.ready.ok);
         assert_eq!(v.uptime_s, 30);
+    }
+
+    #[test]
+    fn tls_expiry_shows_in_the_view_and_the_metrics() {
+        let now = Instant::now();
+        let metrics = Metrics::new();
+        let events = Notables::new(1);
+        let view = StatusView::new(&status(now, Some(1), true), now, &metrics, &events);
+        assert!(view.tls.is_empty(), "no TLS, no entry");
+        let in_a_day = i64::try_from(events::unix_ms() / 1000).unwrap() + 86_400;
+        metrics.set_tls_certificate_expiry("peer", in_a_day);
+        let view = StatusView::new(&status(now, Some(1), true), now, &metrics, &events);
+        let json = serde_json::to_value(&view).unwrap();
+        let peer = &json["tls"]["peer"];
+        assert_eq!(peer["not_after_unix"], in_a_day);
+        let left = peer["expires_in_s"].as_i64().unwrap();
+        assert!((86_300..=86_400).contains(&left), "{left}");
+        let text = metrics.encode().unwrap();
+        let want = format!(
+            "kvs_server_tls_certificate_expiry_timestamp_seconds{{link=\"peer\"}} {in_a_day}"
+        );
+        assert!(text.contains(&want), "{text}");
     }
 }

@@ -160,6 +160,12 @@ pub struct DevArgs {
     /// How long a failed acceptor stays down, as MIN..MAX milliseconds.
     #[arg(long, default_value = defaults::ACCEPTOR_DOWN_MS)]
     pub acceptor_down_ms: String,
+    /// TLS everywhere: the client port with --client-cert-auth, and mutual TLS between
+    /// the replicas, with development certificates in DATA_DIR/certs (made the first time,
+    /// as `kvs-server certs` makes them, and kept). The banner tells how kvs-client
+    /// connects.
+    #[arg(long)]
+    pub tls: bool,
     /// Log filter (e.g. info, debug, kvs_server=debug).
     #[arg(long, default_value = defaults::LOG_LEVEL, env = "KVS_LOG")]
     pub log_level: String,

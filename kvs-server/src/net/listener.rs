@@ -42,8 +42,10 @@ pub enum OpenError {
     /// [`wire::HandshakeRefusal::TlsRequired`] and closed.
     #[error("refused a plain connection: this port requires TLS")]
     PlainOnTlsPort,
-    /// A TLS handshake on a plain port: closed (a TLS client cannot read a plain refusal).
-    #[error("closed a TLS connection: this port is plain (no TLS configured)")]
+    /// A TLS handshake on a plain port: answered with the plain bad-magic refusal and
+    /// closed (a TLS client reads it as a corrupt record, and knows it reached a plain
+    /// port).
+    #[error("refused a TLS connection: this port is plain (no TLS configured)")]
     TlsOnPlainPort,
     /// The connection closed, or sent nothing in time.
     #[error("the connection closed or sent nothing")]
@@ -61,7 +63,8 @@ const CLOSE_DISCARD_MAX: Duration = Duration::from_millis(200);
 /// Opens an accepted connection: with TLS when `tls` is given, plain otherwise. On a TLS
 /// port a plain connection (its first byte is not a TLS handshake record) gets the plain
 /// handshake refusal [`wire::HandshakeRefusal::TlsRequired`], so that a plain client says
-/// why instead of hanging; on a plain port a TLS handshake is closed at once. Each step
+/// why instead of hanging; on a plain port a TLS handshake gets the plain bad-magic
+/// refusal at once, which its TLS library reads as a corrupt record (not TLS). Each step
 /// waits at most `timeout`.
 pub async fn open(
     stream: TcpStream,
@@ -74,6 +77,11 @@ pub async fn open(
         (_, FirstByte::Nothing) => Err(OpenError::Nothing),
         (None, FirstByte::Plain) => Ok(Stream::Plain(stream)),
         (None, FirstByte::Tls) => {
+            let mut stream = stream;
+            let refusal = wire::HandshakeRefusal::BadMagic {
+                got: vec![crate::tls::TLS_HANDSHAKE_BYTE],
+            };
+            let _ = wire::refuse_handshake(&mut stream, refusal, timeout).await;
             close_discarding(stream).await;
             Err(OpenError::TlsOnPlainPort)
         }

@@ -438,14 +438,12 @@ fn watched<S: crate::tls::Settings>(
     stop: &CancellationToken,
 ) -> Result<Arc<crate::tls::Tls<S>>, ServerError> {
     let tls = Arc::new(crate::tls::Tls::new(settings)?);
-    let gauge = metrics.tls_certificate_expiry(S::LINK.as_str());
+    let metrics = Arc::clone(metrics);
     tokio::spawn(crate::tls::watch(
         Arc::clone(&tls),
         crate::tls::RELOAD_POLL,
         stop.clone(),
-        move |not_after| {
-            gauge.set(not_after);
-        },
+        move |not_after| metrics.set_tls_certificate_expiry(S::LINK.as_str(), not_after),
     ));
     Ok(tls)
 }
