@@ -301,6 +301,12 @@ impl Connection {
         let remote = self.remote;
         let bytes = match frame? {
             Ok(b) => b,
+            // A TLS client that closes its socket without close_notify: how clients hang
+            // up, not a bad frame.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(%remote, error = %e, "a TLS client closed without close_notify");
+                return None;
+            }
             Err(e) => {
                 tracing::info!(%remote, error = %e, "closing a client connection: bad frame");
                 return None;
