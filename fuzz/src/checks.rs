@@ -486,9 +486,10 @@ fn record_len(bytes: &[u8]) -> Option<usize> {
 
 /// The handshake as a byte stream: the first byte picks the side and the expectation, the
 /// rest is what the other side sends, then the connection ends. Either side runs its real
-/// async exchange (`server_handshake` or `client_handshake`) on it. Checked: it ends
-/// without waiting (no timeout), consumes no byte past the record, accepts only what the
-/// record decodes to, and the accepting side answers every hello with a reply that reads.
+/// async exchange (`server_handshake` or `client_handshake`, or `refuse_handshake` as a
+/// port that requires TLS answers a plain connection) on it. Checked: it ends without
+/// waiting (no timeout), consumes no byte past the record, accepts only what the record
+/// decodes to, and the accepting side answers every hello with a reply that reads.
 pub fn handshake_stream(data: &[u8]) {
     let Some((&mode, incoming)) = data.split_first() else {
         return;
@@ -496,6 +497,10 @@ pub fn handshake_stream(data: &[u8]) {
     let io = tokio::io::join(std::io::Cursor::new(incoming), Vec::new());
     let mut framed = Framed::new(io, LengthDelimitedCodec::new());
     let server = mode & 0x80 == 0;
+    if mode & 0xc0 == 0x40 {
+        refusing(incoming);
+        return;
+    }
     let hello = hello_for(mode);
     let expected = expectation(mode);
     let (accepted, refused) = RUNTIME.with(|rt| {
@@ -597,4 +602,37 @@ pub fn certificate(data: &[u8]) {
     let _ = identity::member_id(data);
     let _ = identity::common_name(data);
     let _ = identity::not_after_unix(data);
+}
+
+/// A port that requires TLS refusing a plain connection (`wire::refuse_handshake`) after
+/// reading its first record from `incoming`: it ends without waiting, reads no byte past
+/// the record, and its refusal is sent whenever the record was read.
+fn refusing(incoming: &[u8]) {
+    let mut io = tokio::io::join(std::io::Cursor::new(incoming), Vec::new());
+    let refusal = wire::HandshakeRefusal::TlsRequired;
+    let result = RUNTIME.with(|rt| {
+        rt.block_on(wire::refuse_handshake(
+            &mut io,
+            refusal.clone(),
+            HANDSHAKE_TIMEOUT,
+        ))
+    });
+    assert!(
+        !matches!(result, WireError::HandshakeTimeout { .. }),
+        "the refusing side waited on a stream that had ended"
+    );
+    let (cursor, written) = io.into_inner();
+    let consumed = cursor.position() as usize;
+    if let Some(len) = record_len(incoming) {
+        assert!(
+            consumed <= len,
+            "read {consumed} bytes of a {len}-byte record"
+        );
+    }
+    if matches!(result, WireError::Refused(_)) {
+        assert_eq!(
+            HelloReply::decode(&written),
+            Ok(HelloReply::Refused(refusal))
+        );
+    }
 }

@@ -213,6 +213,15 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             cluster: None,
         }),
         HelloReply::Refused(refusal),
+        HelloReply::Refused(wire::HandshakeRefusal::TlsRequired),
+        HelloReply::Refused(wire::HandshakeRefusal::CertificateMismatch {
+            claimed: 1,
+            certified: 2,
+        }),
+        HelloReply::Refused(wire::HandshakeRefusal::CertificateNamesNoMember {
+            claimed: 1,
+            reason: "no URI SAN urn:kvs:member:<id>".to_owned(),
+        }),
     ];
     let entries = [
         PersistEntry::Promised(ballot),
@@ -349,6 +358,10 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         out.extend_from_slice(&reply.encode());
         out
     }));
+    // A plain hello to a port that requires TLS (the refusing mode).
+    let mut plain = vec![0x40u8];
+    plain.extend_from_slice(&stream_hellos[0].1.encode().unwrap());
+    streams.push(plain);
     vec![
         ("client_request", request_bytes),
         ("client_frames", frames),
