@@ -39,6 +39,9 @@ const FRAMES_QUEUED_MAX: usize = 1024;
 /// Frames the writer sends before it flushes, at most.
 const FRAMES_PER_FLUSH_MAX: usize = 64;
 
+/// How long closing a connection may wait for its last bytes to leave, at most.
+const CLOSE_MAX: Duration = Duration::from_secs(1);
+
 /// Requests awaiting an answer on one connection, at most.
 const PENDING_MAX: usize = 65_536;
 
@@ -130,6 +133,16 @@ impl Dial<'_> {
     /// connection error worth retrying otherwise.
     fn tls_failure(&self, error: &std::io::Error, presented: bool) -> ConnectError {
         let Some(tls_error) = crate::tls::rustls_error(error) else {
+            if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                // What a plain kvs node does with a TLS hello; a node refusing connections
+                // (too many) may do the same, so it is worth another try later.
+                return ConnectError::Unreachable(format!(
+                    "the node closed the connection without answering the TLS handshake: {} \
+                     is not a TLS port: connect without --cacert (or it refused the \
+                     connection)",
+                    self.endpoint
+                ));
+            }
             return ConnectError::Unreachable(format!("TLS handshake: {error}"));
         };
         match tls_error {
@@ -463,18 +476,22 @@ async fn write_frames(
 ) {
     loop {
         let frame = tokio::select! {
-            () = shared.closed.cancelled() => return,
+            () = shared.closed.cancelled() => break,
             frame = queue.recv() => frame,
         };
         let Some(frame) = frame else {
             shared.close("the connection was dropped by the client".to_owned());
-            return;
+            break;
         };
         if let Err(e) = write_batch(&mut sink, &mut queue, &shared, frame).await {
             shared.close(format!("sending failed: {e}"));
             return;
         }
     }
+    // Over TLS this sends close_notify, so that the node tells a clean close from a cut
+    // connection; over TCP it is the FIN that dropping would send. Bounded: a node that
+    // reads nothing cannot hold the task.
+    let _ = tokio::time::timeout(CLOSE_MAX, SinkExt::<Bytes>::close(&mut sink)).await;
 }
 
 /// Writes `first` and whatever else is queued (up to a limit), then flushes once. Requests
