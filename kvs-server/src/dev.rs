@@ -466,17 +466,30 @@ fn banner(args: &DevArgs, replicas: &[DevReplica], children: &[Child]) -> String
         ));
     }
     if args.tls {
+        // Absolute, so that the lines work from any directory.
         let certs = certs_dir(&args.data_dir);
+        let certs = std::path::absolute(&certs).unwrap_or(certs);
         let certs = certs.display();
+        let (ca, cert, key) = (
+            format!("{certs}/ca.pem"),
+            format!("{certs}/client-root.pem"),
+            format!("{certs}/client-root-key.pem"),
+        );
         text.push_str(&format!(
-            "  TLS everywhere (certificates in {certs}): clients need them, e.g.\n  \
-             export KVS_CACERT={certs}/ca.pem KVS_CERT={certs}/client-root.pem \
-             KVS_KEY={certs}/client-root-key.pem\n"
+            "  TLS everywhere (certificates in {certs}): clients need them:\n  \
+             kvs-client --cacert {ca} --cert {cert} --key {key} put greeting hello\n  \
+             or for the whole shell:\n  \
+             export KVS_CACERT={ca} KVS_CERT={cert} KVS_KEY={key}\n"
         ));
     }
     let endpoints: Vec<&str> = replicas.iter().map(|r| r.client_addr.as_str()).collect();
+    let exported = if args.tls {
+        ", with the export above"
+    } else {
+        ""
+    };
     text.push_str(&format!(
-        "\nTry it (kvs-client uses these endpoints by default):\n  \
+        "\nTry it (kvs-client uses these endpoints by default{exported}):\n  \
          kvs-client put greeting hello\n  kvs-client get greeting\n  kvs-client status\n  \
          KVS_ENDPOINTS={} kvs-client get greeting --stale\n",
         endpoints.join(",")

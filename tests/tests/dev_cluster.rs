@@ -28,6 +28,8 @@ struct Dev {
     child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
     pids: Vec<(u64, u32)>,
+    /// Every line of stdout up to the end of the banner.
+    banner: Vec<String>,
 }
 
 impl Drop for Dev {
@@ -132,6 +134,7 @@ fn start_dev(data_dir: &std::path::Path, extra: &[String]) -> (Dev, mpsc::Receiv
         child,
         stderr,
         pids: Vec::new(),
+        banner: Vec::new(),
     };
     (dev, lines)
 }
@@ -150,6 +153,7 @@ fn read_banner(dev: &mut Dev, lines: &mpsc::Receiver<String>) -> Vec<(u64, u32)>
                 dev.stderr()
             ),
         };
+        dev.banner.push(line.clone());
         // "  replica 2 (pid 1234): clients at ..."
         if let Some(rest) = line.trim_start().strip_prefix("replica ") {
             let id = rest
@@ -346,4 +350,120 @@ fn dev_killed_with_9_takes_its_replicas_with_it() {
         "the client ports are still taken after the replicas stopped"
     );
     eprintln!("SUMMARY dev-killed: its 3 replicas stopped {stopped:.1?} after kill -9 of dev");
+}
+
+/// Runs `kvs-client` (next to the server) with `args`, bounded by [`REQUEST_BOUND`];
+/// returns its exit code and stdout, stderr.
+fn kvs_client(args: &[String]) -> (Option<i32>, String, String) {
+    let server = find_server_binary(None).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut child = Command::new(server.with_file_name("kvs-client"))
+        .args(args)
+        .env_remove("KVS_CACERT")
+        .env_remove("KVS_CERT")
+        .env_remove("KVS_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run kvs-client: {e}"));
+    let status = wait_exit(&mut child, REQUEST_BOUND);
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        status.and_then(|s| s.code()),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// `dev --tls`: TLS on every port, the certificates made on the first start in the data
+/// dir and reused on the next, and the banner's `kvs-client` line works as printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_tls_serves_clients_with_the_certificates_its_banner_names_and_reuses_them() {
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (client_port, ports) = port_flags(4);
+    let mut flags = ports.to_vec();
+    flags.push("--tls".to_owned());
+    let endpoints: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", client_port + i))
+        .collect();
+    let endpoints_flag = format!("--endpoints={}", endpoints.join(","));
+    let ca = data.path().join("certs").join("ca.pem");
+    let mut first_ca = None;
+    for start in ["first", "second"] {
+        let (mut dev, lines) = start_dev(data.path(), &flags);
+        read_banner(&mut dev, &lines);
+        // "  kvs-client --cacert CA --cert CERT --key KEY put greeting hello"
+        let line = dev
+            .banner
+            .iter()
+            .find(|l| l.trim_start().starts_with("kvs-client --cacert"))
+            .unwrap_or_else(|| panic!("no kvs-client line in the banner: {:?}", dev.banner))
+            .clone();
+        let printed: Vec<String> = line.split_whitespace().skip(1).map(str::to_owned).collect();
+        let tls_flags = printed[..6].to_vec();
+        assert_eq!(tls_flags[1], ca.to_string_lossy(), "{line}");
+        let export = format!("export KVS_CACERT={}", ca.display());
+        assert!(
+            dev.banner
+                .iter()
+                .any(|l| l.trim_start().starts_with(&export)),
+            "{:?}",
+            dev.banner
+        );
+
+        // The printed line, as printed.
+        // The first write may wait for the first election.
+        let mut args = vec![endpoints_flag.clone(), "--timeout-ms=15000".to_owned()];
+        args.extend(printed.iter().cloned());
+        let (code, _, stderr) = kvs_client(&args);
+        assert_eq!(code, Some(0), "{line}: {stderr}\n{}", dev.stderr());
+        let mut get = vec![endpoints_flag.clone()];
+        get.extend(tls_flags.iter().cloned());
+        get.extend(["get".to_owned(), "greeting".to_owned()]);
+        let (code, stdout, stderr) = kvs_client(&get);
+        assert_eq!((code, stdout.trim()), (Some(0), "hello"), "{stderr}");
+
+        // Without them: refused at once, with the reason.
+        let started = Instant::now();
+        let (code, _, stderr) =
+            kvs_client(&[endpoints_flag.clone(), "get".into(), "greeting".into()]);
+        assert_eq!(code, Some(3), "{stderr}");
+        assert!(stderr.contains("requires TLS"), "{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let plain = Client::connect(
+            endpoints.clone(),
+            ClientOptions {
+                request_timeout: REQUEST_BOUND,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            plain.get("greeting").await.is_err(),
+            "a plain client was served"
+        );
+
+        let ca_bytes = std::fs::read(&ca).unwrap_or_else(|e| panic!("{e}"));
+        match &first_ca {
+            None => first_ca = Some(ca_bytes),
+            Some(first) => assert_eq!(first, &ca_bytes, "the second start made a new CA"),
+        }
+        signal(dev.child.id(), libc::SIGTERM);
+        let status = wait_exit(&mut dev.child, STOP_BOUND)
+            .unwrap_or_else(|| panic!("dev did not exit within {STOP_BOUND:?} of SIGTERM"));
+        assert!(
+            status.success(),
+            "dev stopped with {status}:\n{}",
+            dev.stderr()
+        );
+        eprintln!("dev --tls, {start} start: {line}");
+    }
 }
