@@ -145,8 +145,8 @@ pub use options::ClientOptions;
 pub use retry::{RetryHandle, WriteOutcome};
 pub use session::WRITE_WINDOW;
 pub use tls::{ClientIdentity, Pem, TlsOptions};
-pub use wire::{backup, SnapshotStream};
 pub use wire::auth::{Grant, RoleInfo, UserInfo};
+pub use wire::{backup, SnapshotStream};
 pub use wire::{
     AuthChange, AuthStatus, Compare, ErrorReply, MemberChange, MemberInfo, MemberList, NodeRole,
     NodeStatus, Permission, Txn, TxnOp, ADMIN_ROLE,

@@ -171,6 +171,19 @@ impl AuthState {
                 self.enabled = false;
                 Ok(())
             }
+            AuthChange::RoleAdd { .. }
+            | AuthChange::RoleDelete { .. }
+            | AuthChange::RoleGrant { .. }
+            | AuthChange::RoleRevoke { .. } => self.change_role(change),
+            AuthChange::UserAdd { .. }
+            | AuthChange::UserDelete { .. }
+            | AuthChange::UserGrantRole { .. }
+            | AuthChange::UserRevokeRole { .. } => self.change_user(change),
+        }
+    }
+
+    fn change_role(&mut self, change: &AuthChange) -> Result<(), String> {
+        match change {
             AuthChange::RoleAdd { role } => {
                 if self.role_exists(role) {
                     return Err(format!("role {role:?} exists"));
@@ -199,6 +212,13 @@ impl AuthState {
                 }
                 Ok(())
             }
+            // `change` routes only role changes here.
+            _ => Ok(()),
+        }
+    }
+
+    fn change_user(&mut self, change: &AuthChange) -> Result<(), String> {
+        match change {
             AuthChange::UserAdd { user } => {
                 if self.users.contains_key(user) {
                     return Err(format!("user {user:?} exists"));
@@ -234,6 +254,8 @@ impl AuthState {
                 }
                 Ok(())
             }
+            // `change` routes only user changes here.
+            _ => Ok(()),
         }
     }
 

@@ -26,8 +26,10 @@ pub struct Command {
     /// The change.
     pub op: WriteOp,
     /// Who proposed it, for the permission check every replica makes when it applies the
-    /// command. `None` in a command written before auth existed (its bytes end after
-    /// `op`, see [`Command::decode`]); such a command is refused while auth is enabled.
+    /// command. `None` in a command written before auth existed, and in one proposed while
+    /// auth was disabled (it is then encoded in the layout before origins, see
+    /// [`Command::encode`]); such a command is refused if auth is enabled by the time it
+    /// is applied.
     pub origin: Option<Origin>,
 }
 
@@ -44,6 +46,13 @@ pub struct Origin {
 struct CommandV1 {
     session: Session,
     op: WriteOp,
+}
+
+/// [`CommandV1`] for encoding, borrowed.
+#[derive(Serialize)]
+struct CommandV1Ref<'a> {
+    session: &'a Session,
+    op: &'a WriteOp,
 }
 
 /// A change to the store.
@@ -107,9 +116,18 @@ impl Command {
         self.session.client_id == crate::NO_CLIENT_ID
     }
 
-    /// Encodes the command for proposing.
+    /// Encodes the command for proposing: with its origin, or, without one, in the layout
+    /// before origins, byte for byte what an earlier version wrote (so a cluster that does
+    /// not use auth replicates the same bytes as before, which replicas of that version can
+    /// still apply).
     pub fn encode(&self) -> Result<Bytes, WireError> {
-        crate::encode(self)
+        match self.origin {
+            Some(_) => crate::encode(self),
+            None => crate::encode(&CommandV1Ref {
+                session: &self.session,
+                op: &self.op,
+            }),
+        }
     }
 
     /// Decodes a command from a chosen value's bytes: of this layout (session, op,
@@ -201,10 +219,12 @@ mod tests {
                 Some(Origin { identity })
             );
         }
-        // A command without an origin encodes in the new layout and stays without one.
-        let bytes = want.encode().unwrap_or_default();
-        assert_ne!(bytes, old);
-        assert_eq!(Command::decode(&bytes).ok(), Some(want));
+        // A command without an origin encodes in the old layout, byte for byte; the new
+        // layout with no origin (as serde writes it) is read too.
+        assert_eq!(want.encode().ok().as_deref(), Some(&old[..]));
+        let serde_bytes = crate::encode(&want).unwrap_or_default();
+        assert_ne!(serde_bytes, old);
+        assert_eq!(Command::decode(&serde_bytes).ok(), Some(want));
         // Garbage after an old command is refused, not taken for an origin.
         let mut long = old.to_vec();
         long.extend_from_slice(b"\x05\x05\x05");

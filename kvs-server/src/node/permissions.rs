@@ -4,7 +4,7 @@
 //! reads are checked once the leader has confirmed them, against a state at least as new as
 //! the read (see [`read_needs`]). Status, health and the member list need nothing.
 
-use wire::{ErrorReply, Permission, RangeRequest};
+use wire::{ErrorReply, Origin, Permission, RangeRequest, WriteOp};
 
 use super::pending::ReadQuery;
 use super::requests::Route;
@@ -47,6 +47,21 @@ pub(crate) fn read_needs(query: &ReadQuery) -> Need<'_> {
         ReadQuery::Range(req) => range_need(req),
         ReadQuery::Auth => Need::Admin,
     }
+}
+
+/// The origin a write proposed for `identity` carries: the identity while auth is enabled
+/// here, and always for an auth change (enabling checks who asks); none otherwise, so that a
+/// cluster that does not use auth replicates its commands in the layout of earlier versions
+/// ([`wire::Command::encode`]). A write proposed without one just before auth is enabled is
+/// refused when it is applied (it has no identity then): a definite refusal, and the client
+/// may send it again.
+pub(crate) fn origin_for(
+    auth: &AuthState,
+    op: &WriteOp,
+    identity: Option<String>,
+) -> Option<Origin> {
+    let needed = auth.enabled() || matches!(op, WriteOp::Auth(_));
+    needed.then_some(Origin { identity })
 }
 
 fn range_need(req: &RangeRequest) -> Need<'_> {
@@ -201,5 +216,21 @@ mod tests {
         assert_eq!(check(&AuthState::default(), put, None), Ok(()));
         assert_eq!(check(&auth, Op::RegisterSession, Some("reader")), Ok(()));
         assert!(check(&auth, Op::RegisterSession, Some("nobody")).is_err());
+    }
+
+    #[test]
+    fn writes_carry_their_identity_when_auth_is_in_use() {
+        let put = WriteOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        };
+        let who = || Some("alice".to_owned());
+        let carried = Some(Origin { identity: who() });
+        assert_eq!(origin_for(&enabled(), &put, who()), carried);
+        assert_eq!(origin_for(&AuthState::default(), &put, who()), None);
+        let enable = WriteOp::Auth(AuthChange::Enable);
+        assert_eq!(origin_for(&AuthState::default(), &enable, who()), carried);
+        let none = Some(Origin { identity: None });
+        assert_eq!(origin_for(&AuthState::default(), &enable, None), none);
     }
 }

@@ -11,7 +11,7 @@ use wire::{
 };
 
 use super::pending::{key_of, ReadQuery};
-use super::permissions::{check_at_receipt, read_needs};
+use super::permissions::{check_at_receipt, origin_for, read_needs};
 use super::Node;
 use crate::answers::Responder;
 use crate::event::ClientIdentity;
@@ -260,7 +260,14 @@ impl Node {
         let Some(responder) = self.pending.join_write(key, responder) else {
             return; // a retry of a write still in flight here
         };
-        let raw = match Command::new(session, op, identity).encode() {
+        let origin = origin_for(self.sm.auth(), &op, identity);
+        let raw = match (Command {
+            session,
+            op,
+            origin,
+        })
+        .encode()
+        {
             Ok(raw) => raw,
             Err(e) => {
                 responder.respond(Err(ErrorReply::Invalid {

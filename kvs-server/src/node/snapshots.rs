@@ -152,14 +152,8 @@ impl Node {
         self.snapshots.applied_bytes = 0;
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let written = snapshot::write_merged(
-                &dir,
-                slot,
-                &delta,
-                &sessions,
-                membership.as_ref(),
-                &auth,
-            );
+            let written =
+                snapshot::write_merged(&dir, slot, &delta, &sessions, membership.as_ref(), &auth);
             let result = match written {
                 Ok(size) => Ok(size),
                 Err(e) => Err((e, delta)),

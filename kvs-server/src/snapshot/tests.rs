@@ -329,8 +329,15 @@ fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
     );
     // First snapshot: no file yet, so the delta is everything.
     let d = sm.take_delta();
-    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
-        .unwrap_or_else(|e| panic!("{e}"));
+    write_merged(
+        dir.path(),
+        sm.applied(),
+        &d,
+        sm.sessions(),
+        sm.membership(),
+        sm.auth(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     // Changes: insert before, between and after; replace one; delete one; delete a key
     // that never existed in the file.
     apply_all(
@@ -347,8 +354,15 @@ fn merged_snapshots_equal_a_full_snapshot_of_the_same_state() {
         ],
     );
     let d = sm.take_delta();
-    let size = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let size = write_merged(
+        dir.path(),
+        sm.applied(),
+        &d,
+        sm.sessions(),
+        sm.membership(),
+        sm.auth(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let on_disk = std::fs::read(dir.path().join(FILE_NAME)).unwrap_or_default();
     assert_eq!(
         on_disk,
@@ -367,8 +381,15 @@ fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
     let mut sm = StateMachine::new();
     apply_all(&mut sm, 0, &[("a", Some("1")), ("b", Some("2"))]);
     let d = sm.take_delta();
-    write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
-        .unwrap_or_else(|e| panic!("{e}"));
+    write_merged(
+        dir.path(),
+        sm.applied(),
+        &d,
+        sm.sessions(),
+        sm.membership(),
+        sm.auth(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join(FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap_or_default();
     let mid = bytes.len() / 2;
@@ -376,9 +397,16 @@ fn a_corrupt_base_fails_the_merge_and_keeps_the_old_file() {
     std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
     apply_all(&mut sm, 2, &[("c", Some("3"))]);
     let d = sm.take_delta();
-    let err = write_merged(dir.path(), sm.applied(), &d, sm.sessions(), sm.membership(), sm.auth())
-        .err()
-        .map(|e| e.to_string());
+    let err = write_merged(
+        dir.path(),
+        sm.applied(),
+        &d,
+        sm.sessions(),
+        sm.membership(),
+        sm.auth(),
+    )
+    .err()
+    .map(|e| e.to_string());
     assert!(
         err.is_some_and(|e| e.contains("corrupt snapshot")),
         "a corrupt base must not be merged"
