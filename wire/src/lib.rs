@@ -113,6 +113,7 @@ pub mod status;
 
 mod error;
 
+pub use auth::{AuthChange, AuthStatus, Permission, ADMIN_ROLE};
 pub use client::{
     validate, ClientRequest, ClientResponse, ErrorReply, Op, ReadConsistency, Reply, Session,
     SnapshotStream, KEY_BYTES_MAX, NO_CLIENT_ID, SESSION_WINDOW, SNAPSHOT_SAVES_MAX,
@@ -122,7 +123,6 @@ pub use codec::{
     decode, encode, encode_into, frame_codec, frame_codec_with_max, FRAME_BYTES_MAX_CEILING,
     FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_MIN,
 };
-pub use auth::{AuthChange, AuthStatus, Permission, ADMIN_ROLE};
 pub use command::{Command, Origin, WriteOp};
 pub use error::WireError;
 pub use handshake::{
