@@ -68,6 +68,33 @@
 //! # }
 //! ```
 //!
+//! ## Users, roles and permissions
+//!
+//! The cluster knows a client by the common name of its TLS client certificate
+//! ([`ClientOptions::tls`]). [`Client::user_add`], [`Client::role_add`],
+//! [`Client::role_grant`] (a [`Permission`] on a key prefix), [`Client::user_grant_role`]
+//! and their counterparts change the users and roles, [`Client::auth_enable`] turns the
+//! checks on (sent by a user holding [`ADMIN_ROLE`]) and [`Client::auth_status`] reads it
+//! all back. Each change goes through the log like a write. While auth is enabled a request
+//! its identity may not make fails with [`Error::PermissionDenied`], naming the identity,
+//! what was asked and why; nothing was applied.
+//!
+//! ```no_run
+//! use kvs_client::{Client, ClientOptions, Error, Permission};
+//!
+//! # async fn example(admin: ClientOptions) -> Result<(), Error> {
+//! let client = Client::connect(["127.0.0.1:6001"], admin)?; // the certificate of "root"
+//! client.user_add("root").await?;
+//! client.user_grant_role("root", "admin").await?;
+//! client.role_add("doctors").await?;
+//! client.role_grant("doctors", "patient/", Permission::ReadWrite).await?;
+//! client.user_add("alice").await?;
+//! client.user_grant_role("alice", "doctors").await?;
+//! client.auth_enable().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Features
 //!
 //! - `cli` (default): builds the `kvs-client` command-line tool, with its own dependencies
