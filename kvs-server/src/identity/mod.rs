@@ -346,7 +346,9 @@ impl Identity {
         if last != format!("crc32c {:08x}\n", crc32c::crc32c(body.as_bytes())) {
             return Err("checksum mismatch".into());
         }
-        let mut lines = body.lines();
+        // Split at '\n' only, as `encode` writes: `str::lines` would also drop a '\r' ending
+        // a value (a cluster name may end with one).
+        let mut lines = body.split_terminator('\n');
         if lines.next() != Some(HEADER) {
             return Err(format!("the first line is not {HEADER:?}"));
         }
