@@ -68,6 +68,33 @@
 //! # }
 //! ```
 //!
+//! ## TLS
+//!
+//! [`ClientOptions::tls`] runs every connection over TLS 1.3 (rustls, `ring`): each node's
+//! certificate must be signed by the CA given, be valid now and name the endpoint's host
+//! (an IP address or a DNS name). A client certificate and its key, when given, are
+//! presented to nodes that ask for one (`--client-cert-auth`). The files are read once, by
+//! [`Client::connect`] ([`Error::TlsConfig`] names one that cannot be used). A refusal is
+//! reported at once and not retried: [`Error::ClientCertificateRefused`],
+//! [`Error::NotTlsPort`], [`Error::Tls`] (the node's certificate is not trusted), or the
+//! node's own handshake refusal ([`Error::Handshake`]: "this port requires TLS").
+//!
+//! ```no_run
+//! use kvs_client::{Client, ClientOptions, Error, TlsOptions};
+//!
+//! # async fn example() -> Result<(), Error> {
+//! let tls = TlsOptions::with_ca_file("certs/ca.pem")
+//!     .identity_files("certs/client-root.pem", "certs/client-root-key.pem");
+//! let options = ClientOptions {
+//!     tls: Some(tls),
+//!     ..ClientOptions::default()
+//! };
+//! let client = Client::connect(["127.0.0.1:6001"], options)?;
+//! client.put("greeting", "hello").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Users, roles and permissions
 //!
 //! The cluster knows a client by the common name of its TLS client certificate
