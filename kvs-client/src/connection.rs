@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -199,6 +199,19 @@ impl Dial<'_> {
             Err(WireError::Io(e)) if tls.is_some() && crate::tls::rustls_error(&e).is_some() => {
                 let presented = tls.is_some_and(|tls| tls.presents_certificate);
                 Err(self.tls_failure(&e, presented))
+            }
+            // A node that refused our certificate may have closed before our hello left,
+            // so that sending it failed: its alert still waits to be read.
+            Err(e @ WireError::ClosedDuringHandshake) if tls.is_some() => {
+                let presented = tls.is_some_and(|tls| tls.presents_certificate);
+                let mut byte = [0u8; 1];
+                let read = framed.get_mut().read(&mut byte);
+                match tokio::time::timeout(self.remaining()?, read).await {
+                    Ok(Err(io)) if crate::tls::rustls_error(&io).is_some() => {
+                        Err(self.tls_failure(&io, presented))
+                    }
+                    _ => Err(ConnectError::Unreachable(format!("handshake: {e}"))),
+                }
             }
             Err(e) => Err(ConnectError::Unreachable(format!("handshake: {e}"))),
         }
