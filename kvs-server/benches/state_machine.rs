@@ -3,9 +3,12 @@
 //! results recorded. The larger key space does not fit in cache, as on a loaded server.
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use kvs_server::state_machine::StateMachine;
-use wire::{Command, Session, WriteOp};
+use wire::{Command, Origin, Session, WriteOp};
 
 const BATCH: u64 = 1024;
 
@@ -13,12 +16,74 @@ fn apply_puts(c: &mut Criterion) {
     let mut group = c.benchmark_group("state_machine_apply_put");
     group.sample_size(20);
     group.throughput(Throughput::Elements(BATCH));
-    let value = Bytes::from(vec![0x5au8; 256]);
     for keys in [10_000u64, 1_000_000] {
+        bench_puts(&mut group, keys, false);
+    }
+    group.finish();
+    // The same with auth enabled: every put is checked against the grants of the user it
+    // carries (a role granting readwrite on the keys' prefix).
+    let mut group = c.benchmark_group("state_machine_apply_put_auth");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(BATCH));
+    bench_puts(&mut group, 10_000, true);
+    group.finish();
+}
+
+/// Enables auth: root holds admin, alice a role granting readwrite on `key-`.
+fn enable_auth(sm: &mut StateMachine) {
+    use wire::{AuthChange, Permission};
+    let changes = [
+        AuthChange::UserAdd {
+            user: "root".into(),
+        },
+        AuthChange::UserAdd {
+            user: "alice".into(),
+        },
+        AuthChange::RoleAdd {
+            role: "writers".into(),
+        },
+        AuthChange::RoleGrant {
+            role: "writers".into(),
+            prefix: Bytes::from_static(b"key-"),
+            perm: Permission::ReadWrite,
+        },
+        AuthChange::UserGrantRole {
+            user: "alice".into(),
+            role: "writers".into(),
+        },
+        AuthChange::UserGrantRole {
+            user: "root".into(),
+            role: wire::ADMIN_ROLE.into(),
+        },
+        AuthChange::Enable,
+    ];
+    for (seq, change) in changes.into_iter().enumerate() {
+        let tag = Session {
+            client_id: wire::NO_CLIENT_ID,
+            seq: seq as u64 + 1,
+        };
+        let applied = sm.apply(
+            0,
+            Command::new(tag, WriteOp::Auth(change), Some("root".into())),
+        );
+        assert!(applied.reply.is_ok(), "{:?}", applied.reply);
+    }
+}
+
+fn bench_puts(group: &mut BenchmarkGroup<'_, WallTime>, keys: u64, auth: bool) {
+    let value = Bytes::from(vec![0x5au8; 256]);
+    let identity = auth.then(|| "alice".to_owned());
+    let origin = auth.then(|| Origin {
+        identity: identity.clone(),
+    });
+    {
         let names: Vec<Bytes> = (0..keys)
             .map(|i| Bytes::from(format!("key-{i:08}")))
             .collect();
         let mut sm = StateMachine::new();
+        if auth {
+            enable_auth(&mut sm);
+        }
         // 64 registered sessions, as 64 clients would have.
         let clients: Vec<u64> = (0..64)
             .filter_map(|_| {
@@ -28,7 +93,7 @@ fn apply_puts(c: &mut Criterion) {
                         seq: 1,
                     },
                     op: WriteOp::RegisterSession,
-                    origin: None,
+                    origin: origin.clone(),
                 };
                 match sm.apply(0, register).reply {
                     Ok(wire::Reply::SessionRegistered { client_id }) => Some(client_id),
@@ -55,7 +120,7 @@ fn apply_puts(c: &mut Criterion) {
                         key: names[at as usize].clone(),
                         value: value.clone(),
                     },
-                    origin: None,
+                    origin: origin.clone(),
                 };
                 sm.apply(slot, cmd);
             }
@@ -70,7 +135,6 @@ fn apply_puts(c: &mut Criterion) {
             b.iter(|| next(&mut sm));
         });
     }
-    group.finish();
 }
 
 criterion_group!(benches, apply_puts);
