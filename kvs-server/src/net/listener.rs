@@ -93,10 +93,18 @@ pub async fn open(
             Err(OpenError::PlainOnTlsPort)
         }
         (Some(config), FirstByte::Tls) => {
-            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+            let accept = tokio_rustls::TlsAcceptor::from(config)
+                .accept(stream)
+                .into_fallible();
             match tokio::time::timeout(timeout, accept).await {
                 Ok(Ok(tls)) => Ok(Stream::Accepted(Box::new(tls))),
-                Ok(Err(e)) => Err(OpenError::Tls(e)),
+                Ok(Err((e, stream))) => {
+                    // The alert saying why (a certificate refused, ...) has been sent;
+                    // closing with the client's next bytes unread would reset the
+                    // connection and could destroy the alert before the client reads it.
+                    close_discarding(stream).await;
+                    Err(OpenError::Tls(e))
+                }
                 Err(_) => Err(OpenError::Tls(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no TLS handshake within {} ms", timeout.as_millis()),
