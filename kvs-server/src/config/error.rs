@@ -13,6 +13,18 @@ pub enum ConfigError {
     /// needs).
     #[error("{0}")]
     TlsSettings(String),
+    /// `--cluster-id` or `--initial-cluster-token` is empty, too long, or holds a control
+    /// character (it is written as one line of the data dir's identity file, and sent in
+    /// every handshake).
+    #[error("{flag} {value:?}: {reason}")]
+    BadClusterName {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A required setting is missing.
     #[error("missing {flag}{about}")]
     Missing {

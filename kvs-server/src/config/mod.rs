@@ -160,12 +160,19 @@ impl ReplicaArgs {
             client_addrs,
             admin_addr: a.admin_addr.clone(),
             data_dir,
-            cluster_id: a
-                .cluster_id
-                .clone()
-                .unwrap_or_else(|| defaults::CLUSTER_ID.into()),
+            cluster_id: cluster_name(
+                a.cluster_id
+                    .clone()
+                    .unwrap_or_else(|| defaults::CLUSTER_ID.into()),
+                "--cluster-id",
+                wire::CLUSTER_ID_BYTES_MAX,
+            )?,
             initial_cluster_state: a.initial_cluster_state,
-            initial_cluster_token: a.initial_cluster_token.clone(),
+            initial_cluster_token: a
+                .initial_cluster_token
+                .clone()
+                .map(|t| cluster_name(t, "--initial-cluster-token", CLUSTER_TOKEN_BYTES_MAX))
+                .transpose()?,
             snapshot_every: at_least_one(
                 a.snapshot_every,
                 defaults::SNAPSHOT_EVERY_SLOTS,
@@ -186,6 +193,30 @@ impl ReplicaArgs {
             unsafe_local_reads: a.unsafe_local_reads,
         })
     }
+}
+
+/// The longest `--initial-cluster-token`.
+const CLUSTER_TOKEN_BYTES_MAX: usize = 1024;
+
+/// A cluster id (at most [`wire::CLUSTER_ID_BYTES_MAX`] bytes, to fit the handshake) or
+/// token: 1 to `max` bytes without control characters, so that it reads back from the
+/// identity file as written.
+fn cluster_name(value: String, flag: &'static str, max: usize) -> Result<String, ConfigError> {
+    let bad = |reason: String| ConfigError::BadClusterName {
+        flag,
+        value: value.clone(),
+        reason,
+    };
+    if value.is_empty() || value.len() > max {
+        return Err(bad(format!(
+            "must be 1 to {max} bytes long, not {}",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(bad(format!("holds the control character {c:?}")));
+    }
+    Ok(value)
 }
 
 fn required<'a, T>(value: &'a Option<T>, flag: &'static str) -> Result<&'a T, ConfigError> {

@@ -323,3 +323,27 @@ log_level = "debug"
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(merged.log_level.as_deref(), Some("warn"));
 }
+
+#[test]
+fn a_cluster_id_or_token_that_would_not_read_back_is_refused() {
+    let long = "x".repeat(wire::CLUSTER_ID_BYTES_MAX + 1);
+    for (flag, value, says) in [
+        ("--cluster-id", "prod\r", "control character"),
+        ("--cluster-id", "a\nb", "control character"),
+        ("--cluster-id", "", "1 to 64 bytes"),
+        ("--cluster-id", long.as_str(), "1 to 64 bytes"),
+        ("--initial-cluster-token", "t\u{0}", "control character"),
+    ] {
+        let mut v = OK.to_vec();
+        v.extend_from_slice(&[flag, value]);
+        let err = args(&v).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.starts_with(flag) && err.contains(says),
+            "{flag} {value:?}: {err}"
+        );
+    }
+    let mut v = OK.to_vec();
+    v.extend_from_slice(&["--cluster-id", "prod-eu", "--initial-cluster-token", "t 1"]);
+    let config = args(&v).ok();
+    assert_eq!(config.map(|c| c.cluster_id), Some("prod-eu".to_owned()));
+}
