@@ -166,6 +166,16 @@ impl Replica {
             return;
         };
         let ballot = self.proposer.ballot();
+        if let Some(ballot) = ballot {
+            // Announce the commit index before stepping down: every slot below the next
+            // one is chosen (nothing is in flight), and the successor must know it, or its
+            // election still covers slots governed by a membership this replica votes in,
+            // whose majority it may not reach once this replica has stopped. Commits of a
+            // leader that stepped down are never announced otherwise. Safe as any Commit:
+            // it names only slots this leader's learner knows chosen.
+            let commit = self.learner.commit();
+            self.broadcast_peers(&Message::Commit { ballot, commit });
+        }
         self.become_follower();
         if let (Some(to), Some(ballot)) = (successor, ballot) {
             self.send(to, Message::HandOver { ballot });
